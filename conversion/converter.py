@@ -1,0 +1,196 @@
+"""Orchestration: Keras file → graph → one converter per layer → KerasGraphModule → `.pth` + info pickle.
+
+Nothing is guessed: weights are matched by name, every weight must be used and every parameter and buffer
+filled; all problems found are reported together in one ConversionError, and nothing is written.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import conversion.families  # noqa: F401  (registers the layer converters)
+from conversion import CONVERTER_VERSION
+from conversion.graph import ModelGraph, parse_model_config
+from conversion.keras_file import KerasModelFile, read_keras_h5
+from conversion.registry import KerasLayer, LayerProblem, WeightBag, find_converter
+from errors import ConversionError
+from fileio import atomic_paths
+from models.checkpoint import FORMAT_VERSION, checkpoint_payload
+from models.graph import KerasGraphModule
+
+DEFAULT_TRACE_LENGTH = 64
+
+
+@dataclass
+class Conversion:
+    model: KerasGraphModule
+    metadata: dict[str, Any]
+
+
+def module_key(name: str, taken: set[str]) -> str:
+    """A ModuleDict key from a Keras layer name (no dots or slashes), unique within the model."""
+    key = re.sub(r"\W", "_", name) or "layer"
+    base, n = key, 1
+    while key in taken:
+        n += 1
+        key = f"{base}_{n}"
+    taken.add(key)
+    return key
+
+
+def convert_keras_file(path: str | Path, params: dict[str, Any] | None = None) -> Conversion:
+    keras_file = read_keras_h5(path)
+    try:
+        graph = parse_model_config(keras_file.model_config)
+    except ConversionError as exc:
+        raise ConversionError(f"{keras_file.path}: {exc}") from exc
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ConversionError(f"{keras_file.path}: the model_config is not a Keras model description we can "
+                              f"read ({type(exc).__name__}: {exc}).") from exc
+    return build_conversion(keras_file, graph, params)
+
+
+def build_conversion(keras_file: KerasModelFile, graph: ModelGraph, params: dict[str, Any] | None) -> Conversion:
+    problems: list[str] = []
+    layer_specs, state, keys = [], {}, set()
+    names_in_graph = {layer.name for layer in graph.layers}
+    for layer in graph.layers:
+        converter = find_converter(layer.class_name)
+        if converter is None:
+            problems.append(f"layer '{layer.name}' ({layer.class_name}): unknown layer class, no converter "
+                            "is registered for it")
+            continue
+        bag = WeightBag(layer.name, keras_file.weights.get(layer.name, {}))
+        try:
+            converted = converter(KerasLayer(layer.name, layer.class_name, layer.config, bag, keras_file.keras_major))
+        except LayerProblem as exc:
+            problems.append(f"layer '{layer.name}' ({layer.class_name}): {exc}")
+            continue
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(f"layer '{layer.name}' ({layer.class_name}): unreadable config ({type(exc).__name__}: {exc})")
+            continue
+        extra = bag.leftovers() + keras_file.unlisted.get(layer.name, [])
+        if extra:
+            problems.append(f"layer '{layer.name}' ({layer.class_name}): unexpected extra weight(s) {', '.join(extra)}")
+        key = module_key(layer.name, keys)
+        layer_specs.append({"name": layer.name, "key": key, "class_name": layer.class_name,
+                            "type": converted.type, "config": converted.config})
+        state.update({f"layers.{key}.{p}": torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+                      for p, v in converted.params.items()})
+    for stray in sorted(set(keras_file.weights) - names_in_graph):
+        if keras_file.weights[stray]:
+            problems.append(f"weights stored for '{stray}', which is not a layer of the model")
+    if problems:
+        raise ConversionError(f"{keras_file.path}: cannot be converted exactly: " + "; ".join(problems)
+                              + ". Nothing was written.")
+
+    key_of = {spec["name"]: spec["key"] for spec in layer_specs}
+    spec = {
+        "inputs": [{"name": t.split(":")[0], "tensor": t, "shape": shape} for t, shape in graph.inputs],
+        "layers": layer_specs,
+        "calls": [{"layer": key_of[name], "inputs": refs, "output": out} for name, refs, out in graph.calls],
+        "outputs": graph.outputs,
+        "output_names": graph.output_names,
+    }
+    model = _build_module(keras_file, spec, state)
+    trace_length = _trace_length(spec, params)
+    layer_shapes = _trace(keras_file, model, trace_length)
+    metadata = _metadata(keras_file, model, layer_specs, state, layer_shapes, trace_length, params)
+    return Conversion(model=model, metadata=metadata)
+
+
+def _build_module(keras_file: KerasModelFile, spec: dict[str, Any], state: dict[str, torch.Tensor]) -> KerasGraphModule:
+    try:
+        model = KerasGraphModule(spec)
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # missing / unexpected keys, shape mismatches
+        message = " ".join(str(exc).split())
+        raise ConversionError(f"{keras_file.path}: the weights do not fit the layers they belong to: {message}. "
+                              "Nothing was written.") from exc
+    return model.eval()
+
+
+def _trace_length(spec: dict[str, Any], params: dict[str, Any] | None) -> int:
+    architecture = (params or {}).get("architecture_dict") or {}
+    for inp in spec["inputs"]:
+        if len(inp["shape"]) > 1 and inp["shape"][0] is not None:
+            return int(inp["shape"][0])
+    return int(architecture.get("input_window_size") or DEFAULT_TRACE_LENGTH)
+
+
+def _trace(keras_file: KerasModelFile, model: KerasGraphModule, length: int) -> dict[str, tuple[int, ...]]:
+    """Run a zero input through the model once, to catch shape mismatches and record output shapes."""
+    inputs = [torch.zeros(1, *[length if s is None else s for s in shape]) for shape in model.input_shapes]
+    try:
+        with torch.no_grad():
+            return dict(model.trace(*inputs))
+    except ValueError as exc:
+        raise ConversionError(f"{keras_file.path}: shape mismatch: {exc}. Nothing was written.") from exc
+
+
+def _metadata(keras_file, model, layer_specs, state, layer_shapes, trace_length, params) -> dict[str, Any]:
+    counts = {spec["key"]: sum(v.numel() for k, v in state.items() if k.startswith(f"layers.{spec['key']}."))
+              for spec in layer_specs}
+    outputs = [layer_shapes[next(c["layer"] for c in model.spec["calls"] if c["output"] == out)]
+               for out in model.spec["outputs"]]
+    architecture = (params or {}).get("architecture_dict")
+    return {
+        "converter_version": CONVERTER_VERSION,
+        "format_version": FORMAT_VERSION,
+        "source_path": str(keras_file.path.resolve()),
+        "source_sha256": keras_file.sha256,
+        "keras_version": keras_file.keras_version,
+        "backend": keras_file.backend,
+        "model_class": keras_file.model_config.get("class_name"),
+        "converted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "dtype": "float32",
+        "inputs": [{"name": n, "shape": [None, *s]} for n, s in zip(model.input_names, model.input_shapes)],
+        "outputs": [{"name": n, "shape": [None, *s[1:]]} for n, s in zip(model.output_names, outputs)],
+        "shapes_traced_with_length": trace_length,
+        "layers": [{"name": spec["name"], "class_name": spec["class_name"], "module": spec["type"],
+                    "parameters": counts[spec["key"]], "output_shape": [None, *layer_shapes[spec["key"]][1:]]}
+                   for spec in layer_specs if spec["key"] in layer_shapes],
+        "architecture_dict": plain(architecture) if architecture is not None else None,
+        "verification": None,
+    }
+
+
+def plain(value: Any) -> Any:
+    """Numpy values and tuples as plain Python types, so that metadata loads with weights_only=True."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def info_path_for(pth_path: str | Path) -> Path:
+    pth_path = Path(pth_path)
+    return pth_path.with_name(pth_path.stem + "_info.pickle")
+
+
+def write_conversion(conversion: Conversion, pth_path: str | Path) -> tuple[Path, Path]:
+    """Write the `.pth` and its info pickle atomically (temporary names in the target folder, then rename)."""
+    pth_path = Path(pth_path)
+    info_path = info_path_for(pth_path)
+    payload = checkpoint_payload(conversion.model, conversion.metadata)
+    try:
+        with atomic_paths(pth_path, info_path) as (pth_tmp, info_tmp):
+            torch.save(payload, pth_tmp)
+            with open(info_tmp, "wb") as f:
+                pickle.dump(conversion.metadata, f, protocol=4)
+    except OSError as exc:
+        raise ConversionError(f"{pth_path}: cannot write the converted model ({exc.strerror or exc}). "
+                              "Nothing was written.") from exc
+    return pth_path, info_path

@@ -1,0 +1,63 @@
+"""Activation functions (the `activation` argument of layers) and activation layers."""
+from __future__ import annotations
+
+from typing import Any
+
+from conversion.registry import ConvertedLayer, KerasLayer, LayerProblem, register_layer_converter
+from models.activations import ACTIVATIONS
+
+ALIASES = {"swish": "silu", None: "linear"}
+
+
+def activation_name(value: Any, keras_major: int) -> str:
+    """The module-side name of a Keras activation as stored in a config (a string, or a Keras 3 dict)."""
+    if isinstance(value, dict):
+        value = value.get("config") if isinstance(value.get("config"), str) else value.get("class_name")
+    name = ALIASES.get(value, value)
+    if name == "hard_sigmoid" and keras_major < 3:
+        name = "hard_sigmoid_keras2"  # Keras 2: clip(0.2·x + 0.5); Keras 3: clip(x/6 + 0.5)
+    if name not in ACTIVATIONS:
+        hint = (" (a Python function or lambda saved by name cannot be rebuilt; use a built-in activation "
+                "or an activation layer)" if isinstance(value, str) and "lambda" in value else "")
+        raise LayerProblem(f"activation {value!r} is not supported{hint}; supported: {', '.join(sorted(ACTIVATIONS))}")
+    return name
+
+
+@register_layer_converter("Activation")
+def convert_activation(layer: KerasLayer) -> ConvertedLayer:
+    return ConvertedLayer("activation", {"activation": activation_name(layer.config.get("activation"),
+                                                                         layer.keras_major)})
+
+
+@register_layer_converter("ReLU")
+def convert_relu(layer: KerasLayer) -> ConvertedLayer:
+    c = layer.config
+    max_value = c.get("max_value")
+    return ConvertedLayer("relu", {"negative_slope": float(c.get("negative_slope") or 0.0),
+                                   "max_value": None if max_value is None else float(max_value),
+                                   "threshold": float(c.get("threshold") or 0.0)})
+
+
+@register_layer_converter("LeakyReLU")
+def convert_leaky_relu(layer: KerasLayer) -> ConvertedLayer:
+    c = layer.config
+    slope = c["negative_slope"] if "negative_slope" in c else c.get("alpha", 0.3)  # Keras 3 / Keras 2 name
+    return ConvertedLayer("leaky_relu", {"negative_slope": float(slope)})
+
+
+@register_layer_converter("ELU")
+def convert_elu(layer: KerasLayer) -> ConvertedLayer:
+    return ConvertedLayer("elu", {"alpha": float(layer.config.get("alpha", 1.0))})
+
+
+@register_layer_converter("PReLU")
+def convert_prelu(layer: KerasLayer) -> ConvertedLayer:
+    alpha = layer.weights.take("alpha")
+    return ConvertedLayer("prelu", {"alpha_shape": list(alpha.shape)}, {"alpha": alpha})
+
+
+@register_layer_converter("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+                          "ActivityRegularization")
+def convert_training_only(layer: KerasLayer) -> ConvertedLayer:
+    """These layers act only during training: identity at inference."""
+    return ConvertedLayer("identity", {})

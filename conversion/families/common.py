@@ -1,0 +1,32 @@
+"""Small helpers shared by the layer converters."""
+from __future__ import annotations
+
+from typing import Any
+
+from conversion.registry import LayerProblem
+
+
+def single(value: Any, what: str) -> int:
+    """Keras stores 1-D sizes as an int or a one-element list."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise LayerProblem(f"{what} {value} is not one-dimensional")
+        value = value[0]
+    return int(value)
+
+
+def pair(value: Any) -> tuple[int, int]:
+    """Padding/cropping amounts: an int (both sides) or a pair."""
+    if isinstance(value, (list, tuple)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def require_channels_last(config: dict[str, Any]) -> None:
+    data_format = config.get("data_format", "channels_last")
+    if data_format not in (None, "channels_last"):
+        raise LayerProblem(f"data_format {data_format!r} is not supported (only channels_last)")
+
+
+def axis_list(value: Any) -> list[int]:
+    return [int(a) for a in value] if isinstance(value, (list, tuple)) else [int(value)]

@@ -1,0 +1,149 @@
+"""Turn a Keras model config (Functional or Sequential, Keras 2 or 3 style) into layers and ordered calls.
+
+Keras 2 writes inbound nodes as nested lists `[[["layer_1", 0, 0, {}]]]`; Keras 3 as dicts whose `args` hold
+`__keras_tensor__` entries with a `keras_history` of (layer, node, tensor). Tensors are named
+`"<layer>:<node>:<tensor>"`, where node is the index of the producing layer's call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from errors import ConversionError
+
+INPUT_LAYER = "InputLayer"
+SEQUENTIAL = "Sequential"
+FUNCTIONAL = {"Functional", "Model"}
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    class_name: str
+    config: dict[str, Any]
+    calls: list[list[str]] = field(default_factory=list)  # input tensor names of each call
+
+
+@dataclass
+class ModelGraph:
+    layers: list[LayerRecord]
+    inputs: list[tuple[str, list[int | None]]]  # (tensor name, shape without batch)
+    outputs: list[str]
+    output_names: list[str]
+    calls: list[tuple[str, list[str], str]]  # (layer name, input tensors, output tensor), topological order
+
+
+def tensor_name(layer: str, node: int = 0, index: int = 0) -> str:
+    return f"{layer}:{node}:{index}"
+
+
+def _class_name(entry: dict[str, Any]) -> str:
+    return entry.get("registered_name") if entry.get("class_name") == "function" else entry["class_name"]
+
+
+def _batch_shape(config: dict[str, Any]) -> list[int | None] | None:
+    shape = config.get("batch_shape") or config.get("batch_input_shape")
+    return list(shape) if shape is not None else None
+
+
+def _history_refs(value: Any) -> list[str]:
+    """Tensor names referenced by a Keras 3 call argument (nested lists/dicts of `__keras_tensor__`)."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            layer, node, index = value["config"]["keras_history"]
+            return [tensor_name(layer, node, index)]
+        return [ref for v in value.values() for ref in _history_refs(v)]
+    if isinstance(value, (list, tuple)):
+        return [ref for v in value for ref in _history_refs(v)]
+    return []
+
+
+def _node_inputs(node: Any, layer_name: str) -> list[str]:
+    if isinstance(node, dict):  # Keras 3
+        if _history_refs(node.get("kwargs", {})):
+            raise ConversionError(f"layer {layer_name!r} receives a tensor as a keyword argument; "
+                                  "only positional tensor inputs are supported.")
+        return _history_refs(node.get("args", []))
+    return [tensor_name(entry[0], entry[1], entry[2]) for entry in node]  # Keras 2
+
+
+def _refs(value: Any) -> list[str]:
+    """`input_layers` / `output_layers`: a list of [layer, node, tensor] triples, or one triple."""
+    if value and isinstance(value[0], str):
+        value = [value]
+    return [tensor_name(*triple[:3]) for triple in value]
+
+
+def parse_model_config(model_config: dict[str, Any]) -> ModelGraph:
+    class_name = model_config.get("class_name")
+    config = model_config.get("config", {})
+    if class_name == SEQUENTIAL:
+        return _parse_sequential(config)
+    if class_name in FUNCTIONAL:
+        return _parse_functional(config)
+    raise ConversionError(f"the top-level model is a {class_name!r}; only Functional and Sequential models "
+                          "are supported.")
+
+
+def _layer_entries(config: dict[str, Any]) -> list[LayerRecord]:
+    return [LayerRecord(name=entry.get("name") or entry["config"]["name"], class_name=_class_name(entry),
+                        config=entry.get("config", {})) for entry in config.get("layers", [])]
+
+
+def _parse_sequential(config: dict[str, Any]) -> ModelGraph:
+    layers = _layer_entries(config)
+    if not layers:
+        raise ConversionError("the Sequential model has no layers.")
+    if layers[0].class_name == INPUT_LAYER:
+        input_layer, layers = layers[0], layers[1:]
+        shape = _batch_shape(input_layer.config)
+        input_name = input_layer.name
+    else:
+        shape = _batch_shape(layers[0].config) or config.get("build_input_shape")
+        input_name = "input"
+    if shape is None:
+        raise ConversionError("the Sequential model records no input shape (it was saved before being built).")
+    current = tensor_name(input_name)
+    calls = []
+    for layer in layers:
+        layer.calls = [[current]]
+        calls.append((layer.name, [current], tensor_name(layer.name)))
+        current = tensor_name(layer.name)
+    return ModelGraph(layers=layers, inputs=[(tensor_name(input_name), list(shape[1:]))], outputs=[current],
+                      output_names=[layers[-1].name] if layers else [input_name], calls=calls)
+
+
+def _parse_functional(config: dict[str, Any]) -> ModelGraph:
+    records = _layer_entries(config)
+    raw = {entry.get("name") or entry["config"]["name"]: entry for entry in config.get("layers", [])}
+    inputs, layers, pending = [], [], []
+    for record in records:
+        if record.class_name == INPUT_LAYER:
+            shape = _batch_shape(record.config)
+            if shape is None:
+                raise ConversionError(f"input layer {record.name!r} records no shape.")
+            inputs.append((tensor_name(record.name), list(shape[1:])))
+            continue
+        record.calls = [_node_inputs(node, record.name) for node in raw[record.name].get("inbound_nodes", [])]
+        layers.append(record)
+        pending.extend((record.name, refs, tensor_name(record.name, i)) for i, refs in enumerate(record.calls))
+    input_order = _refs(config.get("input_layers", []))
+    inputs.sort(key=lambda item: input_order.index(item[0]) if item[0] in input_order else len(input_order))
+    outputs = _refs(config.get("output_layers", []))
+    return ModelGraph(layers=layers, inputs=inputs, outputs=outputs,
+                      output_names=[name.split(":")[0] for name in outputs],
+                      calls=_topological(pending, {name for name, _ in inputs}))
+
+
+def _topological(pending: list[tuple[str, list[str], str]], available: set[str]) -> list[tuple[str, list[str], str]]:
+    ordered, available = [], set(available)
+    while pending:
+        ready = [call for call in pending if all(ref in available for ref in call[1])]
+        if not ready:
+            missing = sorted({ref for _, refs, _ in pending for ref in refs if ref not in available})
+            raise ConversionError(f"the model graph references tensors that no layer produces: {missing}.")
+        for call in ready:
+            ordered.append(call)
+            available.add(call[2])
+        pending = [call for call in pending if call not in ready]
+    return ordered

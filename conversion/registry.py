@@ -1,0 +1,87 @@
+"""One converter per Keras layer family, found by class name.
+
+A converter is a function `(layer: KerasLayer) -> ConvertedLayer`: it reads the Keras config, takes every
+weight it needs from `layer.weights` by name, and returns the module type, its plain-typed config and its
+parameters (keyed like the module's state_dict). Raising `LayerProblem` reports a layer that cannot be
+converted exactly; the orchestrator collects all problems before refusing.
+
+Users add converters for their own layer classes with `register_layer_converter` (or the decorator form).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+class LayerProblem(Exception):
+    """This layer cannot be converted exactly (unsupported option, missing or mis-shaped weight, ...)."""
+
+
+class WeightBag:
+    """A layer's weights by name; tracks what was taken so that leftovers can be reported."""
+
+    def __init__(self, layer_name: str, weights: dict[str, np.ndarray]):
+        self.layer_name = layer_name
+        self._weights = dict(weights)
+        self._taken: set[str] = set()
+
+    def _match(self, suffix: str) -> list[str]:
+        return [n for n in self._weights if n == suffix or n.endswith("/" + suffix)]
+
+    def has(self, suffix: str) -> bool:
+        return bool(self._match(suffix))
+
+    def take(self, suffix: str, shape: tuple[int | None, ...] | None = None) -> np.ndarray:
+        """The one weight whose name ends with `/suffix`; checks the shape where given (None = any size)."""
+        matches = [n for n in self._match(suffix) if n not in self._taken]
+        if len(matches) != 1:
+            found = ", ".join(self._weights) or "none"
+            what = "is missing" if not matches else f"is ambiguous ({', '.join(matches)})"
+            raise LayerProblem(f"weight '{suffix}' {what}; weights stored for this layer: {found}")
+        name = matches[0]
+        value = np.asarray(self._weights[name], dtype=np.float32)
+        if shape is not None and (len(shape) != value.ndim
+                                  or any(s is not None and s != v for s, v in zip(shape, value.shape))):
+            expected = ", ".join("?" if s is None else str(s) for s in shape)
+            raise LayerProblem(f"weight '{name}' has shape {value.shape}, expected ({expected})")
+        self._taken.add(name)
+        return value
+
+    def leftovers(self) -> list[str]:
+        return [n for n in self._weights if n not in self._taken]
+
+
+@dataclass
+class KerasLayer:
+    name: str
+    class_name: str
+    config: dict[str, Any]
+    weights: WeightBag
+    keras_major: int  # 2 or 3: some definitions changed between versions (hard_sigmoid)
+
+
+@dataclass
+class ConvertedLayer:
+    type: str  # a key of models.layers.MODULE_TYPES
+    config: dict[str, Any]
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+LayerConverter = Callable[[KerasLayer], ConvertedLayer]
+LAYER_CONVERTERS: dict[str, LayerConverter] = {}
+
+
+def register_layer_converter(*class_names: str, converter: LayerConverter | None = None):
+    """Register `converter` for Keras class names; without `converter`, return a decorator."""
+    def add(fn: LayerConverter) -> LayerConverter:
+        for class_name in class_names:
+            LAYER_CONVERTERS[class_name] = fn
+        return fn
+    return add(converter) if converter is not None else add
+
+
+def find_converter(class_name: str) -> LayerConverter | None:
+    """Converters are looked up by the class name, also without a `Custom>` / `package>` prefix."""
+    return LAYER_CONVERTERS.get(class_name) or LAYER_CONVERTERS.get(class_name.split(">")[-1])

@@ -1,0 +1,72 @@
+"""Compare a converted model with the original Keras model on a realistic input (needs TensorFlow).
+
+Neuron models get binary spike trains at a few percent density, other models standard normal noise.
+A output passes when max |torch − keras| ≤ ATOL + RTOL · max |keras| (float32 rounding only).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+ATOL = 1e-5
+RTOL = 1e-5
+SPIKE_DENSITY = 0.03
+VERIFY_BATCH = 4
+
+
+class KerasUnavailable(RuntimeError):
+    """TensorFlow/Keras cannot be imported here: verification is skipped, and the caller says so."""
+
+
+def _keras_module(keras_major: int):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    candidates = ["tf_keras", "keras"] if keras_major < 3 else ["keras"]
+    for name in candidates:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise KerasUnavailable("TensorFlow/Keras is not installed")
+
+
+def realistic_input(shapes: Sequence[tuple], length: int, neuron: bool, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for shape in shapes:
+        full = (VERIFY_BATCH, *[length if s is None else s for s in shape])
+        arrays.append((rng.random(full) < SPIKE_DENSITY).astype(np.float32) if neuron
+                      else rng.standard_normal(full).astype(np.float32))
+    return arrays
+
+
+def compare_with_keras(h5_path: str | Path, model: torch.nn.Module, keras_major: int, length: int,
+                       neuron: bool, test_input: Sequence[np.ndarray] | np.ndarray | None = None) -> dict[str, Any]:
+    keras = _keras_module(keras_major)
+    if test_input is None:
+        inputs = realistic_input(model.input_shapes, length, neuron)
+        described = (f"binary spikes at {SPIKE_DENSITY:.0%} density" if neuron else "standard normal noise")
+    else:
+        inputs = [np.asarray(a, dtype=np.float32) for a in (test_input if isinstance(test_input, (list, tuple))
+                                                             else [test_input])]
+        described = "given by the caller"
+    keras_model = keras.models.load_model(str(h5_path), compile=False)
+    expected = keras_model.predict(inputs if len(inputs) > 1 else inputs[0], verbose=0)
+    expected = expected if isinstance(expected, (list, tuple)) else [expected]
+    with torch.no_grad():
+        got = model(*[torch.from_numpy(a) for a in inputs])
+    got = got if isinstance(got, tuple) else (got,)
+    outputs = {}
+    for name, want, have in zip(model.output_names, expected, got):
+        want = np.asarray(want, dtype=np.float32)
+        diff = np.abs(have.cpu().numpy() - want)
+        bound = ATOL + RTOL * float(np.max(np.abs(want)))
+        outputs[name] = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+                         "max_abs_value": float(np.max(np.abs(want))), "passed": bool(diff.max() <= bound)}
+    return {"outputs": outputs, "passed": all(o["passed"] for o in outputs.values()),
+            "tolerance": ATOL, "rtol": RTOL, "input": described,
+            "input_shapes": [list(a.shape) for a in inputs], "keras": f"{keras.__name__} {keras.__version__}"}

@@ -1,0 +1,73 @@
+"""Writing files safely: every output goes to a temporary name in the target folder and is renamed into place,
+so a run killed at any moment leaves either the old file or the new one, never half of one."""
+from __future__ import annotations
+
+import os
+import pickle
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from errors import PickleFileError
+
+
+@contextmanager
+def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
+    """Yield temporary paths beside `targets`; on success rename each onto its target, on failure remove them."""
+    targets = [Path(t) for t in targets]
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    temporaries = [t.with_name(f".{t.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp") for t in targets]
+    try:
+        yield temporaries
+        for temporary, target in zip(temporaries, targets):
+            os.replace(temporary, target)
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_paths(path) as (temporary,):
+        temporary.write_text(text)
+
+
+SAFE_PICKLE_GLOBALS = {
+    ("builtins", name) for name in
+    ("dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int", "float", "bool", "complex")
+} | {
+    ("collections", "OrderedDict"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Only plain containers, numbers, strings, bytes and numpy arrays/scalars/dtypes; nothing executable."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in SAFE_PICKLE_GLOBALS or (module == "numpy" and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"class '{module}.{name}' is not allowed in a parameters pickle")
+
+
+def load_pickle(path: str | Path, trust: bool = False) -> Any:
+    """Read a pickle with the restricted unpickler (or the plain one when `trust`), also Python-2 pickles.
+
+    Errors are `PickleFileError`s naming the file and the problem; a refused class is named.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            unpickler = (pickle.Unpickler if trust else _RestrictedUnpickler)(f, encoding="latin1")
+            return unpickler.load()
+    except FileNotFoundError as exc:
+        raise PickleFileError(f"{path}: no such file.") from exc
+    except pickle.UnpicklingError as exc:
+        hint = " Pass --trust-pickles only if you trust its origin." if "not allowed" in str(exc) else ""
+        raise PickleFileError(f"{path}: refused to load: {exc}.{hint}") from exc
+    except Exception as exc:  # truncated or foreign files raise many types
+        raise PickleFileError(f"{path}: cannot be read as a pickle ({type(exc).__name__}: {exc}).") from exc

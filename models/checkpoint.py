@@ -1,0 +1,64 @@
+"""The `.pth` format of converted models: spec + state_dict + metadata, plain types and tensors only.
+
+`torch.load(path, weights_only=True)` reads it; `load_converted_model` rebuilds the module without TensorFlow,
+Keras or the converter.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from errors import ModelFileError
+from models.graph import KerasGraphModule
+
+FORMAT_NAME = "keras-graph-torch"
+FORMAT_VERSION = 1
+
+
+def checkpoint_payload(model: KerasGraphModule, metadata: dict[str, Any]) -> dict[str, Any]:
+    """What a `.pth` holds; tensors are cloned to plain CPU tensors."""
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "spec": model.spec,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "metadata": metadata,
+    }
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The payload of a converted `.pth`, loaded with weights_only=True; ModelFileError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such PyTorch model file.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise ModelFileError(f"{path}: cannot be read as a PyTorch file ({type(exc).__name__}: {exc}). "
+                             "It may be truncated or not a converted model; convert the .h5 again.") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{path}: not a model written by this converter (no '{FORMAT_NAME}' format tag); "
+                             "convert the Keras file with model_converter.py.")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: format version {payload.get('format_version')!r} is not the supported "
+                             f"version {FORMAT_VERSION}; convert the Keras file again.")
+    return payload
+
+
+def model_from_payload(payload: dict[str, Any], source: str | Path = "<memory>") -> KerasGraphModule:
+    """Build the module and load its state strictly (every parameter and buffer, nothing extra)."""
+    try:
+        model = KerasGraphModule(payload["spec"])
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{source}: the stored spec and weights do not build a model: {exc}") from exc
+    model.metadata = payload.get("metadata", {})
+    return model.eval()
+
+
+def load_converted_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a converted model from its `.pth` alone, in eval mode, on `device`."""
+    return model_from_payload(read_checkpoint(path), path).to(device)
