@@ -35,3 +35,9 @@ class PickleFileError(ToolError):
     """A parameters pickle that is missing, unreadable, or holds classes that are not allowed."""
 
     exit_code = 6
+
+
+class SelectionError(ToolError):
+    """No usable model: empty or missing models folder, unreadable results table, every candidate unusable."""
+
+    exit_code = 7

@@ -1,0 +1,1 @@
+"""What `main.py` runs: configuration, run folders and logging, summary and report."""

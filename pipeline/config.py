@@ -1,0 +1,134 @@
+"""The configuration of `main.py`: `config.yaml`, command-line overrides, validation before any work.
+
+Overrides are `dotted.key=value` (values parsed as YAML, so `200`, `true`, `null`, `[1, 2]` work). An unknown
+key or a wrong type is a ConfigError naming the key and the valid choices.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from errors import ConfigError
+from optimization import OptimizationConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SelectionConfig(_Section):
+    """How the best model is chosen from the results table."""
+
+    metric: str = Field("val_spikes_loss", description="Key of training_history_dict used to rank models.")
+    reduction: Literal["min", "last", "mean_last_k"] = Field(
+        "min", description="How the per-epoch metric becomes one number: min, last, or the mean of the last k.")
+    last_k: int = Field(5, ge=1, description="k of mean_last_k.")
+    goal: Literal["minimize", "maximize"] = Field("minimize", description="Lower is better (losses) or higher.")
+    results_table: Optional[Path] = Field(
+        None, description="A CSV table of candidates (columns below) instead of scanning models_dir.")
+    csv_model_column: str = Field("model_path", description="CSV column with the .h5 (or .pth) path.")
+    csv_metric_column: str = Field("metric", description="CSV column with the selection value.")
+    show_top: int = Field(10, ge=1, description="Rows of the ranked table printed.")
+
+
+class ConversionConfig(_Section):
+    """How the chosen model's PyTorch file is found or made."""
+
+    verify: bool = Field(True, description="Compare a new conversion with Keras when TensorFlow is installed.")
+    trust_pickles: bool = Field(
+        False, description="Load parameter pickles with the unrestricted unpickler (runs code: trusted files only).")
+    lock_timeout_s: float = Field(600, gt=0, description="Wait at most this long for another job converting the model.")
+
+
+class AppConfig(_Section):
+    """Everything `python main.py` does; see config.yaml for the commented defaults."""
+
+    models_dir: Path = Field(Path("demo_models"), description="Folder with .h5/.pickle pairs (and .pth files).")
+    output_dir: Path = Field(Path("runs"), description="Run folders are created inside it.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                        description="auto, cpu, cuda, cuda:N or mps.")
+    seed: int = Field(0, description="Drives every random choice of the run.")
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    conversion: ConversionConfig = Field(default_factory=ConversionConfig)
+    optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the sub-model at `loc` (the last element is the offending key)."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        current = annotation
+    return list(current.model_fields)
+
+
+def _describe(error: dict, source: str) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        valid = _valid_keys(AppConfig, error["loc"])
+        return f"{source}: unknown config key '{key}'; valid keys there: {', '.join(valid)}."
+    return f"{source}: config key '{key}': {error['msg']} (got {error.get('input')!r})."
+
+
+def validate_config(data: dict[str, Any], source: str) -> AppConfig:
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(" ".join(_describe(e, source) for e in exc.errors())) from None
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Set `a.b.c=value` in nested dicts; the value is parsed as YAML."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{assignment}': expected KEY=VALUE, e.g. optimization.loop.max_iterations=200.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{assignment}': the value is not valid YAML ({exc}).") from None
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{assignment}': '{part}' is a value, not a section.")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> AppConfig:
+    """Read `path` (YAML), apply overrides, validate; paths in the file are relative to the file's folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file.") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot be read as YAML ({exc}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}.")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    config = validate_config(data, str(path))
+    return _resolve_paths(config, path.parent)
+
+
+def _resolve_paths(config: AppConfig, base: Path) -> AppConfig:
+    def resolve(p: Optional[Path]) -> Optional[Path]:
+        return p if p is None or p.is_absolute() else (base / p).resolve()
+    config.models_dir = resolve(config.models_dir)
+    config.output_dir = resolve(config.output_dir)
+    config.selection.results_table = resolve(config.selection.results_table)
+    config.optimization.initial_rates.path = resolve(config.optimization.initial_rates.path)
+    config.optimization.loop.resume_from = resolve(config.optimization.loop.resume_from)
+    return config
+
+
+def config_to_yaml(config: AppConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
