@@ -58,7 +58,7 @@ def convert_keras_file(path: str | Path, params: dict[str, Any] | None = None) -
 
 
 def build_conversion(keras_file: KerasModelFile, graph: ModelGraph, params: dict[str, Any] | None) -> Conversion:
-    problems: list[str] = []
+    problems: list[str] = list(graph.problems)
     layer_specs, state, keys = [], {}, set()
     names_in_graph = {layer.name for layer in graph.layers}
     for layer in graph.layers:

@@ -31,6 +31,7 @@ class ModelGraph:
     outputs: list[str]
     output_names: list[str]
     calls: list[tuple[str, list[str], str]]  # (layer name, input tensors, output tensor), topological order
+    problems: list[str] = field(default_factory=list)  # reported with the layers' problems
 
 
 def tensor_name(layer: str, node: int = 0, index: int = 0) -> str:
@@ -130,20 +131,22 @@ def _parse_functional(config: dict[str, Any]) -> ModelGraph:
     input_order = _refs(config.get("input_layers", []))
     inputs.sort(key=lambda item: input_order.index(item[0]) if item[0] in input_order else len(input_order))
     outputs = _refs(config.get("output_layers", []))
+    calls, problems = _topological(pending, {name for name, _ in inputs})
     return ModelGraph(layers=layers, inputs=inputs, outputs=outputs,
-                      output_names=[name.split(":")[0] for name in outputs],
-                      calls=_topological(pending, {name for name, _ in inputs}))
+                      output_names=[name.split(":")[0] for name in outputs], calls=calls, problems=problems)
 
 
-def _topological(pending: list[tuple[str, list[str], str]], available: set[str]) -> list[tuple[str, list[str], str]]:
+def _topological(pending: list[tuple[str, list[str], str]], available: set[str]
+                 ) -> tuple[list[tuple[str, list[str], str]], list[str]]:
+    """The calls in an order where every input exists before use; a problem for references nothing produces."""
     ordered, available = [], set(available)
     while pending:
         ready = [call for call in pending if all(ref in available for ref in call[1])]
         if not ready:
             missing = sorted({ref for _, refs, _ in pending for ref in refs if ref not in available})
-            raise ConversionError(f"the model graph references tensors that no layer produces: {missing}.")
+            return ordered, [f"the model graph references tensors that no layer produces: {missing}"]
         for call in ready:
             ordered.append(call)
             available.add(call[2])
         pending = [call for call in pending if call not in ready]
-    return ordered
+    return ordered, []

@@ -6,20 +6,28 @@ from typing import Any
 from conversion.registry import ConvertedLayer, KerasLayer, LayerProblem, register_layer_converter
 from models.activations import ACTIVATIONS
 
-ALIASES = {"swish": "silu", None: "linear"}
+ALIASES = {"swish": "silu"}
 
 
 def activation_name(value: Any, keras_major: int) -> str:
-    """The module-side name of a Keras activation as stored in a config (a string, or a Keras 3 dict)."""
+    """The module-side name of a Keras activation as stored in a config (a string, or a Keras 3 dict).
+
+    A Python function or lambda is stored as bytecode (a dict without a name): it cannot be rebuilt, and is
+    refused rather than guessed.
+    """
+    if value is None:
+        return "linear"
     if isinstance(value, dict):
-        value = value.get("config") if isinstance(value.get("config"), str) else value.get("class_name")
+        if not isinstance(value.get("config"), str):
+            raise LayerProblem("the activation is a Python function or lambda stored as bytecode, which cannot "
+                               "be rebuilt exactly; use a built-in activation name or an activation layer "
+                               "(e.g. LeakyReLU) instead")
+        value = value["config"]
     name = ALIASES.get(value, value)
     if name == "hard_sigmoid" and keras_major < 3:
         name = "hard_sigmoid_keras2"  # Keras 2: clip(0.2·x + 0.5); Keras 3: clip(x/6 + 0.5)
     if name not in ACTIVATIONS:
-        hint = (" (a Python function or lambda saved by name cannot be rebuilt; use a built-in activation "
-                "or an activation layer)" if isinstance(value, str) and "lambda" in value else "")
-        raise LayerProblem(f"activation {value!r} is not supported{hint}; supported: {', '.join(sorted(ACTIVATIONS))}")
+        raise LayerProblem(f"activation {value!r} is not supported; supported: {', '.join(sorted(ACTIVATIONS))}")
     return name
 
 
