@@ -7,7 +7,7 @@ import pickle
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from errors import PickleFileError
 
@@ -28,9 +28,15 @@ def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
             temporary.unlink(missing_ok=True)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write` with a binary handle on a temporary file beside `path`, then rename it onto `path`."""
     with atomic_paths(path) as (temporary,):
-        temporary.write_text(text)
+        with open(temporary, "xb") as handle:
+            write(handle)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_atomically(path, lambda handle: handle.write(text.encode()))
 
 
 SAFE_PICKLE_GLOBALS = {

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,20 @@ def versions() -> dict[str, str]:
             "platform": platform.platform()}
 
 
+def _finite(value: Any) -> Any:
+    """NaN/Inf become null, so that summary.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     path = run_dir / "summary.json"
-    write_text_atomic(path, json.dumps(summary, indent=2, default=str) + "\n")
+    write_text_atomic(path, json.dumps(_finite(summary), indent=2, default=str, allow_nan=False) + "\n")
     return path
 
 

@@ -1,0 +1,9 @@
+"""Optimize presynaptic firing rates through a frozen neuron model so that a small stimulus makes it spike.
+
+Entry point: `run_activity_optimization(model, OptimizationConfig(...), out_dir)`; see optimization/README.md.
+"""
+
+from .config import OptimizationConfig
+from .run import OptimizationOutcome, run_activity_optimization
+
+__all__ = ["OptimizationConfig", "OptimizationOutcome", "run_activity_optimization"]

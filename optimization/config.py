@@ -1,0 +1,194 @@
+"""The `optimization:` section of the configuration: every setting of the activity optimization.
+
+Time is counted in model time steps, which are milliseconds for the neuron TCNs (so rates are spikes/ms).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InitialRatesConfig(_Section):
+    """Where the optimization starts: rates read from a file, or a generated uniform background."""
+
+    path: Optional[Path] = Field(
+        None,
+        description="A .npy array (segments x time) of rates in spikes/ms; null generates a uniform background.",
+    )
+    start_time_ms: int = Field(0, ge=0, description="First time step of the file used; the duration follows it.")
+    excitatory_range: tuple[float, float] = Field(
+        (0.005, 0.02), description="Generated background: each excitatory rate (per segment and ms) ~ U(low, high)."
+    )
+    inhibitory_range: tuple[float, float] = Field(
+        (0.01, 0.03), description="Generated background: each inhibitory rate (per segment and ms) ~ U(low, high)."
+    )
+
+    @model_validator(mode="after")
+    def _ranges_are_rates(self) -> "InitialRatesConfig":
+        for name in ("excitatory_range", "inhibitory_range"):
+            low, high = getattr(self, name)
+            if not 0.0 <= low <= high <= 1.0:
+                raise ValueError(f"{name} must satisfy 0 <= low <= high <= 1 spikes/ms, got ({low}, {high})")
+        return self
+
+
+class SamplerConfig(_Section):
+    """How spike trains are drawn from rates during the optimization (evaluation always draws hard spikes)."""
+
+    kind: Literal["bernoulli", "poisson", "relaxed_bernoulli"] = Field(
+        "bernoulli",
+        description="bernoulli: spike with p = rate; poisson: Poisson(rate) clipped to 1, i.e. p = 1 - exp(-rate) "
+        "(both straight-through); relaxed_bernoulli: Gumbel-sigmoid relaxation (continuous spikes).",
+    )
+    temperature: float = Field(0.5, gt=0, description="Temperature of the relaxed_bernoulli relaxation.")
+    samples_per_pattern: int = Field(
+        32, ge=1, description="Monte-Carlo spike trains (each a control/stimulated pair) per rate pattern and step."
+    )
+
+
+class StimulusConfig(_Section):
+    """The fixed stimulus: one spike on each stimulus segment at the stimulus time."""
+
+    segments: Optional[list[int]] = Field(
+        None, description="Stimulus segment indices; null draws them from candidates."
+    )
+    candidates: Optional[list[int]] = Field(None, description="Segments to draw from; null means all excitatory ones.")
+    count: int = Field(3, ge=1, description="How many segments are drawn when `segments` is null.")
+    selection_seed: Optional[int] = Field(
+        None, description="Seed of the draw; null derives it from the run seed."
+    )
+    time_ms: Optional[int] = Field(None, ge=0, description="Stimulus time step; null means duration // 2.")
+    response_window_ms: int = Field(
+        10, ge=1, description="The response is the max spike probability over [time_ms, time_ms + this)."
+    )
+
+
+class ObjectiveConfig(_Section):
+    """Binary cross-entropy on the windowed maximum spike probability, plus optional penalties."""
+
+    target_spike_prob: float = Field(0.8, ge=0, le=1, description="Target response of the stimulated copy.")
+    control_target: float = Field(0.0, ge=0, le=1, description="Target response of the control copy.")
+    l1_weight: float = Field(0.0, ge=0, description="Weight of mean(rate / max_rate).")
+    smoothness_weight: float = Field(
+        0.0, ge=0, description="Weight of mean(((rate[t+1] - rate[t]) / max_rate)^2)."
+    )
+    initial_distance_weight: float = Field(
+        0.0, ge=0, description="Weight of mean(((rate - initial rate) / max_rate)^2)."
+    )
+
+
+class ConstraintsConfig(_Section):
+    """Which rates move and how they are kept in [0, max_rate]."""
+
+    max_rate: float = Field(0.1, gt=0, le=1, description="Upper bound of every rate in spikes/ms.")
+    method: Literal["projection", "sigmoid"] = Field(
+        "projection",
+        description="projection: optimize rates, clamp into [0, max_rate] after each step; "
+        "sigmoid: optimize logits, rate = max_rate * sigmoid(logit).",
+    )
+    moving_segments: Literal["excitatory", "all", "tied"] = Field(
+        "excitatory",
+        description="excitatory: only excitatory rates move, inhibitory stay at their initial values; "
+        "all: every rate moves; tied: excitatory rates move and inhibitory rates follow them "
+        "(delay and mean rate below).",
+    )
+    tied_delay_ms: int = Field(4, ge=0, description="tied: inhibition follows excitation after this delay.")
+    tied_inhibitory_mean_rate: Optional[float] = Field(
+        None, ge=0, description="tied: mean inhibitory rate in spikes/ms; null keeps each pattern's initial mean."
+    )
+
+
+class LoopConfig(_Section):
+    """The optimizer loop: Adam, learning-rate schedule, stopping, logging, checkpoints, precision."""
+
+    max_iterations: int = Field(500, ge=0, description="Optimizer steps at most (counted across resumes).")
+    learning_rate: float = Field(0.002, gt=0, description="Adam learning rate (rate units, or logits for sigmoid).")
+    grad_clip_norm: Optional[float] = Field(1.0, gt=0, description="Clip the gradient norm to this; null disables.")
+    lr_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau: multiply the rate by this on a plateau.")
+    lr_patience_iterations: int = Field(
+        50, ge=0, description="ReduceLROnPlateau patience, rounded up to whole logging intervals."
+    )
+    min_learning_rate: float = Field(1e-6, ge=0, description="ReduceLROnPlateau floor.")
+    early_stop_patience_iterations: Optional[int] = Field(
+        150, ge=1, description="Stop when the interval loss has not improved for this long; null disables."
+    )
+    early_stop_min_delta: float = Field(1e-4, ge=0, description="Smallest loss decrease that counts as improvement.")
+    stop_when_target_reached: bool = Field(
+        True, description="Stop once the interval-mean responses are within target_tolerance of their targets."
+    )
+    target_tolerance: float = Field(
+        0.05, ge=0, description="Stimulated >= target - tol and control <= control_target + tol count as reached."
+    )
+    log_every: int = Field(10, ge=1, description="Iterations per logging interval (the only host synchronisations).")
+    checkpoint_every: Optional[int] = Field(
+        100, ge=1, description="Write checkpoint.pt every this many iterations (a multiple of log_every); null: only "
+        "at the end."
+    )
+    resume_from: Optional[Path] = Field(None, description="A checkpoint.pt to continue from.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 autocasts the model during optimization; evaluation is always fp32."
+    )
+    cudnn_benchmark: bool = Field(True, description="Let cuDNN pick the fastest kernels (CUDA only).")
+    micro_batches: int = Field(
+        1, ge=1, description="Split each step's samples into this many forward/backward passes; doubles on OOM."
+    )
+
+    @model_validator(mode="after")
+    def _checkpoints_on_log_boundaries(self) -> "LoopConfig":
+        if self.checkpoint_every is not None and self.checkpoint_every % self.log_every:
+            raise ValueError(
+                f"checkpoint_every ({self.checkpoint_every}) must be a multiple of log_every ({self.log_every})"
+            )
+        return self
+
+
+class EvaluationConfig(_Section):
+    """Held-out evaluation of the initial and the optimized rates."""
+
+    trials_per_pattern: int = Field(1000, ge=1, description="Sampled control/stimulated trial pairs per pattern.")
+    chunk_size: int = Field(250, ge=1, description="Trial pairs per forward pass (halved on OOM).")
+    spike_threshold: float = Field(
+        0.5, gt=0, lt=1, description="A trial spikes when its max probability in the window reaches this."
+    )
+    confidence: float = Field(0.95, gt=0, lt=1, description="Level of the confidence intervals.")
+
+
+class ReportConfig(_Section):
+    """Plots written next to the rates, history and evaluation files."""
+
+    plots: bool = Field(True, description="Write the PNG plots.")
+    dpi: int = Field(120, ge=30, description="Resolution of the PNG plots.")
+
+
+class OptimizationConfig(_Section):
+    """Optimize presynaptic firing rates so that a small stimulus makes the model neuron spike."""
+
+    spike_output_index: int = Field(0, ge=0, description="Which model output is the spike probability.")
+    num_excitatory: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Excitatory segments (the first input channels); null: the channels not inhibitory, or half "
+        "the model's channels (rounded down) when both counts are null.",
+    )
+    num_inhibitory: Optional[int] = Field(
+        None, ge=0, description="Inhibitory segments (the channels after them); null: the remaining channels."
+    )
+    duration_ms: Optional[int] = Field(None, ge=1, description="Time steps optimized; null: the model's input window.")
+    num_patterns: int = Field(1, ge=1, description="Independent rate patterns optimized together (batch B).")
+    initial_rates: InitialRatesConfig = Field(
+        default_factory=InitialRatesConfig, description=InitialRatesConfig.__doc__
+    )
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig, description=SamplerConfig.__doc__)
+    stimulus: StimulusConfig = Field(default_factory=StimulusConfig, description=StimulusConfig.__doc__)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig, description=ObjectiveConfig.__doc__)
+    constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig, description=ConstraintsConfig.__doc__)
+    loop: LoopConfig = Field(default_factory=LoopConfig, description=LoopConfig.__doc__)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description=EvaluationConfig.__doc__)
+    report: ReportConfig = Field(default_factory=ReportConfig, description=ReportConfig.__doc__)

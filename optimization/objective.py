@@ -1,0 +1,55 @@
+"""The loss: BCE of the windowed maximum spike probability against the targets, plus optional rate penalties.
+
+response loss = mean over pairs of ½·[BCE(max_w p_stim, target_spike_prob) + BCE(max_w p_control, control_target)]
+penalties (rates scaled by max_rate so that weights do not depend on the rate unit):
+  l1             = mean(rate / max_rate)
+  smoothness     = mean(((rate[t+1] - rate[t]) / max_rate)^2)
+  initial_distance = mean(((rate - initial) / max_rate)^2)
+Each penalty enters the total multiplied by its weight; the history logs the weighted terms, which sum to the total.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ObjectiveConfig
+
+PENALTY_TERMS = ("l1", "smoothness", "initial_distance")
+
+
+_PROBABILITY_FLOOR = 1e-12  # keeps the logs and their gradients finite at probabilities of exactly 0 or 1
+
+
+def binary_cross_entropy(probability: torch.Tensor, target: float) -> torch.Tensor:
+    """Elementwise BCE; unlike torch's it propagates NaN (for the guard) and is allowed under autocast."""
+    log_p = torch.log(probability.clamp_min(_PROBABILITY_FLOOR))
+    log_not_p = torch.log((1.0 - probability).clamp_min(_PROBABILITY_FLOOR))
+    return -(target * log_p + (1.0 - target) * log_not_p)
+
+
+def window_max(probability: torch.Tensor, window: slice) -> torch.Tensor:
+    """(batch, time) spike probabilities -> (batch,) maxima over the response window."""
+    return probability[:, window].amax(dim=1)
+
+
+class Objective:
+    def __init__(self, config: ObjectiveConfig, max_rate: float):
+        self.config = config
+        self.max_rate = max_rate
+
+    def response_losses(self, control_max: torch.Tensor, stimulated_max: torch.Tensor) -> torch.Tensor:
+        """Per-pair response loss; its mean over all pairs is the response term."""
+        return 0.5 * (
+            binary_cross_entropy(stimulated_max, self.config.target_spike_prob)
+            + binary_cross_entropy(control_max, self.config.control_target)
+        )
+
+    def weighted_penalties(self, rates: torch.Tensor, initial: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted penalties of rates (patterns, time, segments), keyed by the names in PENALTY_TERMS."""
+        scaled = rates / self.max_rate
+        return {
+            "l1": self.config.l1_weight * scaled.mean(),
+            "smoothness": self.config.smoothness_weight * scaled.diff(dim=1).square().mean(),
+            "initial_distance": self.config.initial_distance_weight
+            * (scaled - initial / self.max_rate).square().mean(),
+        }
