@@ -2,15 +2,18 @@
 
 
 class ToolError(Exception):
-    """Base of every expected failure (bad input, refused conversion, diverged optimization)."""
+    """Base of every expected failure (bad input, refused conversion, diverged optimization).
 
-    exit_code = 1
+    Exit codes are distinct per type and avoid 1 (Python's uncaught exceptions) and 2 (argparse usage errors).
+    """
+
+    exit_code = 9
 
 
 class ConversionError(ToolError):
     """A Keras file that cannot be converted exactly; the message names the file, the layer(s) and the problem."""
 
-    exit_code = 2
+    exit_code = 8
 
 
 class ConfigError(ToolError):

@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
+from errors import ConversionError
 from tests.conversion.small_models import keras_files  # noqa: F401  (fixture)
 from tests.keras_subprocess import run_cli
 
@@ -19,7 +20,7 @@ def convert_and_expect_refusal(model: Path, *expected_fragments: str) -> str:
     """Run the CLI, check exit ≠ 0, a one-paragraph message naming the file, and that nothing was written."""
     before = sorted(p.name for p in model.parent.iterdir())
     result = run_cli(["model_converter.py", str(model)])
-    assert result.returncode != 0
+    assert result.returncode == ConversionError.exit_code
     message = result.stderr.strip()
     assert message.startswith("error: ") and "\n" not in message, message
     assert str(model) in message
