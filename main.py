@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Sequence
 
 from errors import ToolError
+from fileio import write_text_atomic
 from optimization import run_activity_optimization
 from pipeline.config import AppConfig, config_to_yaml, load_config
+from pipeline.ground_truth import ground_truth_check
 from pipeline.run_folder import attach_run_log, create_run_folder, setup_logging
 from pipeline.summary import EVALUATION_KEYS, versions, write_report, write_summary
 from selection.pytorch_model import ensure_pytorch_model
 from selection.table import best_row, format_table, table_from_csv, table_from_models_dir
-from fileio import write_text_atomic
 
 log = logging.getLogger("main")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
@@ -51,17 +52,19 @@ def run(config: AppConfig, log_buffer, progress: bool) -> Path:
     write_text_atomic(run_dir / "config.yaml", config_to_yaml(config))
     write_text_atomic(run_dir / "results_table.csv", table.to_csv(index=False))
 
-    stem_path = Path(best["h5"] or best["pth_candidates"].split(";")[0]).with_suffix("")
-    if stem_path.name.endswith("_converted"):
-        stem_path = stem_path.with_name(stem_path.name[: -len("_converted")])
-    pytorch = ensure_pytorch_model(stem_path, Path(best["params"]) if best["params"] else None,
-                                   verify=config.conversion.verify, trust_pickles=config.conversion.trust_pickles,
+    stem_path = Path(best["stem_path"])
+    params = Path(best["params"]) if best["params"] else None
+    pytorch = ensure_pytorch_model(stem_path, params, verify=config.conversion.verify,
+                                   trust_pickles=config.conversion.trust_pickles,
                                    lock_timeout_s=config.conversion.lock_timeout_s)
 
     outcome = run_activity_optimization(pytorch.model, config.optimization, run_dir, device=config.device,
                                         seed=config.seed, logger=logging.getLogger("optimization"),
                                         progress=progress)
     optimized = outcome.evaluation["optimized"]
+    ground_truth = (ground_truth_check(params, outcome, config.ground_truth.trials, config.seed,
+                                       config.conversion.trust_pickles)
+                    if config.ground_truth.enabled else {"available": False, "reason": "turned off in the config"})
     summary = {
         "selected_model": best["h5"] or str(stem_path),
         "selection_metric": config.selection.metric,
@@ -78,6 +81,7 @@ def run(config: AppConfig, log_buffer, progress: bool) -> Path:
         "stimulus_time_ms": outcome.stimulus_time_ms,
         "evaluation": {**{k: optimized[k] for k in EVALUATION_KEYS}, "details": optimized},
         "evaluation_initial": {k: outcome.evaluation["initial"][k] for k in EVALUATION_KEYS},
+        "ground_truth": ground_truth,
         "seconds": round(time.monotonic() - started, 2),
         "versions": versions(),
         "run_dir": str(run_dir),

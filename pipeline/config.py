@@ -23,8 +23,8 @@ class SelectionConfig(_Section):
     """How the best model is chosen from the results table."""
 
     metric: str = Field("val_spikes_loss", description="Key of training_history_dict used to rank models.")
-    reduction: Literal["min", "last", "mean_last_k"] = Field(
-        "min", description="How the per-epoch metric becomes one number: min, last, or the mean of the last k.")
+    reduction: Literal["min", "max", "last", "mean_last_k"] = Field(
+        "min", description="How the per-epoch metric becomes one number: min, max, last, or the mean of the last k.")
     last_k: int = Field(5, ge=1, description="k of mean_last_k.")
     goal: Literal["minimize", "maximize"] = Field("minimize", description="Lower is better (losses) or higher.")
     results_table: Optional[Path] = Field(
@@ -43,6 +43,13 @@ class ConversionConfig(_Section):
     lock_timeout_s: float = Field(600, gt=0, description="Wait at most this long for another job converting the model.")
 
 
+class GroundTruthConfig(_Section):
+    """Check optimized rates on the simulated neuron a demo model was trained on."""
+
+    enabled: bool = Field(True, description="Run the check when the model's pickle names a simulator configuration.")
+    trials: int = Field(200, ge=200, description="Simulated control/stimulated trial pairs per optimized pattern.")
+
+
 class AppConfig(_Section):
     """Everything `python main.py` does; see config.yaml for the commented defaults."""
 
@@ -54,6 +61,7 @@ class AppConfig(_Section):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     conversion: ConversionConfig = Field(default_factory=ConversionConfig)
     optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
+    ground_truth: GroundTruthConfig = Field(default_factory=GroundTruthConfig)
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:

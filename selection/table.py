@@ -20,7 +20,7 @@ from pipeline.config import SelectionConfig
 
 CONVERTER_INFO_SUFFIX = "_converted_info"
 PYTORCH_SUFFIXES = (".pth", ".pt")
-COLUMNS = ["rank", "stem", "value", "usable", "reason", "h5", "pth_candidates", "params", "epochs"]
+COLUMNS = ["rank", "stem", "value", "usable", "reason", "h5", "pth_candidates", "params", "epochs", "stem_path"]
 
 
 def reduce_history(values: Any, reduction: str, last_k: int) -> tuple[float, int]:
@@ -31,6 +31,8 @@ def reduce_history(values: Any, reduction: str, last_k: int) -> tuple[float, int
         return math.nan, 0
     if reduction == "min":
         return float(finite.min()), finite.size
+    if reduction == "max":
+        return float(finite.max()), finite.size
     if reduction == "last":
         return (float(array[-1]) if np.isfinite(array[-1]) else math.nan), finite.size
     return float(finite[-last_k:].mean()), finite.size
@@ -49,7 +51,7 @@ def _row(stem_path: Path, value: float, reason: str | None, params: Path | None,
         reason = "no model file (.h5 or .pth) beside it"
     return {"stem": stem_path.name, "value": value, "usable": reason is None, "reason": reason or "",
             "h5": str(h5) if h5.is_file() else "", "pth_candidates": ";".join(str(p) for p in pth),
-            "params": str(params) if params else "", "epochs": epochs}
+            "params": str(params) if params else "", "epochs": epochs, "stem_path": str(stem_path)}
 
 
 def _row_from_pickle(pickle_path: Path, config: SelectionConfig, trust: bool) -> dict:

@@ -1,0 +1,46 @@
+"""Ground truth for models trained on the demo neuron: simulate the neuron itself under the optimized rates.
+
+The model's parameters pickle names the simulator configuration it was trained on
+(`data_dict['simulator_config']`); user models have none, and the check is then reported as not available.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fileio import load_pickle
+from neuron import NeuronConfig, ground_truth_response
+
+log = logging.getLogger(__name__)
+
+
+def simulator_config_of(params_path: Path | None, trust: bool) -> NeuronConfig | None:
+    """The simulator configuration recorded in a model's pickle, or None when it records none."""
+    if params_path is None:
+        return None
+    params = load_pickle(params_path, trust=trust)
+    data = params.get("data_dict") if isinstance(params, dict) else None
+    recorded = data.get("simulator_config") if isinstance(data, dict) else None
+    return NeuronConfig.from_dict(recorded) if isinstance(recorded, dict) else None
+
+
+def ground_truth_check(params_path: Path | None, outcome, trials: int, seed: int, trust: bool) -> dict[str, Any]:
+    """P(spike | stim) and P(spike | control) of the simulated neuron, pooled over the optimized patterns."""
+    neuron = simulator_config_of(params_path, trust)
+    if neuron is None:
+        log.info("ground truth: not available (the model's pickle names no simulator configuration)")
+        return {"available": False, "reason": "the model's parameters pickle names no simulator configuration"}
+    log.info("ground truth: simulating the neuron on %d trials per pattern", trials)
+    per_pattern = [ground_truth_response(rates, outcome.stimulus_segments, outcome.stimulus_time_ms,
+                                         outcome.response_window_ms, n_trials=trials, seed=seed + index,
+                                         config=neuron)
+                   for index, rates in enumerate(outcome.optimized_rates)]
+    p_stim = float(np.mean([r["p_spike_stim"] for r in per_pattern]))
+    p_control = float(np.mean([r["p_spike_control"] for r in per_pattern]))
+    log.info("ground truth: P(spike|stim) %.3f, P(spike|control) %.3f", p_stim, p_control)
+    return {"available": True, "p_spike_stim": p_stim, "p_spike_control": p_control,
+            "difference": p_stim - p_control, "n_trials": trials * len(per_pattern),
+            "per_pattern": per_pattern}

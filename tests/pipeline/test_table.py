@@ -1,0 +1,95 @@
+"""The results table: reductions, unusable rows with reasons, deterministic ties, CSV tables."""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from errors import SelectionError
+from pipeline.config import SelectionConfig
+from selection.table import best_row, reduce_history, table_from_csv, table_from_models_dir
+
+
+def write_model(folder: Path, stem: str, history, with_h5: bool = True) -> None:
+    params = {"training_history_dict": {"val_spikes_loss": history}} if history is not None else {"data_dict": {}}
+    (folder / f"{stem}.pickle").write_bytes(pickle.dumps(params, protocol=2))
+    if with_h5:
+        (folder / f"{stem}.h5").write_bytes(b"placeholder: selection only checks that the file exists")
+
+
+def test_reductions():
+    values = [0.5, 0.2, math.nan, 0.4]
+    assert reduce_history(values, "min", 2) == (0.2, 3)
+    assert reduce_history(values, "max", 2) == (0.5, 3)
+    assert reduce_history(values, "last", 2) == (0.4, 3)
+    assert reduce_history(values, "mean_last_k", 2) == (pytest.approx(0.3), 3)
+    assert math.isnan(reduce_history([math.nan], "min", 2)[0])
+
+
+def test_unusable_rows_keep_their_reason(tmp_path):
+    write_model(tmp_path, "good", [0.3])
+    write_model(tmp_path, "nan", [math.nan, math.nan])
+    write_model(tmp_path, "nohistory", None)
+    write_model(tmp_path, "nofile", [0.01], with_h5=False)
+    (tmp_path / "broken.pickle").write_bytes(b"not a pickle")
+    (tmp_path / "good_converted_info.pickle").write_bytes(pickle.dumps({}))  # converter output: not a candidate
+    table = table_from_models_dir(tmp_path, SelectionConfig())
+    reasons = dict(zip(table["stem"], table["reason"]))
+    assert set(reasons) == {"good", "nan", "nohistory", "nofile", "broken"}
+    assert "no finite value" in reasons["nan"] and "no training_history_dict" in reasons["nohistory"]
+    assert "no model file" in reasons["nofile"] and "unreadable pickle" in reasons["broken"]
+    assert best_row(table, "x")["stem"] == "good"
+    assert table["usable"].tolist() == [True, False, False, False, False]
+
+
+def test_ties_are_broken_by_stem(tmp_path):
+    for stem in ("zeta", "alpha", "mid"):
+        write_model(tmp_path, stem, [0.25])
+    table = table_from_models_dir(tmp_path, SelectionConfig())
+    assert table["stem"].tolist() == ["alpha", "mid", "zeta"] and table["rank"].tolist() == [1, 2, 3]
+
+
+def test_maximize_and_other_metric(tmp_path):
+    write_model(tmp_path, "a", [0.1, 0.9])
+    write_model(tmp_path, "b", [0.5, 0.6])
+    assert best_row(table_from_models_dir(tmp_path, SelectionConfig(goal="maximize", reduction="max")), "x")["stem"] == "a"
+    assert best_row(table_from_models_dir(tmp_path, SelectionConfig(reduction="last")), "x")["stem"] == "b"
+
+
+def test_malicious_pickle_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "evil.pickle").write_bytes(pickle.dumps({"training_history_dict": Payload()}, protocol=2))
+    (tmp_path / "evil.h5").write_bytes(b"x")
+    table = table_from_models_dir(tmp_path, SelectionConfig())
+    assert "is not allowed" in table.loc[0, "reason"] and not table.loc[0, "usable"]
+    assert not marker.exists()
+
+
+def test_csv_table(tmp_path):
+    write_model(tmp_path, "a", [0.1])
+    write_model(tmp_path, "b", [0.1])
+    csv = tmp_path / "results.csv"
+    csv.write_text("model_path,metric\na.h5,0.7\nb.h5,0.2\nmissing.h5,0.1\nc.h5,\n")
+    table = table_from_csv(csv, SelectionConfig())
+    assert best_row(table, str(csv))["stem"] == "b"
+    assert dict(zip(table["stem"], table["usable"])) == {"b": True, "a": True, "missing": False, "c": False}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,loss\na.h5,1\n")
+    with pytest.raises(SelectionError, match="model_path"):
+        table_from_csv(bad, SelectionConfig())
+
+
+def test_empty_folder_and_no_usable_model(tmp_path):
+    with pytest.raises(SelectionError, match="no model parameter pickles"):
+        table_from_models_dir(tmp_path, SelectionConfig())
+    write_model(tmp_path, "nan", [math.nan])
+    with pytest.raises(SelectionError, match="no usable model"):
+        best_row(table_from_models_dir(tmp_path, SelectionConfig()), str(tmp_path))
