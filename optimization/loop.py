@@ -18,12 +18,12 @@ import torch
 from tqdm.auto import tqdm
 
 from errors import OptimizationError
+from fileio import write_atomically
 
 from .config import OptimizationConfig
 from .constraints import RateParameters
 from .network import SpikeProbability
 from .objective import PENALTY_TERMS, Objective, window_max
-from fileio import write_atomically
 from .runtime import MicroBatcher, autocast
 from .sampler import SpikeSampler, draw_noise
 from .stimulus import PairedStimulus
