@@ -100,7 +100,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("--quiet", action="store_true", help="console: warnings and errors only")
     verbosity.add_argument("--verbose", action="store_true", help="console: debug messages and tracebacks")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # KEY=VALUE may come before or after options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
