@@ -18,7 +18,8 @@ def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
     targets = [Path(t) for t in targets]
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
-    temporaries = [t.with_name(f".{t.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp") for t in targets]
+    # The suffix is kept last, for writers that choose the format by it (Keras's model.save).
+    temporaries = [t.with_name(f".{t.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{t.suffix}") for t in targets]
     try:
         yield temporaries
         for temporary, target in zip(temporaries, targets):

@@ -102,8 +102,8 @@ def build_conversion(keras_file: KerasModelFile, graph: ModelGraph, params: dict
     model = _build_module(keras_file, spec, state)
     trace_length = _trace_length(spec, params)
     layer_shapes = _trace(keras_file, model, trace_length)
-    metadata = _metadata(keras_file, model, layer_specs, state, layer_shapes, trace_length, params)
-    return Conversion(model=model, metadata=metadata)
+    model.metadata = _metadata(keras_file, model, layer_specs, state, layer_shapes, trace_length, params)
+    return Conversion(model=model, metadata=model.metadata)
 
 
 def _build_module(keras_file: KerasModelFile, spec: dict[str, Any], state: dict[str, torch.Tensor]) -> KerasGraphModule:

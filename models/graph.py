@@ -30,6 +30,7 @@ class KerasGraphModule(nn.Module):
         self._input_tensors = [inp["tensor"] for inp in spec["inputs"]]
         self.input_shapes = [tuple(inp["shape"]) for inp in spec["inputs"]]
         self.output_names = list(spec["output_names"])
+        self.metadata: dict = {}  # the conversion record (see conversion.converter), set by the converter or loader
         self._calls = [(call["layer"], list(call["inputs"]), call["output"]) for call in spec["calls"]]
 
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:

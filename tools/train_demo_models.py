@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from fileio import atomic_paths, write_atomically, write_text_atomic  # noqa: E402
 from neuron import NeuronConfig, compartment_of_segments, simulate  # noqa: E402
 
 DEFAULT_SEED = 20261126
@@ -344,13 +345,6 @@ def model_stem(architecture: Architecture, history: dict, num_samples: int, mode
                train_log_loss, valid_log_loss, model_id))
 
 
-def write_atomically(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename (keeps the suffix for Keras)."""
-    temporary = path.with_name(".%s.partial%s" % (path.stem, path.suffix))
-    write(temporary)
-    os.replace(temporary, path)
-
-
 def architecture_dict(architecture: Architecture) -> dict:
     depth = architecture.depth
     return {"network_depth": depth,
@@ -460,12 +454,13 @@ def main(argv: list[str] | None = None) -> int:
         h5_path = args.out_dir / (stem + ".h5")
         pickle_path = args.out_dir / (stem + ".pickle")
         # Without optimizer state: a third of the size, and Keras 3 reloads it without compile=False.
-        write_atomically(h5_path, lambda path: model.save(str(path), include_optimizer=False))
+        with atomic_paths(h5_path) as (temporary,):
+            model.save(str(temporary), include_optimizer=False)
         auxiliary = {"data_dict": data_dict(config, args.seed, dendritic, output_rates_hz, metrics),
                      "architecture_dict": architecture_dict(architecture),
                      "learning_schedule_dict": learning_schedule_dict(),
                      "training_history_dict": history}
-        write_atomically(pickle_path, lambda path: path.write_bytes(pickle.dumps(auxiliary, protocol=2)))
+        write_atomically(pickle_path, lambda handle: handle.write(pickle.dumps(auxiliary, protocol=2)))
         report = {"name": stem, "h5_file": h5_path.name, "pickle_file": pickle_path.name,
                   "h5_bytes": h5_path.stat().st_size, "pickle_bytes": pickle_path.stat().st_size,
                   "network_depth": architecture.depth,
@@ -491,8 +486,7 @@ def main(argv: list[str] | None = None) -> int:
                         "target (soma clipped at -55 mV, shifted by +67.7 mV).",
         "models": reports,
     }
-    write_atomically(args.out_dir / "training_report.json",
-                     lambda path: path.write_text(json.dumps(training_report, indent=2) + "\n"))
+    write_text_atomic(args.out_dir / "training_report.json", json.dumps(training_report, indent=2) + "\n")
     print("wrote %d models and training_report.json to %s in %.0f s"
           % (len(reports), args.out_dir, time.time() - started))
     return 0
