@@ -75,6 +75,11 @@ class ObjectiveConfig(_Section):
 
     target_spike_prob: float = Field(0.8, ge=0, le=1, description="Target response of the stimulated copy.")
     control_target: float = Field(0.0, ge=0, le=1, description="Target response of the control copy.")
+    control_response: Literal["max", "any_spike"] = Field(
+        "max",
+        description="The control copy's response during optimization: max (the window maximum, as evaluated) or "
+        "any_spike (1 - prod(1 - p) over the window, which also pushes down many moderate probabilities).",
+    )
     l1_weight: float = Field(0.0, ge=0, description="Weight of mean(rate / max_rate).")
     smoothness_weight: float = Field(
         0.0, ge=0, description="Weight of mean(((rate[t+1] - rate[t]) / max_rate)^2)."

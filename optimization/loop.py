@@ -23,7 +23,7 @@ from fileio import write_atomically
 from .config import OptimizationConfig
 from .constraints import RateParameters
 from .network import SpikeProbability
-from .objective import PENALTY_TERMS, Objective, window_max
+from .objective import PENALTY_TERMS, Objective
 from .runtime import MicroBatcher, autocast
 from .sampler import SpikeSampler, draw_noise
 from .stimulus import PairedStimulus
@@ -110,9 +110,9 @@ class RateOptimizer:
             with autocast(self.device, self.loop.precision):
                 probability = self.model(torch.cat([control, stimulated]))
             count = control.shape[0]
-            control_max = window_max(probability[:count], window)
-            stimulated_max = window_max(probability[count:], window)
-            losses = self.objective.response_losses(control_max, stimulated_max)
+            control_window, stimulated_window = probability[:count, window], probability[count:, window]
+            losses = self.objective.response_losses(control_window, stimulated_window)
+            control_max, stimulated_max = control_window.amax(dim=1), stimulated_window.amax(dim=1)
             (losses.sum() / total).backward()
             sums.add_(torch.stack([losses.sum(), control_max.sum(), stimulated_max.sum()]).detach() / total)
 

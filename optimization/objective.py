@@ -1,6 +1,9 @@
 """The loss: BCE of the windowed maximum spike probability against the targets, plus optional rate penalties.
 
-response loss = mean over pairs of ½·[BCE(max_w p_stim, target_spike_prob) + BCE(max_w p_control, control_target)]
+response loss = mean over pairs of ½·[BCE(max_w p_stim, target_spike_prob) + BCE(r_control, control_target)]
+with r_control = max_w p_control (`control_response: max`, as evaluated) or the probability of any spike in the
+window 1 − Π_w(1 − p_control) (`any_spike`), which also pushes down many moderate probabilities: a neuron whose
+spike probability is 0.3 in each of 10 ms is rarely silent, although no single ms reaches 0.5.
 penalties (rates scaled by max_rate so that weights do not depend on the rate unit):
   l1             = mean(rate / max_rate)
   smoothness     = mean(((rate[t+1] - rate[t]) / max_rate)^2)
@@ -37,11 +40,15 @@ class Objective:
         self.config = config
         self.max_rate = max_rate
 
-    def response_losses(self, control_max: torch.Tensor, stimulated_max: torch.Tensor) -> torch.Tensor:
-        """Per-pair response loss; its mean over all pairs is the response term."""
+    def response_losses(self, control_window: torch.Tensor, stimulated_window: torch.Tensor) -> torch.Tensor:
+        """Per-pair response loss from (pairs, window) spike probabilities; its mean is the response term."""
+        if self.config.control_response == "any_spike":
+            control = -torch.expm1(torch.log1p(-control_window.clamp_max(1 - _PROBABILITY_FLOOR)).sum(dim=1))
+        else:
+            control = control_window.amax(dim=1)
         return 0.5 * (
-            binary_cross_entropy(stimulated_max, self.config.target_spike_prob)
-            + binary_cross_entropy(control_max, self.config.control_target)
+            binary_cross_entropy(stimulated_window.amax(dim=1), self.config.target_spike_prob)
+            + binary_cross_entropy(control, self.config.control_target)
         )
 
     def weighted_penalties(self, rates: torch.Tensor, initial: torch.Tensor) -> dict[str, torch.Tensor]:

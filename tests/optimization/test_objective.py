@@ -16,11 +16,24 @@ def test_window_max_reads_only_the_response_window():
 
 def test_response_loss_by_hand():
     objective = Objective(ObjectiveConfig(target_spike_prob=0.8, control_target=0.0), max_rate=0.1)
-    losses = objective.response_losses(control_max=torch.tensor([0.2, 0.5]), stimulated_max=torch.tensor([0.6, 0.9]))
+    control_window = torch.tensor([[0.2, 0.1], [0.3, 0.5]])  # (pairs, window): maxima 0.2 and 0.5
+    stimulated_window = torch.tensor([[0.6, 0.4], [0.1, 0.9]])  # maxima 0.6 and 0.9
+    losses = objective.response_losses(control_window, stimulated_window)
     stim = [-(0.8 * math.log(p) + 0.2 * math.log(1 - p)) for p in (0.6, 0.9)]
     control = [-math.log(1 - p) for p in (0.2, 0.5)]
     expected = [0.5 * (s + c) for s, c in zip(stim, control)]
     assert losses.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_any_spike_control_response_by_hand():
+    objective = Objective(ObjectiveConfig(target_spike_prob=0.8, control_response="any_spike"), max_rate=0.1)
+    control_window = torch.tensor([[0.2, 0.1], [0.3, 0.5]])
+    stimulated_window = torch.tensor([[0.6, 0.4], [0.1, 0.9]])
+    losses = objective.response_losses(control_window, stimulated_window)
+    stim = [-(0.8 * math.log(p) + 0.2 * math.log(1 - p)) for p in (0.6, 0.9)]
+    any_spike = [1 - (1 - 0.2) * (1 - 0.1), 1 - (1 - 0.3) * (1 - 0.5)]  # 0.28 and 0.65
+    expected = [0.5 * (s - math.log(1 - c)) for s, c in zip(stim, any_spike)]
+    assert losses.tolist() == pytest.approx(expected, rel=1e-5)
 
 
 def test_penalties_by_hand():
