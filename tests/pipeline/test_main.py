@@ -63,6 +63,7 @@ def test_selects_converts_once_then_reuses(workspace):
     for key in ("p_spike_stim", "p_spike_control", "difference", "n_trials"):
         assert key in one["evaluation"]
     assert one["evaluation"]["n_trials"] >= 40
+    assert one["ground_truth"]["available"] is False  # these models name no simulator
     assert "Report:" in first.stdout and Path(first.stdout.split("Report:")[1].strip()).is_file()
 
     run_dir = Path(one["run_dir"])
