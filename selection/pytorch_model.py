@@ -57,6 +57,7 @@ def conversion_lock(h5: Path, timeout_s: float) -> Iterator[None]:
                              "folder must be writable to convert into it.") from None
     with handle:
         deadline = time.monotonic() + timeout_s
+        waited = False
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -65,8 +66,10 @@ def conversion_lock(h5: Path, timeout_s: float) -> Iterator[None]:
                 if time.monotonic() > deadline:
                     raise SelectionError(f"{h5}: another job has held the conversion lock {lock_path} for more "
                                          f"than {timeout_s:.0f} s.") from None
-                log.info("waiting for another job converting %s", h5.name)
-                time.sleep(1.0)
+                if not waited:
+                    log.info("waiting for another job converting %s", h5.name)
+                    waited = True
+                time.sleep(0.5)
         try:
             yield
         finally:
