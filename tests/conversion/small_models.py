@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.keras_subprocess import run_keras_script
+from tests.subprocesses import run_keras_script
 
 BUILD = """
 import keras, numpy as np

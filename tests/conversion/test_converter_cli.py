@@ -11,7 +11,7 @@ import torch
 
 from model_converter import TCNModelConverter, batch_convert, load_converted_model
 from tests.conversion.small_models import keras_files  # noqa: F401  (fixture)
-from tests.keras_subprocess import REPO, run_cli
+from tests.subprocesses import REPO, run_cli
 
 
 def max_diff_to_keras(model: torch.nn.Module, io: np.lib.npyio.NpzFile) -> float:

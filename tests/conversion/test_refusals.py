@@ -14,7 +14,7 @@ import pytest
 
 from errors import ConversionError
 from tests.conversion.small_models import keras_files  # noqa: F401  (fixture)
-from tests.keras_subprocess import run_cli
+from tests.subprocesses import run_cli
 
 def convert_and_expect_refusal(model: Path, *expected_fragments: str) -> str:
     """Run the CLI, check exit ≠ 0, a one-paragraph message naming the file, and that nothing was written."""

@@ -5,7 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.keras_subprocess import REPO, run_cli
+from tests.subprocesses import REPO, run_cli
 from tests.pipeline.test_main import QUICK
 
 

@@ -11,7 +11,7 @@ import torch
 
 from fileio import load_pickle
 from model_converter import TCNModelConverter
-from tests.keras_subprocess import REPO, run_keras_script
+from tests.subprocesses import REPO, run_keras_script
 
 DEMO_DIR = REPO / "demo_models"
 REPORT = json.loads((DEMO_DIR / "training_report.json").read_text())

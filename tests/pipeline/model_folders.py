@@ -6,7 +6,7 @@ import math
 import pickle
 from pathlib import Path
 
-from tests.keras_subprocess import run_keras_script
+from tests.subprocesses import run_keras_script
 
 WINDOW, EXCITATORY, INHIBITORY = 60, 10, 10
 

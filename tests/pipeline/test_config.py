@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from errors import ConfigError
 from pipeline.config import AppConfig, load_config
-from tests.keras_subprocess import REPO
+from tests.subprocesses import REPO
 
 
 def dotted_fields(model: type[BaseModel], prefix: str = "") -> set[str]:

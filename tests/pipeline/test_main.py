@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.keras_subprocess import run_cli
+from tests.subprocesses import run_cli
 from tests.pipeline.model_folders import NAN, build_models_folder
 
 QUICK = ["device=cpu", "optimization.loop.max_iterations=6", "optimization.loop.log_every=3",

@@ -1,4 +1,4 @@
-"""Run Keras model-building code in a fresh Python process.
+"""Run Keras model builders and the command-line programs in fresh Python processes.
 
 Tests build real Keras models, but the process running the tests must stay free of TensorFlow (conversion
 must not need it), and Keras 2 (tf_keras) and Keras 3 are best kept apart; so builders run as subprocesses.
