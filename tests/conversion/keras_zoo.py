@@ -15,7 +15,7 @@ Groups:
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 FLAVOURS = ("keras3", "keras2")

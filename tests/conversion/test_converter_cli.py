@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from model_converter import TCNModelConverter, batch_convert, load_converted_model
-from tests.conversion.small_models import keras_files  # noqa: F401  (fixture)
 from tests.subprocesses import REPO, run_cli
 
 

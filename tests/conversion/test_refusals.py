@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from errors import ConversionError
-from tests.conversion.small_models import keras_files  # noqa: F401  (fixture)
 from tests.subprocesses import run_cli
 
 def convert_and_expect_refusal(model: Path, *expected_fragments: str) -> str:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 from tests.subprocesses import REPO, run_cli
 from tests.pipeline.test_main import QUICK

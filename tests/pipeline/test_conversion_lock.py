@@ -11,7 +11,6 @@ import pytest
 from errors import SelectionError
 from model_converter import TCNModelConverter
 from selection.pytorch_model import conversion_lock, ensure_pytorch_model
-from tests.conversion.small_models import keras_files  # noqa: F401  (fixture)
 
 
 def test_lock_times_out_while_another_job_holds_it(keras_files, tmp_path):

@@ -1,4 +1,5 @@
-"""Small real Keras models (built in a subprocess) shared by the converter's CLI and refusal tests."""
+"""Fixtures shared across test packages: small real Keras models built in a subprocess (converter CLI,
+refusal and conversion-lock tests)."""
 from __future__ import annotations
 
 from pathlib import Path
