@@ -44,3 +44,15 @@ class SelectionError(ToolError):
     """No usable model: empty or missing models folder, unreadable results table, every candidate unusable."""
 
     exit_code = 7
+
+
+class OutputError(ToolError):
+    """An output that cannot be written: read-only or missing folder, full disk, file-size limit."""
+
+    exit_code = 10
+
+
+class SweepError(ToolError):
+    """A sweep that cannot start its backend, or that finished with failed runs (the manifest names each)."""
+
+    exit_code = 11

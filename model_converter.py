@@ -1,14 +1,19 @@
 #!/usr/bin/env python
-"""Convert Keras neuron TCNs (.h5) to PyTorch exactly, or refuse with a clear message.
+"""Convert Keras neuron TCNs to PyTorch exactly, or refuse with a clear message.
 
-    python model_converter.py model.h5 [model_params.pickle] [out.pth] [--verify]
+    python model_converter.py model.h5 [model_params.pickle] [out.pth] [--verify] [--dtype float16] [--force]
+    python model_converter.py MODELS_DIR [--output-dir DIR] [--jobs N] [--verify] [--dtype ...] [--force]
 
-Writes `<stem>_converted.pth` beside the input (or OUT.pth) and `<stem>_converted_info.pickle` with the
-conversion record. Reading needs neither TensorFlow nor Keras; `--verify` compares with Keras when installed.
+Writes `<stem>_converted.pth` beside the input (or OUT.pth, or in --output-dir) and
+`<stem>_converted_info.pickle` with the conversion record. Reading needs neither TensorFlow nor Keras;
+`--verify` compares with Keras when installed. A model whose converted file is current (it records the
+source's sha256, this format version and the requested dtype) is not converted again unless --force.
+A folder: every *.h5 and *.keras in it (with its sibling <stem>.pickle), in parallel processes.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -17,20 +22,18 @@ from typing import Any, Sequence
 import numpy as np
 from torch import nn
 
+from conversion.batch import BatchRow, format_table, plan_jobs, run_batch
+from conversion.cache import DEFAULT_LOCK_TIMEOUT_S, ConversionOutcome, convert_once, default_output_path
 from conversion.converter import Conversion, convert_keras_file, write_conversion
-from conversion.keras_file import read_keras_h5
+from conversion.keras_file import file_sha256
+from conversion.model_file import read_model_file
 from conversion.verify import KerasUnavailable, compare_with_keras
 from errors import ConversionError, ToolError
 from fileio import load_pickle
-from models.checkpoint import load_converted_model
+from models.checkpoint import STORAGE_DTYPES, load_converted_model, round_to_storage
 
-__all__ = ["TCNModelConverter", "batch_convert", "load_converted_model", "default_output_path"]
+__all__ = ["TCNModelConverter", "convert_or_reuse", "batch_convert", "load_converted_model", "default_output_path"]
 log = logging.getLogger("model_converter")
-
-
-def default_output_path(tf_model_path: str | Path) -> Path:
-    path = Path(tf_model_path)
-    return path.with_name(f"{path.stem}_converted.pth")
 
 
 class TCNModelConverter:
@@ -52,8 +55,15 @@ class TCNModelConverter:
                                   f"{type(params).__name__}, expected a dict with 'architecture_dict'.")
         return params
 
-    def convert(self, output_path: str | Path | None = None, verify: bool = False) -> nn.Module:
-        """Convert, optionally verify against Keras (a failed check refuses), write `.pth` + info; return the model."""
+    def convert(self, output_path: str | Path | None = None, verify: bool = False, dtype: str = "float32"
+                ) -> nn.Module:
+        """Convert, optionally verify against Keras (a failed check refuses), write `.pth` + info; return the model.
+
+        `dtype` float16 / bfloat16 stores the weights in half precision; verification checks the float32
+        conversion before the rounding, and the returned module holds the rounded weights (as loaded).
+        """
+        if dtype not in STORAGE_DTYPES:
+            raise ConversionError(f"{self.tf_model_path}: dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}.")
         conversion = convert_keras_file(self.tf_model_path, self.params)
         if verify:
             try:
@@ -68,6 +78,12 @@ class TCNModelConverter:
                                       f"{worst[1]['max_abs_diff']:.3g}). Nothing was written.")
             conversion.metadata["verification"] = report
         conversion.metadata["params_pickle"] = str(self.model_params_path) if self.model_params_path else None
+        conversion.metadata["params_sha256"] = file_sha256(self.model_params_path) if self.model_params_path else None
+        overflowed = round_to_storage(conversion.model, dtype)
+        if overflowed:
+            raise ConversionError(f"{self.tf_model_path}: weights beyond the range of {dtype} "
+                                  f"({', '.join(overflowed)}); store them as bfloat16 or float32. Nothing was written.")
+        conversion.metadata["dtype"] = dtype
         write_conversion(conversion, output_path or default_output_path(self.tf_model_path))
         self.last_conversion = conversion
         return conversion.model
@@ -75,48 +91,78 @@ class TCNModelConverter:
     def test_conversion(self, pytorch_model: nn.Module, test_input: Sequence[np.ndarray] | np.ndarray | None = None
                         ) -> dict[str, Any]:
         """Per-output max/mean abs diff against Keras and pass/fail (see conversion.verify for the tolerance)."""
-        keras_file = read_keras_h5(self.tf_model_path)
+        keras_file = read_model_file(self.tf_model_path, self.params)
         architecture = (self.params or {}).get("architecture_dict") or {}
         neuron = bool(architecture) or "spikes" in getattr(pytorch_model, "output_names", [])
         length = int(architecture.get("input_window_size") or 64)
         return compare_with_keras(self.tf_model_path, pytorch_model, keras_file.keras_major, length, neuron,
-                                  test_input)
+                                  test_input, keras_file.model_config if keras_file.weights_only else None)
 
 
-def batch_convert(model_dir: str | Path, output_dir: str | Path, verify: bool = False) -> list[dict[str, Any]]:
-    """Convert every `.h5` in `model_dir` (with its sibling `.pickle` if present) into `output_dir`.
+def convert_or_reuse(tf_model_path: str | Path, model_params_path: str | Path | None = None,
+                     output_path: str | Path | None = None, *, verify: bool = False, dtype: str = "float32",
+                     force: bool = False, trust_pickles: bool = False,
+                     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> ConversionOutcome:
+    """The model converted into `output_path` (default `<stem>_converted.pth`), or the current conversion
+    already there: same source sha256, format version and dtype, and a passed verification when `verify`
+    (conversion.cache). Under a per-output lock, so concurrent jobs convert it once."""
+    source = Path(tf_model_path)
+    output = Path(output_path) if output_path else default_output_path(source)
 
-    One failing model does not stop the others; each row says what happened.
+    def convert() -> nn.Module:
+        return TCNModelConverter(source, model_params_path, trust_pickles).convert(output, verify, dtype)
+
+    return convert_once(source, output, convert, params=model_params_path, dtype=dtype, verified=verify, force=force,
+                        lock_timeout_s=lock_timeout_s)
+
+
+def batch_convert(model_dir: str | Path, output_dir: str | Path | None = None, *, verify: bool = False,
+                  dtype: str = "float32", force: bool = False, trust_pickles: bool = False,
+                  jobs: int | None = None, progress: bool = False) -> list[BatchRow]:
+    """Convert (or find current) every `.h5`/`.keras` in `model_dir`, with its sibling `<stem>.pickle`,
+    into `output_dir` (default: beside each model), in `jobs` processes (default: one per core).
+
+    One failing model does not stop the others; each row says what happened (converted / cached / failed).
     """
-    rows = []
-    for h5_path in sorted(Path(model_dir).glob("*.h5")):
-        params = h5_path.with_suffix(".pickle")
-        output = Path(output_dir) / default_output_path(h5_path).name
-        try:
-            TCNModelConverter(h5_path, params if params.is_file() else None).convert(output, verify=verify)
-            rows.append({"model": str(h5_path), "status": "converted", "output": str(output), "error": None})
-        except ToolError as exc:
-            rows.append({"model": str(h5_path), "status": "failed", "output": None, "error": str(exc)})
-    return rows
+    convert = functools.partial(convert_or_reuse, verify=verify, dtype=dtype, force=force,
+                                trust_pickles=trust_pickles)
+    return run_batch(plan_jobs(model_dir, output_dir), convert, jobs, progress)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="model_converter.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Exit status: 0 converted; non-zero when the file is refused (the message names the file, the "
-               "layer(s) and the problem; nothing is written). Supported layers and the .pth format: README.md.")
-    parser.add_argument("model", help="Keras model file (.h5, Keras 2 or Keras 3)")
+        epilog="Exit status: 0 converted or up to date; non-zero when the file is refused (the message names the "
+               "file, the layer(s) and the problem; nothing is written); for a folder 0 when every model "
+               "succeeded, else 8. Supported layers and the .pth format: README.md.")
+    parser.add_argument("model", help="Keras model file (.h5 Keras 2 or 3, .keras) or a folder of them")
     parser.add_argument("extra", nargs="*", metavar="PARAMS.pickle|OUT.pth",
                         help="optional training parameters pickle and/or output path (.pth/.pt), in this order")
     parser.add_argument("--verify", action="store_true",
                         help="compare with the Keras model on a realistic input (needs TensorFlow); a failed "
                              "comparison refuses the conversion")
+    parser.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="float32",
+                        help="precision of the stored weights (default float32; the loaded model computes in "
+                             "float32 either way)")
+    parser.add_argument("--force", action="store_true",
+                        help="convert even when the converted file is up to date")
+    parser.add_argument("--output-dir", type=Path, help="write <stem>_converted.pth here instead of beside the model")
+    parser.add_argument("--jobs", type=_positive_int, help="parallel processes for a folder (default: one per core)")
     parser.add_argument("--trust-pickles", action="store_true",
                         help="load the parameters pickle with the unrestricted unpickler (runs code in the "
                              "pickle: only for files you trust)")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks and debug logs")
     args = parser.parse_args(argv)
     args.params, args.output = None, None
+    if Path(args.model).is_dir() and args.extra:
+        parser.error(f"a folder takes no PARAMS.pickle or OUT.pth (got {' '.join(args.extra)}): each model's "
+                     "<stem>.pickle is used, and --output-dir chooses where the outputs go")
     for item in args.extra:
         if Path(item).suffix in (".pth", ".pt") and args.output is None:
             args.output = item
@@ -124,24 +170,24 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             args.params = item
         else:
             parser.error(f"unexpected argument {item!r}: give PARAMS.pickle then OUT.pth")
+    if args.output and args.output_dir:
+        parser.error("give either OUT.pth or --output-dir, not both")
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    try:
-        converter = TCNModelConverter(args.model, args.params, trust_pickles=args.trust_pickles)
-        output = Path(args.output) if args.output else default_output_path(args.model)
-        model = converter.convert(output, verify=args.verify)
-    except ToolError as exc:
-        if args.verbose:
-            log.exception("conversion failed")
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    metadata = converter.last_conversion.metadata
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"converted {args.model} -> {output} ({len(metadata['layers'])} layers, {n_params} parameters)")
+def _convert_file(args: argparse.Namespace) -> int:
+    source = Path(args.model)
+    output = (Path(args.output) if args.output else
+              args.output_dir / default_output_path(source).name if args.output_dir else default_output_path(source))
+    outcome = convert_or_reuse(source, args.params, output, verify=args.verify, dtype=args.dtype,
+                               force=args.force, trust_pickles=args.trust_pickles)
+    metadata = outcome.model.metadata
+    if outcome.cached:
+        print(f"up to date: {source} -> {output} (cached)")
+    else:
+        n_params = sum(p.numel() for p in outcome.model.parameters())
+        stored = f", stored as {args.dtype}" if args.dtype != "float32" else ""
+        print(f"converted {source} -> {output} ({len(metadata['layers'])} layers, {n_params} parameters{stored})")
     verification = metadata.get("verification")
     if verification and "outputs" in verification:
         figures = ", ".join(f"{name} {o['max_abs_diff']:.2g}" for name, o in verification["outputs"].items())
@@ -149,6 +195,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif verification:
         print(f"not verified: {verification['skipped']}")
     return 0
+
+
+def _convert_folder(args: argparse.Namespace) -> int:
+    rows = batch_convert(args.model, args.output_dir, verify=args.verify, dtype=args.dtype, force=args.force,
+                         trust_pickles=args.trust_pickles, jobs=args.jobs, progress=True)
+    print(format_table(rows))
+    return 0 if all(row.status != "failed" for row in rows) else ConversionError.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return _convert_folder(args) if Path(args.model).is_dir() else _convert_file(args)
+    except ToolError as exc:
+        if args.verbose:
+            log.exception("conversion failed")
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

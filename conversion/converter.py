@@ -6,6 +6,7 @@ filled; all problems found are reported together in one ConversionError, and not
 from __future__ import annotations
 
 import datetime as dt
+import io
 import pickle
 import re
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ import torch
 import conversion.families  # noqa: F401  (registers the layer converters)
 from conversion import CONVERTER_VERSION
 from conversion.graph import ModelGraph, parse_model_config
-from conversion.keras_file import KerasModelFile, read_keras_h5
+from conversion.keras_file import KerasModelFile
+from conversion.model_file import read_model_file
 from conversion.registry import KerasLayer, LayerProblem, WeightBag, find_converter
 from errors import ConversionError
 from fileio import atomic_paths
@@ -46,12 +48,12 @@ def module_key(name: str, taken: set[str]) -> str:
 
 
 def convert_keras_file(path: str | Path, params: dict[str, Any] | None = None) -> Conversion:
-    keras_file = read_keras_h5(path)
+    keras_file = read_model_file(path, params)
     try:
         graph = parse_model_config(keras_file.model_config)
     except ConversionError as exc:
         raise ConversionError(f"{keras_file.path}: {exc}") from exc
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise ConversionError(f"{keras_file.path}: the model_config is not a Keras model description we can "
                               f"read ({type(exc).__name__}: {exc}).") from exc
     return build_conversion(keras_file, graph, params)
@@ -62,7 +64,7 @@ def build_conversion(keras_file: KerasModelFile, graph: ModelGraph, params: dict
     layer_specs, state, keys = [], {}, set()
     names_in_graph = {layer.name for layer in graph.layers}
     for layer in graph.layers:
-        converter = find_converter(layer.class_name)
+        converter = find_converter(layer.class_name) if isinstance(layer.class_name, str) else None
         if converter is None:
             problems.append(f"layer '{layer.name}' ({layer.class_name}): unknown layer class, no converter "
                             "is registered for it")
@@ -73,7 +75,7 @@ def build_conversion(keras_file: KerasModelFile, graph: ModelGraph, params: dict
         except LayerProblem as exc:
             problems.append(f"layer '{layer.name}' ({layer.class_name}): {exc}")
             continue
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             problems.append(f"layer '{layer.name}' ({layer.class_name}): unreadable config ({type(exc).__name__}: {exc})")
             continue
         extra = bag.leftovers() + keras_file.unlisted.get(layer.name, [])
@@ -87,6 +89,12 @@ def build_conversion(keras_file: KerasModelFile, graph: ModelGraph, params: dict
     for stray in sorted(set(keras_file.weights) - names_in_graph):
         if keras_file.weights[stray]:
             problems.append(f"weights stored for '{stray}', which is not a layer of the model")
+    produced = {output for _, _, output in graph.calls}
+    problems += [f"model output '{output}' is produced by no layer call" for output in graph.outputs
+                 if output not in produced]
+    problems += [f"input '{name}' has shape {shape}: dimensions must be positive integers or null"
+                 for name, shape in graph.inputs
+                 if not all(size is None or (type(size) is int and size > 0) for size in shape)]
     if problems:
         raise ConversionError(f"{keras_file.path}: cannot be converted exactly: " + "; ".join(problems)
                               + ". Nothing was written.")
@@ -133,6 +141,9 @@ def _trace(keras_file: KerasModelFile, model: KerasGraphModule, length: int) -> 
             return dict(model.trace(*inputs))
     except ValueError as exc:
         raise ConversionError(f"{keras_file.path}: shape mismatch: {exc}. Nothing was written.") from exc
+    except (TypeError, RuntimeError, IndexError) as exc:  # e.g. a layer called without inputs in the config
+        raise ConversionError(f"{keras_file.path}: the layer graph cannot be run on a test input "
+                              f"({type(exc).__name__}: {exc}). Nothing was written.") from exc
 
 
 def _metadata(keras_file, model, layer_specs, state, layer_shapes, trace_length, params) -> dict[str, Any]:
@@ -146,6 +157,7 @@ def _metadata(keras_file, model, layer_specs, state, layer_shapes, trace_length,
         "format_version": FORMAT_VERSION,
         "source_path": str(keras_file.path.resolve()),
         "source_sha256": keras_file.sha256,
+        "weights_only": keras_file.weights_only,  # the architecture came from the params pickle
         "keras_version": keras_file.keras_version,
         "backend": keras_file.backend,
         "model_class": keras_file.model_config.get("class_name"),
@@ -181,16 +193,16 @@ def info_path_for(pth_path: str | Path) -> Path:
 
 
 def write_conversion(conversion: Conversion, pth_path: str | Path) -> tuple[Path, Path]:
-    """Write the `.pth` and its info pickle atomically (temporary names in the target folder, then rename)."""
+    """Write the `.pth` and its info pickle atomically (temporary names in the target folder, then rename).
+
+    Serialized in memory first, so that a full disk is an OSError (an OutputError from atomic_paths), not
+    torch.save's bare RuntimeError.
+    """
     pth_path = Path(pth_path)
     info_path = info_path_for(pth_path)
-    payload = checkpoint_payload(conversion.model, conversion.metadata)
-    try:
-        with atomic_paths(pth_path, info_path) as (pth_tmp, info_tmp):
-            torch.save(payload, pth_tmp)
-            with open(info_tmp, "wb") as f:
-                pickle.dump(conversion.metadata, f, protocol=4)
-    except OSError as exc:
-        raise ConversionError(f"{pth_path}: cannot write the converted model ({exc.strerror or exc}). "
-                              "Nothing was written.") from exc
+    payload = io.BytesIO()
+    torch.save(checkpoint_payload(conversion.model, conversion.metadata), payload)
+    with atomic_paths(pth_path, info_path) as (pth_tmp, info_tmp):
+        pth_tmp.write_bytes(payload.getbuffer())
+        info_tmp.write_bytes(pickle.dumps(conversion.metadata, protocol=4))
     return pth_path, info_path

@@ -65,6 +65,8 @@ class KerasModelFile:
     weights: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     # layer name -> datasets stored in its group but missing from its `weight_names`
     unlisted: dict[str, list[str]] = field(default_factory=dict)
+    # True for `save_weights` files: model_config was built from the params pickle's architecture_dict
+    weights_only: bool = False
 
     @property
     def keras_major(self) -> int:
@@ -84,7 +86,7 @@ def read_keras_h5(path: str | Path) -> KerasModelFile:
             return _read_open_file(path, f)
     except ConversionError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:  # h5py's errors on damaged files
         raise ConversionError(f"{path}: cannot be read as a Keras HDF5 model file ({type(exc).__name__}: {exc}). "
                               "The file may be truncated, empty or of another format.") from exc
 
@@ -105,6 +107,14 @@ def _read_open_file(path: Path, f: h5py.File) -> KerasModelFile:
         raise ConversionError(f"{path}: has a model_config but no 'model_weights' group; the file is incomplete.")
     keras_version = read_attr(f, "keras_version") or read_attr(weights_root, "keras_version") or "unknown"
     backend = read_attr(f, "backend") or read_attr(weights_root, "backend") or "unknown"
+    weights, unlisted = read_layer_groups(weights_root)
+    return KerasModelFile(path=path, sha256=file_sha256(path), keras_version=keras_version, backend=backend,
+                          model_config=model_config, weights=weights, unlisted=unlisted)
+
+
+def read_layer_groups(weights_root: h5py.Group) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, list[str]]]:
+    """The Keras 2 / legacy layout (`layer_names`, one group per layer with `weight_names`): weights by layer
+    name, and the datasets stored in a layer's group but not listed in its `weight_names`."""
     weights, unlisted = {}, {}
     for layer_name in read_attr(weights_root, "layer_names") or []:
         group = weights_root[layer_name]
@@ -115,5 +125,4 @@ def _read_open_file(path: Path, f: h5py.File) -> KerasModelFile:
         extra = sorted(set(stored) - set(names))
         if extra:
             unlisted[layer_name] = extra
-    return KerasModelFile(path=path, sha256=file_sha256(path), keras_version=keras_version, backend=backend,
-                          model_config=model_config, weights=weights, unlisted=unlisted)
+    return weights, unlisted

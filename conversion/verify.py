@@ -20,11 +20,14 @@ VERIFY_BATCH = 4
 
 
 class KerasUnavailable(RuntimeError):
-    """TensorFlow/Keras cannot be imported here: verification is skipped, and the caller says so."""
+    """Keras cannot be used to check this file (not installed here, or it cannot load the file, e.g. one that
+    needs a package Keras lacks): verification is skipped, and the caller says so."""
 
 
 def _keras_module(keras_major: int):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if keras_major < 3:  # keras-tcn builds on tensorflow.keras: make that tf_keras for Keras 2 files
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     candidates = ["tf_keras", "keras"] if keras_major < 3 else ["keras"]
     for name in candidates:
         try:
@@ -44,8 +47,33 @@ def realistic_input(shapes: Sequence[tuple], length: int, neuron: bool, seed: in
     return arrays
 
 
+def _keras_tcn_classes() -> dict[str, Any]:
+    """keras-tcn's TCN where installed: Keras needs the class to load a file that uses it."""
+    try:
+        from tcn import TCN
+    except ImportError:
+        return {}
+    return {"TCN": TCN}
+
+
+def load_keras_model(keras, path: str | Path, weights_only_config: dict[str, Any] | None = None):
+    """The original Keras model; a weights-only file is loaded into the model built from its rebuilt config."""
+    try:
+        if weights_only_config is None:
+            return keras.models.load_model(str(path), compile=False, custom_objects=_keras_tcn_classes())
+        keras_model = keras.Model.from_config(weights_only_config["config"])
+        keras_model.load_weights(str(path))
+        return keras_model
+    except Exception as exc:  # Keras raises many types for files it cannot rebuild
+        message = " ".join(str(exc).split())[:300]
+        raise KerasUnavailable(f"{keras.__name__} {keras.__version__} cannot load {path} "
+                               f"({type(exc).__name__}: {message})") from exc
+
+
 def compare_with_keras(h5_path: str | Path, model: torch.nn.Module, keras_major: int, length: int,
-                       neuron: bool, test_input: Sequence[np.ndarray] | np.ndarray | None = None) -> dict[str, Any]:
+                       neuron: bool, test_input: Sequence[np.ndarray] | np.ndarray | None = None,
+                       weights_only_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`h5_path`: a model file Keras loads (.h5, .keras), or a weights file with `weights_only_config`."""
     keras = _keras_module(keras_major)
     if test_input is None:
         inputs = realistic_input(model.input_shapes, length, neuron)
@@ -54,7 +82,7 @@ def compare_with_keras(h5_path: str | Path, model: torch.nn.Module, keras_major:
         inputs = [np.asarray(a, dtype=np.float32) for a in (test_input if isinstance(test_input, (list, tuple))
                                                              else [test_input])]
         described = "given by the caller"
-    keras_model = keras.models.load_model(str(h5_path), compile=False)
+    keras_model = load_keras_model(keras, h5_path, weights_only_config)
     expected = keras_model.predict(inputs if len(inputs) > 1 else inputs[0], verbose=0)
     expected = expected if isinstance(expected, (list, tuple)) else [expected]
     with torch.no_grad():

@@ -18,15 +18,37 @@ FORMAT_NAME = "keras-graph-torch"
 FORMAT_VERSION = 1
 
 
+# Precisions a `.pth` may store its floating-point weights in (metadata "dtype"); loading computes in float32.
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def checkpoint_payload(model: KerasGraphModule, metadata: dict[str, Any]) -> dict[str, Any]:
-    """What a `.pth` holds; tensors are cloned to plain CPU tensors."""
+    """What a `.pth` holds; tensors are cloned to plain CPU tensors, floating ones in metadata["dtype"]."""
+    storage = STORAGE_DTYPES[metadata.get("dtype", "float32")]
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "spec": model.spec,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().to(storage if v.is_floating_point() else v.dtype, copy=True)
+                       for k, v in model.state_dict().items()},
         "metadata": metadata,
     }
+
+
+def round_to_storage(model: nn.Module, dtype: str) -> list[str]:
+    """Round the model's floating tensors in place to what a `.pth` in `dtype` stores (computation stays in
+    float32), so that the module in memory equals the one loaded from the file; returns the names of tensors
+    that do not fit the dtype's range (they would become inf)."""
+    storage = STORAGE_DTYPES[dtype]
+    overflowed = []
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                rounded = tensor.to(storage)
+                if not torch.isfinite(rounded).all() and torch.isfinite(tensor).all():
+                    overflowed.append(name)
+                tensor.copy_(rounded)
+    return overflowed
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -60,5 +82,9 @@ def model_from_payload(payload: dict[str, Any], source: str | Path = "<memory>")
 
 
 def load_converted_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a converted model from its `.pth` alone, in eval mode, on `device`."""
+    """Rebuild a converted model from its `.pth` alone, in eval mode, on `device`.
+
+    The module computes in float32 whatever precision the file stores its weights in (float16 / bfloat16
+    weights are widened exactly); `.to(torch.bfloat16)` afterwards runs it in half precision.
+    """
     return model_from_payload(read_checkpoint(path), path).to(device)

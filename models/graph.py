@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+import models.keras_tcn  # noqa: F401  (registers the keras-tcn module type)
 from models.layers import MODULE_TYPES
 
 
@@ -42,8 +43,13 @@ class KerasGraphModule(nn.Module):
                 raise ValueError(f"input {name!r} expects {shape[-1]} channels on its last axis "
                                  f"(Keras layout: batch, time, channels), got shape {tuple(x.shape)}")
             tensors[tensor] = x
-        for layer_key, input_names, output_name in self._calls:
-            tensors[output_name] = self.layers[layer_key](*(tensors[n] for n in input_names))
+        return self.run_calls(tensors)
+
+    def run_calls(self, tensors: dict[str, Tensor], skip: int | None = None) -> Tensor | tuple[Tensor, ...]:
+        """Run the calls (all but call number `skip`, whose output is then given) on the named tensors."""
+        for index, (layer_key, input_names, output_name) in enumerate(self._calls):
+            if index != skip:
+                tensors[output_name] = self.layers[layer_key](*(tensors[n] for n in input_names))
         outputs = tuple(tensors[name] for name in self.spec["outputs"])
         return outputs[0] if len(outputs) == 1 else outputs
 

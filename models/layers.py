@@ -45,12 +45,19 @@ class Conv1d(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.activation = Activation(activation)
 
+    def time_padding(self, length: int) -> tuple[int, int]:
+        """Zeros added (left, right) to a time axis of `length` steps before the convolution."""
+        if self.padding == "causal":
+            return (self.kernel_size - 1) * self.dilation, 0
+        if self.padding == "same":
+            return tf_same_padding(length, self.kernel_size, self.stride, self.dilation)
+        return 0, 0
+
     def forward_channels_first(self, x: Tensor) -> Tensor:
         """The convolution on (batch, channels, time), without the activation."""
-        if self.padding == "causal":
-            x = F.pad(x, ((self.kernel_size - 1) * self.dilation, 0))
-        elif self.padding == "same":
-            x = F.pad(x, tf_same_padding(x.shape[-1], self.kernel_size, self.stride, self.dilation))
+        padding = self.time_padding(x.shape[-1])
+        if any(padding):
+            x = F.pad(x, padding)
         return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def forward(self, x: Tensor) -> Tensor:

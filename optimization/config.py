@@ -137,8 +137,16 @@ class LoopConfig(_Section):
         "at the end."
     )
     resume_from: Optional[Path] = Field(None, description="A checkpoint.pt to continue from.")
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="bf16 autocasts the model during optimization; evaluation is always fp32."
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="bf16 autocasts the model during optimization; auto: on CUDA the fastest of fp32 and bf16 "
+        "(and of the fast path's first-layer formulations) measured on the first batch, bf16 only if accurate; "
+        "fp32 elsewhere. Evaluation is always fp32.",
+    )
+    fast_path: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: compute the first layer once for both copies when the model allows it (a converted "
+        "model whose input feeds one Conv1d), else the plain path; off: always the plain path.",
     )
     cudnn_benchmark: bool = Field(True, description="Let cuDNN pick the fastest kernels (CUDA only).")
     micro_batches: int = Field(

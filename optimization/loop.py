@@ -22,9 +22,10 @@ from fileio import write_atomically
 
 from .config import OptimizationConfig
 from .constraints import RateParameters
+from .fast_path import PairedForward
 from .network import SpikeProbability
 from .objective import PENALTY_TERMS, Objective
-from .runtime import MicroBatcher, autocast
+from .runtime import MicroBatcher
 from .sampler import SpikeSampler, draw_noise
 from .stimulus import PairedStimulus
 
@@ -57,7 +58,6 @@ class RateOptimizer:
         progress: bool,
     ):
         self.parameters = parameters
-        self.model = model
         self.sampler = sampler
         self.paired = paired
         self.config = config
@@ -78,6 +78,9 @@ class RateOptimizer:
             min_lr=self.loop.min_learning_rate,
         )
         self.micro_batcher = MicroBatcher(self.loop.micro_batches, "the optimization step", logger)
+        moving_excitatory_only = config.constraints.moving_segments == "excitatory"
+        self.forward_pairs = PairedForward(model, paired, self.loop.fast_path, self.loop.precision,
+                                           parameters.num_excitatory if moving_excitatory_only else None, logger)
         samples = config.sampler.samples_per_pattern
         self.pattern_of_sample = torch.arange(self.initial_rates.shape[0] * samples, device=self.device) // samples
         self.iteration = 0
@@ -106,10 +109,8 @@ class RateOptimizer:
 
         def work(chunk: slice) -> None:
             spikes = self.sampler.spikes(rates_leaf[self.pattern_of_sample[chunk]], noise[chunk])
-            control, stimulated = self.paired.pair(spikes)
-            with autocast(self.device, self.loop.precision):
-                probability = self.model(torch.cat([control, stimulated]))
-            count = control.shape[0]
+            probability = self.forward_pairs(self.paired.control(spikes))
+            count = spikes.shape[0]
             control_window, stimulated_window = probability[:count, window], probability[count:, window]
             losses = self.objective.response_losses(control_window, stimulated_window)
             control_max, stimulated_max = control_window.amax(dim=1), stimulated_window.amax(dim=1)
@@ -123,7 +124,8 @@ class RateOptimizer:
         self.micro_batcher.run(total, work, restart)
         return sums
 
-    def _step(self) -> None:
+    def step(self) -> None:
+        """One optimizer step; nothing is read back to the host."""
         self.optimizer.zero_grad(set_to_none=True)
         rates = self.parameters.rates()
         rates_leaf = rates.detach().requires_grad_(True)
@@ -206,7 +208,7 @@ class RateOptimizer:
                   desc="optimizing rates", unit="step", dynamic_ncols=True) as bar:
             try:
                 while self.iteration < self.loop.max_iterations:
-                    self._step()
+                    self.step()
                     bar.update()
                     if self.iteration % self.loop.log_every == 0 or self.iteration == self.loop.max_iterations:
                         reason = self._end_interval(bar)

@@ -83,7 +83,10 @@ class SpikeProbability(nn.Module):
         self.output_index = output_index
 
     def forward(self, spikes: torch.Tensor) -> torch.Tensor:
-        outputs = self.model(spikes)
+        return self.select(self.model(spikes))
+
+    def select(self, outputs: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The spike probability (batch, time) among the model's outputs."""
         if isinstance(outputs, (tuple, list)):
             outputs = outputs[self.output_index]
         elif self.output_index != 0:

@@ -53,6 +53,9 @@ class Objective:
 
     def weighted_penalties(self, rates: torch.Tensor, initial: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weighted penalties of rates (patterns, time, segments), keyed by the names in PENALTY_TERMS."""
+        config = self.config
+        if not (config.l1_weight or config.smoothness_weight or config.initial_distance_weight):
+            return dict.fromkeys(PENALTY_TERMS, rates.new_zeros(()))  # the default: no pass over the rates
         scaled = rates / self.max_rate
         return {
             "l1": self.config.l1_weight * scaled.mean(),

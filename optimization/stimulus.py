@@ -67,6 +67,10 @@ class PairedStimulus:
         self.mask = mask
         self.stimulus = stimulus
 
+    def control(self, spikes: torch.Tensor) -> torch.Tensor:
+        """The control copy: the stimulus segments silent at the stimulus time."""
+        return spikes * (1.0 - self.mask)
+
     def pair(self, spikes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        control = spikes * (1.0 - self.mask)
+        control = self.control(spikes)
         return control, control + self.mask

@@ -6,7 +6,7 @@ key or a wrong type is a ConfigError naming the key and the valid choices.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -50,6 +50,47 @@ class GroundTruthConfig(_Section):
     trials: int = Field(200, ge=200, description="Simulated control/stimulated trial pairs per optimized pattern.")
 
 
+class IntRange(_Section):
+    """`count` consecutive integers from `first`: {first: 42, count: 6} is 42..47."""
+
+    first: int = Field(description="The first value.")
+    count: int = Field(ge=1, description="How many consecutive values.")
+
+    def values(self) -> list[int]:
+        return list(range(self.first, self.first + self.count))
+
+
+class RayConfig(_Section):
+    """The `ray` backend of a sweep: an existing cluster, or a local Ray started for the sweep."""
+
+    address: Optional[str] = Field(
+        None, description="An existing cluster ('auto', 'host:6379' or 'ray://host:10001'); null starts a local Ray.")
+    num_cpus: Optional[int] = Field(
+        None, ge=1, description="Local Ray only: CPUs it may use; null: sweep.max_workers, else every core.")
+    cpus_per_run: float = Field(1, gt=0, description="CPUs each run requests.")
+    gpus_per_run: Optional[float] = Field(
+        None, ge=0, description="GPUs each run requests; null: 1 when the cluster has GPUs and device is not cpu.")
+
+
+class SweepConfig(_Section):
+    """`python main.py --sweep`: the cartesian product of these lists, one ordinary run per combination."""
+
+    name: Optional[str] = Field(
+        None, pattern=r"^[\w.-]+$", description="Folder output_dir/sweep_<name>; null: a hash of the sweep's settings.")
+    seeds: Optional[Union[list[int], IntRange]] = Field(None, description="Run seeds; null: the top-level seed.")
+    stimulus_sets: Optional[Union[list[Union[int, list[int]]], IntRange]] = Field(
+        None, description="Each an int (selection seed of the drawn segments) or a list of segments; null: "
+        "optimization.stimulus as it is.")
+    models: Union[list[Union[int, str]], IntRange] = Field(
+        [1], description="Ranks in the results table (1 = best) or model stems.")
+    overrides: Optional[dict[str, list[Any]]] = Field(
+        None, description="Other config keys, each with a list of values: {'optimization.loop.learning_rate': [...]}.")
+    backend: Literal["sequential", "local", "ray"] = Field("sequential", description="Where the runs are executed.")
+    max_workers: Optional[int] = Field(
+        None, ge=1, description="local: processes at most (null: one per GPU, else one per core).")
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+
 class AppConfig(_Section):
     """Everything `python main.py` does; see config.yaml for the commented defaults."""
 
@@ -58,10 +99,13 @@ class AppConfig(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
                         description="auto, cpu, cuda, cuda:N or mps.")
     seed: int = Field(0, description="Drives every random choice of the run.")
+    resume_interrupted: bool = Field(True, description="Continue the newest run folder of the same model and "
+                                     "config that has a checkpoint but no summary, instead of starting anew.")
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     conversion: ConversionConfig = Field(default_factory=ConversionConfig)
     optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
     ground_truth: GroundTruthConfig = Field(default_factory=GroundTruthConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -100,12 +144,17 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{assignment}': the value is not valid YAML ({exc}).") from None
-    parts = key.strip().split(".")
+    set_dotted(data, key.strip(), value, f"override '{assignment}'")
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Set `a.b.c` in nested dicts, creating sections on the way."""
+    parts = key.split(".")
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override '{assignment}': '{part}' is a value, not a section.")
+            raise ConfigError(f"{source}: '{part}' is a value, not a section.")
         node = child
     node[parts[-1]] = value
 
@@ -117,7 +166,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> AppConfig:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file.") from None
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot be read as YAML ({exc}).") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}.")

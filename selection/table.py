@@ -76,7 +76,9 @@ def _row_from_pickle(pickle_path: Path, config: SelectionConfig, trust: bool) ->
 def table_from_models_dir(models_dir: Path, config: SelectionConfig, trust_pickles: bool = False) -> pd.DataFrame:
     if not models_dir.is_dir():
         raise SelectionError(f"{models_dir}: the models folder does not exist.")
-    pickles = sorted(p for p in models_dir.glob("*.pickle") if not p.stem.endswith(CONVERTER_INFO_SUFFIX))
+    # Hidden files are other programs' temporaries (e.g. what a killed writer leaves), never candidates.
+    pickles = sorted(p for p in models_dir.glob("*.pickle")
+                     if not p.stem.endswith(CONVERTER_INFO_SUFFIX) and not p.name.startswith("."))
     if not pickles:
         raise SelectionError(f"{models_dir}: no model parameter pickles (*.pickle) in the models folder.")
     return rank([_row_from_pickle(p, config, trust_pickles) for p in pickles], config)

@@ -103,10 +103,10 @@ def test_batch_convert_reports_each_model(keras_files, tmp_path):
     shutil.copy(keras_files / "tcn.h5", source / "good.h5")
     shutil.copy(keras_files / "unknown_layers.h5", source / "bad.h5")
     rows = batch_convert(source, tmp_path / "out")
-    by_name = {Path(row["model"]).name: row for row in rows}
-    assert by_name["good.h5"]["status"] == "converted"
+    by_name = {Path(row.model).name: row for row in rows}
+    assert by_name["good.h5"].status == "converted"
     assert (tmp_path / "out" / "good_converted.pth").is_file()
-    assert by_name["bad.h5"]["status"] == "failed" and "Lambda" in by_name["bad.h5"]["error"]
+    assert by_name["bad.h5"].status == "failed" and "Lambda" in by_name["bad.h5"].error
     assert not (tmp_path / "out" / "bad_converted.pth").exists()
 
 

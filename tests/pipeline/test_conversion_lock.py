@@ -8,17 +8,18 @@ import time
 
 import pytest
 
-from errors import SelectionError
+from conversion.cache import conversion_lock
+from errors import ConversionError
 from model_converter import TCNModelConverter
-from selection.pytorch_model import conversion_lock, ensure_pytorch_model
+from selection.pytorch_model import ensure_pytorch_model
 
 
 def test_lock_times_out_while_another_job_holds_it(keras_files, tmp_path):
     h5 = tmp_path / "tcn.h5"
     shutil.copy(keras_files / "tcn.h5", h5)
-    with open(tmp_path / ".tcn.h5.lock", "a") as other_job:
+    with open(tmp_path / ".tcn_converted.pth.lock", "a") as other_job:
         fcntl.flock(other_job, fcntl.LOCK_EX)
-        with pytest.raises(SelectionError, match="conversion lock"):
+        with pytest.raises(ConversionError, match="conversion lock"):
             ensure_pytorch_model(h5.with_suffix(""), None, verify=False, lock_timeout_s=1.5)
     assert not (tmp_path / "tcn_converted.pth").exists()
 
@@ -31,7 +32,7 @@ def test_waiting_job_reuses_what_the_first_converted(keras_files, tmp_path):
     def second_job():
         results["second"] = ensure_pytorch_model(h5.with_suffix(""), None, verify=False, lock_timeout_s=60)
 
-    with conversion_lock(h5, timeout_s=5):
+    with conversion_lock(tmp_path / "tcn_converted.pth", timeout_s=5):
         waiting = threading.Thread(target=second_job)
         waiting.start()
         time.sleep(1.5)  # the second job finds no converted file and waits for the lock

@@ -1,0 +1,1 @@
+"""Benchmarks of the converter and the optimization loop; results in BENCHMARKS.md."""

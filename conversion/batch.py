@@ -1,0 +1,139 @@
+"""Convert every Keras model file in a folder, in parallel worker processes, reusing current conversions.
+
+Each model runs through the caller's single-model function (model_converter.convert_or_reuse, which caches
+and locks per output), in a pool of spawned processes: TensorFlow, when verification loads it, and torch's
+threads stay per process. A model that fails becomes a `failed` row with its message; the others go on.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+from conversion.cache import ConversionOutcome, default_output_path
+from errors import ConversionError, ToolError
+
+MODEL_SUFFIXES = (".h5", ".keras")
+
+# convert(source, params or None, output) -> ConversionOutcome; must be picklable (a module-level function
+# or a functools.partial of one), since it runs in the worker processes.
+ConvertOne = Callable[[Path, Path | None, Path], ConversionOutcome]
+
+
+@dataclass
+class BatchJob:
+    source: Path
+    params: Path | None  # the sibling `<stem>.pickle`, when there is one
+    output: Path
+
+
+@dataclass
+class BatchRow:
+    model: str
+    status: str  # converted / cached / failed
+    output: str | None
+    dtype: str | None
+    max_abs_diff: float | None  # worst output's difference to Keras, when the conversion was verified
+    seconds: float
+    worker_pid: int
+    error: str | None = None
+
+
+def find_models(folder: Path) -> list[Path]:
+    """The Keras model files in `folder`, by name; hidden files (our temporaries and locks) are skipped."""
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix in MODEL_SUFFIXES and p.is_file() and not p.name.startswith("."))
+
+
+def plan_jobs(folder: str | Path, output_dir: str | Path | None = None) -> list[BatchJob]:
+    """One job per model file; outputs beside the models or in `output_dir` as `<stem>_converted.pth`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConversionError(f"{folder}: no such folder.")
+    models = find_models(folder)
+    if not models:
+        raise ConversionError(f"{folder}: no Keras model files ({', '.join('*' + s for s in MODEL_SUFFIXES)}).")
+    jobs = []
+    for source in models:
+        output = default_output_path(source)
+        params = source.with_name(f"{source.stem.removesuffix('.weights')}.pickle")
+        jobs.append(BatchJob(source, params if params.is_file() else None,
+                             Path(output_dir) / output.name if output_dir is not None else output))
+    by_output: dict[Path, list[str]] = {}
+    for job in jobs:
+        by_output.setdefault(job.output, []).append(job.source.name)
+    clashes = [f"{' and '.join(names)} -> {output.name}" for output, names in by_output.items() if len(names) > 1]
+    if clashes:
+        raise ConversionError(f"{folder}: several model files would be converted into the same file "
+                              f"({'; '.join(clashes)}); convert them one by one with explicit output paths.")
+    return jobs
+
+
+def worst_verified_diff(metadata: dict[str, Any]) -> float | None:
+    outputs = (metadata.get("verification") or {}).get("outputs")
+    return max(o["max_abs_diff"] for o in outputs.values()) if outputs else None
+
+
+def run_job(convert: ConvertOne, job: BatchJob) -> BatchRow:
+    """One model in a worker process: its row, never an exception, so that the other models go on."""
+    started = time.perf_counter()
+    row = BatchRow(model=str(job.source), status="failed", output=None, dtype=None, max_abs_diff=None,
+                   seconds=0.0, worker_pid=os.getpid())
+    try:
+        outcome = convert(job.source, job.params, job.output)
+    except ToolError as exc:
+        row.error = str(exc)
+    except Exception as exc:  # a converter bug on one model must not stop the batch; reported in its row
+        row.error = f"{job.source}: unexpected {type(exc).__name__} while converting: {exc}"
+    else:
+        metadata = outcome.model.metadata
+        row.status = "cached" if outcome.cached else "converted"
+        row.output = str(outcome.path)
+        row.dtype = metadata.get("dtype", "float32")
+        row.max_abs_diff = worst_verified_diff(metadata)
+    row.seconds = time.perf_counter() - started
+    return row
+
+
+def run_batch(jobs: list[BatchJob], convert: ConvertOne, n_jobs: int | None = None,
+              progress: bool = False) -> list[BatchRow]:
+    """Run the jobs in `n_jobs` spawned processes (default: one per core); rows in the order of `jobs`."""
+    n_workers = max(1, min(n_jobs or os.cpu_count() or 1, len(jobs)))
+    rows: dict[int, BatchRow] = {}
+    with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn")) as pool, \
+            tqdm(total=len(jobs), unit="model", file=sys.stderr, disable=not progress) as bar:
+        futures = {pool.submit(run_job, convert, job): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                rows[i] = future.result()
+            except BrokenProcessPool as exc:  # a worker killed (out of memory, signal): its jobs cannot finish
+                rows[i] = BatchRow(model=str(jobs[i].source), status="failed", output=None, dtype=None,
+                                   max_abs_diff=None, seconds=0.0, worker_pid=0,
+                                   error=f"{jobs[i].source}: the worker process died ({exc}).")
+            bar.update()
+    return [rows[i] for i in range(len(jobs))]
+
+
+def format_table(rows: list[BatchRow]) -> str:
+    """The final report: one line per model, the failures' messages below, and the counts."""
+    header = ("model", "status", "dtype", "max diff", "seconds", "worker")
+    lines = [header] + [(Path(r.model).name, r.status, r.dtype or "-",
+                         f"{r.max_abs_diff:.2g}" if r.max_abs_diff is not None else "-",
+                         f"{r.seconds:.1f}", str(r.worker_pid)) for r in rows]
+    widths = [max(len(line[c]) for line in lines) for c in range(len(header))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    text.extend(f"\nfailed: {r.error}" for r in rows if r.status == "failed")
+    counts = {status: sum(r.status == status for r in rows) for status in ("converted", "cached", "failed")}
+    workers = len({r.worker_pid for r in rows})
+    text.append(f"\n{len(rows)} models: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+                + f" ({workers} worker process{'es' if workers != 1 else ''})")
+    return "\n".join(text)

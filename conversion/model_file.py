@@ -1,0 +1,40 @@
+"""One entry point for every Keras input: the file's content (not its name) picks the reader.
+
+    zip archive                          → Keras 3 `.keras` archive (conversion.keras_archive)
+    HDF5 with a `model_config`           → full-model `.h5`, Keras 2 or 3 (conversion.keras_file)
+    HDF5 with weights but no config      → `save_weights` file + the params' architecture_dict
+                                           (conversion.architecture_dict)
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from conversion.architecture_dict import read_weights_only
+from conversion.keras_archive import read_keras_archive
+from conversion.keras_file import KerasModelFile, read_attr, read_keras_h5
+
+ARCHIVE_SUFFIX = ".keras"
+
+
+def _is_weights_only(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return read_attr(f, "model_config") is None and (read_attr(f, "layer_names") is not None
+                                                             or "layers" in f)
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError):  # damaged: read_keras_h5 explains it
+        return False
+
+
+def read_model_file(path: str | Path, params: dict[str, Any] | None = None) -> KerasModelFile:
+    """The Keras model in `path` (with `params`' architecture_dict for weights-only files) as a
+    KerasModelFile; every failure is a ConversionError naming the file and the problem."""
+    path = Path(path)
+    if path.is_file() and (zipfile.is_zipfile(path) or path.suffix == ARCHIVE_SUFFIX):
+        return read_keras_archive(path)
+    if path.is_file() and h5py.is_hdf5(path) and _is_weights_only(path):
+        return read_weights_only(path, params)
+    return read_keras_h5(path)

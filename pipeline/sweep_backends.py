@@ -1,0 +1,122 @@
+"""Where the runs of a sweep execute. Every backend has one signature:
+
+    backend(tasks, config, on_done)
+
+runs each `RunTask` once and calls `on_done(task, result)` in this process as each finishes (in any order),
+with the result dict of `run_task` (a run that crashes its worker comes back as a failed result).
+
+- sequential: one after the other in this process.
+- local: worker processes on this machine, one per GPU when the runs use GPUs, else up to one per core.
+- ray: Ray tasks on an existing cluster (`sweep.ray.address`) or on a local Ray started for the sweep.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from errors import SweepError
+from pipeline.config import AppConfig
+from pipeline.sweep_worker import RunTask, failed_result, run_task, run_task_in_worker
+
+log = logging.getLogger("sweep")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+OnDone = Callable[[RunTask, dict[str, Any]], None]
+
+
+def run_sequential(tasks: list[RunTask], config: AppConfig, on_done: OnDone) -> None:
+    for task in tasks:
+        on_done(task, run_task(task))
+
+
+def _gpus_used(device: str) -> int:
+    """GPUs the runs spread over: every visible one when the device is auto or cuda; none otherwise."""
+    return torch.cuda.device_count() if device in ("auto", "cuda") else 0
+
+
+def _start_local_worker(gpu_ids: Optional[multiprocessing.Queue], threads: int) -> None:
+    """Pin this worker process to one GPU (before CUDA starts in it) and to its share of the cores."""
+    if gpu_ids is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_ids.get())
+    torch.set_num_threads(threads)
+
+
+def run_local(tasks: list[RunTask], config: AppConfig, on_done: OnDone) -> None:
+    if not tasks:
+        return
+    cores = os.cpu_count() or 1
+    gpus = _gpus_used(config.device)
+    workers = min(len(tasks), config.sweep.max_workers or gpus or cores, gpus or cores)
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads or CUDA state
+    gpu_ids = None
+    if gpus:
+        gpu_ids = context.Queue()
+        for index in range(workers):
+            gpu_ids.put(index)
+    log.info("local backend: %d worker process(es)%s", workers, ", one GPU each" if gpus else "")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_local_worker,
+                             initargs=(gpu_ids, max(1, cores // workers))) as pool:
+        futures = {pool.submit(run_task_in_worker, task): task for task in tasks}
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except Exception as exc:  # the worker process died (killed, out of memory)
+                result = failed_result(exc)
+            on_done(futures[future], result)
+
+
+def run_ray(tasks: list[RunTask], config: AppConfig, on_done: OnDone) -> None:
+    if not tasks:
+        return
+    try:
+        import ray
+    except ImportError:
+        raise SweepError("sweep.backend 'ray' needs the ray package: pip install ray==2.60.0.") from None
+    settings = config.sweep.ray
+    # Workers import this project's modules from the same path (a shared filesystem on a cluster).
+    runtime_env = {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}
+    try:
+        if settings.address:
+            ray.init(address=settings.address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=settings.num_cpus or config.sweep.max_workers or os.cpu_count(),
+                     include_dashboard=False, runtime_env=runtime_env, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at sweep.ray.address {settings.address!r}" if settings.address else "a local Ray"
+        raise SweepError(f"cannot start or join {where} ({exc}).") from None
+    try:
+        resources = ray.cluster_resources()
+        gpus = settings.gpus_per_run
+        if gpus is None:
+            gpus = 1 if config.device != "cpu" and resources.get("GPU", 0) >= 1 else 0
+        log.info("ray backend: cluster with %g CPU(s), %g GPU(s); each run requests %g CPU(s), %g GPU(s)",
+                 resources.get("CPU", 0), resources.get("GPU", 0), settings.cpus_per_run, gpus)
+        if not settings.address and (settings.cpus_per_run > resources.get("CPU", 0)
+                                     or gpus > resources.get("GPU", 0)):
+            raise SweepError(f"sweep.ray: each run requests {settings.cpus_per_run:g} CPU(s) and {gpus:g} GPU(s), "
+                             f"more than the local Ray has ({resources.get('CPU', 0):g} CPU(s), "
+                             f"{resources.get('GPU', 0):g} GPU(s)); no run could ever start.")
+        remote = ray.remote(run_task_in_worker).options(num_cpus=settings.cpus_per_run, num_gpus=gpus,
+                                                        max_retries=0)
+        pending = {remote.remote(task): task for task in tasks}
+        while pending:
+            finished, _ = ray.wait(list(pending), num_returns=1)
+            for reference in finished:
+                task = pending.pop(reference)
+                try:
+                    result = ray.get(reference)
+                except Exception as exc:  # the task's worker died, or the node left the cluster
+                    result = failed_result(exc)
+                on_done(task, result)
+    finally:
+        ray.shutdown()
+
+
+BACKENDS: dict[str, Callable[[list[RunTask], AppConfig, OnDone], None]] = {
+    "sequential": run_sequential, "local": run_local, "ray": run_ray,
+}

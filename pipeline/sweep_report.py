@@ -1,0 +1,136 @@
+"""What a sweep shows: the figures of its runs averaged across seeds, seed-averaged rate heatmaps, a report page.
+
+Files in the sweep folder: aggregate.csv and aggregate.md (mean and sample s.d. across seeds of each evaluation
+figure, per model, stimulus set and overridden setting), heatmaps/*.png, report.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from fileio import write_atomically, write_text_atomic
+from optimization.report import FILE_NAMES
+from pipeline.config import SweepConfig
+from pipeline.run_folder import short_model_name
+
+# Figures averaged across seeds: (manifest column, Markdown heading, where \| is a "|" inside a table cell).
+AGGREGATED = (("difference", "P(spike \\| stim) − P(spike \\| control)"), ("p_spike_stim", "P(spike \\| stim)"),
+              ("p_spike_control", "P(spike \\| control)"), ("initial_difference", "initial difference"),
+              ("ground_truth_difference", "ground-truth difference"), ("final_loss", "final loss"))
+
+
+def aggregate(manifest: pd.DataFrame, group_keys: list[str]) -> pd.DataFrame:
+    """One row per group: runs done and failed, the seeds done, and mean / sd (ddof=1) of each figure."""
+    rows = []
+    for key, group in manifest.groupby(group_keys, sort=False, dropna=False):
+        done = group[group["status"] == "done"]
+        row = {**dict(zip(group_keys, key)), "runs_done": len(done), "runs_failed": len(group) - len(done),
+               "seeds": " ".join(str(seed) for seed in done["seed"])}
+        for column, _ in AGGREGATED:
+            values = pd.to_numeric(done[column], errors="coerce").dropna()
+            row[f"{column}_mean"] = values.mean() if len(values) else math.nan
+            row[f"{column}_sd"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _mean_sd(mean: float, sd: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
+
+
+def markdown_table(table: pd.DataFrame, group_keys: list[str]) -> str:
+    """The aggregate as a Markdown table; figures never measured in the sweep (all empty) are left out."""
+    shown = [(column, heading) for column, heading in AGGREGATED if table[f"{column}_mean"].notna().any()]
+    header = [*group_keys, "runs (done/failed)", *(heading for _, heading in shown)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table.to_dict("records"):
+        cells = [str(row[key]) for key in group_keys] + [f"{row['runs_done']}/{row['runs_failed']}"]
+        cells += [_mean_sd(row[f"{column}_mean"], row[f"{column}_sd"]) for column, _ in shown]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _slug(parts: list) -> str:
+    return re.sub(r"[^\w.-]+", "_", "_".join(str(p) for p in parts))[:120]
+
+
+def plot_mean_rates(sweep_dir: Path, runs: pd.DataFrame, title: str, path: Path) -> Path:
+    """Optimized rates (segments x time), mean over patterns and over the runs (seeds), with the stimulus marked."""
+    rates = np.mean([np.load(sweep_dir / folder / FILE_NAMES["optimized_rates"]).mean(axis=0)
+                     for folder in runs["folder"]], axis=0)
+    setups = [json.loads((sweep_dir / folder / FILE_NAMES["evaluation"]).read_text())["setup"]
+              for folder in runs["folder"]]
+    num_excitatory = setups[0]["num_excitatory"]
+    stimuli = sorted({(s["stimulus_time_ms"], segment) for s in setups for segment in s["stimulus_segments"]})
+    groups = [("excitatory", 0, num_excitatory)]
+    if rates.shape[0] > num_excitatory:
+        groups.append(("inhibitory", num_excitatory, rates.shape[0]))
+    figure = Figure(figsize=(10, 3.2 * len(groups)))
+    axes = figure.subplots(len(groups), 1, squeeze=False)[:, 0]
+    for axis, (name, first, stop) in zip(axes, groups):
+        image = axis.imshow(rates[first:stop], aspect="auto", origin="lower", cmap="viridis", vmin=0,
+                            interpolation="nearest", extent=(0, rates.shape[1], first, stop))
+        marked = [(time, segment) for time, segment in stimuli if first <= segment < stop]
+        if marked:
+            axis.scatter([t + 0.5 for t, _ in marked], [s + 0.5 for _, s in marked], marker="x", color="red",
+                         s=40, label="stimulus")
+            axis.legend(loc="upper right")
+        axis.set_title(f"{name} segments")
+        axis.set_xlabel("time (ms)")
+        axis.set_ylabel("segment")
+        figure.colorbar(image, ax=axis, label="rate (spikes/ms)")
+    figure.suptitle(f"{title}: optimized rates, mean over {len(runs)} seed(s)")
+    FigureCanvasAgg(figure)
+    figure.tight_layout()
+    write_atomically(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
+    return path
+
+
+def write_sweep_report(sweep_dir: Path, manifest_path: Path, group_keys: list[str], sweep: SweepConfig) -> Path:
+    """aggregate.csv/.md, one heatmap per group with finished runs, and report.md linking them."""
+    manifest = pd.read_csv(manifest_path, keep_default_na=False, na_values=[""])
+    table = aggregate(manifest, group_keys)
+    write_text_atomic(sweep_dir / "aggregate.csv", table.to_csv(index=False))
+    summary_table = markdown_table(table, group_keys)
+    write_text_atomic(sweep_dir / "aggregate.md", summary_table)
+
+    heatmaps = []
+    for number, (key, group) in enumerate(manifest.groupby(group_keys, sort=False, dropna=False), start=1):
+        done = group[group["status"] == "done"]
+        if len(done):
+            labels = [short_model_name(v) if k == "model" else v for k, v in zip(group_keys, key)]
+            title = ", ".join(f"{k} {label}" for k, label in zip(group_keys, labels))
+            path = sweep_dir / "heatmaps" / f"{number:02d}_{_slug(labels)}.png"  # numbered: names may coincide
+            heatmaps.append((title, plot_mean_rates(sweep_dir, done, title, path)))
+
+    counts = manifest["status"].value_counts()
+    lists = sweep.model_dump(mode="json", include={"seeds", "stimulus_sets", "models", "overrides"})
+    lines = [f"# Sweep {sweep_dir.name}", "",
+             f"- {len(manifest)} run(s): {counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
+             f"{len(manifest) - counts.get('done', 0) - counts.get('failed', 0)} not run; backend {sweep.backend}",
+             "- " + "; ".join(f"{key}: `{json.dumps(value)}`" for key, value in lists.items()),
+             "- Files: `manifest.csv` (every run), `aggregate.csv` (the table below), `config.yaml`, `sweep.log`",
+             "", "## Evaluation figures, mean ± s.d. across seeds", "", summary_table]
+    if heatmaps:
+        lines += ["## Optimized rates, mean over seeds (red x: stimulus segments at the stimulus time)", ""]
+        lines += [f"### {title}\n\n![{title}]({path.relative_to(sweep_dir)})\n" for title, path in heatmaps]
+    lines += ["## Runs", "", "| run | seed | status | difference | folder |", "|---|---|---|---|---|"]
+    for row in manifest.to_dict("records"):
+        difference = "–" if pd.isna(row["difference"]) else f"{row['difference']:.3f}"
+        lines.append(f"| {row['run_id']} | {row['seed']} | {row['status']} | {difference} | "
+                     f"[{row['folder']}]({row['folder']}/report.md) |")
+    failed = manifest[manifest["status"] == "failed"]
+    if len(failed):
+        lines += ["", "## Failed runs", ""] + [f"- `{r.run_id}`: {r.error}" for r in failed.itertuples()]
+    path = sweep_dir / "report.md"
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path
