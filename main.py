@@ -12,16 +12,18 @@ optimization diverged, bad config). Safe for cron and cluster jobs: no prompts, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-from errors import ToolError
+from errors import OutputError, ToolError
 from fileio import write_text_atomic
 from pipeline.config import AppConfig, config_to_yaml, load_config
-from pipeline.run_folder import attach_run_log, create_run_folder, find_interrupted_run, setup_logging
+from pipeline.run_folder import (FAILED_MARK, attach_run_log, claim_run_folder, create_run_folder,
+                                 find_interrupted_run, setup_logging, working_in)
 from pipeline.single_run import optimize_and_report, prepare_model
 from pipeline.sweep import run_sweep
 from selection.table import best_row, format_table, table_from_csv, table_from_models_dir
@@ -48,20 +50,27 @@ def select_model(config: AppConfig):
 def run(config: AppConfig, log_buffer, progress: bool) -> Path:
     started = time.monotonic()
     table, best = select_model(config)
-    run_dir = (find_interrupted_run(config.output_dir, best["stem"], config.model_dump(mode="json"))
-               if config.resume_interrupted and config.optimization.loop.resume_from is None else None)
-    if run_dir is not None:
+    interrupted = (find_interrupted_run(config.output_dir, best["stem"], config.model_dump(mode="json"))
+                   if config.resume_interrupted and config.optimization.loop.resume_from is None else None)
+    if interrupted is not None:
+        run_dir, claim = interrupted
         attach_run_log(log_buffer, run_dir / "run.log")
         log.info("continuing the interrupted run %s from its checkpoint", run_dir)
         config.optimization.loop.resume_from = run_dir / "checkpoint.pt"
     else:
         run_dir = create_run_folder(config.output_dir, best["stem"])
+        claim = claim_run_folder(run_dir)
         attach_run_log(log_buffer, run_dir / "run.log")
-    write_text_atomic(run_dir / "config.yaml", config_to_yaml(config))
-    write_text_atomic(run_dir / "results_table.csv", table.to_csv(index=False))
-
-    model, chosen = prepare_model(best, config)
-    report, _ = optimize_and_report(model, chosen, config, run_dir, progress, started)
+    with working_in(run_dir, claim):  # no other job continues this folder meanwhile (released even on SIGKILL)
+        write_text_atomic(run_dir / "config.yaml", config_to_yaml(config))
+        write_text_atomic(run_dir / "results_table.csv", table.to_csv(index=False))
+        try:
+            model, chosen = prepare_model(best, config)
+            report, _ = optimize_and_report(model, chosen, config, run_dir, progress, started)
+        except ToolError as exc:
+            with contextlib.suppress(OutputError):  # a full disk must not hide the error itself
+                write_text_atomic(run_dir / FAILED_MARK, f"{type(exc).__name__}: {exc}\n")
+            raise
     return report
 
 

@@ -24,10 +24,10 @@ from torch import nn
 
 from conversion.batch import BatchRow, format_table, plan_jobs, run_batch
 from conversion.cache import DEFAULT_LOCK_TIMEOUT_S, ConversionOutcome, convert_once, default_output_path
-from conversion.converter import Conversion, convert_keras_file, write_conversion
+from conversion.converter import convert_keras_file, write_conversion
 from conversion.keras_file import file_sha256
 from conversion.model_file import read_model_file
-from conversion.verify import KerasUnavailable, compare_with_keras
+from conversion.verify import KerasUnavailable, compare_with_keras, worst_output
 from errors import ConversionError, ToolError
 from fileio import load_pickle
 from models.checkpoint import STORAGE_DTYPES, load_converted_model, round_to_storage
@@ -44,7 +44,6 @@ class TCNModelConverter:
         self.tf_model_path = Path(tf_model_path)
         self.model_params_path = Path(model_params_path) if model_params_path else None
         self.params = self._read_params(trust_pickles)
-        self.last_conversion: Conversion | None = None
 
     def _read_params(self, trust: bool) -> dict[str, Any] | None:
         if self.model_params_path is None:
@@ -72,10 +71,10 @@ class TCNModelConverter:
                 log.warning("verification skipped: %s", exc)
                 report = {"skipped": str(exc)}
             if not report.get("skipped") and not report["passed"]:
-                worst = max(report["outputs"].items(), key=lambda item: item[1]["max_abs_diff"])
+                worst_name, worst_diff = worst_output(report)
                 raise ConversionError(f"{self.tf_model_path}: the converted model differs from Keras beyond "
-                                      f"the tolerance (output '{worst[0]}': max abs diff "
-                                      f"{worst[1]['max_abs_diff']:.3g}). Nothing was written.")
+                                      f"the tolerance (output '{worst_name}': max abs diff "
+                                      f"{worst_diff:.3g}). Nothing was written.")
             conversion.metadata["verification"] = report
         conversion.metadata["params_pickle"] = str(self.model_params_path) if self.model_params_path else None
         conversion.metadata["params_sha256"] = file_sha256(self.model_params_path) if self.model_params_path else None
@@ -85,7 +84,6 @@ class TCNModelConverter:
                                   f"({', '.join(overflowed)}); store them as bfloat16 or float32. Nothing was written.")
         conversion.metadata["dtype"] = dtype
         write_conversion(conversion, output_path or default_output_path(self.tf_model_path))
-        self.last_conversion = conversion
         return conversion.model
 
     def test_conversion(self, pytorch_model: nn.Module, test_input: Sequence[np.ndarray] | np.ndarray | None = None

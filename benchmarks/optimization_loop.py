@@ -31,6 +31,7 @@ from benchmarks.prior_loop import PriorStyleLoop  # noqa: E402
 from models.graph import KerasGraphModule  # noqa: E402
 from optimization.config import OptimizationConfig  # noqa: E402
 from optimization.constraints import RateParameters  # noqa: E402
+from optimization.fast_path import synchronize  # noqa: E402
 from optimization.initial import initial_rates  # noqa: E402
 from optimization.loop import RateOptimizer  # noqa: E402
 from optimization.network import prepare_model, resolve_layout  # noqa: E402
@@ -100,17 +101,12 @@ def _timed(step, device: torch.device, warmup: int, iterations: int) -> list[flo
         step()
     times = []
     for _ in range(iterations):
-        _synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         step()
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - started)
     return times
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def our_optimizer(model: KerasGraphModule, pairs: int, duration: int, device: torch.device, fast_path: str,

@@ -18,7 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from conversion.keras_archive import group_base_name, read_numbered_weights
+from conversion.keras_archive import group_base_name, read_numbered_weights, stored_layer_name
 from conversion.keras_file import KerasModelFile, file_sha256, read_attr, read_layer_groups
 from errors import ConversionError
 
@@ -28,7 +28,6 @@ PER_LAYER_KEYS = REQUIRED_KEYS[:-1]
 HEADS = (("spikes", "sigmoid"), ("somatic", "linear"), ("dendritic", "linear"))
 LEAKY_RELU_SLOPE = 0.25          # fit_CNN.py's 'lrelu': a lambda around LeakyReLU(0.25)
 BN_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
-CONV_VARIABLES = ("kernel", "bias")
 KERAS3_VERSION = "3.x"           # Keras 3 weights files record no version
 
 
@@ -121,10 +120,11 @@ def _keras3_layers(path: Path, f: h5py.File, depth: int) -> tuple[list[StoredLay
     its BN per layer, then the heads). Names come from the groups' `name` attributes, else fit_CNN.py's."""
     convs = _keras3_groups(f, group_base_name("Conv1D"))
     norms = _keras3_groups(f, group_base_name("BatchNormalization"))
+    layers_root = f["layers"]
     default_conv_names = [f"layer_{i + 1}" for i in range(depth)] + [head for head, _ in HEADS]
-    conv_names = [_name_attr(f, key) or (default_conv_names[i] if i < len(default_conv_names) else key)
+    conv_names = [stored_layer_name(layers_root[key]) or (default_conv_names[i] if i < len(default_conv_names) else key)
                   for i, key in enumerate(convs)]
-    norm_names = [_name_attr(f, key) or f"layer_{i + 1}_BN" for i, key in enumerate(norms)]
+    norm_names = [stored_layer_name(layers_root[key]) or f"layer_{i + 1}_BN" for i, key in enumerate(norms)]
     weights = read_numbered_weights(path, f, [(name, "Conv1D", {}) for name in conv_names]
                                     + [(name, "BatchNormalization", {}) for name in norm_names])
     if len(convs) != depth + len(HEADS) or len(norms) != depth:
@@ -135,12 +135,7 @@ def _keras3_layers(path: Path, f: h5py.File, depth: int) -> tuple[list[StoredLay
     stored = [StoredLayer(name, {key.rsplit("/", 1)[-1]: value for key, value in weights[name].items()})
               for name in order]
     inputs = _keras3_groups(f, group_base_name("InputLayer"))
-    return stored, (_name_attr(f, inputs[0]) if inputs else None)
-
-
-def _name_attr(f: h5py.File, key: str) -> str | None:
-    group = f["layers"][key]
-    return read_attr(group["vars"], "name") if "vars" in group else None
+    return stored, (stored_layer_name(layers_root[inputs[0]]) if inputs else None)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Convert every Keras model file in a folder, in parallel worker processes, reusing current conversions.
 
 Each model runs through the caller's single-model function (model_converter.convert_or_reuse, which caches
-and locks per output), in a pool of spawned processes: TensorFlow, when verification loads it, and torch's
-threads stay per process. A model that fails becomes a `failed` row with its message; the others go on.
+and locks per output), in a pool of spawned processes: TensorFlow, when verification loads it, stays per
+process, and each worker's torch threads get an equal share of the cores. A model that fails becomes a
+`failed` row with its message; the others go on.
 """
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
+import torch
 from tqdm import tqdm
 
-from conversion.cache import ConversionOutcome, default_output_path
+from conversion.cache import ConversionOutcome, default_output_path, model_stem
+from conversion.verify import worst_output
 from errors import ConversionError, ToolError
 
 MODEL_SUFFIXES = (".h5", ".keras")
@@ -26,6 +29,7 @@ MODEL_SUFFIXES = (".h5", ".keras")
 # convert(source, params or None, output) -> ConversionOutcome; must be picklable (a module-level function
 # or a functools.partial of one), since it runs in the worker processes.
 ConvertOne = Callable[[Path, Path | None, Path], ConversionOutcome]
+NO_WORKER = 0
 
 
 @dataclass
@@ -43,7 +47,7 @@ class BatchRow:
     dtype: str | None
     max_abs_diff: float | None  # worst output's difference to Keras, when the conversion was verified
     seconds: float
-    worker_pid: int
+    worker_pid: int  # NO_WORKER when the worker died before reporting
     error: str | None = None
 
 
@@ -64,7 +68,7 @@ def plan_jobs(folder: str | Path, output_dir: str | Path | None = None) -> list[
     jobs = []
     for source in models:
         output = default_output_path(source)
-        params = source.with_name(f"{source.stem.removesuffix('.weights')}.pickle")
+        params = source.with_name(f"{model_stem(source)}.pickle")
         jobs.append(BatchJob(source, params if params.is_file() else None,
                              Path(output_dir) / output.name if output_dir is not None else output))
     by_output: dict[Path, list[str]] = {}
@@ -75,11 +79,6 @@ def plan_jobs(folder: str | Path, output_dir: str | Path | None = None) -> list[
         raise ConversionError(f"{folder}: several model files would be converted into the same file "
                               f"({'; '.join(clashes)}); convert them one by one with explicit output paths.")
     return jobs
-
-
-def worst_verified_diff(metadata: dict[str, Any]) -> float | None:
-    outputs = (metadata.get("verification") or {}).get("outputs")
-    return max(o["max_abs_diff"] for o in outputs.values()) if outputs else None
 
 
 def run_job(convert: ConvertOne, job: BatchJob) -> BatchRow:
@@ -98,17 +97,26 @@ def run_job(convert: ConvertOne, job: BatchJob) -> BatchRow:
         row.status = "cached" if outcome.cached else "converted"
         row.output = str(outcome.path)
         row.dtype = metadata.get("dtype", "float32")
-        row.max_abs_diff = worst_verified_diff(metadata)
+        worst = worst_output(metadata.get("verification") or {})
+        row.max_abs_diff = worst[1] if worst is not None else None
     row.seconds = time.perf_counter() - started
     return row
+
+
+def share_cores(threads: int) -> None:
+    """Worker start: torch would take every core in each worker; `threads` each keeps the workers to one
+    thread per core together."""
+    torch.set_num_threads(threads)
 
 
 def run_batch(jobs: list[BatchJob], convert: ConvertOne, n_jobs: int | None = None,
               progress: bool = False) -> list[BatchRow]:
     """Run the jobs in `n_jobs` spawned processes (default: one per core); rows in the order of `jobs`."""
-    n_workers = max(1, min(n_jobs or os.cpu_count() or 1, len(jobs)))
+    cores = os.cpu_count() or 1
+    n_workers = max(1, min(n_jobs or cores, len(jobs)))
     rows: dict[int, BatchRow] = {}
-    with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn")) as pool, \
+    with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"), initializer=share_cores,
+                             initargs=(max(1, cores // n_workers),)) as pool, \
             tqdm(total=len(jobs), unit="model", file=sys.stderr, disable=not progress) as bar:
         futures = {pool.submit(run_job, convert, job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
@@ -117,7 +125,7 @@ def run_batch(jobs: list[BatchJob], convert: ConvertOne, n_jobs: int | None = No
                 rows[i] = future.result()
             except BrokenProcessPool as exc:  # a worker killed (out of memory, signal): its jobs cannot finish
                 rows[i] = BatchRow(model=str(jobs[i].source), status="failed", output=None, dtype=None,
-                                   max_abs_diff=None, seconds=0.0, worker_pid=0,
+                                   max_abs_diff=None, seconds=0.0, worker_pid=NO_WORKER,
                                    error=f"{jobs[i].source}: the worker process died ({exc}).")
             bar.update()
     return [rows[i] for i in range(len(jobs))]
@@ -128,12 +136,13 @@ def format_table(rows: list[BatchRow]) -> str:
     header = ("model", "status", "dtype", "max diff", "seconds", "worker")
     lines = [header] + [(Path(r.model).name, r.status, r.dtype or "-",
                          f"{r.max_abs_diff:.2g}" if r.max_abs_diff is not None else "-",
-                         f"{r.seconds:.1f}", str(r.worker_pid)) for r in rows]
+                         f"{r.seconds:.1f}", str(r.worker_pid) if r.worker_pid != NO_WORKER else "-")
+                        for r in rows]
     widths = [max(len(line[c]) for line in lines) for c in range(len(header))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
     text.extend(f"\nfailed: {r.error}" for r in rows if r.status == "failed")
     counts = {status: sum(r.status == status for r in rows) for status in ("converted", "cached", "failed")}
-    workers = len({r.worker_pid for r in rows})
+    workers = len({r.worker_pid for r in rows if r.worker_pid != NO_WORKER})
     text.append(f"\n{len(rows)} models: " + ", ".join(f"{n} {status}" for status, n in counts.items())
                 + f" ({workers} worker process{'es' if workers != 1 else ''})")
     return "\n".join(text)

@@ -36,10 +36,14 @@ class ConversionOutcome:
     cached: bool  # True when an existing current conversion was used
 
 
+def model_stem(source: str | Path) -> str:
+    """The model's name in a Keras file name: `x.h5`, `x.keras` and `x.weights.h5` are all model `x`."""
+    return Path(source).stem.removesuffix(".weights")
+
+
 def default_output_path(source: str | Path) -> Path:
     """`<stem>_converted.pth` beside the Keras file (`x.h5`, `x.keras`, `x.weights.h5` → `x_converted.pth`)."""
-    source = Path(source)
-    return source.with_name(f"{source.stem.removesuffix('.weights')}_converted.pth")
+    return Path(source).with_name(f"{model_stem(source)}_converted.pth")
 
 
 def lock_path_for(output: Path) -> Path:

@@ -15,6 +15,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from conversion.keras_file import KerasModelFile, file_sha256
+from conversion.keras_file import KerasModelFile, file_sha256, read_attr
 from errors import ConversionError
 
 ARCHIVE_CONFIG = "config.json"
@@ -104,7 +105,7 @@ def _nested_weights(group: h5py.Group) -> dict[str, np.ndarray]:
             if key == "vars" or not isinstance(child, h5py.Group):
                 continue
             is_layer = "vars" in child
-            child_path = path + [_stored_name(child) or key] if is_layer else path
+            child_path = path + [stored_layer_name(child) or key] if is_layer else path
             if is_layer:
                 values = _numbered(child["vars"])
                 for var, value in zip(_sublayer_variable_names(key, values), values):
@@ -117,11 +118,9 @@ def _nested_weights(group: h5py.Group) -> dict[str, np.ndarray]:
     return found
 
 
-def _stored_name(group: h5py.Group) -> str | None:
-    if "vars" not in group:
-        return None
-    value = group["vars"].attrs.get("name")
-    return value.decode("utf-8") if isinstance(value, bytes) else value
+def stored_layer_name(group: h5py.Group) -> str | None:
+    """The layer name a Keras 3 weights group records (its `vars` group's `name` attribute), if any."""
+    return read_attr(group["vars"], "name") if "vars" in group else None
 
 
 def _has_data(group: h5py.Group) -> bool:
@@ -139,7 +138,7 @@ def assign_layer_groups(layers_root: h5py.Group, layers: list[tuple[str, str]]) 
     """
     named = {}
     for key in layers_root:
-        stored = _stored_name(layers_root[key])
+        stored = stored_layer_name(layers_root[key])
         if stored is not None:
             named[stored] = key
     counters: dict[str, int] = {}
@@ -150,7 +149,7 @@ def assign_layer_groups(layers_root: h5py.Group, layers: list[tuple[str, str]]) 
         by_order = base if counters[base] == 0 else f"{base}_{counters[base]}"
         if layer_name in named:
             mapping[layer_name] = named[layer_name]
-        elif by_order in layers_root and _stored_name(layers_root[by_order]) in (None, layer_name):
+        elif by_order in layers_root and stored_layer_name(layers_root[by_order]) in (None, layer_name):
             mapping[layer_name] = by_order
     used = set(mapping.values())
     problems = [f"group 'layers/{key}' holds weights that belong to no layer of the config"
@@ -198,6 +197,27 @@ def config_layers(model_config: dict[str, Any]) -> list[tuple[str, str, dict[str
             for entry in entries]
 
 
+def _read_member(path: Path, archive: zipfile.ZipFile, member: str) -> bytes:
+    """A member's bytes; a damaged, encrypted or unsupported-compression member is a ConversionError."""
+    try:
+        return archive.read(member)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        kind = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
+        raise ConversionError(f"{path}: member {member} of the Keras archive cannot be read ({kind}: {exc}).") from exc
+
+
+def _json_object(path: Path, member: str, text: bytes) -> dict[str, Any]:
+    """A member's JSON, which Keras always writes as an object."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConversionError(f"{path}: {member} in the Keras archive is not valid JSON ({exc}).") from exc
+    if not isinstance(value, dict):
+        raise ConversionError(f"{path}: {member} in the Keras archive holds a JSON {type(value).__name__}, "
+                              "not an object.")
+    return value
+
+
 def read_keras_archive(path: str | Path) -> KerasModelFile:
     """Parse a Keras 3 `.keras` archive; every failure is a ConversionError naming the file and the item."""
     path = Path(path)
@@ -213,17 +233,13 @@ def read_keras_archive(path: str | Path) -> KerasModelFile:
             if missing:
                 raise ConversionError(f"{path}: the Keras archive lacks {' and '.join(missing)} "
                                       f"(it holds: {', '.join(sorted(members)) or 'nothing'}).")
-            config_text = archive.read(ARCHIVE_CONFIG)
-            metadata_text = archive.read(ARCHIVE_METADATA) if ARCHIVE_METADATA in members else b"{}"
-            weights_bytes = archive.read(ARCHIVE_WEIGHTS)
+            config_text = _read_member(path, archive, ARCHIVE_CONFIG)
+            metadata_text = _read_member(path, archive, ARCHIVE_METADATA) if ARCHIVE_METADATA in members else b"{}"
+            weights_bytes = _read_member(path, archive, ARCHIVE_WEIGHTS)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ConversionError(f"{path}: the Keras archive cannot be read ({type(exc).__name__}: {exc}).") from exc
-    try:
-        model_config = json.loads(config_text)
-        metadata = json.loads(metadata_text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConversionError(f"{path}: {ARCHIVE_CONFIG} or {ARCHIVE_METADATA} in the archive is not valid JSON "
-                              f"({exc}).") from exc
+    model_config = _json_object(path, ARCHIVE_CONFIG, config_text)
+    metadata = _json_object(path, ARCHIVE_METADATA, metadata_text)
     try:
         layers = config_layers(model_config)
     except (KeyError, TypeError, AttributeError) as exc:

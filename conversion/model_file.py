@@ -1,6 +1,7 @@
-"""One entry point for every Keras input: the file's content (not its name) picks the reader.
+"""One entry point for every Keras input: the file's content picks the reader, except that a `.keras` name
+always goes to the archive reader, so that a damaged archive is reported as one.
 
-    zip archive                          → Keras 3 `.keras` archive (conversion.keras_archive)
+    zip archive, or named `.keras`       → Keras 3 `.keras` archive (conversion.keras_archive)
     HDF5 with a `model_config`           → full-model `.h5`, Keras 2 or 3 (conversion.keras_file)
     HDF5 with weights but no config      → `save_weights` file + the params' architecture_dict
                                            (conversion.architecture_dict)

@@ -24,6 +24,16 @@ class KerasUnavailable(RuntimeError):
     needs a package Keras lacks): verification is skipped, and the caller says so."""
 
 
+def worst_output(verification: dict[str, Any]) -> tuple[str, float] | None:
+    """(output name, max abs diff) of the output furthest from Keras in a verification record; None when the
+    record compared nothing (verification skipped or absent)."""
+    outputs = verification.get("outputs")
+    if not outputs:
+        return None
+    name = max(outputs, key=lambda output: outputs[output]["max_abs_diff"])
+    return name, outputs[name]["max_abs_diff"]
+
+
 def _keras_module(keras_major: int):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if keras_major < 3:  # keras-tcn builds on tensorflow.keras: make that tf_keras for Keras 2 files

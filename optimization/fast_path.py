@@ -16,8 +16,8 @@ anything but one Conv1d) take the plain path — both copies concatenated throug
 why. `precision: auto` on CUDA times, on the first batch, fp32 and bf16 autocast, each with the first layer
 as cuDNN's convolution or as one bf16 matrix product plus a shifted sum (cuDNN's bf16 convolutions can be
 several times slower than fp32 for some shapes), keeps the fastest whose spike probabilities stay within
-BF16_TOLERANCE of fp32's, and caches the choice per device, model and batch shape for the process. On other
-devices auto means fp32 with the convolution.
+BF16_TOLERANCE of fp32's, and caches the choice per device, model (its weights) and batch shape for the
+process. On other devices auto means fp32 with the convolution.
 """
 
 from __future__ import annotations
@@ -196,10 +196,15 @@ class PairedForward:
         return self.matrices
 
     def signature(self) -> tuple:
-        """What makes two measurements comparable: the path, the weights' shapes and the gradient channels."""
-        shapes = tuple(tuple(p.shape) for p in self.model.parameters())
+        """What makes two measurements comparable: the path, the gradient channels, and the weights: their shapes
+        (the timings) and a fingerprint of their values (the accuracy check), so that two models of one
+        architecture, such as those of a sweep, are measured each."""
+        tensors = list(self.model.state_dict().values())
+        shapes = tuple(tuple(t.shape) for t in tensors)
+        with torch.no_grad():  # one float64 sum per tensor, fetched at once
+            sums = tuple(torch.stack([t.detach().double().sum() for t in tensors]).tolist()) if tensors else ()
         grad = None if not self.fast or self.backward_weight is None else self.backward_weight.shape[0]
-        return self.fast, shapes, grad
+        return self.fast, shapes, sums, grad
 
 
 def choose_setting(forward: PairedForward, control: torch.Tensor, requested: str,
@@ -261,15 +266,16 @@ def _time_step(forward: PairedForward, control: torch.Tensor, setting: tuple[str
     times = []
     for attempt in range(2 + _TIMED_PASSES):
         leaf = control.clone().requires_grad_(True)
-        _synchronize(control.device)
+        synchronize(control.device)
         started = time.perf_counter()
         forward(leaf).sum().backward()
-        _synchronize(control.device)
+        synchronize(control.device)
         if attempt >= 2:
             times.append(1e3 * (time.perf_counter() - started))
     return statistics.median(times)
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that a timer measures it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import fcntl
 import logging
 import re
 import sys
 from pathlib import Path
+from contextlib import contextmanager
+from typing import IO, Iterator
 
 import yaml
 
@@ -43,14 +46,20 @@ def setup_logging(quiet: bool, verbose: bool) -> _Buffer:
 
 
 def attach_run_log(buffer: _Buffer, log_path: Path) -> None:
-    handler = logging.FileHandler(log_path)
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler = run_log_handler(log_path)
     for record in buffer.records:
         handler.handle(record)
     root = logging.getLogger()
     root.removeHandler(buffer)
     root.addHandler(handler)
+
+
+def run_log_handler(path: Path) -> logging.Handler:
+    """The handler of a run log (or a sweep log): every record, DEBUG and up, with its time and level."""
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    return handler
 
 
 def short_model_name(stem: str) -> str:
@@ -85,8 +94,25 @@ def new_folder(parent: Path, base: str) -> Path:
     raise OutputError(f"{parent}: cannot create a new run folder named {base}_*: 999 exist already.")
 
 
-def find_interrupted_run(output_dir: Path, model_stem: str, config: dict) -> Path | None:
-    """The newest run folder of this model that a killed job left: a checkpoint, no summary, the same config.
+RUN_LOCK = ".running.lock"  # held by the process working in a run folder; the kernel drops it when that dies
+FAILED_MARK = "failed.txt"   # a run that stopped on an error: not continued automatically
+
+
+def claim_run_folder(folder: Path) -> IO | None:
+    """Lock `folder` for this process (returned handle; keep it open for the run), or None when another
+    live process holds it."""
+    handle = open(folder / RUN_LOCK, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def find_interrupted_run(output_dir: Path, model_stem: str, config: dict) -> tuple[Path, IO] | None:
+    """The newest run folder of this model that a killed job left, claimed: a checkpoint, no summary, no
+    failure mark, the same config, and no live process working in it.
 
     A scheduled job that was killed is then continued by its next start instead of starting over. The configs
     may differ only in how far to go (`optimization.loop.max_iterations`, counted across resumes).
@@ -96,9 +122,27 @@ def find_interrupted_run(output_dir: Path, model_stem: str, config: dict) -> Pat
     wanted = _resumable_part(config)
     for folder in sorted(output_dir.glob(f"*_{short_model_name(model_stem)}*"), key=lambda f: f.name, reverse=True):
         if ((folder / "checkpoint.pt").is_file() and not (folder / "summary.json").exists()
+                and not (folder / FAILED_MARK).exists()
                 and _resumable_part(_read_yaml(folder / "config.yaml")) == wanted):
-            return folder
+            handle = claim_run_folder(folder)
+            if handle is None:
+                continue
+            if (folder / "summary.json").exists() or (folder / FAILED_MARK).exists():
+                handle.close()  # the job that held it finished while we looked
+                continue
+            return folder, handle
     return None
+
+
+@contextmanager
+def working_in(folder: Path, claim: IO) -> Iterator[None]:
+    """Keep `folder` claimed while this process works in it; remove the lock file when done (a killed job
+    leaves it behind, unheld, which is harmless)."""
+    try:
+        yield
+    finally:
+        (folder / RUN_LOCK).unlink(missing_ok=True)
+        claim.close()
 
 
 def _resumable_part(config: dict | None) -> dict | None:

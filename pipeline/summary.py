@@ -48,7 +48,7 @@ def write_report(run_dir: Path, summary: dict[str, Any], files: dict[str, Path])
     lines = [
         f"# Activity optimization — {Path(summary['selected_model']).name}", "",
         f"- Selected by `{summary['selection_metric']}` = {_fmt(summary['selection_value'])}",
-        f"- PyTorch model: `{summary['pytorch_model']}` ({'converted in this run' if summary['converted'] else 'reused'})",
+        f"- PyTorch model: `{summary['pytorch_model']}` ({'converted for this run' if summary['converted'] else 'reused'})",
         f"- Device: {summary['device']}; iterations: {summary['iterations_run']} "
         f"(stopped: {summary['stopped_because']}); final loss {_fmt(summary['final_loss'])}; {summary['seconds']:.1f} s",
         "", "| | P(spike \\| stim) | P(spike \\| control) | difference | trials |", "|---|---|---|---|---|",

@@ -6,7 +6,8 @@ runs each `RunTask` once and calls `on_done(task, result)` in this process as ea
 with the result dict of `run_task` (a run that crashes its worker comes back as a failed result).
 
 - sequential: one after the other in this process.
-- local: worker processes on this machine, one per GPU when the runs use GPUs, else up to one per core.
+- local: worker processes on this machine: one per visible GPU when the device is auto or cuda; one on the
+  named GPU for cuda:N (more when sweep.max_workers asks); else up to one per core.
 - ray: Ray tasks on an existing cluster (`sweep.ray.address`) or on a local Ray started for the sweep.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -34,15 +36,34 @@ def run_sequential(tasks: list[RunTask], config: AppConfig, on_done: OnDone) -> 
         on_done(task, run_task(task))
 
 
-def _gpus_used(device: str) -> int:
-    """GPUs the runs spread over: every visible one when the device is auto or cuda; none otherwise."""
-    return torch.cuda.device_count() if device in ("auto", "cuda") else 0
+def gpu_names(count: int, inherited: Optional[str]) -> list[str]:
+    """CUDA_VISIBLE_DEVICES values for the first `count` GPUs this process sees: their entries in the inherited
+    CUDA_VISIBLE_DEVICES (a cluster's allocation, such as "2,3", is numbered from 0 inside it), else 0, 1, ..."""
+    if inherited is None:
+        return [str(index) for index in range(count)]
+    return [entry.strip() for entry in inherited.split(",")][:count]
 
 
-def _start_local_worker(gpu_ids: Optional[multiprocessing.Queue], threads: int) -> None:
+def plan_local_workers(device: str, runs: int, max_workers: Optional[int], cores: int, visible_gpus: int,
+                       inherited: Optional[str]) -> tuple[int, Optional[list[str]]]:
+    """(worker processes, the GPU of each as its CUDA_VISIBLE_DEVICES, or None: the environment as it is).
+
+    auto or cuda with GPUs: one worker per GPU (fewer with max_workers). cuda:N: the runs name their GPU, so
+    the workers keep this process's numbering and share it: one, unless max_workers asks for more. Otherwise
+    up to one per core.
+    """
+    if device in ("auto", "cuda") and visible_gpus:
+        workers = min(runs, max_workers or visible_gpus, visible_gpus)
+        return workers, gpu_names(workers, inherited)
+    if device.startswith("cuda:"):
+        return min(runs, max_workers or 1), None
+    return min(runs, max_workers or cores, cores), None
+
+
+def _start_local_worker(gpu_queue: Optional[multiprocessing.Queue], threads: int) -> None:
     """Pin this worker process to one GPU (before CUDA starts in it) and to its share of the cores."""
-    if gpu_ids is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_ids.get())
+    if gpu_queue is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_queue.get()
     torch.set_num_threads(threads)
 
 
@@ -50,22 +71,26 @@ def run_local(tasks: list[RunTask], config: AppConfig, on_done: OnDone) -> None:
     if not tasks:
         return
     cores = os.cpu_count() or 1
-    gpus = _gpus_used(config.device)
-    workers = min(len(tasks), config.sweep.max_workers or gpus or cores, gpus or cores)
+    workers, gpus = plan_local_workers(config.device, len(tasks), config.sweep.max_workers, cores,
+                                       torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads or CUDA state
-    gpu_ids = None
+    queue = None
     if gpus:
-        gpu_ids = context.Queue()
-        for index in range(workers):
-            gpu_ids.put(index)
-    log.info("local backend: %d worker process(es)%s", workers, ", one GPU each" if gpus else "")
+        queue = context.Queue()
+        for name in gpus:
+            queue.put(name)
+    log.info("local backend: %d worker process(es)%s", workers, f", one GPU each ({','.join(gpus)})" if gpus else "")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_local_worker,
-                             initargs=(gpu_ids, max(1, cores // workers))) as pool:
+                             initargs=(queue, max(1, cores // workers))) as pool:
         futures = {pool.submit(run_task_in_worker, task): task for task in tasks}
         for future in as_completed(futures):
             try:
                 result = future.result()
-            except Exception as exc:  # the worker process died (killed, out of memory)
+            except BrokenProcessPool:  # a worker was killed: the pool stops, and every unfinished run with it
+                result = failed_result(SweepError(
+                    "a worker process died (killed by a signal, often for lack of memory) and stopped the pool; "
+                    "this run did not finish — start the sweep again to retry it."))
+            except Exception as exc:  # the task or its result could not cross between the processes
                 result = failed_result(exc)
             on_done(futures[future], result)
 

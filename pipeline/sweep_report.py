@@ -6,6 +6,7 @@ figure, per model, stimulus set and overridden setting), heatmaps/*.png, report.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -19,6 +20,8 @@ from fileio import write_atomically, write_text_atomic
 from optimization.report import FILE_NAMES
 from pipeline.config import SweepConfig
 from pipeline.run_folder import short_model_name
+
+log = logging.getLogger("sweep")
 
 # Figures averaged across seeds: (manifest column, Markdown heading, where \| is a "|" inside a table cell).
 AGGREGATED = (("difference", "P(spike \\| stim) − P(spike \\| control)"), ("p_spike_stim", "P(spike \\| stim)"),
@@ -103,14 +106,18 @@ def write_sweep_report(sweep_dir: Path, manifest_path: Path, group_keys: list[st
     summary_table = markdown_table(table, group_keys)
     write_text_atomic(sweep_dir / "aggregate.md", summary_table)
 
-    heatmaps = []
+    heatmaps, missing = [], []
     for number, (key, group) in enumerate(manifest.groupby(group_keys, sort=False, dropna=False), start=1):
         done = group[group["status"] == "done"]
         if len(done):
             labels = [short_model_name(v) if k == "model" else v for k, v in zip(group_keys, key)]
             title = ", ".join(f"{k} {label}" for k, label in zip(group_keys, labels))
             path = sweep_dir / "heatmaps" / f"{number:02d}_{_slug(labels)}.png"  # numbered: names may coincide
-            heatmaps.append((title, plot_mean_rates(sweep_dir, done, title, path)))
+            try:
+                heatmaps.append((title, plot_mean_rates(sweep_dir, done, title, path)))
+            except (OSError, ValueError) as exc:  # a run folder pruned or damaged since its run: the rest stands
+                log.warning("sweep report: no heatmap for %s: %s", title, exc)
+                missing.append(f"- {title}: {' '.join(str(exc).split())}")
 
     counts = manifest["status"].value_counts()
     lists = sweep.model_dump(mode="json", include={"seeds", "stimulus_sets", "models", "overrides"})
@@ -123,6 +130,8 @@ def write_sweep_report(sweep_dir: Path, manifest_path: Path, group_keys: list[st
     if heatmaps:
         lines += ["## Optimized rates, mean over seeds (red x: stimulus segments at the stimulus time)", ""]
         lines += [f"### {title}\n\n![{title}]({path.relative_to(sweep_dir)})\n" for title, path in heatmaps]
+    if missing:
+        lines += ["## Heatmaps left out (the files of a done run could not be read)", "", *missing, ""]
     lines += ["## Runs", "", "| run | seed | status | difference | folder |", "|---|---|---|---|---|"]
     for row in manifest.to_dict("records"):
         difference = "–" if pd.isna(row["difference"]) else f"{row['difference']:.3f}"

@@ -16,7 +16,7 @@ from errors import ToolError
 from fileio import write_text_atomic
 from models.checkpoint import load_converted_model
 from pipeline.config import AppConfig, config_to_yaml
-from pipeline.run_folder import LOG_FORMAT, setup_logging
+from pipeline.run_folder import run_log_handler, setup_logging
 from pipeline.single_run import ChosenModel, optimize_and_report
 
 log = logging.getLogger("sweep")
@@ -87,9 +87,7 @@ def _figures(summary: dict[str, Any]) -> dict[str, Any]:
 @contextmanager
 def _logging_into(path: Path) -> Iterator[None]:
     """Every record of the run (DEBUG and up) also goes to `path` while the run lasts."""
-    handler = logging.FileHandler(path)
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler = run_log_handler(path)
     root = logging.getLogger()
     root.addHandler(handler)
     try:

@@ -15,6 +15,7 @@ from torch import nn
 
 from conversion.cache import current_conversion
 from conversion.keras_file import file_sha256
+from conversion.verify import worst_output
 from errors import SelectionError
 from model_converter import convert_or_reuse
 from selection.table import pytorch_candidates
@@ -29,9 +30,11 @@ class PyTorchModel:
     converted: bool  # True when this run converted the .h5
 
 
-def _reuse(stem_path: Path, h5_sha256: str | None) -> PyTorchModel | None:
+def _reuse(stem_path: Path, h5_sha256: str | None, params_sha256: str | None) -> PyTorchModel | None:
+    """The first current conversion beside the model. A verification is not required here (main reuses
+    unverified files, see README); a weights-only conversion must come from this params pickle."""
     for candidate in pytorch_candidates(stem_path):
-        model, why_not = current_conversion(candidate, h5_sha256)
+        model, why_not = current_conversion(candidate, h5_sha256, params_sha256=params_sha256)
         if model is not None:
             log.info("using existing PyTorch model %s", candidate)
             return PyTorchModel(model, candidate, converted=False)
@@ -43,13 +46,14 @@ def ensure_pytorch_model(stem_path: Path, params: Path | None, verify: bool, tru
                          lock_timeout_s: float = 600) -> PyTorchModel:
     """The model's PyTorch module: reused when a current conversion exists, else converted now."""
     h5 = stem_path.with_suffix(".h5")
+    params_sha256 = file_sha256(params) if params is not None and params.is_file() else None
     if not h5.is_file():
-        found = _reuse(stem_path, None)
+        found = _reuse(stem_path, None, params_sha256)
         if found is None:
             raise SelectionError(f"{stem_path}: no .h5 to convert and no usable PyTorch file beside it.")
         return found
     h5_sha256 = file_sha256(h5)
-    found = _reuse(stem_path, h5_sha256)
+    found = _reuse(stem_path, h5_sha256, params_sha256)
     if found is not None:
         return found
     log.info("converting %s%s", h5.name, " (verifying against Keras)" if verify else "")
@@ -58,9 +62,9 @@ def ensure_pytorch_model(stem_path: Path, params: Path | None, verify: bool, tru
         log.info("using %s, converted meanwhile by another job", outcome.path)
         return PyTorchModel(outcome.model, outcome.path, converted=False)
     verification = outcome.model.metadata.get("verification") or {}
-    if "outputs" in verification:
-        worst = max(o["max_abs_diff"] for o in verification["outputs"].values())
-        log.info("verified against %s: max abs diff %.2g", verification["keras"], worst)
+    worst = worst_output(verification)
+    if worst is not None:
+        log.info("verified against %s: max abs diff %.2g", verification["keras"], worst[1])
     elif verify:
         log.warning("conversion not verified: %s", verification.get("skipped", "unknown reason"))
     return PyTorchModel(outcome.model, outcome.path, converted=True)

@@ -2,6 +2,7 @@
 hits on a second run, reconversion of a changed source only, --force, and a failing model among good ones."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 import torch
 
 import model_converter
+from conversion.batch import NO_WORKER, BatchJob, BatchRow, format_table, run_batch
+from errors import ConversionError
 from tests.subprocesses import run_cli, run_keras_script
 
 N_MODELS = 8
@@ -151,3 +154,24 @@ def test_folder_takes_no_params_or_output_path(keras_models, capsys):
     with pytest.raises(SystemExit) as exit_info:
         model_converter.main([str(keras_models / "models"), "x.pickle"])
     assert exit_info.value.code == 2 and "a folder takes no PARAMS.pickle" in capsys.readouterr().err
+
+
+def report_torch_threads(source: Path, params: Path | None, output: Path):
+    """A worker's convert function that fails with the number of threads torch would use there."""
+    raise ConversionError(f"{source}: threads={torch.get_num_threads()}")
+
+
+def test_workers_share_the_cores_between_their_torch_threads(tmp_path):
+    jobs = [BatchJob(tmp_path / f"m{i}.h5", None, tmp_path / f"m{i}.pth") for i in range(2)]
+    rows = run_batch(jobs, report_torch_threads, n_jobs=2)
+    expected = max(1, (os.cpu_count() or 1) // 2)
+    assert [row.error for row in rows] == [f"{job.source}: threads={expected}" for job in jobs]
+
+
+def test_rows_of_a_dead_worker_do_not_count_as_a_worker_process():
+    rows = [BatchRow(model="a.h5", status="converted", output="a.pth", dtype="float32", max_abs_diff=None,
+                     seconds=1.0, worker_pid=4242),
+            BatchRow(model="b.h5", status="failed", output=None, dtype=None, max_abs_diff=None, seconds=0.0,
+                     worker_pid=NO_WORKER, error="b.h5: the worker process died.")]
+    table = format_table(rows)
+    assert "2 models: 1 converted, 0 cached, 1 failed (1 worker process)" in table, table

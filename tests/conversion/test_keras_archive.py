@@ -7,6 +7,7 @@ and h5py.
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
 from pathlib import Path
 
@@ -230,3 +231,28 @@ def test_refuses_weights_that_belong_to_no_layer(parity, archives, tmp_path):
 
     archive = copy_archive(archives / "neuron_tcn.keras", tmp_path / "model.keras", edit_weights=add_group)
     expect_refusal(parity, archive, "'layers/dense_9'", "belong to no layer")
+
+
+def test_refuses_an_archive_whose_compressed_weights_are_damaged(parity, archives, tmp_path):
+    """Bytes inside a deflated member's data: zlib (or the CRC check) fails while the archive is read."""
+    archive = tmp_path / "model.keras"
+    with zipfile.ZipFile(archives / "neuron_tcn.keras") as old, \
+            zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as new:
+        for member in old.namelist():
+            new.writestr(member, old.read(member))
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as written:
+        header = written.getinfo(ARCHIVE_WEIGHTS).header_offset
+    name_length, extra_length = struct.unpack("<HH", data[header + 26:header + 30])  # the local file header
+    start = header + 30 + name_length + extra_length
+    data[start + 8:start + 40] = bytes(b ^ 0xFF for b in data[start + 8:start + 40])
+    archive.write_bytes(bytes(data))
+    expect_refusal(parity, archive, f"member {ARCHIVE_WEIGHTS}", "cannot be read")
+
+
+@pytest.mark.parametrize("member", ["config.json", "metadata.json"])
+def test_refuses_json_that_is_not_an_object(parity, archives, tmp_path, member):
+    archive = copy_archive(archives / "neuron_tcn.keras", tmp_path / "model.keras", drop=member)
+    with zipfile.ZipFile(archive, "a") as appended:
+        appended.writestr(member, "[1, 2]")
+    expect_refusal(parity, archive, member, "JSON list", "not an object")

@@ -173,6 +173,20 @@ def test_a_changed_params_pickle_makes_a_weights_only_conversion_stale(parity, w
         assert convert_or_reuse(source, params).cached
 
 
+def test_main_reuses_a_weights_only_conversion_of_its_params_pickle(parity, weight_files, tmp_path, caplog):
+    """main.py's model step: the conversion of a weights-only `.h5` is current for the same pickle."""
+    from selection.pytorch_model import ensure_pytorch_model
+
+    (tmp_path / "tcn.h5").write_bytes((weight_files / WEIGHT_FILES["keras2"]).read_bytes())
+    params = write_params(tmp_path / "tcn.pickle", ARCHITECTURE)
+    with parity.tensorflow_blocked():
+        assert ensure_pytorch_model(tmp_path / "tcn", params, verify=False).converted
+        with caplog.at_level("INFO", logger="selection.pytorch_model"):
+            again = ensure_pytorch_model(tmp_path / "tcn", params, verify=False)
+    assert not again.converted and again.path == tmp_path / "tcn_converted.pth"
+    assert "using existing PyTorch model" in caplog.text and "not using" not in caplog.text, caplog.text
+
+
 def test_folder_conversion_finds_the_pickle_of_a_weights_file(weight_files, tmp_path):
     (tmp_path / "tcn.weights.h5").write_bytes((weight_files / WEIGHT_FILES["keras3"]).read_bytes())
     write_params(tmp_path / "tcn.pickle", ARCHITECTURE)

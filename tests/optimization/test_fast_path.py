@@ -148,3 +148,15 @@ def test_precision_measurement_keeps_bf16_only_when_accurate(model_files, small_
         ("fp32", "conv"), ("bf16", "conv"), ("fp32", "matmul"), ("bf16", "matmul")]
     monkeypatch.setattr(fast_path, "BF16_TOLERANCE", 0.0)  # bf16 always deviates a little: never accurate enough
     assert fast_path._compare_settings(forward, control, LOGGER) == ("fp32", "conv")
+
+
+def test_the_precision_cache_tells_apart_models_of_one_architecture(model_files, small_config):
+    """The cached choice of `precision: auto` rests on an accuracy check, which depends on the weights."""
+    first = one_step(converted(model_files, "causal_tcn"), small_config, "auto").forward_pairs
+    same = one_step(converted(model_files, "causal_tcn"), small_config, "auto").forward_pairs
+    assert first.signature() == same.signature()
+    other = converted(model_files, "causal_tcn")
+    with torch.no_grad():
+        other.layers["layer_2"].weight.mul_(1.5)
+    changed = one_step(other, small_config, "auto").forward_pairs
+    assert changed.signature() != first.signature()

@@ -3,7 +3,10 @@ local backends, resuming, failed runs; and the expansion of the sweep section it
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +14,11 @@ import pandas as pd
 import pytest
 
 from errors import ConfigError, SelectionError, SweepError
+from pipeline import sweep_backends
 from pipeline.config import AppConfig, SelectionConfig, SweepConfig
 from pipeline.sweep import resolve_models, run_config, run_sweep, sweep_points
+from pipeline.sweep_backends import gpu_names, plan_local_workers, run_local
+from pipeline.sweep_report import write_sweep_report
 from selection.table import rank
 from tests.pipeline.test_main import QUICK
 from tests.subprocesses import REPO, run_cli
@@ -142,6 +148,53 @@ def test_failed_runs_are_recorded_the_others_finish_and_a_rerun_retries_them(wor
     retried = manifest(local)
     assert list(retried.loc[failed.index, "folder"]) == [f"{f}_2" for f in failed["folder"]]  # a new attempt
     assert [(local / f / "summary.json").stat().st_mtime_ns for f in done["folder"]] == done_times
+
+
+def test_a_report_leaves_out_the_heatmap_of_a_pruned_run_and_says_so(sequential, tmp_path, caplog):
+    """A done run whose files went missing after the sweep: the report still comes, without that heatmap."""
+    copy = tmp_path / "sweep_pruned"
+    shutil.copytree(sequential, copy, ignore=shutil.ignore_patterns("heatmaps", "*.pt"))
+    runs = manifest(copy)
+    pruned = runs.iloc[0]
+    (copy / pruned["folder"] / "optimized_rates.npy").unlink()
+    with caplog.at_level(logging.WARNING, logger="sweep"):
+        report = write_sweep_report(copy, copy / "manifest.csv", ["model", "stimulus"],
+                                    SweepConfig(seeds=[0, 1], stimulus_sets=[0, [1, 2, 3]]))
+    assert f"stimulus {pruned['stimulus']}" in caplog.text and "optimized_rates.npy" in caplog.text
+    text = report.read_text()
+    assert "## Heatmaps left out" in text and f"stimulus {pruned['stimulus']}: " in text
+    (kept,) = (copy / "heatmaps").glob("*.png")  # the other stimulus set's heatmap still comes
+    other = (set(runs["stimulus"]) - {pruned["stimulus"]}).pop()
+    assert kept.name.endswith(f"_{other}.png") and f"heatmaps/{kept.name}" in text
+
+
+def test_local_workers_go_one_per_gpu_of_the_allocation_or_onto_the_named_gpu():
+    assert gpu_names(2, "2,3") == ["2", "3"]  # a cluster's allocation: its GPUs, numbered 0 and 1 inside
+    assert gpu_names(1, "GPU-aa,GPU-bb") == ["GPU-aa"]
+    assert gpu_names(2, None) == ["0", "1"]
+    assert plan_local_workers("auto", 8, None, 16, 2, "2,3") == (2, ["2", "3"])
+    assert plan_local_workers("cuda", 1, None, 16, 2, None) == (1, ["0"])
+    assert plan_local_workers("cuda", 8, 1, 16, 2, "5,7") == (1, ["5"])
+    assert plan_local_workers("cuda:1", 8, None, 16, 2, "2,3") == (1, None)  # the runs name the GPU themselves
+    assert plan_local_workers("cuda:1", 8, 3, 16, 2, None) == (3, None)
+    assert plan_local_workers("auto", 8, None, 4, 0, None) == (4, None)  # no GPU: up to one per core
+    assert plan_local_workers("cpu", 8, 2, 4, 2, None) == (2, None)
+
+
+def kill_this_worker(task) -> dict:
+    """In place of a run whose worker process the system kills (as it does for lack of memory)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_runs_lost_with_a_dead_worker_fail_with_a_hint_to_retry(monkeypatch):
+    monkeypatch.setattr(sweep_backends, "run_task_in_worker", kill_this_worker)  # pickled by name: the worker
+    results = {}                                                                 # imports it from this module
+    run_local(["first", "second"], AppConfig(device="cpu", sweep=SweepConfig(max_workers=1)),
+              results.__setitem__)
+    assert set(results) == {"first", "second"}
+    for result in results.values():
+        assert result["status"] == "failed"
+        assert "worker process died" in result["error"] and "start the sweep again" in result["error"]
 
 
 def test_the_sweep_expands_to_the_cartesian_product():

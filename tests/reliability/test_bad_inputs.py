@@ -319,9 +319,10 @@ def test_bad_initial_rates_file(workspace, rates, fragment):
     result = run_main(workspace, f"optimization.initial_rates.path={path}")
     assert_refused(result, OptimizationError.exit_code, f"initial rates file {path}", fragment)
     assert snapshot(workspace / "models") == before
-    (run_dir,) = (workspace / "runs").iterdir()  # the failed run's record: its config, table and log only
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "results_table.csv", "run.log"]
-    assert fragment in (run_dir / "run.log").read_text()
+    (run_dir,) = (workspace / "runs").iterdir()  # the failed run's record: config, table, log, failure mark
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == [
+        "config.yaml", "failed.txt", "results_table.csv", "run.log"]
+    assert fragment in (run_dir / "run.log").read_text() and fragment in (run_dir / "failed.txt").read_text()
 
 
 # ---- unwritable and full output locations -------------------------------------------------------------------

@@ -147,3 +147,23 @@ def test_optimization_killed_after_a_checkpoint_is_continued_by_the_next_start(w
     again = run_main(workspace, *endless, f"optimization.loop.max_iterations={finish_at}")
     assert again.returncode == 0 and "continuing the interrupted run" not in again.stderr
     assert len(list((workspace / "runs").iterdir())) == 2  # a finished run is never continued
+
+def test_a_run_still_in_progress_is_not_continued_by_a_second_job(workspace):
+    endless = ["optimization.loop.log_every=5", "optimization.loop.checkpoint_every=5",
+               "optimization.loop.early_stop_patience_iterations=null",
+               "optimization.loop.stop_when_target_reached=false"]
+    job = start(["main.py", "--config", str(workspace / "config.yaml"), *QUICK_RUN, *endless,
+                 "optimization.loop.max_iterations=100000"])
+    try:
+        while not any((workspace / "runs").glob("*/checkpoint.pt")):
+            assert job.poll() is None, job.communicate()[1]
+            time.sleep(POLL_S)
+        (live,) = (workspace / "runs").iterdir()
+        second = run_main(workspace, *endless, "optimization.loop.max_iterations=10")
+        assert second.returncode == 0, second.stderr
+        assert "continuing the interrupted run" not in second.stderr
+        (finished,) = (workspace / "runs").glob("*/summary.json")
+        assert finished.parent != live and not (live / "summary.json").exists()
+    finally:
+        job.kill()
+        job.communicate()
