@@ -118,12 +118,19 @@ def test_leftovers_of_a_killed_write_are_never_taken_as_the_model(workspace):
     assert summary["pytorch_model"] == str(converted) and summary["converted"] is False
 
 
+# A run that checkpoints every 5 iterations and stops only at max_iterations.
+CHECKPOINTING = ["optimization.loop.log_every=5", "optimization.loop.checkpoint_every=5",
+                 "optimization.loop.early_stop_patience_iterations=null",
+                 "optimization.loop.stop_when_target_reached=false"]
+
+
+def start_endless_run(workspace: Path) -> subprocess.Popen:
+    return start(["main.py", "--config", str(workspace / "config.yaml"), *QUICK_RUN, *CHECKPOINTING,
+                  "optimization.loop.max_iterations=100000"])
+
+
 def test_optimization_killed_after_a_checkpoint_is_continued_by_the_next_start(workspace):
-    endless = ["optimization.loop.log_every=5", "optimization.loop.checkpoint_every=5",
-               "optimization.loop.early_stop_patience_iterations=null",
-               "optimization.loop.stop_when_target_reached=false"]
-    job = start(["main.py", "--config", str(workspace / "config.yaml"), *QUICK_RUN, *endless,
-                 "optimization.loop.max_iterations=100000"])
+    job = start_endless_run(workspace)
     kill_when(job, lambda: any((workspace / "runs").glob("*/checkpoint.pt")))
     (checkpoint,) = (workspace / "runs").glob("*/checkpoint.pt")
     assert not any((workspace / "runs").glob("*/summary.json"))
@@ -131,7 +138,7 @@ def test_optimization_killed_after_a_checkpoint_is_continued_by_the_next_start(w
     assert reached > 0 and reached % 5 == 0
 
     finish_at = reached + 10  # the same job started again; max_iterations counts across resumes
-    result = run_main(workspace, *endless, f"optimization.loop.max_iterations={finish_at}")
+    result = run_main(workspace, *CHECKPOINTING, f"optimization.loop.max_iterations={finish_at}")
     assert result.returncode == 0, result.stderr
     assert f"continuing the interrupted run {checkpoint.parent}" in result.stderr
     assert f"resumed from {checkpoint} at iteration {reached}" in result.stderr
@@ -144,22 +151,19 @@ def test_optimization_killed_after_a_checkpoint_is_continued_by_the_next_start(w
     run_log = (summary_path.parent / "run.log").read_text()
     assert run_log.count("selected ") == 2  # both starts logged into the run's one log
 
-    again = run_main(workspace, *endless, f"optimization.loop.max_iterations={finish_at}")
+    again = run_main(workspace, *CHECKPOINTING, f"optimization.loop.max_iterations={finish_at}")
     assert again.returncode == 0 and "continuing the interrupted run" not in again.stderr
     assert len(list((workspace / "runs").iterdir())) == 2  # a finished run is never continued
 
+
 def test_a_run_still_in_progress_is_not_continued_by_a_second_job(workspace):
-    endless = ["optimization.loop.log_every=5", "optimization.loop.checkpoint_every=5",
-               "optimization.loop.early_stop_patience_iterations=null",
-               "optimization.loop.stop_when_target_reached=false"]
-    job = start(["main.py", "--config", str(workspace / "config.yaml"), *QUICK_RUN, *endless,
-                 "optimization.loop.max_iterations=100000"])
+    job = start_endless_run(workspace)
     try:
         while not any((workspace / "runs").glob("*/checkpoint.pt")):
             assert job.poll() is None, job.communicate()[1]
             time.sleep(POLL_S)
         (live,) = (workspace / "runs").iterdir()
-        second = run_main(workspace, *endless, "optimization.loop.max_iterations=10")
+        second = run_main(workspace, *CHECKPOINTING, "optimization.loop.max_iterations=10")
         assert second.returncode == 0, second.stderr
         assert "continuing the interrupted run" not in second.stderr
         (finished,) = (workspace / "runs").glob("*/summary.json")
