@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -30,6 +31,7 @@ MODEL_SUFFIXES = (".h5", ".keras")
 # or a functools.partial of one), since it runs in the worker processes.
 ConvertOne = Callable[[Path, Path | None, Path], ConversionOutcome]
 NO_WORKER = 0
+WORKER_START_TIMEOUT_S = 60.0  # how long started workers wait for the others before taking models
 
 
 @dataclass
@@ -103,10 +105,15 @@ def run_job(convert: ConvertOne, job: BatchJob) -> BatchRow:
     return row
 
 
-def share_cores(threads: int) -> None:
-    """Worker start: torch would take every core in each worker; `threads` each keeps the workers to one
-    thread per core together."""
+def start_worker(threads: int, all_started: threading.Barrier) -> None:
+    """Worker start: torch would take every core in each worker, `threads` each keeps the workers to one thread
+    per core together; and wait for the other workers, so that the first one up (importing torch takes seconds)
+    does not take every model of a folder of quick conversions alone."""
     torch.set_num_threads(threads)
+    try:
+        all_started.wait(timeout=WORKER_START_TIMEOUT_S)
+    except threading.BrokenBarrierError:
+        pass  # a worker slow to start: the others go on without it
 
 
 def run_batch(jobs: list[BatchJob], convert: ConvertOne, n_jobs: int | None = None,
@@ -115,8 +122,9 @@ def run_batch(jobs: list[BatchJob], convert: ConvertOne, n_jobs: int | None = No
     cores = os.cpu_count() or 1
     n_workers = max(1, min(n_jobs or cores, len(jobs)))
     rows: dict[int, BatchRow] = {}
-    with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"), initializer=share_cores,
-                             initargs=(max(1, cores // n_workers),)) as pool, \
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(n_workers, mp_context=context, initializer=start_worker,
+                             initargs=(max(1, cores // n_workers), context.Barrier(n_workers))) as pool, \
             tqdm(total=len(jobs), unit="model", file=sys.stderr, disable=not progress) as bar:
         futures = {pool.submit(run_job, convert, job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
