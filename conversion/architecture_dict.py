@@ -125,12 +125,12 @@ def _keras3_layers(path: Path, f: h5py.File, depth: int) -> tuple[list[StoredLay
     conv_names = [stored_layer_name(layers_root[key]) or (default_conv_names[i] if i < len(default_conv_names) else key)
                   for i, key in enumerate(convs)]
     norm_names = [stored_layer_name(layers_root[key]) or f"layer_{i + 1}_BN" for i, key in enumerate(norms)]
-    weights = read_numbered_weights(path, f, [(name, "Conv1D", {}) for name in conv_names]
-                                    + [(name, "BatchNormalization", {}) for name in norm_names])
     if len(convs) != depth + len(HEADS) or len(norms) != depth:
         raise ConversionError(f"{path}: the weights file holds {len(convs)} Conv1D and {len(norms)} "
                               f"BatchNormalization layers, the architecture_dict (depth {depth}) implies "
                               f"{depth + len(HEADS)} and {depth}. Nothing was written.")
+    weights = read_numbered_weights(path, f, [(name, "Conv1D", {}) for name in conv_names]
+                                    + [(name, "BatchNormalization", {}) for name in norm_names])
     order = [name for pair in zip(conv_names, norm_names) for name in pair] + conv_names[depth:]
     stored = [StoredLayer(name, {key.rsplit("/", 1)[-1]: value for key, value in weights[name].items()})
               for name in order]
