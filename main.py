@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,8 +25,9 @@ from fileio import write_text_atomic
 from pipeline.config import AppConfig, config_to_yaml, load_config
 from pipeline.run_folder import (FAILED_MARK, attach_run_log, claim_run_folder, create_run_folder,
                                  find_interrupted_run, setup_logging, working_in)
-from pipeline.single_run import optimize_and_report, prepare_model
+from pipeline.single_run import optimize_and_report, prepare_best_usable_model
 from pipeline.sweep import run_sweep
+from progress import ProgressStyle
 from selection.table import best_row, format_table, table_from_csv, table_from_models_dir
 
 log = logging.getLogger("main")
@@ -47,10 +49,11 @@ def select_model(config: AppConfig):
     return table, best
 
 
-def run(config: AppConfig, log_buffer, progress: bool) -> Path:
+def run(config: AppConfig, log_buffer, progress: ProgressStyle, command: str) -> Path:
     started = time.monotonic()
-    table, best = select_model(config)
-    interrupted = (find_interrupted_run(config.output_dir, best["stem"], config.model_dump(mode="json"))
+    table, _ = select_model(config)
+    model, chosen = prepare_best_usable_model(table, config)
+    interrupted = (find_interrupted_run(config.output_dir, chosen.stem, config.model_dump(mode="json"))
                    if config.resume_interrupted and config.optimization.loop.resume_from is None else None)
     if interrupted is not None:
         run_dir, claim = interrupted
@@ -58,15 +61,14 @@ def run(config: AppConfig, log_buffer, progress: bool) -> Path:
         log.info("continuing the interrupted run %s from its checkpoint", run_dir)
         config.optimization.loop.resume_from = run_dir / "checkpoint.pt"
     else:
-        run_dir = create_run_folder(config.output_dir, best["stem"])
+        run_dir = create_run_folder(config.output_dir, chosen.stem)
         claim = claim_run_folder(run_dir)
         attach_run_log(log_buffer, run_dir / "run.log")
     with working_in(run_dir, claim):  # no other job continues this folder meanwhile (released even on SIGKILL)
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(config))
         write_text_atomic(run_dir / "results_table.csv", table.to_csv(index=False))
         try:
-            model, chosen = prepare_model(best, config)
-            report, _ = optimize_and_report(model, chosen, config, run_dir, progress, started)
+            report, _ = optimize_and_report(model, chosen, config, run_dir, progress, started, command)
         except ToolError as exc:
             with contextlib.suppress(OutputError):  # a full disk must not hide the error itself
                 write_text_atomic(run_dir / FAILED_MARK, f"{type(exc).__name__}: {exc}\n")
@@ -100,8 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_buffer = setup_logging(args.quiet, args.verbose)
     try:
         config = load_config(args.config, [*args.overrides, *args.set])
-        report = (sweep(config, log_buffer) if args.sweep
-                  else run(config, log_buffer, progress=not args.quiet and sys.stderr.isatty()))
+        if config.demo.applied:
+            log.info("demo settings applied (models_dir is the shipped demo folder; demo.apply=never turns them "
+                     "off): %s", ", ".join(f"{key}={config.demo.settings[key]}" for key in config.demo.applied))
+        progress = ProgressStyle.for_console(args.quiet, config.progress_interval_s)
+        command = shlex.join(["python", "main.py", *(sys.argv[1:] if argv is None else argv)])
+        report = sweep(config, log_buffer) if args.sweep else run(config, log_buffer, progress, command)
     except ToolError as exc:
         log.error("error: %s", exc, exc_info=args.verbose)
         return exc.exit_code

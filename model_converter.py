@@ -5,7 +5,8 @@
     python model_converter.py MODELS_DIR [--output-dir DIR] [--jobs N] [--verify] [--dtype ...] [--force]
 
 Writes `<stem>_converted.pth` beside the input (or OUT.pth, or in --output-dir) and
-`<stem>_converted_info.pickle` with the conversion record. Reading needs neither TensorFlow nor Keras;
+`<stem>_converted_info.pickle` with the conversion record. Without PARAMS.pickle, the `<stem>.pickle` beside the
+model is used when there is one. Reading needs neither TensorFlow nor Keras;
 `--verify` compares with Keras when installed. A model whose converted file is current (it records the
 source's sha256, this format version and the requested dtype) is not converted again unless --force.
 A folder: every *.h5 and *.keras in it (with its sibling <stem>.pickle), in parallel processes.
@@ -23,14 +24,16 @@ import numpy as np
 from torch import nn
 
 from conversion.batch import BatchRow, format_table, plan_jobs, run_batch
-from conversion.cache import DEFAULT_LOCK_TIMEOUT_S, ConversionOutcome, convert_once, default_output_path
+from conversion.cache import DEFAULT_LOCK_TIMEOUT_S, ConversionOutcome, convert_once
+from conversion.pairing import default_output_path, params_pickle_for
 from conversion.converter import convert_keras_file, write_conversion
 from conversion.keras_file import file_sha256
 from conversion.model_file import read_model_file
-from conversion.verify import KerasUnavailable, compare_with_keras, worst_output
+from conversion.verify import KerasUnavailable, compare_with_keras, keras_rebuild, worst_output
 from errors import ConversionError, ToolError
 from fileio import load_pickle
 from models.checkpoint import STORAGE_DTYPES, load_converted_model, round_to_storage
+from progress import NO_PROGRESS, ProgressStyle
 
 __all__ = ["TCNModelConverter", "convert_or_reuse", "batch_convert", "load_converted_model", "default_output_path"]
 log = logging.getLogger("model_converter")
@@ -63,7 +66,7 @@ class TCNModelConverter:
         """
         if dtype not in STORAGE_DTYPES:
             raise ConversionError(f"{self.tf_model_path}: dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}.")
-        conversion = convert_keras_file(self.tf_model_path, self.params)
+        conversion = convert_keras_file(self.tf_model_path, self.params, self.model_params_path)
         if verify:
             try:
                 report = self.test_conversion(conversion.model)
@@ -89,12 +92,12 @@ class TCNModelConverter:
     def test_conversion(self, pytorch_model: nn.Module, test_input: Sequence[np.ndarray] | np.ndarray | None = None
                         ) -> dict[str, Any]:
         """Per-output max/mean abs diff against Keras and pass/fail (see conversion.verify for the tolerance)."""
-        keras_file = read_model_file(self.tf_model_path, self.params)
+        keras_file = read_model_file(self.tf_model_path, self.params, self.model_params_path)
         architecture = (self.params or {}).get("architecture_dict") or {}
         neuron = bool(architecture) or "spikes" in getattr(pytorch_model, "output_names", [])
         length = int(architecture.get("input_window_size") or 64)
         return compare_with_keras(self.tf_model_path, pytorch_model, keras_file.keras_major, length, neuron,
-                                  test_input, keras_file.model_config if keras_file.weights_only else None)
+                                  test_input, keras_rebuild(keras_file))
 
 
 def convert_or_reuse(tf_model_path: str | Path, model_params_path: str | Path | None = None,
@@ -116,7 +119,7 @@ def convert_or_reuse(tf_model_path: str | Path, model_params_path: str | Path | 
 
 def batch_convert(model_dir: str | Path, output_dir: str | Path | None = None, *, verify: bool = False,
                   dtype: str = "float32", force: bool = False, trust_pickles: bool = False,
-                  jobs: int | None = None, progress: bool = False) -> list[BatchRow]:
+                  jobs: int | None = None, progress: ProgressStyle = NO_PROGRESS) -> list[BatchRow]:
     """Convert (or find current) every `.h5`/`.keras` in `model_dir`, with its sibling `<stem>.pickle`,
     into `output_dir` (default: beside each model), in `jobs` processes (default: one per core).
 
@@ -177,15 +180,20 @@ def _convert_file(args: argparse.Namespace) -> int:
     source = Path(args.model)
     output = (Path(args.output) if args.output else
               args.output_dir / default_output_path(source).name if args.output_dir else default_output_path(source))
-    outcome = convert_or_reuse(source, args.params, output, verify=args.verify, dtype=args.dtype,
+    params = args.params or params_pickle_for(source)  # the pairing rule of folders and main.py
+    if params is not None and not args.params:
+        print(f"using the parameters pickle beside the model: {params}")
+    outcome = convert_or_reuse(source, params, output, verify=args.verify, dtype=args.dtype,
                                force=args.force, trust_pickles=args.trust_pickles)
     metadata = outcome.model.metadata
     if outcome.cached:
         print(f"up to date: {source} -> {output} (cached)")
     else:
-        n_params = sum(p.numel() for p in outcome.model.parameters())
+        trainable = sum(p.numel() for p in outcome.model.parameters())
+        total = trainable + sum(b.numel() for b in outcome.model.buffers())  # as Keras counts: + BN statistics
         stored = f", stored as {args.dtype}" if args.dtype != "float32" else ""
-        print(f"converted {source} -> {output} ({len(metadata['layers'])} layers, {n_params} parameters{stored})")
+        print(f"converted {source} -> {output} ({len(metadata['layers'])} layers, {total:,} parameters, "
+              f"{trainable:,} trainable{stored})")
     verification = metadata.get("verification")
     if verification and "outputs" in verification:
         figures = ", ".join(f"{name} {o['max_abs_diff']:.2g}" for name, o in verification["outputs"].items())
@@ -197,7 +205,7 @@ def _convert_file(args: argparse.Namespace) -> int:
 
 def _convert_folder(args: argparse.Namespace) -> int:
     rows = batch_convert(args.model, args.output_dir, verify=args.verify, dtype=args.dtype, force=args.force,
-                         trust_pickles=args.trust_pickles, jobs=args.jobs, progress=True)
+                         trust_pickles=args.trust_pickles, jobs=args.jobs, progress=ProgressStyle.for_console())
     print(format_table(rows))
     return 0 if all(row.status != "failed" for row in rows) else ConversionError.exit_code
 

@@ -38,6 +38,7 @@ from optimization.network import prepare_model, resolve_layout  # noqa: E402
 from optimization.runtime import cudnn_benchmark, make_generator, resolve_device  # noqa: E402
 from optimization.sampler import SpikeSampler  # noqa: E402
 from optimization.stimulus import PairedStimulus, choose_stimulus  # noqa: E402
+from progress import NO_PROGRESS  # noqa: E402
 
 LOGGER = logging.getLogger("benchmarks.optimization_loop")
 PRIOR_LABEL = "prior loop (fp32)"
@@ -123,7 +124,7 @@ def our_optimizer(model: KerasGraphModule, pairs: int, duration: int, device: to
     rates = initial_rates(config.initial_rates, layout, pairs, config.constraints.max_rate, seed=0)
     return RateOptimizer(RateParameters(rates, layout.num_excitatory, config.constraints).to(device), spike_model,
                          SpikeSampler(config.sampler), PairedStimulus(stimulus, layout, device), config,
-                         make_generator(0, device), Path(os.devnull), {}, LOGGER, progress=False)
+                         make_generator(0, device), Path(os.devnull), {}, LOGGER, progress=NO_PROGRESS)
 
 
 def prior_loop(model: KerasGraphModule, size: TCNSize, pairs: int, duration: int,

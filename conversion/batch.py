@@ -7,9 +7,9 @@ process, and each worker's torch threads get an equal share of the cores. A mode
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
-import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm import tqdm
 
-from conversion.cache import ConversionOutcome, default_output_path, model_stem
+from conversion.cache import ConversionOutcome
+from conversion.pairing import KERAS_SUFFIXES, default_output_path, find_keras_models, params_pickle_for
 from conversion.verify import worst_output
 from errors import ConversionError, ToolError
+from progress import NO_PROGRESS, Progress, ProgressStyle
 
-MODEL_SUFFIXES = (".h5", ".keras")
+log = logging.getLogger(__name__)
 
 # convert(source, params or None, output) -> ConversionOutcome; must be picklable (a module-level function
 # or a functools.partial of one), since it runs in the worker processes.
@@ -53,25 +54,18 @@ class BatchRow:
     error: str | None = None
 
 
-def find_models(folder: Path) -> list[Path]:
-    """The Keras model files in `folder`, by name; hidden files (our temporaries and locks) are skipped."""
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix in MODEL_SUFFIXES and p.is_file() and not p.name.startswith("."))
-
-
 def plan_jobs(folder: str | Path, output_dir: str | Path | None = None) -> list[BatchJob]:
     """One job per model file; outputs beside the models or in `output_dir` as `<stem>_converted.pth`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConversionError(f"{folder}: no such folder.")
-    models = find_models(folder)
+    models = find_keras_models(folder)
     if not models:
-        raise ConversionError(f"{folder}: no Keras model files ({', '.join('*' + s for s in MODEL_SUFFIXES)}).")
+        raise ConversionError(f"{folder}: no Keras model files ({', '.join('*' + s for s in KERAS_SUFFIXES)}).")
     jobs = []
     for source in models:
         output = default_output_path(source)
-        params = source.with_name(f"{model_stem(source)}.pickle")
-        jobs.append(BatchJob(source, params if params.is_file() else None,
+        jobs.append(BatchJob(source, params_pickle_for(source),
                              Path(output_dir) / output.name if output_dir is not None else output))
     by_output: dict[Path, list[str]] = {}
     for job in jobs:
@@ -117,7 +111,7 @@ def start_worker(threads: int, all_started: threading.Barrier) -> None:
 
 
 def run_batch(jobs: list[BatchJob], convert: ConvertOne, n_jobs: int | None = None,
-              progress: bool = False) -> list[BatchRow]:
+              progress: ProgressStyle = NO_PROGRESS) -> list[BatchRow]:
     """Run the jobs in `n_jobs` spawned processes (default: one per core); rows in the order of `jobs`."""
     cores = os.cpu_count() or 1
     n_workers = max(1, min(n_jobs or cores, len(jobs)))
@@ -125,7 +119,7 @@ def run_batch(jobs: list[BatchJob], convert: ConvertOne, n_jobs: int | None = No
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(n_workers, mp_context=context, initializer=start_worker,
                              initargs=(max(1, cores // n_workers), context.Barrier(n_workers))) as pool, \
-            tqdm(total=len(jobs), unit="model", file=sys.stderr, disable=not progress) as bar:
+            Progress(len(jobs), "converting models", "model", progress, log) as bar:
         futures = {pool.submit(run_job, convert, job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
             i = futures[future]
@@ -135,7 +129,8 @@ def run_batch(jobs: list[BatchJob], convert: ConvertOne, n_jobs: int | None = No
                 rows[i] = BatchRow(model=str(jobs[i].source), status="failed", output=None, dtype=None,
                                    max_abs_diff=None, seconds=0.0, worker_pid=NO_WORKER,
                                    error=f"{jobs[i].source}: the worker process died ({exc}).")
-            bar.update()
+            bar.show(last=f"{jobs[i].source.name} {rows[i].status}")
+            bar.advance()
     return [rows[i] for i in range(len(jobs))]
 
 

@@ -36,16 +36,6 @@ class ConversionOutcome:
     cached: bool  # True when an existing current conversion was used
 
 
-def model_stem(source: str | Path) -> str:
-    """The model's name in a Keras file name: `x.h5`, `x.keras` and `x.weights.h5` are all model `x`."""
-    return Path(source).stem.removesuffix(".weights")
-
-
-def default_output_path(source: str | Path) -> Path:
-    """`<stem>_converted.pth` beside the Keras file (`x.h5`, `x.keras`, `x.weights.h5` → `x_converted.pth`)."""
-    return Path(source).with_name(f"{model_stem(source)}_converted.pth")
-
-
 def lock_path_for(output: Path) -> Path:
     """The lock file of an output: hidden, beside it, removed by the job that held it."""
     return output.with_name(f".{output.name}.lock")
@@ -102,8 +92,9 @@ def current_conversion(pth: Path, source_sha256: str | None, dtype: str = "float
                        verified: bool = False, params_sha256: str | None = None) -> tuple[nn.Module | None, str]:
     """(model, "") when `pth` is a current conversion (see the module doc); (None, why not) otherwise.
 
-    `source_sha256=None` skips the source check (no Keras file to compare with). A weights-only file's
-    architecture is part of its source: such a conversion is current only for the same params pickle.
+    `source_sha256=None` skips the source check (no Keras file to compare with). Where the params pickle
+    supplied part of the model (a weights-only file's architecture, activations stored as Python functions), the
+    conversion is current only for the same params pickle.
     """
     try:
         payload = read_checkpoint(pth)
@@ -115,8 +106,9 @@ def current_conversion(pth: Path, source_sha256: str | None, dtype: str = "float
     if source_sha256 is not None and recorded != source_sha256:
         return None, (f"{pth.name} is stale or foreign: it records source sha256 {str(recorded)[:12]}…, "
                       f"the Keras file has {source_sha256[:12]}…")
-    if metadata.get("weights_only") and metadata.get("params_sha256") != params_sha256:
-        return None, (f"{pth.name} was built from the architecture_dict of another (or no) params pickle")
+    if ((metadata.get("weights_only") or metadata.get("resolved_activations"))
+            and metadata.get("params_sha256") != params_sha256):
+        return None, (f"{pth.name} was built with the architecture_dict of another (or no) params pickle")
     stored_dtype = metadata.get("dtype", "float32")
     if stored_dtype != dtype:
         return None, f"{pth.name} stores {stored_dtype} weights, {dtype} was asked for"

@@ -47,8 +47,9 @@ def module_key(name: str, taken: set[str]) -> str:
     return key
 
 
-def convert_keras_file(path: str | Path, params: dict[str, Any] | None = None) -> Conversion:
-    keras_file = read_model_file(path, params)
+def convert_keras_file(path: str | Path, params: dict[str, Any] | None = None,
+                       params_path: str | Path | None = None) -> Conversion:
+    keras_file = read_model_file(path, params, params_path)
     try:
         graph = parse_model_config(keras_file.model_config)
     except ConversionError as exc:
@@ -61,6 +62,7 @@ def convert_keras_file(path: str | Path, params: dict[str, Any] | None = None) -
 
 def build_conversion(keras_file: KerasModelFile, graph: ModelGraph, params: dict[str, Any] | None) -> Conversion:
     problems: list[str] = list(graph.problems)
+    non_finite: list[str] = []
     layer_specs, state, keys = [], {}, set()
     names_in_graph = {layer.name for layer in graph.layers}
     for layer in graph.layers:
@@ -70,14 +72,19 @@ def build_conversion(keras_file: KerasModelFile, graph: ModelGraph, params: dict
                             "is registered for it")
             continue
         bag = WeightBag(layer.name, keras_file.weights.get(layer.name, {}))
+        resolved = keras_file.resolved_activations.get(layer.name)
         try:
-            converted = converter(KerasLayer(layer.name, layer.class_name, layer.config, bag, keras_file.keras_major))
+            converted = converter(KerasLayer(layer.name, layer.class_name, layer.config, bag, keras_file.keras_major,
+                                             resolved.module if resolved is not None else None))
         except LayerProblem as exc:
             problems.append(f"layer '{layer.name}' ({layer.class_name}): {exc}")
             continue
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             problems.append(f"layer '{layer.name}' ({layer.class_name}): unreadable config ({type(exc).__name__}: {exc})")
             continue
+        if bag.non_finite:
+            non_finite.append(f"'{layer.name}' (" + ", ".join(f"{name.rsplit('/', 1)[-1]}: {count}"
+                                                           for name, count in bag.non_finite.items()) + ")")
         extra = bag.leftovers() + keras_file.unlisted.get(layer.name, [])
         if extra:
             problems.append(f"layer '{layer.name}' ({layer.class_name}): unexpected extra weight(s) {', '.join(extra)}")
@@ -95,6 +102,12 @@ def build_conversion(keras_file: KerasModelFile, graph: ModelGraph, params: dict
     problems += [f"input '{name}' has shape {shape}: dimensions must be positive integers or null"
                  for name, shape in graph.inputs
                  if not all(size is None or (type(size) is int and size > 0) for size in shape)]
+    if non_finite:
+        raise ConversionError(
+            f"{keras_file.path}: the weights are not finite: NaN/Inf values in layer(s) {', '.join(non_finite)}. "
+            "A training run that diverged saves such weights; the model cannot be used (take a model saved "
+            "before the divergence)" + (f"; also: {'; '.join(problems)}" if problems else "")
+            + ". Nothing was written.")
     if problems:
         raise ConversionError(f"{keras_file.path}: cannot be converted exactly: " + "; ".join(problems)
                               + ". Nothing was written.")
@@ -167,8 +180,12 @@ def _metadata(keras_file, model, layer_specs, state, layer_shapes, trace_length,
         "outputs": [{"name": n, "shape": [None, *s[1:]]} for n, s in zip(model.output_names, outputs)],
         "shapes_traced_with_length": trace_length,
         "layers": [{"name": spec["name"], "class_name": spec["class_name"], "module": spec["type"],
-                    "parameters": counts[spec["key"]], "output_shape": [None, *layer_shapes[spec["key"]][1:]]}
+                    "parameters": counts[spec["key"]], "output_shape": [None, *layer_shapes[spec["key"]][1:]],
+                    "activation_source": ("architecture_dict" if spec["name"] in keras_file.resolved_activations
+                                          else "file")}
                    for spec in layer_specs if spec["key"] in layer_shapes],
+        # activations stored as Python functions, resolved from the training record (conversion.lambdas)
+        "resolved_activations": [r.as_record() for r in keras_file.resolved_activations.values()],
         "architecture_dict": plain(architecture) if architecture is not None else None,
         "verification": None,
     }

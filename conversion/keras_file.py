@@ -67,6 +67,8 @@ class KerasModelFile:
     unlisted: dict[str, list[str]] = field(default_factory=dict)
     # True for `save_weights` files: model_config was built from the params pickle's architecture_dict
     weights_only: bool = False
+    # layer name -> how its activation, stored as a Python function, was resolved (conversion.lambdas)
+    resolved_activations: dict[str, Any] = field(default_factory=dict)
 
     @property
     def keras_major(self) -> int:

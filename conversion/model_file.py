@@ -17,6 +17,7 @@ import h5py
 from conversion.architecture_dict import read_weights_only
 from conversion.keras_archive import read_keras_archive
 from conversion.keras_file import KerasModelFile, read_attr, read_keras_h5
+from conversion.lambdas import resolve_stored_functions
 
 ARCHIVE_SUFFIX = ".keras"
 
@@ -30,12 +31,18 @@ def _is_weights_only(path: Path) -> bool:
         return False
 
 
-def read_model_file(path: str | Path, params: dict[str, Any] | None = None) -> KerasModelFile:
-    """The Keras model in `path` (with `params`' architecture_dict for weights-only files) as a
-    KerasModelFile; every failure is a ConversionError naming the file and the problem."""
+def read_model_file(path: str | Path, params: dict[str, Any] | None = None,
+                    params_path: str | Path | None = None) -> KerasModelFile:
+    """The Keras model in `path` (with `params`' architecture_dict for weights-only files, and for activations
+    stored as Python functions) as a KerasModelFile; every failure is a ConversionError naming the file and
+    the problem."""
     path = Path(path)
     if path.is_file() and (zipfile.is_zipfile(path) or path.suffix == ARCHIVE_SUFFIX):
-        return read_keras_archive(path)
-    if path.is_file() and h5py.is_hdf5(path) and _is_weights_only(path):
+        keras_file = read_keras_archive(path)
+    elif path.is_file() and h5py.is_hdf5(path) and _is_weights_only(path):
         return read_weights_only(path, params)
-    return read_keras_h5(path)
+    else:
+        keras_file = read_keras_h5(path)
+    keras_file.resolved_activations = resolve_stored_functions(path, keras_file.model_config,
+                                                               keras_file.keras_major, params, params_path)
+    return keras_file

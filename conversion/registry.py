@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from models.activations import ActivationSpec
+
 
 class LayerProblem(Exception):
     """This layer cannot be converted exactly (unsupported option, missing or mis-shaped weight, ...)."""
@@ -26,6 +28,7 @@ class WeightBag:
         self.layer_name = layer_name
         self._weights = dict(weights)
         self._taken: set[str] = set()
+        self.non_finite: dict[str, int] = {}  # weight name -> count of NaN/Inf values taken
 
     def _match(self, suffix: str) -> list[str]:
         return [n for n in self._weights if n == suffix or n.endswith("/" + suffix)]
@@ -41,11 +44,22 @@ class WeightBag:
             what = "is missing" if not matches else f"is ambiguous ({', '.join(matches)})"
             raise LayerProblem(f"weight '{suffix}' {what}; weights stored for this layer: {found}")
         name = matches[0]
-        value = np.asarray(self._weights[name], dtype=np.float32)
-        if shape is not None and (len(shape) != value.ndim
-                                  or any(s is not None and s != v for s, v in zip(shape, value.shape))):
+        stored = np.asarray(self._weights[name])
+        if shape is not None and (len(shape) != stored.ndim
+                                  or any(s is not None and s != v for s, v in zip(shape, stored.shape))):
             expected = ", ".join("?" if s is None else str(s) for s in shape)
-            raise LayerProblem(f"weight '{name}' has shape {value.shape}, expected ({expected})")
+            raise LayerProblem(f"weight '{name}' has shape {stored.shape}, expected ({expected})")
+        if stored.dtype.kind not in "fiub":  # complex numbers, strings, objects: no float32 equals them
+            raise LayerProblem(f"weight '{name}' is stored as {stored.dtype}, not as real numbers")
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = stored.astype(np.float32)
+        bad = ~np.isfinite(value)
+        if bad.any():
+            overflowed = bad & np.isfinite(stored) if stored.dtype.kind == "f" else bad
+            if overflowed.any():
+                raise LayerProblem(f"weight '{name}' holds {stored[overflowed].flat[0]:.3g}, beyond the range of "
+                                   "float32")
+            self.non_finite[name] = int(bad.sum())
         self._taken.add(name)
         return value
 
@@ -60,6 +74,8 @@ class KerasLayer:
     config: dict[str, Any]
     weights: WeightBag
     keras_major: int  # 2 or 3: some definitions changed between versions (hard_sigmoid)
+    # the activation resolved from the training record where the file stores a Python function (lambdas.py)
+    resolved_activation: ActivationSpec | None = None
 
 
 @dataclass

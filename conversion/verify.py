@@ -5,13 +5,20 @@ A output passes when max |torch − keras| ≤ ATOL + RTOL · max |keras| (float
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import os
+import sys
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from conversion.keras_file import KerasModelFile
 
 ATOL = 1e-5
 RTOL = 1e-5
@@ -34,17 +41,83 @@ def worst_output(verification: dict[str, Any]) -> tuple[str, float] | None:
     return name, outputs[name]["max_abs_diff"]
 
 
-def _keras_module(keras_major: int):
+@dataclass
+class KerasRebuild:
+    """How Keras builds a model it cannot load from the file itself: a model config, the custom activations that
+    config names (name -> LeakyReLU slope), then the file's weights loaded into it."""
+
+    config: dict[str, Any]
+    leaky_relu: dict[str, float] = field(default_factory=dict)
+
+
+def keras_rebuild(keras_file: KerasModelFile) -> KerasRebuild | None:
+    """None when Keras loads the file itself; else the config a weights-only file was given by its
+    architecture_dict, or the file's config with each activation stored as a Python function replaced by the
+    one the training record names (conversion.lambdas)."""
+    if keras_file.weights_only:
+        return KerasRebuild(keras_file.model_config)
+    if not keras_file.resolved_activations:
+        return None
+    config = copy.deepcopy(keras_file.model_config)
+    custom: dict[str, float] = {}
+    for entry in config["config"]["layers"]:
+        resolved = keras_file.resolved_activations.get(entry.get("name") or entry["config"].get("name"))
+        if resolved is None:
+            continue
+        entry["config"]["activation"] = resolved.recorded
+        if isinstance(resolved.module, dict):
+            custom[resolved.recorded] = float(resolved.module["negative_slope"])
+    return KerasRebuild(config, custom)
+
+
+def quiet_keras() -> bool:
+    """TensorFlow's C++ and absl logging stay off unless the user or --verbose set TF_CPP_MIN_LOG_LEVEL."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+
+
+@contextmanager
+def _stderr_silenced(active: bool) -> Iterator[None]:
+    """File descriptor 2 to /dev/null: TensorFlow's C++ side writes its start-up lines (absl, oneDNN) there
+    before any Python setting can reach it."""
+    if not active:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _keras_module(keras_major: int):
+    quiet = quiet_keras()
     if keras_major < 3:  # keras-tcn builds on tensorflow.keras: make that tf_keras for Keras 2 files
         os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     candidates = ["tf_keras", "keras"] if keras_major < 3 else ["keras"]
     for name in candidates:
         try:
-            return importlib.import_module(name)
+            with _stderr_silenced(quiet):
+                module = importlib.import_module(name)
+                if quiet:
+                    importlib.import_module("absl.logging").set_verbosity("error")
+            return module
         except ImportError:
             continue
     raise KerasUnavailable("TensorFlow/Keras is not installed")
+
+
+def _leaky_relu(keras, slope: float):
+    if keras.__name__ == "keras" and int(keras.__version__.split(".")[0]) >= 3:
+        return lambda x: keras.ops.leaky_relu(x, negative_slope=slope)
+    import tensorflow as tf
+    return lambda x: tf.nn.leaky_relu(x, alpha=slope)
 
 
 def realistic_input(shapes: Sequence[tuple], length: int, neuron: bool, seed: int = 0) -> list[np.ndarray]:
@@ -66,12 +139,13 @@ def _keras_tcn_classes() -> dict[str, Any]:
     return {"TCN": TCN}
 
 
-def load_keras_model(keras, path: str | Path, weights_only_config: dict[str, Any] | None = None):
-    """The original Keras model; a weights-only file is loaded into the model built from its rebuilt config."""
+def load_keras_model(keras, path: str | Path, rebuild: KerasRebuild | None = None):
+    """The original Keras model; with `rebuild`, the file's weights loaded into the model built from its config."""
     try:
-        if weights_only_config is None:
+        if rebuild is None:
             return keras.models.load_model(str(path), compile=False, custom_objects=_keras_tcn_classes())
-        keras_model = keras.Model.from_config(weights_only_config["config"])
+        custom = {name: _leaky_relu(keras, slope) for name, slope in rebuild.leaky_relu.items()}
+        keras_model = keras.Model.from_config(rebuild.config["config"], custom_objects=custom)
         keras_model.load_weights(str(path))
         return keras_model
     except Exception as exc:  # Keras raises many types for files it cannot rebuild
@@ -82,8 +156,8 @@ def load_keras_model(keras, path: str | Path, weights_only_config: dict[str, Any
 
 def compare_with_keras(h5_path: str | Path, model: torch.nn.Module, keras_major: int, length: int,
                        neuron: bool, test_input: Sequence[np.ndarray] | np.ndarray | None = None,
-                       weights_only_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`h5_path`: a model file Keras loads (.h5, .keras), or a weights file with `weights_only_config`."""
+                       rebuild: KerasRebuild | None = None) -> dict[str, Any]:
+    """`h5_path`: a model file Keras loads (.h5, .keras), or one whose weights go into the `rebuild` model."""
     keras = _keras_module(keras_major)
     if test_input is None:
         inputs = realistic_input(model.input_shapes, length, neuron)
@@ -92,8 +166,9 @@ def compare_with_keras(h5_path: str | Path, model: torch.nn.Module, keras_major:
         inputs = [np.asarray(a, dtype=np.float32) for a in (test_input if isinstance(test_input, (list, tuple))
                                                              else [test_input])]
         described = "given by the caller"
-    keras_model = load_keras_model(keras, h5_path, weights_only_config)
-    expected = keras_model.predict(inputs if len(inputs) > 1 else inputs[0], verbose=0)
+    with _stderr_silenced(quiet_keras()):
+        keras_model = load_keras_model(keras, h5_path, rebuild)
+        expected = keras_model.predict(inputs if len(inputs) > 1 else inputs[0], verbose=0)
     expected = expected if isinstance(expected, (list, tuple)) else [expected]
     with torch.no_grad():
         got = model(*[torch.from_numpy(a) for a in inputs])
@@ -107,4 +182,5 @@ def compare_with_keras(h5_path: str | Path, model: torch.nn.Module, keras_major:
                          "max_abs_value": float(np.max(np.abs(want))), "passed": bool(diff.max() <= bound)}
     return {"outputs": outputs, "passed": all(o["passed"] for o in outputs.values()),
             "tolerance": ATOL, "rtol": RTOL, "input": described,
+            "keras_model": "rebuilt from its config and the architecture_dict" if rebuild else "loaded from the file",
             "input_shapes": [list(a.shape) for a in inputs], "keras": f"{keras.__name__} {keras.__version__}"}

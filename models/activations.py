@@ -2,10 +2,13 @@
 
 `hard_sigmoid` changed meaning between Keras 2 (0.2·x + 0.5, clipped) and Keras 3 (x/6 + 0.5, clipped): the
 converter records which one the file needs as `hard_sigmoid_keras2` or `hard_sigmoid`.
+
+A spec stores an activation as its name, or as `{"name": ..., <parameters>}` for one with parameters
+(`{"name": "leaky_relu", "negative_slope": 0.25}`: fit_CNN.py's 'lrelu', resolved from a training record).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Union
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +42,6 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "softplus": F.softplus,
     "softsign": F.softsign,
     "gelu": lambda x: F.gelu(x, approximate="none"),
-    "swish": F.silu,
     "silu": F.silu,
     "exponential": torch.exp,
     "hard_sigmoid": _hard_sigmoid_keras3,
@@ -50,12 +52,28 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def get_activation(name: str) -> Callable[[Tensor], Tensor]:
-    """The activation registered under `name`; a KeyError names the known ones."""
+# Names that exist only inside specs (the converter chooses them); never offered as Keras activation names.
+INTERNAL_NAMES = {"hard_sigmoid_keras2"}
+KERAS_NAMES = sorted(set(ACTIVATIONS) - INTERNAL_NAMES)
+
+ActivationSpec = Union[str, dict[str, Any]]
+
+
+def leaky_relu_spec(negative_slope: float) -> dict[str, Any]:
+    return {"name": "leaky_relu", "negative_slope": float(negative_slope)}
+
+
+def get_activation(spec: ActivationSpec) -> Callable[[Tensor], Tensor]:
+    """The activation a spec names; a KeyError names the known ones."""
+    if isinstance(spec, dict):
+        if spec.get("name") == "leaky_relu" and set(spec) == {"name", "negative_slope"}:
+            slope = float(spec["negative_slope"])
+            return lambda x: F.leaky_relu(x, slope)
+        raise KeyError(f"unknown parametrized activation {spec!r}; known: leaky_relu with negative_slope")
     try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise KeyError(f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}") from None
+        return ACTIVATIONS[spec]
+    except (KeyError, TypeError):
+        raise KeyError(f"unknown activation {spec!r}; known: {', '.join(sorted(ACTIVATIONS))}") from None
 
 
 def keras_relu(x: Tensor, negative_slope: float, max_value: float | None, threshold: float) -> Tensor:

@@ -77,6 +77,12 @@ def model_from_payload(payload: dict[str, Any], source: str | Path = "<memory>")
         model.load_state_dict(payload["state_dict"], strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{source}: the stored spec and weights do not build a model: {exc}") from exc
+    not_finite = [name for name, tensor in model.state_dict().items()
+                  if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if not_finite:
+        raise ModelFileError(f"{source}: the weights are not finite (NaN/Inf in {', '.join(not_finite[:5])}"
+                             f"{', ...' if len(not_finite) > 5 else ''}), as a diverged training run leaves "
+                             "them; this model cannot be used.")
     model.metadata = payload.get("metadata", {})
     return model.eval()
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.activations import get_activation, keras_relu
+from models.activations import ActivationSpec, get_activation, keras_relu
 
 
 def tf_same_padding(length: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -23,7 +23,7 @@ def tf_same_padding(length: int, kernel: int, stride: int, dilation: int = 1) ->
 
 
 class Activation(nn.Module):
-    def __init__(self, activation: str):
+    def __init__(self, activation: ActivationSpec):
         super().__init__()
         self.activation = activation
         self._fn = get_activation(activation)
@@ -37,7 +37,7 @@ class Conv1d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  dilation: int = 1, groups: int = 1, padding: str = "valid", bias: bool = True,
-                 activation: str = "linear"):
+                 activation: ActivationSpec = "linear"):
         super().__init__()
         self.kernel_size, self.stride, self.dilation, self.groups = kernel_size, stride, dilation, groups
         self.padding = padding
@@ -67,7 +67,8 @@ class Conv1d(nn.Module):
 class Dense(nn.Module):
     """Keras Dense on the last axis of a tensor of any rank."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear"):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 activation: ActivationSpec = "linear"):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None

@@ -16,6 +16,8 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
+from progress import Progress
+
 from .config import EvaluationConfig
 from .network import SpikeProbability
 from .objective import window_max
@@ -94,6 +96,7 @@ def evaluate_rates(
     config: EvaluationConfig,
     seed: int,
     micro_batcher: MicroBatcher,
+    progress: Progress,
 ) -> RateEvaluation:
     """Evaluate rates (patterns, time, segments) with `trials_per_pattern` trial pairs each, chunk by chunk."""
     patterns, duration, segments = rates.shape
@@ -103,11 +106,14 @@ def evaluate_rates(
     pattern_of_trial = torch.arange(total, device=device) // trials
     window = paired.stimulus.response_window()
     state: dict = {}
+    progress_before = progress.done
 
     def restart() -> None:
+        progress.done = progress_before  # an out-of-memory retry evaluates every chunk again
         state["generator"] = make_generator(seed, device)
         state["counts"] = torch.zeros(len(_COUNTS), patterns, device=device)
         state["traces"] = torch.zeros(4, duration, device=device)  # control, control², stimulated, stimulated²
+        state["maxima"] = torch.zeros(2, device=device)  # highest windowed probability: stimulated, control
         state["example"] = None
 
     def work(chunk: slice) -> None:
@@ -126,15 +132,19 @@ def evaluate_rates(
         state["counts"].index_add_(1, pattern_of_trial[chunk], values.T)
         state["traces"] += torch.stack([control_probability.sum(0), control_probability.square().sum(0),
                                         stimulated_probability.sum(0), stimulated_probability.square().sum(0)])
+        state["maxima"] = torch.maximum(state["maxima"], torch.stack([stimulated_max.max(), control_max.max()]))
         if state["example"] is None:
             state["example"] = (stimulated[0], control_probability[0], stimulated_probability[0])
+        progress.advance(chunk.stop - chunk.start)
 
     restart()
     micro_batcher.run(total, work, restart)
     counts = state["counts"].cpu().double().numpy()
     z = NormalDist().inv_cdf(0.5 + config.confidence / 2)
     per_pattern = [summarize(dict(zip(_COUNTS, counts[:, p].tolist())), trials, z) for p in range(patterns)]
-    summary = {**summarize(dict(zip(_COUNTS, counts.sum(axis=1).tolist())), total, z), "per_pattern": per_pattern}
+    highest_stim, highest_control = state["maxima"].tolist()
+    summary = {**summarize(dict(zip(_COUNTS, counts.sum(axis=1).tolist())), total, z),
+               "max_prob_stim": highest_stim, "max_prob_control": highest_control, "per_pattern": per_pattern}
     traces = state["traces"].cpu().double().numpy() / total
     spread = np.sqrt(np.clip(traces[[1, 3]] - traces[[0, 2]] ** 2, 0, None))
     example_spikes, example_control, example_stimulated = (t.cpu().numpy() for t in state["example"])

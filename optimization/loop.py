@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from errors import OptimizationError
 from fileio import write_atomically
+from progress import Progress, ProgressStyle
 
 from .config import OptimizationConfig
 from .constraints import RateParameters
@@ -55,7 +55,7 @@ class RateOptimizer:
         checkpoint_path: Path,
         signature: dict[str, Any],
         logger: logging.Logger,
-        progress: bool,
+        progress: ProgressStyle,
     ):
         self.parameters = parameters
         self.sampler = sampler
@@ -153,7 +153,7 @@ class RateOptimizer:
 
     # ---- interval bookkeeping -------------------------------------------------------------------------------
 
-    def _end_interval(self, bar: tqdm) -> Optional[str]:
+    def _end_interval(self, bar: Progress) -> Optional[str]:
         """Record the interval's means (the one host synchronisation); return a stop reason or None."""
         steps = self.interval_steps
         *means, first_bad = torch.cat([self.interval_sums / steps, self.first_bad_iteration.float()[None]]).tolist()
@@ -165,8 +165,8 @@ class RateOptimizer:
         row["micro_batches"] = self.micro_batcher.chunks
         row["elapsed_s"] = self.elapsed_before + time.perf_counter() - self.started
         self.history.append(row)
-        bar.set_postfix(loss=f"{row['loss_total']:.4f}", p_ctrl=f"{row['p_control']:.3f}",
-                        p_stim=f"{row['p_stim']:.3f}", refresh=False)
+        bar.show(loss=f"{row['loss_total']:.4f}", p_control=f"{row['p_control']:.3f}",
+                 p_stim=f"{row['p_stim']:.3f}")
         self.logger.debug("iteration %d: %s", self.iteration, row)
         self.scheduler.step(row["loss_total"])
         if row["loss_total"] < self.best_loss - self.loop.early_stop_min_delta:
@@ -204,17 +204,18 @@ class RateOptimizer:
         """Step until max_iterations or a stopping rule; Ctrl-C stops early and keeps what exists."""
         self.started = time.perf_counter()
         stopped_because = "max_iterations"
-        with tqdm(total=self.loop.max_iterations, initial=self.iteration, disable=not self.progress,
-                  desc="optimizing rates", unit="step", dynamic_ncols=True) as bar:
+        with Progress(self.loop.max_iterations, "optimizing rates", "step", self.progress, self.logger,
+                      initial=self.iteration) as bar:
             try:
                 while self.iteration < self.loop.max_iterations:
                     self.step()
-                    bar.update()
+                    reason = None
                     if self.iteration % self.loop.log_every == 0 or self.iteration == self.loop.max_iterations:
                         reason = self._end_interval(bar)
-                        if reason is not None:
-                            stopped_because = reason
-                            break
+                    bar.advance()
+                    if reason is not None:
+                        stopped_because = reason
+                        break
             except KeyboardInterrupt:
                 self.parameters.project_()
                 if self.interval_steps:

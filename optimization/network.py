@@ -125,6 +125,11 @@ def prepare_model(
             f"model output {config.spike_output_index} has shape {tuple(spike.shape)}; a spike probability of "
             f"shape (2, {layout.duration_ms}, 1) was expected"
         )
+    if not bool(torch.isfinite(spike).all()):
+        raise OptimizationError(
+            f"model output {config.spike_output_index} is NaN/Inf for silent and for saturated input: the model "
+            "computes nothing finite (are its weights finite? a diverged training run leaves them NaN)"
+        )
     if not bool(((spike >= 0) & (spike <= 1)).all()):
         raise OptimizationError(
             f"model output {config.spike_output_index} is not a probability (values outside [0, 1]); "

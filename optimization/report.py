@@ -61,28 +61,42 @@ def write_json(out_dir: Path, key: str, content: dict[str, Any]) -> Path:
     return path
 
 
+# Control and stimulated copies: distinct colour, line style and width, so that overlapping curves stay apart.
+COPY_STYLE = {"control": {"color": "tab:blue", "linestyle": "--", "linewidth": 1.6},
+              "stimulated": {"color": "tab:red", "linestyle": "-", "linewidth": 1.2}}
+PROBABILITY_LIMITS = (-0.02, 1.02)
+
+
+def _figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), layout="constrained")  # legends outside the axes keep their room
+
+
+def _legend_outside(axis) -> None:
+    """The legend to the right of the axes, never over the data."""
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small")
+
+
 def _save_figure(figure: Figure, path: Path, dpi: int) -> Path:
     FigureCanvasAgg(figure)
-    figure.tight_layout()
     write_atomically(path, lambda handle: figure.savefig(handle, format="png", dpi=dpi))
     return path
 
 
 def plot_loss_curves(history: pd.DataFrame, targets: tuple[float, float], path: Path, dpi: int) -> Path:
-    figure = Figure(figsize=(8, 9))
+    figure = _figure(10, 9)
     losses, responses, gradients = figure.subplots(3, 1, sharex=True)
     for column in [c for c in history.columns if c.startswith("loss_")]:
         if (history[column] != 0).any():
             losses.plot(history["iteration"], history[column], label=column.removeprefix("loss_"))
     losses.set_ylabel("loss (weighted terms)")
-    losses.legend()
-    responses.plot(history["iteration"], history["p_control"], label="control", color="tab:blue")
-    responses.plot(history["iteration"], history["p_stim"], label="stimulated", color="tab:red")
+    _legend_outside(losses)
+    responses.plot(history["iteration"], history["p_stim"], label="stimulated", **COPY_STYLE["stimulated"])
+    responses.plot(history["iteration"], history["p_control"], label="control", **COPY_STYLE["control"])
     responses.axhline(targets[0], color="tab:blue", linestyle=":", label="control target")
     responses.axhline(targets[1], color="tab:red", linestyle=":", label="stimulated target")
     responses.set_ylabel("max spike probability\nin window (mean)")
-    responses.set_ylim(-0.02, 1.02)
-    responses.legend()
+    responses.set_ylim(*PROBABILITY_LIMITS)
+    _legend_outside(responses)
     gradients.semilogy(history["iteration"], history["grad_norm"], color="tab:gray", label="gradient norm")
     gradients.set_ylabel("gradient norm")
     learning_rate = gradients.twinx()
@@ -97,21 +111,23 @@ def plot_spike_probability(
     dpi: int,
 ) -> Path:
     """traces[name][copy] = (mean, std) over time, name in initial/optimized, copy in control/stimulated."""
-    figure = Figure(figsize=(10, 4))
+    figure = _figure(12, 4)
     axes = figure.subplots(1, len(traces), sharey=True, squeeze=False)[0]
     for axis, (name, copies) in zip(axes, traces.items()):
-        for copy, color in (("control", "tab:blue"), ("stimulated", "tab:red")):
+        for copy in ("stimulated", "control"):  # the dashed control line on top stays visible
             mean, std = copies[copy]
             time = np.arange(mean.size)
-            axis.plot(time, mean, color=color, label=copy)
-            axis.fill_between(time, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=color, alpha=0.2)
+            axis.plot(time, mean, label=copy, **COPY_STYLE[copy])
+            axis.fill_between(time, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1),
+                              color=COPY_STYLE[copy]["color"], alpha=0.15)
         window = stimulus.response_window()
         axis.axvspan(window.start, window.stop, color="gold", alpha=0.3, label="response window")
         axis.axhline(threshold, color="black", linestyle=":", linewidth=1, label="spike threshold")
+        axis.set_ylim(*PROBABILITY_LIMITS)
         axis.set_title(f"{name} rates (mean ± s.d. over trials)")
         axis.set_xlabel("time (ms)")
     axes[0].set_ylabel("spike probability")
-    axes[0].legend(loc="upper left")
+    _legend_outside(axes[-1])
     return _save_figure(figure, path, dpi)
 
 
@@ -122,7 +138,7 @@ def plot_rate_heatmaps(
     groups = [("excitatory", slice(0, num_excitatory))]
     if initial.shape[1] > num_excitatory:
         groups.append(("inhibitory", slice(num_excitatory, initial.shape[1])))
-    figure = Figure(figsize=(11, 3.5 * len(groups)))
+    figure = _figure(12, 3.5 * len(groups))
     axes = figure.subplots(len(groups), 2, squeeze=False)
     for row, (group, segments) in enumerate(groups):
         initial_mean = initial[:, segments].mean(axis=0)
@@ -135,9 +151,9 @@ def plot_rate_heatmaps(
             marked = [s for s in stimulus.segments if segments.start <= s < segments.stop]
             if marked:
                 axis.scatter([stimulus.time_ms + 0.5] * len(marked), [s + 0.5 for s in marked], marker="x",
-                             color="red", s=40, label="stimulus")
-                axis.legend(loc="upper right")
-            axis.set_title(f"{group}, {name} (mean over {initial.shape[0]} pattern(s))")
+                             color="red", s=40)
+            axis.set_title(f"{group}, {name} (mean over {initial.shape[0]} pattern(s))"
+                           + ("; red x: stimulus" if marked else ""))
             axis.set_xlabel("time (ms)")
             axis.set_ylabel("segment")
             figure.colorbar(image, ax=axis, label="rate (spikes/ms)")
@@ -146,7 +162,7 @@ def plot_rate_heatmaps(
 
 def plot_raster(example: dict[str, np.ndarray], num_excitatory: int, stimulus: Stimulus, path: Path, dpi: int) -> Path:
     """One sampled trial of the optimized rates (stimulated copy) and the model's response to both copies."""
-    figure = Figure(figsize=(10, 6))
+    figure = _figure(12, 6)
     raster, response = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     times, segments = np.nonzero(example["stimulated_spikes"])
     excitatory = segments < num_excitatory
@@ -156,15 +172,16 @@ def plot_raster(example: dict[str, np.ndarray], num_excitatory: int, stimulus: S
                    color="black", label="stimulus")
     raster.set_ylabel("segment")
     raster.set_title("one sampled trial of the optimized rates (pattern 0, stimulated copy)")
-    raster.legend(loc="upper right", markerscale=3)
+    raster.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, markerscale=3, fontsize="small")
     time = np.arange(example["control_probability"].size)
-    response.plot(time, example["control_probability"], color="tab:blue", label="control")
-    response.plot(time, example["stimulated_probability"], color="tab:red", label="stimulated")
+    response.plot(time, example["stimulated_probability"], label="stimulated", **COPY_STYLE["stimulated"])
+    response.plot(time, example["control_probability"], label="control", **COPY_STYLE["control"])
     window = stimulus.response_window()
-    response.axvspan(window.start, window.stop, color="gold", alpha=0.3)
+    response.axvspan(window.start, window.stop, color="gold", alpha=0.3, label="response window")
+    response.set_ylim(*PROBABILITY_LIMITS)
     response.set_ylabel("spike probability")
     response.set_xlabel("time (ms)")
-    response.legend(loc="upper left")
+    _legend_outside(response)
     return _save_figure(figure, path, dpi)
 
 
@@ -174,7 +191,7 @@ def plot_rate_change(
     """Per segment: optimized minus initial rate, averaged over patterns and time."""
     change = (optimized - initial).mean(axis=(0, 2))
     segments = np.arange(change.size)
-    figure = Figure(figsize=(10, 3.5))
+    figure = _figure(12, 3.5)
     axis = figure.subplots()
     colors = np.where(segments < num_excitatory, "tab:red", "tab:blue")
     axis.bar(segments, change, width=1.0, color=colors)
@@ -185,5 +202,5 @@ def plot_rate_change(
     axis.set_xlabel("segment")
     axis.set_ylabel("rate change (spikes/ms)")
     axis.set_title("optimized minus initial rate, mean over time and patterns")
-    axis.legend()
+    _legend_outside(axis)
     return _save_figure(figure, path, dpi)

@@ -13,6 +13,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from progress import Progress, ProgressStyle
+
 from . import report
 from .config import OptimizationConfig
 from .constraints import RateParameters
@@ -51,7 +53,7 @@ def run_activity_optimization(
     device: str | torch.device = "auto",
     seed: int = 0,
     logger: Optional[logging.Logger] = None,
-    progress: bool = True,
+    progress: ProgressStyle = ProgressStyle(),
 ) -> OptimizationOutcome:
     """Optimize presynaptic rates through `model` (frozen and moved to the device in place) and write the results.
 
@@ -99,7 +101,7 @@ def run_activity_optimization(
             files["history"] = report.write_history(out_dir, optimizer.history)
             files["checkpoint"] = optimizer.checkpoint_path
         evaluations = _evaluate(spike_model, optimizer.initial_rates, parameters.rates().detach(), sampler, paired,
-                                config, seeds.evaluation, logger)
+                                config, seeds.evaluation, logger, progress)
     evaluation = {
         "initial": evaluations["initial"].summary,
         "optimized": evaluations["optimized"].summary,
@@ -161,15 +163,16 @@ def _signature(config: OptimizationConfig, layout: InputLayout, stimulus: Stimul
 
 def _evaluate(
     model: SpikeProbability, initial: torch.Tensor, optimized: torch.Tensor, sampler: SpikeSampler,
-    paired: PairedStimulus, config: OptimizationConfig, seed: int, logger: logging.Logger,
+    paired: PairedStimulus, config: OptimizationConfig, seed: int, logger: logging.Logger, progress: ProgressStyle,
 ) -> dict[str, RateEvaluation]:
     """Both rate sets with the same seed, so that their difference is not sampling noise of the evaluation."""
-    chunks = math.ceil(initial.shape[0] * config.evaluation.trials_per_pattern / config.evaluation.chunk_size)
-    micro_batcher = MicroBatcher(chunks, "the evaluation", logger)
-    return {
-        name: evaluate_rates(model, rates, sampler, paired, config.evaluation, seed, micro_batcher)
-        for name, rates in (("initial", initial), ("optimized", optimized))
-    }
+    trials = initial.shape[0] * config.evaluation.trials_per_pattern
+    micro_batcher = MicroBatcher(math.ceil(trials / config.evaluation.chunk_size), "the evaluation", logger)
+    with Progress(2 * trials, "evaluating initial and optimized rates", "trial pair", progress, logger) as bar:
+        return {
+            name: evaluate_rates(model, rates, sampler, paired, config.evaluation, seed, micro_batcher, bar)
+            for name, rates in (("initial", initial), ("optimized", optimized))
+        }
 
 
 def _plot(

@@ -5,14 +5,18 @@ key or a wrong type is a ConfigError naming the key and the valid choices.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from errors import ConfigError
 from optimization import OptimizationConfig
+
+# The demo models shipped with the project: `demo.settings` apply to this folder (demo.apply: auto).
+SHIPPED_DEMO_MODELS = Path(__file__).resolve().parents[1] / "demo_models"
 
 
 class _Section(BaseModel):
@@ -32,6 +36,9 @@ class SelectionConfig(_Section):
     csv_model_column: str = Field("model_path", description="CSV column with the .h5 (or .pth) path.")
     csv_metric_column: str = Field("metric", description="CSV column with the selection value.")
     show_top: int = Field(10, ge=1, description="Rows of the ranked table printed.")
+    fallback: Literal["stop", "next"] = Field(
+        "stop", description="When the best model cannot be used (its conversion is refused, its file is "
+        "unusable): stop, naming the cause and the next usable candidate, or take the next usable one.")
 
 
 class ConversionConfig(_Section):
@@ -91,6 +98,22 @@ class SweepConfig(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
 
 
+class DemoConfig(_Section):
+    """Settings tuned for the shipped demo models, applied only where they belong."""
+
+    apply: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: only when models_dir is the shipped demo_models folder; always; never.")
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="Dotted config keys and their demo values. They replace the built-in "
+        "defaults, not values set on the command line or changed in the config file.")
+    _applied: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def applied(self) -> list[str]:
+        """The keys of `settings` this run took (set by load_config)."""
+        return self._applied
+
+
 class AppConfig(_Section):
     """Everything `python main.py` does; see config.yaml for the commented defaults."""
 
@@ -101,11 +124,15 @@ class AppConfig(_Section):
     seed: int = Field(0, description="Drives every random choice of the run.")
     resume_interrupted: bool = Field(True, description="Continue the newest run folder of the same model and "
                                      "config that has a checkpoint but no summary, instead of starting anew.")
+    progress_interval_s: float = Field(
+        5.0, ge=0, description="Without a terminal (cron, job logs): at most one progress line per this many "
+        "seconds, one per 10 % of the work.")
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     conversion: ConversionConfig = Field(default_factory=ConversionConfig)
     optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
     ground_truth: GroundTruthConfig = Field(default_factory=GroundTruthConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -159,8 +186,21 @@ def set_dotted(data: dict[str, Any], key: str, value: Any, source: str) -> None:
     node[parts[-1]] = value
 
 
+_MISSING = object()
+
+
+def get_dotted(data: Any, key: str) -> Any:
+    """The value at `a.b.c` in nested dicts, or _MISSING."""
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return _MISSING
+        data = data[part]
+    return data
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> AppConfig:
-    """Read `path` (YAML), apply overrides, validate; paths in the file are relative to the file's folder."""
+    """Read `path` (YAML), apply the demo settings where they belong and the overrides, validate; paths in the
+    file are relative to the file's folder."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -170,10 +210,38 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> AppConfig:
         raise ConfigError(f"{path}: cannot be read as YAML ({exc}).") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}.")
+    file_data = copy.deepcopy(data)
     for assignment in overrides:
         apply_override(data, assignment)
-    config = validate_config(data, str(path))
-    return _resolve_paths(config, path.parent)
+    config = _resolve_paths(validate_config(data, str(path)), path.parent)
+    demo = demo_settings_to_apply(config, file_data, [a.partition("=")[0].strip() for a in overrides])
+    if not demo:
+        return config
+    for key, value in demo.items():
+        set_dotted(data, key, copy.deepcopy(value), f"{path}: demo.settings")
+    config = _resolve_paths(validate_config(data, f"{path} (with demo.settings)"), path.parent)
+    config.demo._applied = sorted(demo)
+    return config
+
+
+def demo_settings_to_apply(config: AppConfig, file_data: dict[str, Any], command_line_keys: list[str]
+                           ) -> dict[str, Any]:
+    """The demo settings that replace built-in defaults: all of `demo.settings` when demo.apply is always, or
+    auto and models_dir is the shipped demo folder — except keys set on the command line or changed (from the
+    built-in default) in the config file."""
+    demo = config.demo
+    applies = demo.apply == "always" or (demo.apply == "auto"
+                                         and config.models_dir.resolve() == SHIPPED_DEMO_MODELS)
+    if not applies:
+        return {}
+    defaults = AppConfig().model_dump(mode="json")
+    chosen = {}
+    for key, value in demo.settings.items():
+        in_file = get_dotted(file_data, key)
+        if key in command_line_keys or (in_file is not _MISSING and in_file != get_dotted(defaults, key)):
+            continue
+        chosen[key] = value
+    return chosen
 
 
 def _resolve_paths(config: AppConfig, base: Path) -> AppConfig:

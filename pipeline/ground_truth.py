@@ -13,6 +13,7 @@ import numpy as np
 
 from fileio import load_pickle
 from neuron import NeuronConfig, ground_truth_response
+from progress import Progress, ProgressStyle
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +28,20 @@ def simulator_config_of(params_path: Path | None, trust: bool) -> NeuronConfig |
     return NeuronConfig.from_dict(recorded) if isinstance(recorded, dict) else None
 
 
-def ground_truth_check(params_path: Path | None, outcome, trials: int, seed: int, trust: bool) -> dict[str, Any]:
+def ground_truth_check(params_path: Path | None, outcome, trials: int, seed: int, trust: bool,
+                       progress: ProgressStyle) -> dict[str, Any]:
     """P(spike | stim) and P(spike | control) of the simulated neuron, pooled over the optimized patterns."""
     neuron = simulator_config_of(params_path, trust)
     if neuron is None:
         log.info("ground truth: not available (the model's pickle names no simulator configuration)")
         return {"available": False, "reason": "the model's parameters pickle names no simulator configuration"}
     log.info("ground truth: simulating the neuron on %d trials per pattern", trials)
-    per_pattern = [ground_truth_response(rates, outcome.stimulus_segments, outcome.stimulus_time_ms,
-                                         outcome.response_window_ms, n_trials=trials, seed=seed + index,
-                                         config=neuron)
-                   for index, rates in enumerate(outcome.optimized_rates)]
+    with Progress(trials * len(outcome.optimized_rates), "ground truth: simulating", "trial pair", progress,
+                  log) as bar:
+        per_pattern = [ground_truth_response(rates, outcome.stimulus_segments, outcome.stimulus_time_ms,
+                                             outcome.response_window_ms, n_trials=trials, seed=seed + index,
+                                             config=neuron, on_simulated=bar.advance)
+                       for index, rates in enumerate(outcome.optimized_rates)]
     p_stim = float(np.mean([r["p_spike_stim"] for r in per_pattern]))
     p_control = float(np.mean([r["p_spike_control"] for r in per_pattern]))
     log.info("ground truth: P(spike|stim) %.3f, P(spike|control) %.3f", p_stim, p_control)

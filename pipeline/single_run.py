@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
+import pandas as pd
 from torch import nn
+
+from errors import ConversionError, ModelFileError, PickleFileError, SelectionError
 
 from optimization import run_activity_optimization
 from pipeline.config import AppConfig
 from pipeline.ground_truth import ground_truth_check
-from pipeline.summary import EVALUATION_KEYS, versions, write_report, write_summary
+from pipeline.report_page import write_report_page
+from pipeline.summary import (CI_KEYS, EVALUATION_KEYS, conversion_record, degenerate_warnings, versions,
+                              write_report, write_summary)
+from progress import ProgressStyle
 from selection.pytorch_model import ensure_pytorch_model
 
 
@@ -25,45 +31,91 @@ class ChosenModel:
     """The selected model as a run records it: plain data, so that sweep workers can receive it."""
 
     stem: str
-    source: str  # the .h5, or the stem path when only a PyTorch file exists
+    source: str  # the Keras file, or the stem path when only a PyTorch file exists
     selection_value: float
     params: Optional[Path]  # the parameters pickle, when there is one
     pytorch_path: Path
-    converted: bool  # True when this run (or sweep) converted the .h5
+    converted: bool  # True when this run (or sweep) converted the Keras file
+    rank: Optional[int] = None  # its rank in the results table
+    skipped: tuple[dict[str, Any], ...] = ()  # better-ranked models that could not be used: stem, rank, reason
+    candidates: int = 0  # rows of the results table
+    usable_candidates: int = 0  # of which usable
 
 
-def prepare_model(row, config: AppConfig) -> tuple[nn.Module, ChosenModel]:
-    """The PyTorch model of a results-table row, reused or converted now (under the per-model lock)."""
+log = logging.getLogger(__name__)
+# Why a ranked model may turn out unusable only when its files are opened.
+UNUSABLE_MODEL_ERRORS = (ConversionError, ModelFileError, PickleFileError, SelectionError)
+
+
+def prepare_model(row, config: AppConfig, table: pd.DataFrame) -> tuple[nn.Module, ChosenModel]:
+    """The PyTorch model of a row of the results `table`, reused or converted now (under the per-model lock)."""
     params = Path(row["params"]) if row["params"] else None
-    pytorch = ensure_pytorch_model(Path(row["stem_path"]), params, verify=config.conversion.verify,
+    keras_file = Path(row["keras_file"]) if row["keras_file"] else None
+    pytorch = ensure_pytorch_model(Path(row["stem_path"]), keras_file, params, verify=config.conversion.verify,
                                    trust_pickles=config.conversion.trust_pickles,
                                    lock_timeout_s=config.conversion.lock_timeout_s)
-    chosen = ChosenModel(stem=row["stem"], source=row["h5"] or str(row["stem_path"]),
+    chosen = ChosenModel(stem=row["stem"], source=row["keras_file"] or str(row["stem_path"]),
                          selection_value=float(row["value"]), params=params, pytorch_path=pytorch.path,
-                         converted=pytorch.converted)
+                         converted=pytorch.converted, rank=None if pd.isna(row["rank"]) else int(row["rank"]),
+                         candidates=len(table), usable_candidates=int(table["usable"].sum()))
     return pytorch.model, chosen
 
 
-def optimize_and_report(model: nn.Module, chosen: ChosenModel, config: AppConfig, run_dir: Path, progress: bool,
-                        started: float) -> tuple[Path, dict[str, Any]]:
-    """Optimize through `model` into `run_dir`; returns report.md's path and the summary written beside it.
+def prepare_best_usable_model(table: pd.DataFrame, config: AppConfig) -> tuple[nn.Module, ChosenModel]:
+    """The PyTorch model of the best-ranked usable row. When its files turn out unusable (conversion refused,
+    unusable .pth), selection.fallback decides: `stop` raises the same error type, naming the model, the cause and
+    the next usable candidate; `next` takes the next usable row (skipped ones are recorded on the result)."""
+    usable = [row for _, row in table[table["usable"]].iterrows()]
+    skipped: list[dict[str, Any]] = []
+    for position, row in enumerate(usable):
+        try:
+            model, chosen = prepare_model(row, config, table)
+        except UNUSABLE_MODEL_ERRORS as exc:
+            following = usable[position + 1] if position + 1 < len(usable) else None
+            if config.selection.fallback == "stop":
+                then = (f"The next usable candidate is {following['stem']} (rank {int(following['rank'])}, "
+                        f"{config.selection.metric} {following['value']:.6g}); selection.fallback=next takes it."
+                        if following is not None else "No other candidate is usable.")
+                raise type(exc)(f"the best model {row['stem']} (rank {int(row['rank'])}) cannot be used: {exc} "
+                                f"{then}") from exc
+            log.warning("skipping %s (rank %d): %s", row["stem"], int(row["rank"]), exc)
+            skipped.append({"stem": row["stem"], "rank": int(row["rank"]), "reason": " ".join(str(exc).split())})
+            continue
+        if skipped:
+            log.info("using %s (rank %d) instead: %d better-ranked model(s) could not be used", chosen.stem,
+                     chosen.rank, len(skipped))
+        return model, replace(chosen, skipped=tuple(skipped))
+    reasons = "; ".join(f"{entry['stem']}: {entry['reason']}" for entry in skipped)
+    raise SelectionError(f"none of the {len(usable)} usable-looking models can be used ({reasons}).")
 
-    `started` is the time.monotonic() at which the run began (the summary's `seconds` count from it).
+
+def optimize_and_report(model: nn.Module, chosen: ChosenModel, config: AppConfig, run_dir: Path,
+                        progress: ProgressStyle, started: float, command: str | None = None
+                        ) -> tuple[Path, dict[str, Any]]:
+    """Optimize through `model` into `run_dir`; returns report.html's path and the summary written beside it
+    (and report.md).
+
+    `started` is the time.monotonic() at which the run began (the summary's `seconds` count from it);
+    `command` the command line that started the run, recorded to reproduce it.
     """
     outcome = run_activity_optimization(model, config.optimization, run_dir, device=config.device,
                                         seed=config.seed, logger=logging.getLogger("optimization"),
                                         progress=progress)
-    optimized = outcome.evaluation["optimized"]
+    optimized, initial = outcome.evaluation["optimized"], outcome.evaluation["initial"]
     ground_truth = (ground_truth_check(chosen.params, outcome, config.ground_truth.trials, config.seed,
-                                       config.conversion.trust_pickles)
+                                       config.conversion.trust_pickles, progress)
                     if config.ground_truth.enabled else {"available": False, "reason": "turned off in the config"})
     summary = {
         "selected_model": chosen.source,
         "selection_metric": config.selection.metric,
         "selection_reduction": config.selection.reduction,
         "selection_value": chosen.selection_value,
+        "selection": {"goal": config.selection.goal, "rank": chosen.rank, "candidates": chosen.candidates,
+                      "usable_candidates": chosen.usable_candidates, "fallback": config.selection.fallback,
+                      "skipped": list(chosen.skipped)},
         "pytorch_model": str(chosen.pytorch_path),
         "converted": chosen.converted,
+        "conversion": conversion_record(getattr(model, "metadata", {}) or {}),
         "device": outcome.device,
         "seed": config.seed,
         "final_loss": outcome.final_loss,
@@ -71,12 +123,20 @@ def optimize_and_report(model: nn.Module, chosen: ChosenModel, config: AppConfig
         "stopped_because": outcome.stopped_because,
         "stimulus_segments": list(outcome.stimulus_segments),
         "stimulus_time_ms": outcome.stimulus_time_ms,
+        "response_window_ms": outcome.response_window_ms,
         "evaluation": {**{k: optimized[k] for k in EVALUATION_KEYS}, "details": optimized},
-        "evaluation_initial": {k: outcome.evaluation["initial"][k] for k in EVALUATION_KEYS},
+        "evaluation_initial": {**{k: initial[k] for k in EVALUATION_KEYS},
+                               **{k: initial[k] for k in CI_KEYS}},
         "ground_truth": ground_truth,
+        "warnings": degenerate_warnings(initial, optimized, config.optimization.evaluation),
+        "demo_settings_applied": {key: config.demo.settings[key] for key in config.demo.applied},
+        "command": command,
         "seconds": round(time.monotonic() - started, 2),
-        "versions": versions(),
+        "versions": versions(outcome.device),
         "run_dir": str(run_dir),
     }
+    for warning in summary["warnings"]:
+        log.warning("warning: %s", warning)
     files = {**outcome.files, "summary": write_summary(run_dir, summary)}
-    return write_report(run_dir, summary, files), summary
+    write_report(run_dir, summary, files)
+    return write_report_page(run_dir, summary, files), summary

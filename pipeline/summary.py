@@ -1,4 +1,7 @@
-"""`summary.json` (the machine-readable result of a run) and `report.md` (the page a person opens)."""
+"""`summary.json` (the machine-readable result of a run), its warnings, and `report.md`.
+
+The self-contained page a person opens, report.html, is pipeline.report_page's.
+"""
 from __future__ import annotations
 
 import json
@@ -10,14 +13,62 @@ from typing import Any
 import numpy as np
 import torch
 
+from conversion import CONVERTER_VERSION
+from conversion.verify import worst_output
 from fileio import write_text_atomic
 
 EVALUATION_KEYS = ("p_spike_stim", "p_spike_control", "difference", "n_trials")
+CI_KEYS = ("p_spike_stim_ci", "p_spike_control_ci", "difference_ci")
 
 
-def versions() -> dict[str, str]:
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "platform": platform.platform()}
+def versions(device: str = "cpu") -> dict[str, str]:
+    found = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+             "converter": CONVERTER_VERSION, "platform": platform.platform()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        found["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    return found
+
+
+def conversion_record(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What the run's PyTorch model records of its conversion: verified against Keras (the figures) or why not."""
+    verification = metadata.get("verification") or {}
+    worst = worst_output(verification)
+    record: dict[str, Any] = {"source_sha256": metadata.get("source_sha256"), "dtype": metadata.get("dtype"),
+                              "converter_version": metadata.get("converter_version"),
+                              "resolved_activations": metadata.get("resolved_activations") or []}
+    if worst is not None:
+        record.update(verified=True, keras=verification.get("keras"), input=verification.get("input"),
+                      max_abs_diff={name: o["max_abs_diff"] for name, o in verification["outputs"].items()})
+    else:
+        record.update(verified=False, not_verified_because=verification.get("skipped") or (
+            "the conversion was not compared with Keras (conversion.verify is off, or the PyTorch file was "
+            "made without --verify)"))
+    return record
+
+
+def degenerate_warnings(initial: dict[str, Any], optimized: dict[str, Any], evaluation_config) -> list[str]:
+    """What makes a run's result unreliable, each with what to try: no trial reached the spike threshold, or the
+    optimized difference is not significantly above the initial one (their confidence intervals overlap)."""
+    warnings = []
+    threshold = evaluation_config.spike_threshold
+    level = f"{evaluation_config.confidence:.0%}"
+    highest = max(optimized.get("max_prob_stim", 0.0), optimized.get("max_prob_control", 0.0))
+    if optimized["p_spike_stim"] == 0 and optimized["p_spike_control"] == 0:
+        warnings.append(
+            f"no evaluation trial reached the spike threshold ({threshold:g}): the highest spike probability the "
+            f"model gave in the response window was {highest:.3g}. The model may be untrained or not a spike "
+            "model at this output (optimization.spike_output_index); try more iterations "
+            "(optimization.loop.max_iterations), a higher learning rate, or a lower "
+            "optimization.evaluation.spike_threshold.")
+    low_optimized, high_initial = optimized["difference_ci"][0], initial["difference_ci"][1]
+    if low_optimized <= high_initial:
+        warnings.append(
+            f"the optimized difference P(spike | stim) - P(spike | control) = {optimized['difference']:.3f} "
+            f"({level} CI {optimized['difference_ci'][0]:.3f} to {optimized['difference_ci'][1]:.3f}) is not "
+            f"significantly above the initial {initial['difference']:.3f} (CI up to {high_initial:.3f}): the "
+            "optimization changed nothing measurable. Try more iterations, a higher learning rate, other "
+            "stimulus segments, or more evaluation trials (optimization.evaluation.trials_per_pattern).")
+    return warnings
 
 
 def _finite(value: Any) -> Any:
@@ -45,8 +96,10 @@ def write_report(run_dir: Path, summary: dict[str, Any], files: dict[str, Path])
     """A Markdown page: what was chosen, how the optimization went, the evaluation, and the plots."""
     evaluation = summary["evaluation"]
     initial = summary.get("evaluation_initial", {})
-    lines = [
-        f"# Activity optimization — {Path(summary['selected_model']).name}", "",
+    lines = [f"# Activity optimization — {Path(summary['selected_model']).name}", ""]
+    for warning in summary.get("warnings", []):
+        lines += [f"> **Warning:** {warning}", ""]
+    lines += [
         f"- Selected by `{summary['selection_metric']}` = {_fmt(summary['selection_value'])}",
         f"- PyTorch model: `{summary['pytorch_model']}` ({'converted for this run' if summary['converted'] else 'reused'})",
         f"- Device: {summary['device']}; iterations: {summary['iterations_run']} "
@@ -63,7 +116,7 @@ def write_report(run_dir: Path, summary: dict[str, Any], files: dict[str, Path])
     plots = [(name, path) for name, path in files.items() if str(path).endswith(".png")]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({Path(path).name})" for name, path in plots]
-    lines += ["", "Files: " + ", ".join(f"`{Path(p).name}`" for p in files.values()), ""]
+    lines += ["", "Files: " + ", ".join(f"`{Path(p).name}`" for p in files.values()) + ", `report.html`", ""]
     path = run_dir / "report.md"
     write_text_atomic(path, "\n".join(lines))
     return path

@@ -104,7 +104,10 @@ def run_config(base: AppConfig, point: SweepPoint) -> AppConfig:
         data["optimization"]["stimulus"].update(segments=None, selection_seed=point.stimulus)
     elif point.stimulus is not None:
         data["optimization"]["stimulus"]["segments"] = point.stimulus
-    return validate_config(data, source)
+    config = validate_config(data, source)
+    overridden = {key for key, _ in point.overrides}
+    config.demo._applied = [key for key in base.demo.applied if key not in overridden]
+    return config
 
 
 def resolve_models(table: pd.DataFrame, specs: list[Union[int, str]], source: str) -> dict[Union[int, str], Any]:
@@ -183,7 +186,7 @@ def _finished_before(row: Optional[dict[str, str]], config_hash: str, sweep_dir:
 
 
 def run_sweep(config: AppConfig, table: pd.DataFrame, log_buffer) -> Path:
-    """Run (or resume) the sweep of `config` over the ranked `table`; returns the sweep's report.md.
+    """Run (or resume) the sweep of `config` over the ranked `table`; returns the sweep's report.html.
 
     Raises SweepError after writing the manifest and the report when any run failed.
     """
@@ -200,7 +203,7 @@ def run_sweep(config: AppConfig, table: pd.DataFrame, log_buffer) -> Path:
     attach_run_log(log_buffer, sweep_dir / "sweep.log")
     write_text_atomic(sweep_dir / "config.yaml", config_to_yaml(config))
     write_text_atomic(sweep_dir / "results_table.csv", table.to_csv(index=False))
-    chosen = {spec: prepare_model(row, config)[1] for spec, row in models.items()}  # once, before the runs
+    chosen = {spec: prepare_model(row, config, table)[1] for spec, row in models.items()}  # once, before the runs
     labels = _model_labels([model.stem for model in chosen.values()])
 
     override_keys = list(sweep.overrides or {})

@@ -1,7 +1,8 @@
 """What a sweep shows: the figures of its runs averaged across seeds, seed-averaged rate heatmaps, a report page.
 
 Files in the sweep folder: aggregate.csv and aggregate.md (mean and sample s.d. across seeds of each evaluation
-figure, per model, stimulus set and overridden setting), heatmaps/*.png, report.md.
+figure, per model, stimulus set and overridden setting), heatmaps/*.png, report.md and report.html (the
+self-contained page: heatmaps embedded, each run linked to its own report.html).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from matplotlib.figure import Figure
 from fileio import write_atomically, write_text_atomic
 from optimization.report import FILE_NAMES
 from pipeline.config import SweepConfig
+from pipeline.report_page import embedded_png, escape, page, table, text_cell
 from pipeline.run_folder import short_model_name
 
 log = logging.getLogger("sweep")
@@ -98,8 +100,43 @@ def plot_mean_rates(sweep_dir: Path, runs: pd.DataFrame, title: str, path: Path)
     return path
 
 
+def _html_aggregate(table_frame: pd.DataFrame, group_keys: list[str]) -> str:
+    shown = [(column, heading.replace("\\|", "|")) for column, heading in AGGREGATED
+             if table_frame[f"{column}_mean"].notna().any()]
+    rows = [[text_cell(row[key]) for key in group_keys] + [text_cell(f"{row['runs_done']}/{row['runs_failed']}")]
+            + [f'<td data-key="{escape(column)}_mean" data-value="{escape(row[f"{column}_mean"])}">'
+               f'{escape(_mean_sd(row[f"{column}_mean"], row[f"{column}_sd"]))}</td>' for column, _ in shown]
+            for row in table_frame.to_dict("records")]
+    return table([*group_keys, "runs (done/failed)", *(heading for _, heading in shown)], rows)
+
+
+def write_sweep_page(sweep_dir: Path, manifest: pd.DataFrame, table_frame: pd.DataFrame, group_keys: list[str],
+                     heatmaps: list[tuple[str, Path]], missing: list[str], overview: list[str]) -> Path:
+    """report.html of a sweep: the overview, the aggregate, the heatmaps embedded, every run linked."""
+    runs = [[text_cell(row["run_id"]), text_cell(row["seed"]), text_cell(row["status"]),
+             text_cell("–" if pd.isna(row["difference"]) else f"{row['difference']:.3f}"),
+             f'<td><a href="{escape(row["folder"])}/report.html">{escape(row["folder"])}</a></td>']
+            for row in manifest.to_dict("records")]
+    failed = manifest[manifest["status"] == "failed"]
+    sections = ["<ul>" + "".join(f"<li>{escape(line)}</li>" for line in overview) + "</ul>",
+                "<h2>Evaluation figures, mean ± s.d. across seeds</h2>" + _html_aggregate(table_frame, group_keys),
+                "<h2>Optimized rates, mean over seeds (red x: stimulus segments at the stimulus time)</h2>"
+                + "".join(embedded_png(path, title) for title, path in heatmaps),
+                ("<h2>Heatmaps left out (the files of a done run could not be read)</h2><ul>"
+                 + "".join(f"<li>{escape(line.removeprefix('- '))}</li>" for line in missing) + "</ul>"
+                 if missing else ""),
+                "<h2>Runs</h2>" + table(["run", "seed", "status", "difference", "folder"], runs)]
+    if len(failed):
+        sections.append("<h2>Failed runs</h2><ul>" + "".join(
+            f"<li><code>{escape(r.run_id)}</code>: {escape(r.error)}</li>" for r in failed.itertuples()) + "</ul>")
+    path = sweep_dir / "report.html"
+    write_text_atomic(path, page(f"Sweep {sweep_dir.name}", sections))
+    return path
+
+
 def write_sweep_report(sweep_dir: Path, manifest_path: Path, group_keys: list[str], sweep: SweepConfig) -> Path:
-    """aggregate.csv/.md, one heatmap per group with finished runs, and report.md linking them."""
+    """aggregate.csv/.md, one heatmap per group with finished runs, report.md linking them and report.html
+    (returned)."""
     manifest = pd.read_csv(manifest_path, keep_default_na=False, na_values=[""])
     table = aggregate(manifest, group_keys)
     write_text_atomic(sweep_dir / "aggregate.csv", table.to_csv(index=False))
@@ -121,9 +158,11 @@ def write_sweep_report(sweep_dir: Path, manifest_path: Path, group_keys: list[st
 
     counts = manifest["status"].value_counts()
     lists = sweep.model_dump(mode="json", include={"seeds", "stimulus_sets", "models", "overrides"})
-    lines = [f"# Sweep {sweep_dir.name}", "",
-             f"- {len(manifest)} run(s): {counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
-             f"{len(manifest) - counts.get('done', 0) - counts.get('failed', 0)} not run; backend {sweep.backend}",
+    overview = [f"{len(manifest)} run(s): {counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
+                f"{len(manifest) - counts.get('done', 0) - counts.get('failed', 0)} not run; backend {sweep.backend}",
+                "; ".join(f"{key}: {json.dumps(value)}" for key, value in lists.items()),
+                "Files: manifest.csv (every run), aggregate.csv (the table below), config.yaml, sweep.log"]
+    lines = [f"# Sweep {sweep_dir.name}", "", f"- {overview[0]}",
              "- " + "; ".join(f"{key}: `{json.dumps(value)}`" for key, value in lists.items()),
              "- Files: `manifest.csv` (every run), `aggregate.csv` (the table below), `config.yaml`, `sweep.log`",
              "", "## Evaluation figures, mean ± s.d. across seeds", "", summary_table]
@@ -140,6 +179,5 @@ def write_sweep_report(sweep_dir: Path, manifest_path: Path, group_keys: list[st
     failed = manifest[manifest["status"] == "failed"]
     if len(failed):
         lines += ["", "## Failed runs", ""] + [f"- `{r.run_id}`: {r.error}" for r in failed.itertuples()]
-    path = sweep_dir / "report.md"
-    write_text_atomic(path, "\n".join(lines) + "\n")
-    return path
+    write_text_atomic(sweep_dir / "report.md", "\n".join(lines) + "\n")
+    return write_sweep_page(sweep_dir, manifest, table, group_keys, heatmaps, missing, overview)

@@ -1,9 +1,10 @@
-"""Find the chosen model's PyTorch file, or convert its `.h5` — once, under a lock, verified when possible.
+"""Find the chosen model's PyTorch file, or convert its Keras file — once, under a lock, verified when possible.
 
 A `.pth`/`.pt`/`_converted.pth` beside the model is used only if it loads with weights_only=True as a model of
-this converter and, when the `.h5` is there, records that `.h5`'s sha256. Anything else is reported and the
-`.h5` is converted again into `<stem>_converted.pth`, which the next run reuses. The reuse rule and the
-per-model lock are conversion.cache's, shared with model_converter.py.
+this converter and, when the Keras file (`.h5`, `.keras` or `.weights.h5`, conversion.pairing) is there,
+records that file's sha256. Anything else is reported and the Keras file is converted again into
+`<stem>_converted.pth`, which the next run reuses. The reuse rule and the per-model lock are
+conversion.cache's, shared with model_converter.py.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from conversion.keras_file import file_sha256
 from conversion.verify import worst_output
 from errors import SelectionError
 from model_converter import convert_or_reuse
-from selection.table import pytorch_candidates
+from conversion.pairing import pytorch_candidates
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 class PyTorchModel:
     model: nn.Module
     path: Path
-    converted: bool  # True when this run converted the .h5
+    converted: bool  # True when this run converted the Keras file
 
 
 def _reuse(stem_path: Path, h5_sha256: str | None, params_sha256: str | None) -> PyTorchModel | None:
@@ -42,22 +43,21 @@ def _reuse(stem_path: Path, h5_sha256: str | None, params_sha256: str | None) ->
     return None
 
 
-def ensure_pytorch_model(stem_path: Path, params: Path | None, verify: bool, trust_pickles: bool = False,
-                         lock_timeout_s: float = 600) -> PyTorchModel:
+def ensure_pytorch_model(stem_path: Path, keras_file: Path | None, params: Path | None, verify: bool,
+                         trust_pickles: bool = False, lock_timeout_s: float = 600) -> PyTorchModel:
     """The model's PyTorch module: reused when a current conversion exists, else converted now."""
-    h5 = stem_path.with_suffix(".h5")
     params_sha256 = file_sha256(params) if params is not None and params.is_file() else None
-    if not h5.is_file():
+    if keras_file is None:
         found = _reuse(stem_path, None, params_sha256)
         if found is None:
-            raise SelectionError(f"{stem_path}: no .h5 to convert and no usable PyTorch file beside it.")
+            raise SelectionError(f"{stem_path}: no Keras file to convert and no usable PyTorch file beside it.")
         return found
-    h5_sha256 = file_sha256(h5)
-    found = _reuse(stem_path, h5_sha256, params_sha256)
+    found = _reuse(stem_path, file_sha256(keras_file), params_sha256)
     if found is not None:
         return found
-    log.info("converting %s%s", h5.name, " (verifying against Keras)" if verify else "")
-    outcome = convert_or_reuse(h5, params, verify=verify, trust_pickles=trust_pickles, lock_timeout_s=lock_timeout_s)
+    log.info("converting %s%s", keras_file.name, " (verifying against Keras)" if verify else "")
+    outcome = convert_or_reuse(keras_file, params, verify=verify, trust_pickles=trust_pickles,
+                               lock_timeout_s=lock_timeout_s)
     if outcome.cached:  # another job converted it while we waited for the lock
         log.info("using %s, converted meanwhile by another job", outcome.path)
         return PyTorchModel(outcome.model, outcome.path, converted=False)

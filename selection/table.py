@@ -8,54 +8,78 @@ alphabetical order, so the same table always gives the same choice.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from conversion.pairing import PARAMS_SUFFIX, find_params_pickles, keras_files_for, model_stem, pytorch_candidates
 from errors import PickleFileError, SelectionError
 from fileio import load_pickle
 from pipeline.config import SelectionConfig
 
-CONVERTER_INFO_SUFFIX = "_converted_info"
-PYTORCH_SUFFIXES = (".pth", ".pt")
-COLUMNS = ["rank", "stem", "value", "usable", "reason", "h5", "pth_candidates", "params", "epochs", "stem_path"]
+COLUMNS = ["rank", "stem", "value", "usable", "reason", "note", "keras_file", "pth_candidates", "params", "epochs",
+           "stem_path"]
 
 
-def reduce_history(values: Any, reduction: str, last_k: int) -> tuple[float, int]:
-    """(selected value, number of finite epochs) of a per-epoch metric; NaN when there is none."""
+@dataclass(frozen=True)
+class MetricValue:
+    """A per-epoch metric reduced to the selection value, with what was left out and why."""
+
+    value: float              # NaN when there is no usable value
+    finite_epochs: int
+    reason: str | None = None  # why the model is unusable
+    note: str = ""             # what was left out (non-finite epochs inside the history)
+
+
+def _epochs(indices: np.ndarray) -> str:
+    shown = ", ".join(str(int(i) + 1) for i in indices[:8])
+    return shown + (", ..." if indices.size > 8 else "")
+
+
+def reduce_history(values: Any, metric: str, reduction: str, last_k: int) -> MetricValue:
+    """The selection value of a per-epoch metric (epochs are counted from 1).
+
+    A history that ends in non-finite values diverged: the model saved at its end is unusable, whatever its
+    early epochs say. Non-finite epochs inside a history are dropped and counted in the note.
+    """
     array = np.asarray(values, dtype=float).ravel()
-    finite = array[np.isfinite(array)]
-    if finite.size == 0:
-        return math.nan, 0
-    if reduction == "min":
-        return float(finite.min()), finite.size
-    if reduction == "max":
-        return float(finite.max()), finite.size
-    if reduction == "last":
-        return (float(array[-1]) if np.isfinite(array[-1]) else math.nan), finite.size
-    return float(finite[-last_k:].mean()), finite.size
+    finite = np.isfinite(array)
+    if not finite.any():
+        return MetricValue(math.nan, 0, f"'{metric}' has no finite value" + (f" ({reduction})" if array.size else
+                                                                             " (empty history)"))
+    last_finite = int(np.flatnonzero(finite)[-1])
+    if last_finite < array.size - 1:
+        return MetricValue(math.nan, int(finite.sum()),
+                           f"diverged: {metric} non-finite from epoch {last_finite + 2} of {array.size}")
+    dropped = np.flatnonzero(~finite)
+    note = (f"{dropped.size} non-finite epoch(s) of {metric} dropped (epoch {_epochs(dropped)})"
+            if dropped.size else "")
+    kept = array[finite]
+    value = {"min": kept.min, "max": kept.max, "last": lambda: kept[-1],
+             "mean_last_k": lambda: kept[-last_k:].mean()}[reduction]()
+    return MetricValue(float(value), int(kept.size), None, note)
 
 
-def pytorch_candidates(stem_path: Path) -> list[Path]:
-    """The PyTorch files that may belong to a model, in the order they are tried."""
-    return [p for p in (stem_path.with_suffix(".pth"), stem_path.with_suffix(".pt"),
-                        stem_path.with_name(stem_path.name + "_converted.pth")) if p.is_file()]
-
-
-def _row(stem_path: Path, value: float, reason: str | None, params: Path | None, epochs: int | None) -> dict:
-    h5 = stem_path.with_suffix(".h5")
+def _row(stem_path: Path, value: float, reason: str | None, params: Path | None, epochs: int | None,
+         note: str = "") -> dict:
+    keras_files = keras_files_for(stem_path)
     pth = pytorch_candidates(stem_path)
-    if reason is None and not h5.is_file() and not pth:
-        reason = "no model file (.h5 or .pth) beside it"
+    if reason is None and len(keras_files) > 1:
+        reason = (f"several Keras files for one model ({', '.join(p.name for p in keras_files)}): keep one, "
+                  "so that it is clear which one was trained with this pickle")
+    if reason is None and not keras_files and not pth:
+        reason = "no model file beside it (.h5, .keras, .weights.h5, .pth or .pt)"
     return {"stem": stem_path.name, "value": value, "usable": reason is None, "reason": reason or "",
-            "h5": str(h5) if h5.is_file() else "", "pth_candidates": ";".join(str(p) for p in pth),
-            "params": str(params) if params else "", "epochs": epochs, "stem_path": str(stem_path)}
+            "note": note, "keras_file": str(keras_files[0]) if keras_files else "",
+            "pth_candidates": ";".join(str(p) for p in pth), "params": str(params) if params else "",
+            "epochs": epochs, "stem_path": str(stem_path)}
 
 
 def _row_from_pickle(pickle_path: Path, config: SelectionConfig, trust: bool) -> dict:
-    stem_path = pickle_path.with_suffix("")
+    stem_path = pickle_path.with_name(pickle_path.name.removesuffix(PARAMS_SUFFIX))
     try:
         params = load_pickle(pickle_path, trust=trust)
     except PickleFileError as exc:
@@ -66,19 +90,16 @@ def _row_from_pickle(pickle_path: Path, config: SelectionConfig, trust: bool) ->
     if config.metric not in history:
         return _row(stem_path, math.nan, f"no '{config.metric}' in training_history_dict", pickle_path, None)
     try:
-        value, epochs = reduce_history(history[config.metric], config.reduction, config.last_k)
+        reduced = reduce_history(history[config.metric], config.metric, config.reduction, config.last_k)
     except (TypeError, ValueError):
         return _row(stem_path, math.nan, f"'{config.metric}' is not a list of numbers", pickle_path, None)
-    reason = None if math.isfinite(value) else f"'{config.metric}' has no finite value ({config.reduction})"
-    return _row(stem_path, value, reason, pickle_path, epochs)
+    return _row(stem_path, reduced.value, reduced.reason, pickle_path, reduced.finite_epochs, reduced.note)
 
 
 def table_from_models_dir(models_dir: Path, config: SelectionConfig, trust_pickles: bool = False) -> pd.DataFrame:
     if not models_dir.is_dir():
         raise SelectionError(f"{models_dir}: the models folder does not exist.")
-    # Hidden files are other programs' temporaries (e.g. what a killed writer leaves), never candidates.
-    pickles = sorted(p for p in models_dir.glob("*.pickle")
-                     if not p.stem.endswith(CONVERTER_INFO_SUFFIX) and not p.name.startswith("."))
+    pickles = find_params_pickles(models_dir)
     if not pickles:
         raise SelectionError(f"{models_dir}: no model parameter pickles (*.pickle) in the models folder.")
     return rank([_row_from_pickle(p, config, trust_pickles) for p in pickles], config)
@@ -99,8 +120,8 @@ def table_from_csv(csv_path: Path, config: SelectionConfig) -> pd.DataFrame:
             model_path = (csv_path.parent / model_path).resolve()
         value = pd.to_numeric(raw, errors="coerce")
         value = float(value) if pd.notna(value) else math.nan
-        stem_path = model_path.with_suffix("")
-        params = stem_path.with_suffix(".pickle")
+        stem_path = model_path.with_name(model_stem(model_path))
+        params = stem_path.with_name(stem_path.name + PARAMS_SUFFIX)
         reason = None if math.isfinite(value) else "metric missing or not a number"
         rows.append(_row(stem_path, value, reason, params if params.is_file() else None, None))
     if not rows:
@@ -126,9 +147,14 @@ def best_row(frame: pd.DataFrame, source: str) -> pd.Series:
 
 
 def format_table(frame: pd.DataFrame, top: int) -> str:
-    shown = frame.head(top)[["rank", "stem", "value", "epochs", "reason"]].copy()
-    shown["rank"] = shown["rank"].map(lambda r: "-" if pd.isna(r) else str(int(r)))
-    shown["stem"] = shown["stem"].map(lambda s: s if len(s) <= 70 else s[:67] + "...")
-    text = shown.to_string(index=False, na_rep="-")
-    hidden = len(frame) - len(shown)
+    """The top rows, stems in full (their tails, LogLoss_... and ID_..., tell the published models apart), then
+    why each unusable row is unusable and what was left out of the others."""
+    rows = [("rank", "value", "epochs", "model", "unusable because / note")]
+    for row in frame.head(top).itertuples():
+        rows.append(("-" if pd.isna(row.rank) else str(int(row.rank)),
+                     "-" if pd.isna(row.value) else f"{row.value:.6g}",
+                     "-" if pd.isna(row.epochs) else str(int(row.epochs)), row.stem, row.reason or row.note or ""))
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    text = "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(r[:4], widths)), r[4]]).rstrip() for r in rows)
+    hidden = len(frame) - (len(rows) - 1)
     return text + (f"\n... and {hidden} more row(s) in the saved table" if hidden > 0 else "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from conversion.registry import ConvertedLayer, KerasLayer, LayerProblem, register_layer_converter
-from models.activations import ACTIVATIONS
+from models.activations import KERAS_NAMES, ActivationSpec
 
 ALIASES = {"swish": "silu"}
 
@@ -12,29 +12,35 @@ ALIASES = {"swish": "silu"}
 def activation_name(value: Any, keras_major: int) -> str:
     """The module-side name of a Keras activation as stored in a config (a string, or a Keras 3 dict).
 
-    A Python function or lambda is stored as bytecode (a dict without a name): it cannot be rebuilt, and is
-    refused rather than guessed.
+    A Python function stored as bytecode (a dict without a name) cannot be rebuilt: conversion.lambdas resolves
+    such activations from the training record before the layers are converted, and refuses the rest.
     """
     if value is None:
         return "linear"
     if isinstance(value, dict):
         if not isinstance(value.get("config"), str):
-            raise LayerProblem("the activation is a Python function or lambda stored as bytecode, which cannot "
-                               "be rebuilt exactly; use a built-in activation name or an activation layer "
-                               "(e.g. LeakyReLU) instead")
+            raise LayerProblem("the activation is a Python function stored as bytecode, which is never run; only "
+                               "a top-level layer named layer_k can be resolved from a training parameters pickle")
         value = value["config"]
     name = ALIASES.get(value, value)
+    if name not in KERAS_NAMES:
+        raise LayerProblem(f"activation {value!r} is not supported; supported: {', '.join(KERAS_NAMES)}, swish")
     if name == "hard_sigmoid" and keras_major < 3:
         name = "hard_sigmoid_keras2"  # Keras 2: clip(0.2·x + 0.5); Keras 3: clip(x/6 + 0.5)
-    if name not in ACTIVATIONS:
-        raise LayerProblem(f"activation {value!r} is not supported; supported: {', '.join(sorted(ACTIVATIONS))}")
     return name
+
+
+def layer_activation(layer: KerasLayer, default: Any = None) -> ActivationSpec:
+    """The activation a layer computes: the one resolved from the training record where its stored activation
+    is a Python function (conversion.lambdas), else the name in its config."""
+    if layer.resolved_activation is not None:
+        return layer.resolved_activation
+    return activation_name(layer.config.get("activation", default), layer.keras_major)
 
 
 @register_layer_converter("Activation")
 def convert_activation(layer: KerasLayer) -> ConvertedLayer:
-    return ConvertedLayer("activation", {"activation": activation_name(layer.config.get("activation"),
-                                                                         layer.keras_major)})
+    return ConvertedLayer("activation", {"activation": layer_activation(layer)})
 
 
 @register_layer_converter("ReLU")

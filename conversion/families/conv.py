@@ -1,7 +1,7 @@
 """Conv1D and Dense: Keras kernels (k, in, out) / (in, out) become torch weights (out, in, k) / (out, in)."""
 from __future__ import annotations
 
-from conversion.families.activations import activation_name
+from conversion.families.activations import layer_activation
 from conversion.families.common import require_channels_last, single
 from conversion.registry import ConvertedLayer, KerasLayer, LayerProblem, register_layer_converter
 
@@ -26,7 +26,7 @@ def convert_conv1d(layer: KerasLayer) -> ConvertedLayer:
         "in_channels": kernel.shape[1] * groups, "out_channels": filters, "kernel_size": kernel_size,
         "stride": single(c.get("strides", 1), "strides"), "dilation": single(c.get("dilation_rate", 1), "dilation_rate"),
         "groups": groups, "padding": padding, "bias": use_bias,
-        "activation": activation_name(c.get("activation"), layer.keras_major)}, params)
+        "activation": layer_activation(layer)}, params)
 
 
 @register_layer_converter("Dense")
@@ -39,4 +39,4 @@ def convert_dense(layer: KerasLayer) -> ConvertedLayer:
     if use_bias:
         params["bias"] = layer.weights.take("bias", (units,))
     return ConvertedLayer("dense", {"in_features": kernel.shape[0], "out_features": units, "bias": use_bias,
-                                    "activation": activation_name(c.get("activation"), layer.keras_major)}, params)
+                                    "activation": layer_activation(layer)}, params)

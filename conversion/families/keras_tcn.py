@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from conversion.families.activations import activation_name
+from conversion.families.activations import layer_activation
 from conversion.families.common import single
 from conversion.registry import ConvertedLayer, KerasLayer, LayerProblem, WeightBag, register_layer_converter
 
@@ -68,7 +68,7 @@ def convert_keras_tcn(layer: KerasLayer) -> ConvertedLayer:
         "in_channels": in_channels, "nb_filters": nb_filters, "kernel_size": kernel_size,
         "nb_stacks": nb_stacks, "dilations": dilations, "padding": padding,
         "use_skip_connections": use_skip_connections, "return_sequences": bool(c.get("return_sequences", False)),
-        "activation": activation_name(c.get("activation", "relu"), layer.keras_major), "norm": norm,
+        "activation": layer_activation(layer, default="relu"), "norm": norm,
         "go_backwards": bool(c.get("go_backwards", False)),
     }, params)
 

@@ -180,9 +180,9 @@ def test_main_reuses_a_weights_only_conversion_of_its_params_pickle(parity, weig
     (tmp_path / "tcn.h5").write_bytes((weight_files / WEIGHT_FILES["keras2"]).read_bytes())
     params = write_params(tmp_path / "tcn.pickle", ARCHITECTURE)
     with parity.tensorflow_blocked():
-        assert ensure_pytorch_model(tmp_path / "tcn", params, verify=False).converted
+        assert ensure_pytorch_model(tmp_path / "tcn", tmp_path / "tcn.h5", params, verify=False).converted
         with caplog.at_level("INFO", logger="selection.pytorch_model"):
-            again = ensure_pytorch_model(tmp_path / "tcn", params, verify=False)
+            again = ensure_pytorch_model(tmp_path / "tcn", tmp_path / "tcn.h5", params, verify=False)
     assert not again.converted and again.path == tmp_path / "tcn_converted.pth"
     assert "using existing PyTorch model" in caplog.text and "not using" not in caplog.text, caplog.text
 

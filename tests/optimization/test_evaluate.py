@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from optimization.config import EvaluationConfig, SamplerConfig
+from progress import NO_PROGRESS, Progress
 from optimization.evaluate import evaluate_rates, paired_difference_interval, wilson_interval
 from optimization.network import InputLayout, SpikeProbability
 from optimization.runtime import MicroBatcher
@@ -55,6 +56,7 @@ def test_evaluation_matches_hand_computed_probabilities():
         EvaluationConfig(trials_per_pattern=4000, chunk_size=1000),
         seed=7,
         micro_batcher=MicroBatcher(4, "the evaluation", logging.getLogger("tests.optimization")),
+        progress=Progress(8000, "evaluating", "trial pair", NO_PROGRESS, logging.getLogger("tests.optimization")),
     )
     silent, noisy = result.summary["per_pattern"]
     assert (silent["p_spike_stim"], silent["p_spike_control"], silent["difference"]) == (1.0, 0.0, 1.0)
@@ -64,6 +66,7 @@ def test_evaluation_matches_hand_computed_probabilities():
     assert low < control_expected < high
     assert noisy["mean_prob_control"] == noisy["p_spike_control"]  # the echo model's probabilities are 0 or 1
     assert result.summary["n_trials"] == 8000 and noisy["n_trials"] == 4000
+    assert result.summary["max_prob_stim"] == result.summary["max_prob_control"] == 1.0
     assert result.summary["p_spike_control"] == pytest.approx(noisy["p_spike_control"] / 2)
     control_mean, _ = result.traces["control"]
     assert control_mean[stimulus.time_ms] == 0.0

@@ -14,6 +14,7 @@ from conversion.converter import convert_keras_file
 from optimization.constraints import RateParameters
 from optimization import fast_path
 from optimization.fast_path import first_conv_call
+from progress import NO_PROGRESS
 from optimization.initial import initial_rates
 from optimization.loop import RateOptimizer
 from optimization.network import prepare_model, resolve_layout
@@ -87,7 +88,7 @@ def one_step(model, make_config, fast_path: str, loop: dict | None = None, setti
     optimizer = RateOptimizer(
         RateParameters(rates, layout.num_excitatory, config.constraints), spike_model, SpikeSampler(config.sampler),
         PairedStimulus(stimulus, layout, device), config, make_generator(0, device), Path("unused.pt"), {}, LOGGER,
-        progress=False,
+        progress=NO_PROGRESS,
     )
     if setting is not None:
         optimizer.forward_pairs.precision, optimizer.forward_pairs.first_layer = setting

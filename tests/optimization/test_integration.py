@@ -8,6 +8,7 @@ neuron itself (the ground truth the model imitates).
 import torch
 
 from optimization import OptimizationConfig, run_activity_optimization
+from progress import NO_PROGRESS
 from tests.optimization.synthetic import NUM_EXCITATORY, NUM_INHIBITORY, TRAINED_WINDOW_MS, training_inputs
 
 MARGIN_BEFORE = 0.1
@@ -50,7 +51,7 @@ def test_optimization_makes_the_stimulus_decisive(neuron, trained_model, tmp_pat
             "report": {"plots": False},
         }
     )
-    outcome = run_activity_optimization(trained_model, config, tmp_path, device="cpu", seed=0, progress=False)
+    outcome = run_activity_optimization(trained_model, config, tmp_path, device="cpu", seed=0, progress=NO_PROGRESS)
     initial, optimized = outcome.evaluation["initial"], outcome.evaluation["optimized"]
     assert initial["difference"] < MARGIN_BEFORE
     assert optimized["difference"] >= MARGIN_AFTER

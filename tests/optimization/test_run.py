@@ -11,6 +11,7 @@ import torch
 from errors import ConfigError, OptimizationError
 from optimization import run_activity_optimization
 from optimization.runtime import resolve_device
+from progress import NO_PROGRESS
 from tests.optimization.synthetic import ExactFilterModel
 
 
@@ -70,7 +71,7 @@ class InterruptAtCall(_Wrapped):
 
 
 def _run(model, config, out_dir, seed=0, logger=None):
-    return run_activity_optimization(model, config, out_dir, device="cpu", seed=seed, logger=logger, progress=False)
+    return run_activity_optimization(model, config, out_dir, device="cpu", seed=seed, logger=logger, progress=NO_PROGRESS)
 
 
 def _history(outcome) -> pd.DataFrame:

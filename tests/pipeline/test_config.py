@@ -1,6 +1,7 @@
 """config.yaml documents every setting, and the loader validates and overrides as promised."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -24,10 +25,14 @@ def dotted_fields(model: type[BaseModel], prefix: str = "") -> set[str]:
     return keys
 
 
+# Settings whose value is a mapping of the user's own keys (not sections of the schema).
+MAPPING_SETTINGS = {"demo.settings", "sweep.overrides"}
+
+
 def dotted_keys(data: dict, prefix: str = "") -> set[str]:
     keys = set()
     for name, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and prefix + name not in MAPPING_SETTINGS:
             keys |= dotted_keys(value, f"{prefix}{name}.")
         else:
             keys.add(prefix + name)
@@ -71,3 +76,57 @@ def test_bad_values_name_the_key(tmp_path: Path, override, fragments):
         load_config(path, [override])
     for fragment in fragments:
         assert fragment in str(error.value)
+
+
+# ---- demo settings: only for the shipped demo models ---------------------------------------------------------
+
+DEMO_KEYS = yaml.safe_load((REPO / "config.yaml").read_text())["demo"]["settings"]
+
+
+def value_at(config: AppConfig, key: str):
+    value = config.model_dump(mode="json")
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def test_the_shipped_config_applies_the_demo_settings_to_the_demo_models_only(tmp_path):
+    shipped = load_config(REPO / "config.yaml")
+    assert sorted(shipped.demo.applied) == sorted(DEMO_KEYS)
+    defaults = AppConfig().model_dump(mode="json")
+    for key, demo_value in DEMO_KEYS.items():
+        assert value_at(shipped, key) == demo_value
+        default = defaults
+        for part in key.split("."):
+            default = default[part]
+        assert default != demo_value, f"{key}: the demo value is the built-in default"
+        elsewhere = load_config(REPO / "config.yaml", [f"models_dir={tmp_path}"])
+        assert value_at(elsewhere, key) == default and not elsewhere.demo.applied
+        asked = load_config(REPO / "config.yaml", [f"models_dir={tmp_path}", "demo.apply=always"])
+        assert value_at(asked, key) == demo_value
+        never = load_config(REPO / "config.yaml", ["demo.apply=never"])
+        assert value_at(never, key) == default and not never.demo.applied
+
+
+@pytest.mark.parametrize("how", ["command_line", "changed_in_file", "default_in_file", "absent"])
+def test_a_users_value_beats_the_demo_value(tmp_path, how):
+    """Every demo key, set each way by the user: only a value the user chose (command line, or a changed value
+    in the file) beats the demo's; the built-in default restated in the file does not."""
+    for key, demo_value in DEMO_KEYS.items():
+        data = yaml.safe_load((REPO / "config.yaml").read_text())
+        data["models_dir"] = str(REPO / "demo_models")
+        node, parts = data, key.split(".")
+        for part in parts[:-1]:
+            node = node[part]
+        chosen = [0.003, 0.009] if isinstance(demo_value, list) else (7 if isinstance(demo_value, int) else 0.55)
+        if how == "absent":
+            node.pop(parts[-1])
+        elif how == "changed_in_file":
+            node[parts[-1]] = chosen
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(data))
+        overrides = [f"{key}={json.dumps(chosen)}"] if how == "command_line" else []
+        config = load_config(path, overrides)
+        expected = chosen if how in ("command_line", "changed_in_file") else demo_value
+        assert value_at(config, key) == expected, (key, how)
+        assert (key in config.demo.applied) == (expected == demo_value)

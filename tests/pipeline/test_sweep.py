@@ -21,6 +21,7 @@ from pipeline.sweep_backends import gpu_names, plan_local_workers, run_local
 from pipeline.sweep_report import write_sweep_report
 from selection.table import rank
 from tests.pipeline.test_main import QUICK
+from tests.pipeline.test_study_folder import check_page_against
 from tests.subprocesses import REPO, run_cli
 
 BEST_DEMO = "SIMNMDA_TCN__DxWxT_4x32x77__2026-11-26__12_00__samples_57600__LogLoss_train_378_valid_399__ID_21456"
@@ -100,6 +101,15 @@ def test_sequential_sweep_writes_runs_manifest_aggregate_and_plots(sequential):
     report = (sequential / "report.md").read_text()
     assert all(f"heatmaps/{p.name}" in report for p in heatmaps) and table.strip() in report
 
+    page = check_page_against(sequential)  # report.html: heatmaps embedded, each run's own page linked
+    assert sorted(image["alt"] for image in page.images) == sorted(
+        line.removeprefix("### ") for line in report.splitlines() if line.startswith("### "))
+    assert sorted(page.links) == sorted(f"{folder}/report.html" for folder in runs["folder"])
+    for folder in runs["folder"]:
+        check_page_against(sequential / folder, json.loads((sequential / folder / "summary.json").read_text()))
+    shown = [float(value) for key, value in page.cells if key == "difference_mean"]
+    assert shown == pytest.approx(list(aggregate["difference_mean"]))
+
 
 def test_ray_backend_finds_the_same_figures(sequential, on_ray):
     here, there = manifest(sequential), manifest(on_ray)
@@ -161,8 +171,9 @@ def test_a_report_leaves_out_the_heatmap_of_a_pruned_run_and_says_so(sequential,
         report = write_sweep_report(copy, copy / "manifest.csv", ["model", "stimulus"],
                                     SweepConfig(seeds=[0, 1], stimulus_sets=[0, [1, 2, 3]]))
     assert f"stimulus {pruned['stimulus']}" in caplog.text and "optimized_rates.npy" in caplog.text
-    text = report.read_text()
+    text = (copy / "report.md").read_text()
     assert "## Heatmaps left out" in text and f"stimulus {pruned['stimulus']}: " in text
+    assert report.name == "report.html" and f"stimulus {pruned['stimulus']}: " in report.read_text()
     (kept,) = (copy / "heatmaps").glob("*.png")  # the other stimulus set's heatmap still comes
     other = (set(runs["stimulus"]) - {pruned["stimulus"]}).pop()
     assert kept.name.endswith(f"_{other}.png") and f"heatmaps/{kept.name}" in text
@@ -237,7 +248,7 @@ def test_a_bad_override_stops_the_sweep_before_anything_is_written(tmp_path):
 
 def test_models_by_rank_or_by_name(tmp_path):
     def row(stem: str, value: float, reason: str = "") -> dict:
-        return {"stem": stem, "value": value, "usable": not reason, "reason": reason, "h5": "",
+        return {"stem": stem, "value": value, "usable": not reason, "reason": reason, "note": "", "keras_file": "",
                 "pth_candidates": "", "params": "", "epochs": 1, "stem_path": str(tmp_path / stem)}
     table = rank([row("alpha", 0.3), row("beta", 0.1), row("gamma", float("nan"), "no finite value")],
                  SelectionConfig())

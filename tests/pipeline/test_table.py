@@ -22,11 +22,39 @@ def write_model(folder: Path, stem: str, history, with_h5: bool = True) -> None:
 
 def test_reductions():
     values = [0.5, 0.2, math.nan, 0.4]
-    assert reduce_history(values, "min", 2) == (0.2, 3)
-    assert reduce_history(values, "max", 2) == (0.5, 3)
-    assert reduce_history(values, "last", 2) == (0.4, 3)
-    assert reduce_history(values, "mean_last_k", 2) == (pytest.approx(0.3), 3)
-    assert math.isnan(reduce_history([math.nan], "min", 2)[0])
+    for reduction, expected in (("min", 0.2), ("max", 0.5), ("last", 0.4), ("mean_last_k", pytest.approx(0.3))):
+        reduced = reduce_history(values, "val_spikes_loss", reduction, 2)
+        assert (reduced.value, reduced.finite_epochs, reduced.reason) == (expected, 3, None)
+        assert reduced.note == "1 non-finite epoch(s) of val_spikes_loss dropped (epoch 3)"
+    assert math.isnan(reduce_history([math.nan], "m", "min", 2).value)
+
+
+@pytest.mark.parametrize("history, reason", [
+    ([0.1, math.nan], "diverged: m non-finite from epoch 2 of 2"),
+    ([0.1, 0.05, math.inf, math.nan], "diverged: m non-finite from epoch 3 of 4"),
+    ([math.nan, 0.2, math.nan], "diverged: m non-finite from epoch 3 of 3"),
+    ([math.nan, math.nan], "'m' has no finite value (min)"),
+    ([], "'m' has no finite value (empty history)"),
+])
+def test_a_history_that_ends_non_finite_diverged(history, reason):
+    reduced = reduce_history(history, "m", "min", 2)
+    assert math.isnan(reduced.value) and reduced.reason == reason
+
+
+def test_every_position_of_non_finite_epochs():
+    """Generated: each pattern of finite/NaN/Inf epochs is unusable exactly when its last epoch is not finite."""
+    import itertools
+    for pattern in itertools.product([0.3, math.nan, math.inf], repeat=4):
+        reduced = reduce_history(list(pattern), "m", "min", 2)
+        finite = [v for v in pattern if math.isfinite(v)]
+        if math.isfinite(pattern[-1]):
+            assert reduced.reason is None and reduced.value == min(finite)
+            assert reduced.note == ("" if len(finite) == 4 else
+                                    f"{4 - len(finite)} non-finite epoch(s) of m dropped (epoch "
+                                    + ", ".join(str(i + 1) for i, v in enumerate(pattern) if not math.isfinite(v))
+                                    + ")")
+        else:
+            assert reduced.reason is not None and math.isnan(reduced.value)
 
 
 def test_unusable_rows_keep_their_reason(tmp_path):

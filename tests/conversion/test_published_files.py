@@ -1,0 +1,234 @@
+"""Files as the published training code writes them: 'lrelu' lambdas resolved from the training record, diverged
+runs refused with the right words, the lab variant at the real shape, parameter counts as Keras counts them.
+
+The models are built by tests/published_training.py (a reproduction of fit_CNN.py's model function) with real
+Keras 3 and tf_keras; Keras's own predictions on binary spikes are the reference.
+"""
+from __future__ import annotations
+
+import itertools
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conversion.lambdas import LAMBDA_STRING, resolve_stored_functions
+from errors import ConversionError, ModelFileError
+from tests.conversion.test_keras_archive import TOLERANCE, convert_in_process, expect_cli_refusal, max_diffs
+from tests.published_training import LAB_HEADS, PublishedModel, keras_counts, keras_io, write_published_models
+from tests.subprocesses import run_cli
+
+LRELU = ["lrelu", "relu", "lrelu"]
+MODELS = [
+    PublishedModel("lrelu_k3", activations=LRELU, filter_sizes=[9, 5, 3], filters=[8, 6, 6], dilations=[1, 2, 1]),
+    PublishedModel("lrelu_k2", flavour="keras2", activations=LRELU, filter_sizes=[9, 5, 3], filters=[8, 6, 6]),
+    PublishedModel("string_k2", flavour="keras2", lambda_string=True),
+    PublishedModel("string_k3", lambda_string=True),
+    PublishedModel("slope_k3", slope=0.3),
+    PublishedModel("diverged_k3", history=[0.1, 0.05, float("nan")], weights="nan"),
+    PublishedModel("weights_k3", save="weights"),
+    # the real shape: 400 ms x 1278 segments (fit_CNN.py), and the lab variant's 639 + 640 with two heads
+    PublishedModel("full_k3", window=400, segments=1278, activations=["lrelu", "lrelu", "relu"],
+                   filter_sizes=[54, 12, 12], filters=[8, 8, 8]),
+    PublishedModel("lab_k2", flavour="keras2", window=400, segments=1279, heads=LAB_HEADS, legacy_optimizer=True,
+                   activations=["lrelu", "lrelu"], filter_sizes=[54, 24], filters=[8, 8]),
+]
+EXACT = ["lrelu_k3", "lrelu_k2", "string_k2", "string_k3", "full_k3", "lab_k2"]
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> Path:
+    return write_published_models(tmp_path_factory.mktemp("published"), MODELS)
+
+
+def own_copy(published: Path, folder: Path, stem: str, with_pickle: bool = True) -> Path:
+    """The model's Keras file (and pickle) alone in `folder`; returns the Keras file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    source = next(p for p in (published / f"{stem}.h5", published / f"{stem}.weights.h5") if p.is_file())
+    shutil.copy(source, folder / source.name)
+    if with_pickle:
+        shutil.copy(published / f"{stem}.pickle", folder / f"{stem}.pickle")
+    return folder / source.name
+
+
+@pytest.mark.parametrize("stem", EXACT)
+def test_lambda_activations_resolve_from_the_training_record_exactly(parity, published, tmp_path, stem):
+    source = own_copy(published, tmp_path, stem)
+    model = convert_in_process(parity, source, tmp_path / "out.pth", tmp_path / f"{stem}.pickle")
+    x, expected = keras_io(published, stem)
+    diffs = max_diffs(parity, model, x, expected)
+    assert max(diffs) <= TOLERANCE, diffs
+    spec = next(m for m in MODELS if m.stem == stem)
+    lambda_layers = [f"layer_{k + 1}" for k, a in enumerate(spec.activations) if a == "lrelu"]
+    resolved = model.metadata["resolved_activations"]
+    assert [r["layer"] for r in resolved] == lambda_layers
+    assert all(r["recorded"] == "lrelu" and r["activation"] == {"name": "leaky_relu", "negative_slope": 0.25}
+               and r["activation_source"] == "architecture_dict" for r in resolved)
+    sources = {layer["name"]: layer["activation_source"] for layer in model.metadata["layers"]}
+    assert {name for name, where in sources.items() if where == "architecture_dict"} == set(lambda_layers)
+    info = pickle.loads(tmp_path.joinpath("out_info.pickle").read_bytes())
+    assert info["resolved_activations"] == resolved
+
+
+@pytest.mark.parametrize("stem", ["lrelu_k3", "string_k2"])
+def test_the_cli_forms_convert_and_verify_reports_a_figure(published, tmp_path, stem):
+    source = own_copy(published, tmp_path, stem)
+    params = tmp_path / f"{stem}.pickle"
+    beside = run_cli(["model_converter.py", str(source)])  # the pickle beside the model is used
+    assert beside.returncode == 0, beside.stderr
+    assert f"using the parameters pickle beside the model: {params}" in beside.stdout
+    given = run_cli(["model_converter.py", str(source), str(params), "--force"])
+    assert given.returncode == 0, given.stderr
+    verified = run_cli(["model_converter.py", str(source), str(params), str(tmp_path / "v.pth"), "--verify"])
+    assert verified.returncode == 0, verified.stderr
+    figures = verified.stdout.split("max abs diff ")[1].split(", ")
+    assert len(figures) == 3 and all(float(f.split()[1]) <= TOLERANCE for f in figures), verified.stdout
+    assert "not verified" not in verified.stdout
+
+
+def test_folder_conversion_uses_each_sibling_pickle(published, tmp_path):
+    for stem in ("lrelu_k3", "lrelu_k2", "string_k3"):
+        own_copy(published, tmp_path, stem)
+    result = run_cli(["model_converter.py", str(tmp_path), "--jobs", "2"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 models: 3 converted, 0 cached, 0 failed" in result.stdout
+    assert all((tmp_path / f"{stem}_converted.pth").is_file() for stem in ("lrelu_k3", "lrelu_k2", "string_k3"))
+
+
+@pytest.mark.parametrize("stem", ["lrelu_k3", "lrelu_k2", "string_k2"])
+def test_without_the_pickle_the_refusal_names_every_lambda_layer_once_and_the_remedy(published, tmp_path, stem):
+    source = own_copy(published, tmp_path, stem, with_pickle=False)
+    message = expect_cli_refusal([str(source)], source, "never run", "no parameters pickle was given",
+                                 f"python model_converter.py {source.name} {stem}.pickle",
+                                 "activation_function_per_layer")
+    spec = next(m for m in MODELS if m.stem == stem)
+    for k, activation in enumerate(spec.activations):
+        assert message.count(f"'layer_{k + 1}'") == (1 if activation == "lrelu" else 0), message
+    assert "hard_sigmoid_keras2" not in message
+
+
+def test_a_slope_in_the_closure_that_disagrees_with_the_record_is_refused_naming_both(published, tmp_path):
+    source = own_copy(published, tmp_path, "slope_k3")
+    expect_cli_refusal([str(source), str(tmp_path / "slope_k3.pickle")], source, "layer 'layer_1'", "0.3",
+                       "'lrelu'", "0.25", "refused rather than guessing")
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_a_diverged_model_is_refused_naming_its_nan_layers(published, tmp_path, verify):
+    source = own_copy(published, tmp_path, "diverged_k3")
+    message = expect_cli_refusal([str(source), *(["--verify"] if verify else [])], source, "not finite",
+                                 "'layer_2' (kernel: ", "'spikes' (kernel: 8, bias: 1)", "diverged")
+    for wrong_cause in ("differs from Keras", "spike_output_index", "layer_1"):
+        assert wrong_cause not in message
+
+
+def test_a_nan_pth_is_refused_when_loaded(published, tmp_path):
+    from models.checkpoint import load_converted_model
+    source = own_copy(published, tmp_path, "lrelu_k3")
+    assert run_cli(["model_converter.py", str(source)]).returncode == 0
+    payload = torch.load(tmp_path / "lrelu_k3_converted.pth", weights_only=True)
+    payload["state_dict"]["layers.layer_2.weight"][0, 0, 0] = float("nan")
+    torch.save(payload, tmp_path / "forged.pth")
+    with pytest.raises(ModelFileError, match=r"not finite \(NaN/Inf in layers.layer_2.weight\)"):
+        load_converted_model(tmp_path / "forged.pth")
+
+
+@pytest.mark.parametrize("stem", ["lrelu_k3", "full_k3", "weights_k3"])
+def test_parameter_counts_are_those_keras_counts(published, tmp_path, stem):
+    source = own_copy(published, tmp_path, stem)
+    result = run_cli(["model_converter.py", str(source)])
+    assert result.returncode == 0, result.stderr
+    counts = keras_counts(published, stem)
+    assert f"{counts['count_params']:,} parameters, {counts['trainable_params']:,} trainable" in result.stdout
+
+
+def test_a_changed_pickle_converts_a_resolved_file_again(published, tmp_path):
+    source = own_copy(published, tmp_path, "lrelu_k3")
+    params = tmp_path / "lrelu_k3.pickle"
+    assert "\nconverted " in run_cli(["model_converter.py", str(source)]).stdout
+    assert "\nup to date: " in run_cli(["model_converter.py", str(source)]).stdout
+    record = pickle.loads(params.read_bytes())
+    record["architecture_dict"]["note"] = "the same architecture, another pickle"
+    params.write_bytes(pickle.dumps(record, protocol=2))
+    again = run_cli(["model_converter.py", str(source)])
+    assert again.returncode == 0 and "\nconverted " in again.stdout, again.stdout + again.stderr
+    assert "built with the architecture_dict of another (or no) params pickle" in again.stderr
+
+
+# ---- the whole class of stored functions, generated: what each form and record gives -------------------------
+
+def bytecode(defaults=None, closure=None) -> dict:
+    return {"value": ["4wEAAAAAAAAA", defaults, closure]}  # base64 of code, never decoded
+
+
+STORED = {"closure_0.25": bytecode(closure=[0.25]), "closure_0.3": bytecode(closure=[0.3]),
+          "no_numbers": bytecode(), "default_0.25": bytecode(defaults=[0.25]), "string": LAMBDA_STRING,
+          "closure_text": bytecode(closure=["a string"])}
+RECORDS = {"lrelu": "lrelu", "relu": "relu", "unknown": "quadratic", "missing": None}
+
+
+def model_config(activation, name="layer_1") -> dict:
+    return {"class_name": "Functional", "config": {"layers": [
+        {"class_name": "Conv1D", "name": name, "config": {"name": name, "activation": activation}}]}}
+
+
+def expected_outcome(stored: str, record: str | None) -> str:
+    numbers = {"closure_0.25": [0.25], "closure_0.3": [0.3], "default_0.25": [0.25]}.get(stored, [])
+    if record is None:
+        return "unresolved"
+    if record == "lrelu":
+        return "leaky" if all(n == 0.25 for n in numbers) else "conflict"
+    if record == "relu":
+        return "conflict" if numbers else "relu"
+    return "conflict"
+
+
+@pytest.mark.parametrize("stored, record", list(itertools.product(STORED, RECORDS)))
+def test_every_stored_form_against_every_record(stored, record):
+    activations = None if RECORDS[record] is None else [RECORDS[record]]
+    params = {"architecture_dict": {"activation_function_per_layer": activations}} if activations else None
+    expected = expected_outcome(stored, RECORDS[record])
+    if expected in ("unresolved", "conflict"):
+        with pytest.raises(ConversionError) as refused:
+            resolve_stored_functions(Path("m.h5"), model_config(STORED[stored]), 3, params, "m.pickle")
+        assert "m.h5" in str(refused.value) and "layer_1" in str(refused.value)
+        assert ("never run" if expected == "unresolved" else "architecture_dict names") in str(refused.value)
+        return
+    (resolved,) = resolve_stored_functions(Path("m.h5"), model_config(STORED[stored]), 3, params).values()
+    assert resolved.module == ({"name": "leaky_relu", "negative_slope": 0.25} if expected == "leaky" else "relu")
+
+
+@pytest.mark.parametrize("name, entries", [("dense_1", ["lrelu"]), ("layer_2", ["lrelu"]), ("layer_0", ["lrelu"])])
+def test_layers_the_record_does_not_cover_are_listed(name, entries):
+    with pytest.raises(ConversionError, match=f"'{name}' \\(Conv1D\\).*1 entries"):
+        resolve_stored_functions(Path("m.h5"), model_config(bytecode(), name), 3,
+                                 {"architecture_dict": {"activation_function_per_layer": entries}}, "m.pickle")
+
+
+def test_named_activations_are_left_alone():
+    for activation in ("relu", {"module": "keras.activations", "class_name": "function", "config": "elu"}, None):
+        assert resolve_stored_functions(Path("m.h5"), model_config(activation), 3, None) == {}
+
+
+def test_the_refusal_of_an_unknown_name_lists_only_keras_names():
+    from conversion.families.activations import activation_name
+    from conversion.registry import LayerProblem
+    with pytest.raises(LayerProblem) as refused:
+        activation_name("quadratic", 2)
+    assert "hard_sigmoid_keras2" not in str(refused.value) and "hard_sigmoid" in str(refused.value)
+    with pytest.raises(LayerProblem):
+        activation_name("hard_sigmoid_keras2", 2)  # an internal name is not a Keras activation
+
+
+def test_keras_rebuild_replaces_only_the_resolved_activations(published):
+    from conversion.model_file import read_model_file
+    from conversion.verify import keras_rebuild
+    params = pickle.loads((published / "lrelu_k3.pickle").read_bytes())
+    keras_file = read_model_file(published / "lrelu_k3.h5", params)
+    rebuild = keras_rebuild(keras_file)
+    activations = {entry["name"]: entry["config"].get("activation") for entry in rebuild.config["config"]["layers"]}
+    assert activations["layer_1"] == activations["layer_3"] == "lrelu" and activations["layer_2"] == "relu"
+    assert rebuild.leaky_relu == {"lrelu": 0.25}
+    assert isinstance(keras_file.model_config["config"]["layers"][1]["config"]["activation"], dict)  # untouched
