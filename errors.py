@@ -1,4 +1,6 @@
-"""Error types of our own: the CLIs turn them into a one-paragraph message and a non-zero exit."""
+"""Error types of our own, and how an entry point reports whatever stopped it: one paragraph, one exit code."""
+
+import signal
 
 
 class ToolError(Exception):
@@ -56,3 +58,32 @@ class SweepError(ToolError):
     """A sweep that cannot start its backend, or that finished with failed runs (the manifest names each)."""
 
     exit_code = 11
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler ending a job, `kill`): handled like Ctrl-C, so the optimization saves its state."""
+
+
+INTERRUPTED_EXIT, TERMINATED_EXIT, UNEXPECTED_EXIT = 130, 143, 1
+
+
+def raise_terminated_on_sigterm() -> None:
+    """Entry points call this once: SIGTERM then raises Terminated in the main thread."""
+    def handler(signum, frame):
+        raise Terminated()
+    signal.signal(signal.SIGTERM, handler)
+
+
+def failure_report(exc: BaseException, doing: str) -> tuple[str, int]:
+    """The one-paragraph message and exit code of an entry point stopped by `exc` while `doing` something:
+    our errors with their own code, Ctrl-C 130, SIGTERM 143, anything else 1 (a bug: the traceback is for
+    --verbose)."""
+    if isinstance(exc, ToolError):
+        return f"error: {' '.join(str(exc).split())}", exc.exit_code
+    if isinstance(exc, Terminated):
+        return "error: terminated (SIGTERM); files being written were left as they were before.", TERMINATED_EXIT
+    if isinstance(exc, KeyboardInterrupt):
+        return "error: interrupted; files being written were left as they were before.", INTERRUPTED_EXIT
+    return (f"error: unexpected {type(exc).__name__} while {doing}: {' '.join(str(exc).split())[:500]}. This is "
+            "a fault of the tool (please report it with the output of --verbose, which shows the traceback); no "
+            "result was written.", UNEXPECTED_EXIT)

@@ -14,18 +14,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-from errors import OutputError, ToolError
+from errors import OutputError, failure_report, raise_terminated_on_sigterm
 from fileio import write_text_atomic
 from pipeline.config import AppConfig, config_to_yaml, load_config
 from pipeline.run_folder import (FAILED_MARK, attach_run_log, claim_run_folder, create_run_folder,
                                  find_interrupted_run, setup_logging, working_in)
-from pipeline.single_run import optimize_and_report, prepare_best_usable_model
+from pipeline.single_run import check_run, optimize_and_report, prepare_best_usable_model
 from pipeline.sweep import run_sweep
 from progress import ProgressStyle
 from selection.table import best_row, format_table, table_from_csv, table_from_models_dir
@@ -53,6 +54,7 @@ def run(config: AppConfig, log_buffer, progress: ProgressStyle, command: str) ->
     started = time.monotonic()
     table, _ = select_model(config)
     model, chosen = prepare_best_usable_model(table, config)
+    checked = check_run(model, chosen, config)  # refusals before a run folder exists
     interrupted = (find_interrupted_run(config.output_dir, chosen.stem, config.model_dump(mode="json"))
                    if config.resume_interrupted and config.optimization.loop.resume_from is None else None)
     if interrupted is not None:
@@ -68,8 +70,8 @@ def run(config: AppConfig, log_buffer, progress: ProgressStyle, command: str) ->
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(config))
         write_text_atomic(run_dir / "results_table.csv", table.to_csv(index=False))
         try:
-            report, _ = optimize_and_report(model, chosen, config, run_dir, progress, started, command)
-        except ToolError as exc:
+            report, _ = optimize_and_report(model, chosen, config, checked, run_dir, progress, started, command)
+        except Exception as exc:  # failed means failed: no later start continues this folder
             with contextlib.suppress(OutputError):  # a full disk must not hide the error itself
                 write_text_atomic(run_dir / FAILED_MARK, f"{type(exc).__name__}: {exc}\n")
             raise
@@ -98,8 +100,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The one error boundary of main.py: whatever stops it becomes one `error:` paragraph and an exit code
+    (errors.failure_report); the traceback only with --verbose."""
     args = parse_args(argv)
     log_buffer = setup_logging(args.quiet, args.verbose)
+    if args.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")  # TensorFlow's own logging too
+    raise_terminated_on_sigterm()
     try:
         config = load_config(args.config, [*args.overrides, *args.set])
         if config.demo.applied:
@@ -108,12 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress = ProgressStyle.for_console(args.quiet, config.progress_interval_s)
         command = shlex.join(["python", "main.py", *(sys.argv[1:] if argv is None else argv)])
         report = sweep(config, log_buffer) if args.sweep else run(config, log_buffer, progress, command)
-    except ToolError as exc:
-        log.error("error: %s", exc, exc_info=args.verbose)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        log.error("error: interrupted")
-        return 130
+    except (Exception, KeyboardInterrupt) as exc:
+        message, code = failure_report(exc, "running main.py")
+        log.error("%s", message, exc_info=exc if args.verbose else None)
+        return code
     print(f"Report: {report}")
     return 0
 

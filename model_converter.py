@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,12 +27,12 @@ from torch import nn
 from conversion.batch import BatchRow, format_table, plan_jobs, run_batch
 from conversion.cache import DEFAULT_LOCK_TIMEOUT_S, ConversionOutcome, convert_once
 from conversion.pairing import default_output_path, params_pickle_for
-from conversion.converter import convert_keras_file, write_conversion
+from conversion.converter import convert_keras_file, info_path_for, write_conversion
 from conversion.keras_file import file_sha256
 from conversion.model_file import read_model_file
 from conversion.verify import KerasUnavailable, compare_with_keras, keras_rebuild, worst_output
-from errors import ConversionError, ToolError
-from fileio import load_pickle
+from errors import ConversionError, failure_report, raise_terminated_on_sigterm
+from fileio import load_pickle, outputs_apart_from_inputs
 from models.checkpoint import STORAGE_DTYPES, load_converted_model, round_to_storage
 from progress import NO_PROGRESS, ProgressStyle
 
@@ -66,6 +67,9 @@ class TCNModelConverter:
         """
         if dtype not in STORAGE_DTYPES:
             raise ConversionError(f"{self.tf_model_path}: dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}.")
+        output = Path(output_path) if output_path else default_output_path(self.tf_model_path)
+        outputs_apart_from_inputs([output, info_path_for(output)], [self.tf_model_path, self.model_params_path],
+                                  ConversionError)
         conversion = convert_keras_file(self.tf_model_path, self.params, self.model_params_path)
         if verify:
             try:
@@ -86,7 +90,7 @@ class TCNModelConverter:
             raise ConversionError(f"{self.tf_model_path}: weights beyond the range of {dtype} "
                                   f"({', '.join(overflowed)}); store them as bfloat16 or float32. Nothing was written.")
         conversion.metadata["dtype"] = dtype
-        write_conversion(conversion, output_path or default_output_path(self.tf_model_path))
+        write_conversion(conversion, output)
         return conversion.model
 
     def test_conversion(self, pytorch_model: nn.Module, test_input: Sequence[np.ndarray] | np.ndarray | None = None
@@ -109,6 +113,7 @@ def convert_or_reuse(tf_model_path: str | Path, model_params_path: str | Path | 
     (conversion.cache). Under a per-output lock, so concurrent jobs convert it once."""
     source = Path(tf_model_path)
     output = Path(output_path) if output_path else default_output_path(source)
+    outputs_apart_from_inputs([output, info_path_for(output)], [source, model_params_path], ConversionError)
 
     def convert() -> nn.Module:
         return TCNModelConverter(source, model_params_path, trust_pickles).convert(output, verify, dtype)
@@ -140,8 +145,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="model_converter.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Exit status: 0 converted or up to date; non-zero when the file is refused (the message names the "
-               "file, the layer(s) and the problem; nothing is written); for a folder 0 when every model "
-               "succeeded, else 8. Supported layers and the .pth format: README.md.")
+               "file, the layer(s) and the problem; nothing is written): 8 a refused model, 6 a refused pickle, "
+               "10 an output that cannot be written, 130 Ctrl-C, 143 SIGTERM, 1 a fault of the tool; for a "
+               "folder 0 when every model succeeded, else 8. Supported layers and the .pth format: README.md.")
     parser.add_argument("model", help="Keras model file (.h5 Keras 2 or 3, .keras) or a folder of them")
     parser.add_argument("extra", nargs="*", metavar="PARAMS.pickle|OUT.pth",
                         help="optional training parameters pickle and/or output path (.pth/.pt), in this order")
@@ -211,15 +217,21 @@ def _convert_folder(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The one error boundary of the converter: whatever stops it becomes one `error:` paragraph and an exit code
+    (errors.failure_report); the traceback only with --verbose."""
     args = _parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if args.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")  # TensorFlow's own logging too
+    raise_terminated_on_sigterm()
     try:
         return _convert_folder(args) if Path(args.model).is_dir() else _convert_file(args)
-    except ToolError as exc:
+    except (Exception, KeyboardInterrupt) as exc:
+        message, code = failure_report(exc, f"converting {args.model}")
         if args.verbose:
-            log.exception("conversion failed")
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+            log.error("traceback:", exc_info=exc)
+        print(message, file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

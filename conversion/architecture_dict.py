@@ -19,7 +19,8 @@ import h5py
 import numpy as np
 
 from conversion.keras_archive import group_base_name, read_numbered_weights, stored_layer_name
-from conversion.keras_file import KerasModelFile, file_sha256, read_attr, read_layer_groups
+from conversion.keras_file import (KerasModelFile, WeightReader, check_self_contained, file_sha256, read_attr,
+                                   read_layer_groups)
 from errors import ConversionError
 
 REQUIRED_KEYS = ("filter_sizes_per_layer", "num_filters_per_layer", "activation_function_per_layer",
@@ -96,7 +97,7 @@ def _single(value: Any) -> int:
 
 def _keras2_layers(path: Path, f: h5py.File) -> tuple[list[StoredLayer], str | None]:
     """Layers with weights in `layer_names` order; the input layer's name (the first, weightless entry)."""
-    weights, unlisted = read_layer_groups(f)
+    weights, unlisted = read_layer_groups(f, WeightReader(path, path.stat().st_size))
     if unlisted:
         raise ConversionError(f"{path}: datasets not listed in their layer's weight_names: {unlisted}. "
                               "Nothing was written.")
@@ -130,7 +131,8 @@ def _keras3_layers(path: Path, f: h5py.File, depth: int) -> tuple[list[StoredLay
                               f"BatchNormalization layers, the architecture_dict (depth {depth}) implies "
                               f"{depth + len(HEADS)} and {depth}. Nothing was written.")
     weights = read_numbered_weights(path, f, [(name, "Conv1D", {}) for name in conv_names]
-                                    + [(name, "BatchNormalization", {}) for name in norm_names])
+                                    + [(name, "BatchNormalization", {}) for name in norm_names],
+                                    WeightReader(path, path.stat().st_size))
     order = [name for pair in zip(conv_names, norm_names) for name in pair] + conv_names[depth:]
     stored = [StoredLayer(name, {key.rsplit("/", 1)[-1]: value for key, value in weights[name].items()})
               for name in order]
@@ -239,6 +241,7 @@ def read_weights_only(path: str | Path, params: dict[str, Any] | None) -> KerasM
     arch = parse_architecture(path, params)
     try:
         with h5py.File(path, "r") as f:
+            check_self_contained(path, f)
             if read_attr(f, "layer_names") is not None:
                 keras_major = 2
                 keras_version = read_attr(f, "keras_version") or "2.x"

@@ -21,9 +21,11 @@ from typing import Callable
 import torch
 
 from conversion.cache import ConversionOutcome
+from conversion.converter import info_path_for
 from conversion.pairing import KERAS_SUFFIXES, default_output_path, find_keras_models, params_pickle_for
 from conversion.verify import worst_output
 from errors import ConversionError, ToolError
+from fileio import outputs_apart_from_inputs
 from progress import NO_PROGRESS, Progress, ProgressStyle
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,9 @@ def plan_jobs(folder: str | Path, output_dir: str | Path | None = None) -> list[
     if clashes:
         raise ConversionError(f"{folder}: several model files would be converted into the same file "
                               f"({'; '.join(clashes)}); convert them one by one with explicit output paths.")
+    inputs = [path for job in jobs for path in (job.source, job.params)]
+    for job in jobs:
+        outputs_apart_from_inputs([job.output, info_path_for(job.output)], inputs, ConversionError)
     return jobs
 
 

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 from torch import nn
 
+from conversion.converter import sync_info
 from conversion.keras_file import file_sha256
 from errors import ConversionError, ModelFileError, OutputError
 from models.checkpoint import model_from_payload, read_checkpoint
@@ -135,11 +136,13 @@ def convert_once(source: Path, output: Path, convert: Callable[[], nn.Module], *
     if not force:
         model, _ = current_conversion(output, source_sha256, dtype, verified, params_sha256)
         if model is not None:
+            sync_info(output, model.metadata)
             return ConversionOutcome(model, output, cached=True)
     with conversion_lock(output, lock_timeout_s):
         if not force:
             model, why_not = current_conversion(output, source_sha256, dtype, verified, params_sha256)
             if model is not None:
+                sync_info(output, model.metadata)
                 return ConversionOutcome(model, output, cached=True)
             if output.exists():
                 log.info("converting again: %s", why_not)

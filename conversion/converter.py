@@ -6,7 +6,10 @@ filled; all problems found are reported together in one ConversionError, and not
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
+import logging
+import math
 import pickle
 import re
 from dataclasses import dataclass
@@ -22,12 +25,15 @@ from conversion.graph import ModelGraph, parse_model_config
 from conversion.keras_file import KerasModelFile
 from conversion.model_file import read_model_file
 from conversion.registry import KerasLayer, LayerProblem, WeightBag, find_converter
-from errors import ConversionError
-from fileio import atomic_paths
-from models.checkpoint import FORMAT_VERSION, checkpoint_payload
+from errors import ConversionError, OutputError, ToolError
+from fileio import atomic_paths, load_pickle
+from limits import MAX_INPUT_LENGTH
+from models.checkpoint import FORMAT_VERSION, checkpoint_payload, model_from_payload
 from models.graph import KerasGraphModule
 
+log = logging.getLogger(__name__)
 DEFAULT_TRACE_LENGTH = 64
+MAX_TRACE_ELEMENTS = 5e7  # per input of the shape trace: 200 MB of float32 (400 ms × 1279 segments is 5e5)
 
 
 @dataclass
@@ -54,7 +60,7 @@ def convert_keras_file(path: str | Path, params: dict[str, Any] | None = None,
         graph = parse_model_config(keras_file.model_config)
     except ConversionError as exc:
         raise ConversionError(f"{keras_file.path}: {exc}") from exc
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+    except Exception as exc:  # the config is untrusted data: any failure to read it is this refusal
         raise ConversionError(f"{keras_file.path}: the model_config is not a Keras model description we can "
                               f"read ({type(exc).__name__}: {exc}).") from exc
     return build_conversion(keras_file, graph, params)
@@ -79,7 +85,7 @@ def build_conversion(keras_file: KerasModelFile, graph: ModelGraph, params: dict
         except LayerProblem as exc:
             problems.append(f"layer '{layer.name}' ({layer.class_name}): {exc}")
             continue
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        except Exception as exc:  # a converter reads an untrusted config: any failure is this layer's problem
             problems.append(f"layer '{layer.name}' ({layer.class_name}): unreadable config ({type(exc).__name__}: {exc})")
             continue
         if bag.non_finite:
@@ -122,6 +128,7 @@ def build_conversion(keras_file: KerasModelFile, graph: ModelGraph, params: dict
     }
     model = _build_module(keras_file, spec, state)
     trace_length = _trace_length(spec, params)
+    _check_trace_size(keras_file, model, trace_length)
     layer_shapes = _trace(keras_file, model, trace_length)
     model.metadata = _metadata(keras_file, model, layer_specs, state, layer_shapes, trace_length, params)
     return Conversion(model=model, metadata=model.metadata)
@@ -131,7 +138,7 @@ def _build_module(keras_file: KerasModelFile, spec: dict[str, Any], state: dict[
     try:
         model = KerasGraphModule(spec)
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:  # missing / unexpected keys, shape mismatches
+    except Exception as exc:  # missing / unexpected keys, shape mismatches, configs no module accepts
         message = " ".join(str(exc).split())
         raise ConversionError(f"{keras_file.path}: the weights do not fit the layers they belong to: {message}. "
                               "Nothing was written.") from exc
@@ -146,6 +153,18 @@ def _trace_length(spec: dict[str, Any], params: dict[str, Any] | None) -> int:
     return int(architecture.get("input_window_size") or DEFAULT_TRACE_LENGTH)
 
 
+def _check_trace_size(keras_file: KerasModelFile, model: KerasGraphModule, length: int) -> None:
+    """The test input the trace allocates, checked first: a file may declare an input of 1e8 time steps."""
+    for name, shape in zip(model.input_names, model.input_shapes):
+        dims = [length if s is None else s for s in shape]
+        MAX_INPUT_LENGTH.check(dims[0] if dims else 1, f"{keras_file.path}: input '{name}'", ConversionError,
+                               " time steps")
+        if math.prod(dims) > MAX_TRACE_ELEMENTS:
+            raise ConversionError(f"{keras_file.path}: input '{name}' has shape {tuple(dims)}, "
+                                  f"{math.prod(dims):.3g} values per sample, more than the {MAX_TRACE_ELEMENTS:.0e} "
+                                  "a model input may have. Nothing was written.")
+
+
 def _trace(keras_file: KerasModelFile, model: KerasGraphModule, length: int) -> dict[str, tuple[int, ...]]:
     """Run a zero input through the model once, to catch shape mismatches and record output shapes."""
     inputs = [torch.zeros(1, *[length if s is None else s for s in shape]) for shape in model.input_shapes]
@@ -154,7 +173,7 @@ def _trace(keras_file: KerasModelFile, model: KerasGraphModule, length: int) -> 
             return dict(model.trace(*inputs))
     except ValueError as exc:
         raise ConversionError(f"{keras_file.path}: shape mismatch: {exc}. Nothing was written.") from exc
-    except (TypeError, RuntimeError, IndexError) as exc:  # e.g. a layer called without inputs in the config
+    except Exception as exc:  # e.g. a layer called without inputs in the config
         raise ConversionError(f"{keras_file.path}: the layer graph cannot be run on a test input "
                               f"({type(exc).__name__}: {exc}). Nothing was written.") from exc
 
@@ -192,15 +211,18 @@ def _metadata(keras_file, model, layer_specs, state, layer_shapes, trace_length,
 
 
 def plain(value: Any) -> Any:
-    """Numpy values and tuples as plain Python types, so that metadata loads with weights_only=True."""
+    """Numpy values, dtypes, sets and tuples as plain Python types, so that metadata loads with
+    weights_only=True (a pickle's nesting depth is bounded when it is read: fileio.check_plain_structure)."""
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [plain(v) for v in value]
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, (np.dtype, type, complex)):
+        return str(value)
     return value
 
 
@@ -209,17 +231,55 @@ def info_path_for(pth_path: str | Path) -> Path:
     return pth_path.with_name(pth_path.stem + "_info.pickle")
 
 
+def _loads_back(data: bytes, source: Any) -> None:
+    """A conversion is written only when load_converted_model can read it back: "converted" means loadable."""
+    try:
+        model_from_payload(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), "<new conversion>")
+    except Exception as exc:  # the record holds a type weights_only refuses, or the spec does not rebuild
+        raise ConversionError(f"{source}: the conversion cannot be loaded back ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:300]}), so it is not written. Nothing was written.") from exc
+
+
+def info_record(metadata: dict[str, Any], pth_bytes: bytes) -> dict[str, Any]:
+    """The info pickle: the `.pth`'s metadata and the sha256 of the `.pth` it belongs to."""
+    return {**metadata, "pth_sha256": hashlib.sha256(pth_bytes).hexdigest()}
+
+
 def write_conversion(conversion: Conversion, pth_path: str | Path) -> tuple[Path, Path]:
     """Write the `.pth` and its info pickle atomically (temporary names in the target folder, then rename).
 
     Serialized in memory first, so that a full disk is an OSError (an OutputError from atomic_paths), not
-    torch.save's bare RuntimeError.
+    torch.save's bare RuntimeError. The info pickle is renamed into place first and records the sha256 of
+    its `.pth`, whose rename commits the pair: a kill in between leaves the old model beside an info pickle
+    that names another `.pth` (sync_info repairs it when the model is next reused), never a new model beside
+    old info.
     """
     pth_path = Path(pth_path)
     info_path = info_path_for(pth_path)
     payload = io.BytesIO()
     torch.save(checkpoint_payload(conversion.model, conversion.metadata), payload)
-    with atomic_paths(pth_path, info_path) as (pth_tmp, info_tmp):
-        pth_tmp.write_bytes(payload.getbuffer())
-        info_tmp.write_bytes(pickle.dumps(conversion.metadata, protocol=4))
+    data = payload.getvalue()
+    _loads_back(data, conversion.metadata.get("source_path"))
+    with atomic_paths(info_path, pth_path) as (info_tmp, pth_tmp):
+        info_tmp.write_bytes(pickle.dumps(info_record(conversion.metadata, data), protocol=4))
+        pth_tmp.write_bytes(data)
     return pth_path, info_path
+
+
+def sync_info(pth_path: Path, metadata: dict[str, Any]) -> None:
+    """Rewrite the info pickle of a reused `.pth` when it records another `.pth`'s sha256 (a conversion killed
+    between its two renames); a folder that cannot be written keeps the old record, with a warning."""
+    info_path = info_path_for(pth_path)
+    try:
+        recorded = load_pickle(info_path).get("pth_sha256") if info_path.is_file() else None
+    except (ToolError, AttributeError):
+        return  # not a record of ours: left alone
+    data = pth_path.read_bytes()
+    if recorded is None or recorded == hashlib.sha256(data).hexdigest():
+        return
+    try:
+        with atomic_paths(info_path) as (info_tmp,):
+            info_tmp.write_bytes(pickle.dumps(info_record(metadata, data), protocol=4))
+        log.info("rewrote %s: it did not describe %s", info_path.name, pth_path.name)
+    except OutputError as exc:
+        log.warning("%s does not describe %s and cannot be rewritten: %s", info_path.name, pth_path.name, exc)

@@ -6,10 +6,12 @@ Keras 2 writes inbound nodes as nested lists `[[["layer_1", 0, 0, {}]]]`; Keras 
 """
 from __future__ import annotations
 
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from errors import ConversionError
+from limits import MAX_LAYERS
 
 INPUT_LAYER = "InputLayer"
 SEQUENTIAL = "Sequential"
@@ -87,8 +89,16 @@ def parse_model_config(model_config: dict[str, Any]) -> ModelGraph:
 
 
 def _layer_entries(config: dict[str, Any]) -> list[LayerRecord]:
-    return [LayerRecord(name=entry.get("name") or entry["config"]["name"], class_name=_class_name(entry),
-                        config=entry.get("config", {})) for entry in config.get("layers", [])]
+    entries = config.get("layers", [])
+    MAX_LAYERS.check(len(entries), "the model config", ConversionError, " layers")
+    records = [LayerRecord(name=entry.get("name") or entry["config"]["name"], class_name=_class_name(entry),
+                           config=entry.get("config", {})) for entry in entries]
+    twice = sorted(str(name) for name, count in Counter(record.name for record in records).items() if count > 1)
+    if twice:
+        raise ConversionError(f"layer name(s) {', '.join(map(repr, twice))} occur more than once in the model "
+                              "config; Keras gives every layer its own name, so which weights belong where is "
+                              "not clear.")
+    return records
 
 
 def _parse_sequential(config: dict[str, Any]) -> ModelGraph:
@@ -138,15 +148,30 @@ def _parse_functional(config: dict[str, Any]) -> ModelGraph:
 
 def _topological(pending: list[tuple[str, list[str], str]], available: set[str]
                  ) -> tuple[list[tuple[str, list[str], str]], list[str]]:
-    """The calls in an order where every input exists before use; a problem for references nothing produces."""
-    ordered, available = [], set(available)
-    while pending:
-        ready = [call for call in pending if all(ref in available for ref in call[1])]
-        if not ready:
-            missing = sorted({ref for _, refs, _ in pending for ref in refs if ref not in available})
-            return ordered, [f"the model graph references tensors that no layer produces: {missing}"]
-        for call in ready:
-            ordered.append(call)
-            available.add(call[2])
-        pending = [call for call in pending if call not in ready]
-    return ordered, []
+    """The calls in an order where every input exists before use (Kahn's algorithm, linear in calls and
+    references; ready calls keep the config's order); a problem for references nothing produces, or a cycle."""
+    consumers: dict[str, list[int]] = {}
+    waiting = []
+    for index, (_, refs, _) in enumerate(pending):
+        missing = {ref for ref in refs if ref not in available}
+        waiting.append(len(missing))
+        for ref in missing:
+            consumers.setdefault(ref, []).append(index)
+    ready = deque(index for index, count in enumerate(waiting) if count == 0)
+    ordered = []
+    while ready:
+        index = ready.popleft()
+        ordered.append(pending[index])
+        for consumer in consumers.pop(pending[index][2], []):
+            waiting[consumer] -= 1
+            if waiting[consumer] == 0:
+                ready.append(consumer)
+    if len(ordered) == len(pending):
+        return ordered, []
+    produced = {output for _, _, output in pending}
+    stuck = [call for index, call in enumerate(pending) if waiting[index] > 0]
+    missing = sorted({ref for _, refs, _ in stuck for ref in refs if ref not in available and ref not in produced})
+    if missing:
+        return ordered, [f"the model graph references tensors that no layer produces: {missing}"]
+    return ordered, [f"the model graph has a cycle: layer(s) {', '.join(sorted({c[0] for c in stuck}))} wait "
+                     "on each other's outputs"]

@@ -12,7 +12,6 @@ The result is the same KerasModelFile as the `.h5` reader's: weights named `<lay
 from __future__ import annotations
 
 import io
-import json
 import re
 import zipfile
 import zlib
@@ -23,8 +22,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from conversion.keras_file import KerasModelFile, file_sha256, read_attr
+from conversion.json_config import parse_config_json
+from conversion.keras_file import KerasModelFile, WeightReader, check_self_contained, file_sha256, read_attr
 from errors import ConversionError
+from fileio import regular_file_size
+from limits import MAX_JSON_BYTES, MAX_MEMBER_BYTES, check_stored_size
 
 ARCHIVE_CONFIG = "config.json"
 ARCHIVE_METADATA = "metadata.json"
@@ -70,12 +72,12 @@ def variable_names(class_name: str, config: dict[str, Any], count: int) -> list[
     return order(config) if order is not None else [str(i) for i in range(count)]
 
 
-def _numbered(group: h5py.Group) -> list[np.ndarray]:
+def _numbered(group: h5py.Group, reader: WeightReader) -> list[np.ndarray]:
     """The datasets `0..n-1` of a `vars` group, in numeric order; anything else is an error."""
     keys = list(group.keys())
     if sorted(keys, key=lambda k: (len(k), k)) != [str(i) for i in range(len(keys))]:
         raise ValueError(f"variables are not numbered 0..{len(keys) - 1}: {sorted(keys)}")
-    return [np.asarray(group[str(i)]) for i in range(len(keys))]
+    return [reader.read(group[str(i)], f"{group.name}/{i}") for i in range(len(keys))]
 
 
 def _sublayer_variable_names(key: str, values: list[np.ndarray]) -> list[str]:
@@ -93,7 +95,7 @@ def _sublayer_variable_names(key: str, values: list[np.ndarray]) -> list[str]:
     return [str(i) for i in range(len(values))]
 
 
-def _nested_weights(group: h5py.Group) -> dict[str, np.ndarray]:
+def _nested_weights(group: h5py.Group, reader: WeightReader) -> dict[str, np.ndarray]:
     """Variables of sublayers (e.g. keras-tcn's residual blocks), named as the `.h5` format names them: the
     path of the sublayers' names (`residual_block_1/batch_normalization_3/gamma`); list containers add
     nothing to the path. A sublayer without a stored name is named by its group."""
@@ -107,7 +109,7 @@ def _nested_weights(group: h5py.Group) -> dict[str, np.ndarray]:
             is_layer = "vars" in child
             child_path = path + [stored_layer_name(child) or key] if is_layer else path
             if is_layer:
-                values = _numbered(child["vars"])
+                values = _numbered(child["vars"], reader)
                 for var, value in zip(_sublayer_variable_names(key, values), values):
                     name = "/".join(child_path + [var])
                     if name in found:
@@ -157,8 +159,8 @@ def assign_layer_groups(layers_root: h5py.Group, layers: list[tuple[str, str]]) 
     return mapping, problems
 
 
-def read_numbered_weights(source: Path, root: h5py.Group, layers: list[tuple[str, str, dict[str, Any]]]
-                          ) -> dict[str, dict[str, np.ndarray]]:
+def read_numbered_weights(source: Path, root: h5py.Group, layers: list[tuple[str, str, dict[str, Any]]],
+                          reader: WeightReader) -> dict[str, dict[str, np.ndarray]]:
     """Weights `{layer name: {"<layer>/<variable>": array}}` of (name, class, config) layers from a Keras 3
     weights file; every mismatch is collected into one ConversionError naming `source`."""
     if "layers" not in root:
@@ -172,8 +174,8 @@ def read_numbered_weights(source: Path, root: h5py.Group, layers: list[tuple[str
             continue
         group = layers_root[mapping[name]]
         try:
-            values = _numbered(group["vars"]) if "vars" in group else []
-            nested = _nested_weights(group)
+            values = _numbered(group["vars"], reader) if "vars" in group else []
+            nested = _nested_weights(group, reader)
         except ValueError as exc:
             problems.append(f"layer '{name}' ({class_name}): layers/{mapping[name]}: {exc}")
             continue
@@ -197,8 +199,13 @@ def config_layers(model_config: dict[str, Any]) -> list[tuple[str, str, dict[str
             for entry in entries]
 
 
-def _read_member(path: Path, archive: zipfile.ZipFile, member: str) -> bytes:
-    """A member's bytes; a damaged, encrypted or unsupported-compression member is a ConversionError."""
+def _read_member(path: Path, archive: zipfile.ZipFile, member: str, limit) -> bytes:
+    """A member's bytes, read only when its declared size is within `limit` and within the compression ratio of
+    what it stores; a damaged, encrypted or unsupported-compression member is a ConversionError."""
+    info = archive.getinfo(member)
+    subject = f"{path}: member {member} of the Keras archive"
+    limit.check(info.file_size, subject, ConversionError, "bytes")
+    check_stored_size(info.file_size, info.compress_size, subject, ConversionError)
     try:
         return archive.read(member)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
@@ -208,10 +215,7 @@ def _read_member(path: Path, archive: zipfile.ZipFile, member: str) -> bytes:
 
 def _json_object(path: Path, member: str, text: bytes) -> dict[str, Any]:
     """A member's JSON, which Keras always writes as an object."""
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConversionError(f"{path}: {member} in the Keras archive is not valid JSON ({exc}).") from exc
+    value = parse_config_json(text, f"{path}: {member} in the Keras archive")
     if not isinstance(value, dict):
         raise ConversionError(f"{path}: {member} in the Keras archive holds a JSON {type(value).__name__}, "
                               "not an object.")
@@ -221,8 +225,7 @@ def _json_object(path: Path, member: str, text: bytes) -> dict[str, Any]:
 def read_keras_archive(path: str | Path) -> KerasModelFile:
     """Parse a Keras 3 `.keras` archive; every failure is a ConversionError naming the file and the item."""
     path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"{path}: no such file.")
+    regular_file_size(path, ConversionError, "Keras archive")
     if not zipfile.is_zipfile(path):
         raise ConversionError(f"{path}: not a Keras archive: a .keras file is a zip archive, this file is not "
                               "(truncated, or of another format).")
@@ -233,9 +236,10 @@ def read_keras_archive(path: str | Path) -> KerasModelFile:
             if missing:
                 raise ConversionError(f"{path}: the Keras archive lacks {' and '.join(missing)} "
                                       f"(it holds: {', '.join(sorted(members)) or 'nothing'}).")
-            config_text = _read_member(path, archive, ARCHIVE_CONFIG)
-            metadata_text = _read_member(path, archive, ARCHIVE_METADATA) if ARCHIVE_METADATA in members else b"{}"
-            weights_bytes = _read_member(path, archive, ARCHIVE_WEIGHTS)
+            config_text = _read_member(path, archive, ARCHIVE_CONFIG, MAX_JSON_BYTES)
+            metadata_text = (_read_member(path, archive, ARCHIVE_METADATA, MAX_JSON_BYTES)
+                             if ARCHIVE_METADATA in members else b"{}")
+            weights_bytes = _read_member(path, archive, ARCHIVE_WEIGHTS, MAX_MEMBER_BYTES)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ConversionError(f"{path}: the Keras archive cannot be read ({type(exc).__name__}: {exc}).") from exc
     model_config = _json_object(path, ARCHIVE_CONFIG, config_text)
@@ -247,7 +251,8 @@ def read_keras_archive(path: str | Path) -> KerasModelFile:
                               f"({type(exc).__name__}: {exc}).") from exc
     try:
         with h5py.File(io.BytesIO(weights_bytes), "r") as weights_file:
-            weights = read_numbered_weights(path, weights_file, layers)
+            check_self_contained(path, weights_file)
+            weights = read_numbered_weights(path, weights_file, layers, WeightReader(path, len(weights_bytes)))
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise ConversionError(f"{path}: {ARCHIVE_WEIGHTS} in the archive cannot be read as HDF5 weights "
                               f"({type(exc).__name__}: {exc}).") from exc

@@ -18,6 +18,8 @@ from conversion.architecture_dict import read_weights_only
 from conversion.keras_archive import read_keras_archive
 from conversion.keras_file import KerasModelFile, read_attr, read_keras_h5
 from conversion.lambdas import resolve_stored_functions
+from errors import ConversionError
+from fileio import regular_file_size
 
 ARCHIVE_SUFFIX = ".keras"
 
@@ -37,9 +39,10 @@ def read_model_file(path: str | Path, params: dict[str, Any] | None = None,
     stored as Python functions) as a KerasModelFile; every failure is a ConversionError naming the file and
     the problem."""
     path = Path(path)
-    if path.is_file() and (zipfile.is_zipfile(path) or path.suffix == ARCHIVE_SUFFIX):
+    regular_file_size(path, ConversionError, "Keras model file")
+    if zipfile.is_zipfile(path) or path.suffix == ARCHIVE_SUFFIX:
         keras_file = read_keras_archive(path)
-    elif path.is_file() and h5py.is_hdf5(path) and _is_weights_only(path):
+    elif h5py.is_hdf5(path) and _is_weights_only(path):
         return read_weights_only(path, params)
     else:
         keras_file = read_keras_h5(path)

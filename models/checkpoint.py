@@ -5,13 +5,16 @@ Keras or the converter.
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from errors import ModelFileError
+from errors import ModelFileError, ToolError
+from fileio import regular_file_size
+from limits import MAX_MEMBER_BYTES, MAX_WEIGHT_BYTES, check_stored_size
 from models.graph import KerasGraphModule
 
 FORMAT_NAME = "keras-graph-torch"
@@ -51,11 +54,31 @@ def round_to_storage(model: nn.Module, dtype: str) -> list[str]:
     return overflowed
 
 
+def check_torch_archive(path: str | Path, error: type[ToolError]) -> None:
+    """A file torch.save wrote (a zip archive), checked before torch reads it: a regular file whose members
+    declare sizes within the budgets (limits.py), each and together. torch stores members uncompressed, so a
+    member that inflates far beyond what it stores is forged."""
+    path = Path(path)
+    regular_file_size(path, error, "PyTorch file")
+    if not zipfile.is_zipfile(path):
+        raise error(f"{path}: cannot be read as a PyTorch file: torch.save writes a zip archive and this is none "
+                    "(truncated, or of another format).")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise error(f"{path}: cannot be read as a PyTorch file ({type(exc).__name__}: {exc}).") from exc
+    for info in members:
+        subject = f"{path}: member {info.filename}"
+        MAX_MEMBER_BYTES.check(info.file_size, subject, error, "bytes")
+        check_stored_size(info.file_size, info.compress_size, subject, error)
+    MAX_WEIGHT_BYTES.check(sum(info.file_size for info in members), f"{path}: its members together", error, "bytes")
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The payload of a converted `.pth`, loaded with weights_only=True; ModelFileError if it is not one."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such PyTorch model file.")
+    check_torch_archive(path, ModelFileError)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
@@ -75,8 +98,9 @@ def model_from_payload(payload: dict[str, Any], source: str | Path = "<memory>")
     try:
         model = KerasGraphModule(payload["spec"])
         model.load_state_dict(payload["state_dict"], strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"{source}: the stored spec and weights do not build a model: {exc}") from exc
+    except Exception as exc:  # the spec is data from a file: any failure to build from it is this refusal
+        raise ModelFileError(f"{source}: the stored spec and weights do not build a model "
+                             f"({type(exc).__name__}: {exc}).") from exc
     not_finite = [name for name, tensor in model.state_dict().items()
                   if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
     if not_finite:

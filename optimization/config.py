@@ -6,9 +6,15 @@ Time is counted in model time steps, which are milliseconds for the neuron TCNs 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from limits import MAX_INPUT_LENGTH
+
+SEED_END = 2**63  # seeds are 0 <= s < 2**63 (what numpy's and torch's generators take)
+LONGEST = int(MAX_INPUT_LENGTH.value)  # time steps; durations and times within a pattern stay below
+COUNT_END = 10**9  # iteration and trial counts: anything a run could finish
 
 
 class _Section(BaseModel):
@@ -22,7 +28,7 @@ class InitialRatesConfig(_Section):
         None,
         description="A .npy array (segments x time) of rates in spikes/ms; null generates a uniform background.",
     )
-    start_time_ms: int = Field(0, ge=0, description="First time step of the file used; the duration follows it.")
+    start_time_ms: int = Field(0, ge=0, le=LONGEST, description="First time step of the file used; the duration follows it.")
     excitatory_range: tuple[float, float] = Field(
         (0.005, 0.02), description="Generated background: each excitatory rate (per segment and ms) ~ U(low, high)."
     )
@@ -47,26 +53,29 @@ class SamplerConfig(_Section):
         description="bernoulli: spike with p = rate; poisson: Poisson(rate) clipped to 1, i.e. p = 1 - exp(-rate) "
         "(both straight-through); relaxed_bernoulli: Gumbel-sigmoid relaxation (continuous spikes).",
     )
-    temperature: float = Field(0.5, gt=0, description="Temperature of the relaxed_bernoulli relaxation.")
+    temperature: float = Field(0.5, gt=0, le=1e6, description="Temperature of the relaxed_bernoulli relaxation.")
     samples_per_pattern: int = Field(
-        32, ge=1, description="Monte-Carlo spike trains (each a control/stimulated pair) per rate pattern and step."
+        32, ge=1, lt=COUNT_END, description="Monte-Carlo spike trains (each a control/stimulated pair) per rate pattern and step."
     )
 
 
 class StimulusConfig(_Section):
     """The fixed stimulus: one spike on each stimulus segment at the stimulus time."""
 
-    segments: Optional[list[int]] = Field(
+    segments: Optional[list[Annotated[int, Field(ge=0, lt=LONGEST)]]] = Field(
         None, description="Stimulus segment indices; null draws them from candidates."
     )
-    candidates: Optional[list[int]] = Field(None, description="Segments to draw from; null means all excitatory ones.")
-    count: int = Field(3, ge=1, description="How many segments are drawn when `segments` is null.")
+    candidates: Optional[list[Annotated[int, Field(ge=0, lt=LONGEST)]]] = Field(None, description="Segments to draw from; null means all excitatory ones.")
+    count: int = Field(3, ge=1, le=LONGEST, description="How many segments are drawn when `segments` is null.")
     selection_seed: Optional[int] = Field(
-        None, description="Seed of the draw; null derives it from the run seed."
+        None, ge=0, lt=SEED_END, description="Seed of the draw; null derives it from the run seed."
     )
-    time_ms: Optional[int] = Field(None, ge=0, description="Stimulus time step; null means duration // 2.")
+    time_ms: Optional[int] = Field(None, ge=0, lt=LONGEST, description="Stimulus time step; null means duration // 2.")
     response_window_ms: int = Field(
-        10, ge=1, description="The response is the max spike probability over [time_ms, time_ms + this)."
+        10, ge=1, le=LONGEST, description="The response is the max spike probability over [time_ms, time_ms + this)."
+    )
+    allow_inhibitory: bool = Field(
+        False, description="Accept inhibitory segments (indices after the excitatory ones) as stimulus segments."
     )
 
 
@@ -104,7 +113,7 @@ class ConstraintsConfig(_Section):
         "all: every rate moves; tied: excitatory rates move and inhibitory rates follow them "
         "(delay and mean rate below).",
     )
-    tied_delay_ms: int = Field(4, ge=0, description="tied: inhibition follows excitation after this delay.")
+    tied_delay_ms: int = Field(4, ge=0, le=LONGEST, description="tied: inhibition follows excitation after this delay.")
     tied_inhibitory_mean_rate: Optional[float] = Field(
         None, ge=0, description="tied: mean inhibitory rate in spikes/ms; null keeps each pattern's initial mean."
     )
@@ -113,16 +122,16 @@ class ConstraintsConfig(_Section):
 class LoopConfig(_Section):
     """The optimizer loop: Adam, learning-rate schedule, stopping, logging, checkpoints, precision."""
 
-    max_iterations: int = Field(500, ge=0, description="Optimizer steps at most (counted across resumes).")
+    max_iterations: int = Field(500, ge=0, lt=COUNT_END, description="Optimizer steps at most (counted across resumes).")
     learning_rate: float = Field(0.002, gt=0, description="Adam learning rate (rate units, or logits for sigmoid).")
     grad_clip_norm: Optional[float] = Field(1.0, gt=0, description="Clip the gradient norm to this; null disables.")
     lr_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau: multiply the rate by this on a plateau.")
     lr_patience_iterations: int = Field(
-        50, ge=0, description="ReduceLROnPlateau patience, rounded up to whole logging intervals."
+        50, ge=0, lt=COUNT_END, description="ReduceLROnPlateau patience, rounded up to whole logging intervals."
     )
     min_learning_rate: float = Field(1e-6, ge=0, description="ReduceLROnPlateau floor.")
     early_stop_patience_iterations: Optional[int] = Field(
-        150, ge=1, description="Stop when the interval loss has not improved for this long; null disables."
+        150, ge=1, lt=COUNT_END, description="Stop when the interval loss has not improved for this long; null disables."
     )
     early_stop_min_delta: float = Field(1e-4, ge=0, description="Smallest loss decrease that counts as improvement.")
     stop_when_target_reached: bool = Field(
@@ -131,9 +140,9 @@ class LoopConfig(_Section):
     target_tolerance: float = Field(
         0.05, ge=0, description="Stimulated >= target - tol and control <= control_target + tol count as reached."
     )
-    log_every: int = Field(10, ge=1, description="Iterations per logging interval (the only host synchronisations).")
+    log_every: int = Field(10, ge=1, lt=COUNT_END, description="Iterations per logging interval (the only host synchronisations).")
     checkpoint_every: Optional[int] = Field(
-        100, ge=1, description="Write checkpoint.pt every this many iterations (a multiple of log_every); null: only "
+        100, ge=1, lt=COUNT_END, description="Write checkpoint.pt every this many iterations (a multiple of log_every); null: only "
         "at the end."
     )
     resume_from: Optional[Path] = Field(None, description="A checkpoint.pt to continue from.")
@@ -150,7 +159,7 @@ class LoopConfig(_Section):
     )
     cudnn_benchmark: bool = Field(True, description="Let cuDNN pick the fastest kernels (CUDA only).")
     micro_batches: int = Field(
-        1, ge=1, description="Split each step's samples into this many forward/backward passes; doubles on OOM."
+        1, ge=1, lt=COUNT_END, description="Split each step's samples into this many forward/backward passes; doubles on OOM."
     )
 
     @model_validator(mode="after")
@@ -165,8 +174,8 @@ class LoopConfig(_Section):
 class EvaluationConfig(_Section):
     """Held-out evaluation of the initial and the optimized rates."""
 
-    trials_per_pattern: int = Field(1000, ge=1, description="Sampled control/stimulated trial pairs per pattern.")
-    chunk_size: int = Field(250, ge=1, description="Trial pairs per forward pass (halved on OOM).")
+    trials_per_pattern: int = Field(1000, ge=1, lt=COUNT_END, description="Sampled control/stimulated trial pairs per pattern.")
+    chunk_size: int = Field(250, ge=1, lt=COUNT_END, description="Trial pairs per forward pass (halved on OOM).")
     spike_threshold: float = Field(
         0.5, gt=0, lt=1, description="A trial spikes when its max probability in the window reaches this."
     )
@@ -177,13 +186,13 @@ class ReportConfig(_Section):
     """Plots written next to the rates, history and evaluation files."""
 
     plots: bool = Field(True, description="Write the PNG plots.")
-    dpi: int = Field(120, ge=30, description="Resolution of the PNG plots.")
+    dpi: int = Field(120, ge=30, le=600, description="Resolution of the PNG plots.")
 
 
 class OptimizationConfig(_Section):
     """Optimize presynaptic firing rates so that a small stimulus makes the model neuron spike."""
 
-    spike_output_index: int = Field(0, ge=0, description="Which model output is the spike probability.")
+    spike_output_index: int = Field(0, ge=0, lt=COUNT_END, description="Which model output is the spike probability.")
     num_excitatory: Optional[int] = Field(
         None,
         ge=1,
@@ -193,8 +202,8 @@ class OptimizationConfig(_Section):
     num_inhibitory: Optional[int] = Field(
         None, ge=0, description="Inhibitory segments (the channels after them); null: the remaining channels."
     )
-    duration_ms: Optional[int] = Field(None, ge=1, description="Time steps optimized; null: the model's input window.")
-    num_patterns: int = Field(1, ge=1, description="Independent rate patterns optimized together (batch B).")
+    duration_ms: Optional[int] = Field(None, ge=1, le=LONGEST, description="Time steps optimized; null: the model's input window.")
+    num_patterns: int = Field(1, ge=1, lt=COUNT_END, description="Independent rate patterns optimized together (batch B).")
     initial_rates: InitialRatesConfig = Field(
         default_factory=InitialRatesConfig, description=InitialRatesConfig.__doc__
     )

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from errors import OptimizationError
+from fileio import regular_file_size
 
 from .config import InitialRatesConfig
 from .network import InputLayout
@@ -15,8 +16,9 @@ from .network import InputLayout
 
 def load_rates_file(path: Path, start_time_ms: int, layout: InputLayout, max_rate: float) -> torch.Tensor:
     """The file's (segments x time) rates from `start_time_ms` on, as (time, segments); every defect named."""
-    try:
-        rates = np.load(path, allow_pickle=False)
+    regular_file_size(path, OptimizationError, "initial rates file")
+    try:  # memory-mapped: a header declaring more than the file holds fails here, nothing is allocated
+        rates = np.load(path, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError) as error:
         raise OptimizationError(f"initial rates file {path}: cannot be read as a .npy array ({error})") from error
     expected = f"(segments={layout.num_segments}, time>={start_time_ms + layout.duration_ms})"

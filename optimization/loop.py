@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,9 @@ from typing import Any, Optional
 
 import torch
 
-from errors import OptimizationError
+from errors import OptimizationError, Terminated
 from fileio import write_atomically
+from models.checkpoint import check_torch_archive
 from progress import Progress, ProgressStyle
 
 from .config import OptimizationConfig
@@ -216,12 +216,15 @@ class RateOptimizer:
                     if reason is not None:
                         stopped_because = reason
                         break
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as interruption:
                 self.parameters.project_()
                 if self.interval_steps:
                     self._end_interval(bar)
                 stopped_because = "interrupted"
                 self.logger.warning("interrupted after %d iterations: saving the current state", self.iteration)
+                if isinstance(interruption, Terminated):  # the job is ending: save, then stop (resumable later)
+                    self.save_checkpoint()
+                    raise
         self.save_checkpoint()
         final_loss = self.history[-1]["loss_total"] if self.history else math.nan
         self.logger.info("optimization stopped (%s) after %d iterations, loss %.4g",
@@ -249,12 +252,23 @@ class RateOptimizer:
 
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint of the same problem (same signature); its initial rates become ours."""
+        check_torch_archive(path, OptimizationError)
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        except Exception as error:  # torch raises many types for damaged files
             raise OptimizationError(f"checkpoint {path} cannot be read: {error}") from error
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise OptimizationError(f"checkpoint {path} is not an activity-optimization checkpoint")
+        try:
+            self._load_state(path, state)
+        except OptimizationError:
+            raise
+        except Exception as error:  # a damaged or forged checkpoint: missing keys, wrong shapes or types
+            raise OptimizationError(f"checkpoint {path} is damaged ({type(error).__name__}: {error})") from error
+        self.logger.info("resumed from %s at iteration %d", path, self.iteration)
+
+    def _load_state(self, path: Path, state: dict[str, Any]) -> None:
+        """Take over the checkpoint's state, after checking that it belongs to this optimization."""
         differences = {
             key: (state["signature"].get(key), value)
             for key, value in self.signature.items()
@@ -275,4 +289,4 @@ class RateOptimizer:
         self.micro_batcher.chunks = state["micro_batches"]
         self.elapsed_before = self.history[-1]["elapsed_s"] if self.history else 0.0
         self.last_good = self.parameters.free.detach().clone()
-        self.logger.info("resumed from %s at iteration %d", path, self.iteration)
+

@@ -13,6 +13,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from errors import ConfigError
+from limits import MAX_BATCH_BYTES
 from progress import Progress, ProgressStyle
 
 from . import report
@@ -66,9 +68,9 @@ def run_activity_optimization(
     torch_device = resolve_device(device)
     seeds = Seeds.from_run_seed(seed)
     layout = resolve_layout(model, config, logger)
+    check_batch_sizes(config, layout)
     spike_model = prepare_model(model, config, layout, torch_device)
-    selection_seed = config.stimulus.selection_seed if config.stimulus.selection_seed is not None else seeds.stimulus
-    stimulus = choose_stimulus(config.stimulus, layout, selection_seed)
+    stimulus = stimulus_of(config, layout, seed)
     logger.info(
         "optimizing %d pattern(s) of %d excitatory + %d inhibitory segments x %d ms on %s; stimulus segments %s "
         "at %d ms, response window %d ms",
@@ -142,6 +144,28 @@ def run_activity_optimization(
         num_excitatory=layout.num_excitatory,
         num_inhibitory=layout.num_inhibitory,
     )
+
+
+def stimulus_of(config: OptimizationConfig, layout: InputLayout, seed: int) -> Stimulus:
+    """The run's stimulus: its segments drawn with stimulus.selection_seed, or with the seed derived from the run
+    seed; checked against the layout (ConfigError)."""
+    selection_seed = config.stimulus.selection_seed
+    return choose_stimulus(config.stimulus, layout,
+                           Seeds.from_run_seed(seed).stimulus if selection_seed is None else selection_seed)
+
+
+def check_batch_sizes(config: OptimizationConfig, layout: InputLayout) -> None:
+    """The spike trains of one step and of one evaluation chunk (float32, both copies), and the evaluation's
+    trial index, against MAX_BATCH_BYTES before anything is allocated."""
+    train = 4 * 2 * layout.duration_ms * layout.num_segments
+    samples = config.num_patterns * config.sampler.samples_per_pattern
+    MAX_BATCH_BYTES.check(samples * train, "one optimization step (num_patterns × sampler.samples_per_pattern "
+                          f"= {samples} spike-train pairs of {layout.duration_ms} ms × {layout.num_segments} "
+                          "segments)", ConfigError, "bytes")
+    trials = config.num_patterns * config.evaluation.trials_per_pattern
+    MAX_BATCH_BYTES.check(min(trials, config.evaluation.chunk_size) * train + 8 * trials,
+                          f"the evaluation (num_patterns × evaluation.trials_per_pattern = {trials} trial pairs, "
+                          f"{config.evaluation.chunk_size} per chunk)", ConfigError, "bytes")
 
 
 def _signature(config: OptimizationConfig, layout: InputLayout, stimulus: Stimulus, seed: int) -> dict:

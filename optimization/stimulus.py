@@ -45,6 +45,13 @@ def choose_stimulus(config: StimulusConfig, layout: InputLayout, seed: int) -> S
         order = torch.randperm(len(candidates), generator=generator)[: config.count]
         segments = [candidates[i] for i in order.tolist()]
     _check_indices("stimulus.segments", segments, layout)
+    inhibitory = [i for i in segments if i >= layout.num_excitatory]
+    if inhibitory and not config.allow_inhibitory:
+        raise ConfigError(
+            f"stimulus segments {inhibitory} are inhibitory (the first {layout.num_excitatory} segments are "
+            "excitatory): the stimulus is one excitatory spike per segment; set stimulus.allow_inhibitory=true "
+            "to stimulate inhibitory segments on purpose"
+        )
     return Stimulus(tuple(sorted(segments)), time_ms, config.response_window_ms)
 
 

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from errors import ConfigError
+from fileio import regular_file_size
+from limits import MAX_CONFIG_BYTES, MAX_SWEEP_RUNS
 from optimization import OptimizationConfig
+from optimization.config import COUNT_END, LONGEST, SEED_END
+
+Seed = Annotated[int, Field(ge=0, lt=SEED_END)]
 
 # The demo models shipped with the project: `demo.settings` apply to this folder (demo.apply: auto).
 SHIPPED_DEMO_MODELS = Path(__file__).resolve().parents[1] / "demo_models"
@@ -29,13 +34,13 @@ class SelectionConfig(_Section):
     metric: str = Field("val_spikes_loss", description="Key of training_history_dict used to rank models.")
     reduction: Literal["min", "max", "last", "mean_last_k"] = Field(
         "min", description="How the per-epoch metric becomes one number: min, max, last, or the mean of the last k.")
-    last_k: int = Field(5, ge=1, description="k of mean_last_k.")
+    last_k: int = Field(5, ge=1, lt=COUNT_END, description="k of mean_last_k.")
     goal: Literal["minimize", "maximize"] = Field("minimize", description="Lower is better (losses) or higher.")
     results_table: Optional[Path] = Field(
         None, description="A CSV table of candidates (columns below) instead of scanning models_dir.")
     csv_model_column: str = Field("model_path", description="CSV column with the .h5 (or .pth) path.")
     csv_metric_column: str = Field("metric", description="CSV column with the selection value.")
-    show_top: int = Field(10, ge=1, description="Rows of the ranked table printed.")
+    show_top: int = Field(10, ge=1, lt=COUNT_END, description="Rows of the ranked table printed.")
     fallback: Literal["stop", "next"] = Field(
         "stop", description="When the best model cannot be used (its conversion is refused, its file is "
         "unusable): stop, naming the cause and the next usable candidate, or take the next usable one.")
@@ -47,21 +52,21 @@ class ConversionConfig(_Section):
     verify: bool = Field(True, description="Compare a new conversion with Keras when TensorFlow is installed.")
     trust_pickles: bool = Field(
         False, description="Load parameter pickles with the unrestricted unpickler (runs code: trusted files only).")
-    lock_timeout_s: float = Field(600, gt=0, description="Wait at most this long for another job converting the model.")
+    lock_timeout_s: float = Field(600, gt=0, le=7 * 86400, description="Wait at most this long for another job converting the model.")
 
 
 class GroundTruthConfig(_Section):
     """Check optimized rates on the simulated neuron a demo model was trained on."""
 
     enabled: bool = Field(True, description="Run the check when the model's pickle names a simulator configuration.")
-    trials: int = Field(200, ge=200, description="Simulated control/stimulated trial pairs per optimized pattern.")
+    trials: int = Field(200, ge=200, lt=COUNT_END, description="Simulated control/stimulated trial pairs per optimized pattern.")
 
 
 class IntRange(_Section):
     """`count` consecutive integers from `first`: {first: 42, count: 6} is 42..47."""
 
-    first: int = Field(description="The first value.")
-    count: int = Field(ge=1, description="How many consecutive values.")
+    first: int = Field(ge=0, lt=SEED_END, description="The first value.")
+    count: int = Field(ge=1, le=int(MAX_SWEEP_RUNS.value), description="How many consecutive values.")
 
     def values(self) -> list[int]:
         return list(range(self.first, self.first + self.count))
@@ -84,17 +89,19 @@ class SweepConfig(_Section):
 
     name: Optional[str] = Field(
         None, pattern=r"^[\w.-]+$", description="Folder output_dir/sweep_<name>; null: a hash of the sweep's settings.")
-    seeds: Optional[Union[list[int], IntRange]] = Field(None, description="Run seeds; null: the top-level seed.")
-    stimulus_sets: Optional[Union[list[Union[int, list[int]]], IntRange]] = Field(
+    seeds: Optional[Union[list[Seed], IntRange]] = Field(None, description="Run seeds; null: the top-level seed.")
+    stimulus_sets: Optional[Union[list[Union[Seed, list[Annotated[int, Field(ge=0, lt=LONGEST)]]]], IntRange]] = Field(
         None, description="Each an int (selection seed of the drawn segments) or a list of segments; null: "
         "optimization.stimulus as it is.")
-    models: Union[list[Union[int, str]], IntRange] = Field(
+    models: Union[list[Union[Annotated[int, Field(ge=1, lt=COUNT_END)], str]], IntRange] = Field(
         [1], description="Ranks in the results table (1 = best) or model stems.")
     overrides: Optional[dict[str, list[Any]]] = Field(
         None, description="Other config keys, each with a list of values: {'optimization.loop.learning_rate': [...]}.")
     backend: Literal["sequential", "local", "ray"] = Field("sequential", description="Where the runs are executed.")
+    retry_failed: bool = Field(
+        False, description="Also retry runs that failed twice in a row with the same error (not retried otherwise).")
     max_workers: Optional[int] = Field(
-        None, ge=1, description="local: processes at most (null: one per GPU, else one per core).")
+        None, ge=1, le=4096, description="local: processes at most (null: one per GPU, else one per core).")
     ray: RayConfig = Field(default_factory=RayConfig)
 
 
@@ -121,11 +128,11 @@ class AppConfig(_Section):
     output_dir: Path = Field(Path("runs"), description="Run folders are created inside it.")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
                         description="auto, cpu, cuda, cuda:N or mps.")
-    seed: int = Field(0, description="Drives every random choice of the run.")
+    seed: int = Field(0, ge=0, lt=SEED_END, description="Drives every random choice of the run (0 <= seed < 2**63).")
     resume_interrupted: bool = Field(True, description="Continue the newest run folder of the same model and "
                                      "config that has a checkpoint but no summary, instead of starting anew.")
     progress_interval_s: float = Field(
-        5.0, ge=0, description="Without a terminal (cron, job logs): at most one progress line per this many "
+        5.0, ge=0, le=86400, description="Without a terminal (cron, job logs): at most one progress line per this many "
         "seconds, one per 10 % of the work.")
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     conversion: ConversionConfig = Field(default_factory=ConversionConfig)
@@ -162,15 +169,27 @@ def validate_config(data: dict[str, Any], source: str) -> AppConfig:
         raise ConfigError(" ".join(_describe(e, source) for e in exc.errors())) from None
 
 
+def parse_yaml(text: str, subject: str) -> Any:
+    """YAML without aliases: `*name` repeats a value by reference, and a few hundred bytes of nested aliases
+    ("billion laughs") expand to more than any machine holds once the config is walked. Plain data only
+    (yaml.safe_load constructs no Python objects)."""
+    MAX_CONFIG_BYTES.check(len(text.encode()), subject, ConfigError, "bytes")
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ConfigError(f"{subject}: uses the YAML alias *{event.anchor}; aliases are not accepted in a "
+                                  "config (they can repeat a value without end): write the value out.")
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"{subject}: cannot be read as YAML ({type(exc).__name__}: {exc}).") from None
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Set `a.b.c=value` in nested dicts; the value is parsed as YAML."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override '{assignment}': expected KEY=VALUE, e.g. optimization.loop.max_iterations=200.")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override '{assignment}': the value is not valid YAML ({exc}).") from None
+    value = parse_yaml(raw, f"override '{assignment}'") if raw.strip() else None
     set_dotted(data, key.strip(), value, f"override '{assignment}'")
 
 
@@ -202,12 +221,12 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> AppConfig:
     """Read `path` (YAML), apply the demo settings where they belong and the overrides, validate; paths in the
     file are relative to the file's folder."""
     path = Path(path)
+    MAX_CONFIG_BYTES.check(regular_file_size(path, ConfigError, "config file"), str(path), ConfigError, "bytes")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file.") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read as YAML ({exc}).") from None
+    data = parse_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}.")
     file_data = copy.deepcopy(data)

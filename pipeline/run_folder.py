@@ -11,9 +11,9 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import IO, Iterator
 
-import yaml
-
-from errors import OutputError
+from errors import ConfigError, OutputError
+from fileio import regular_file_size
+from pipeline.config import parse_yaml
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
 
@@ -54,9 +54,27 @@ def attach_run_log(buffer: _Buffer, log_path: Path) -> None:
     root.addHandler(handler)
 
 
+class RunLogHandler(logging.FileHandler):
+    """A run log that cannot be written (full disk, file-size limit) says so once on stderr, then stays quiet,
+    instead of a traceback for every record."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            error = sys.exc_info()[1]
+            sys.stderr.write(f"warning: cannot write the log {self.baseFilename} ({error}); it misses the records "
+                             "from here on.\n")
+
+
 def run_log_handler(path: Path) -> logging.Handler:
     """The handler of a run log (or a sweep log): every record, DEBUG and up, with its time and level."""
-    handler = logging.FileHandler(path)
+    try:
+        handler = RunLogHandler(path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create the log ({exc.strerror or exc}); the folder must be "
+                          "writable.") from None
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     return handler
@@ -101,10 +119,13 @@ FAILED_MARK = "failed.txt"   # a run that stopped on an error: not continued aut
 def claim_run_folder(folder: Path) -> IO | None:
     """Lock `folder` for this process (returned handle; keep it open for the run), or None when another
     live process holds it."""
-    handle = open(folder / RUN_LOCK, "a")
+    try:
+        handle = open(folder / RUN_LOCK, "a")
+    except OSError:  # not a folder we can lock (a file named like the lock, no write access): not ours to use
+        return None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError:
         handle.close()
         return None
     return handle
@@ -156,7 +177,9 @@ def _resumable_part(config: dict | None) -> dict | None:
 
 
 def _read_yaml(path: Path) -> dict | None:
+    """A run folder's config.yaml, or None when it is missing or unreadable (that folder is then not resumed)."""
     try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        regular_file_size(path, ConfigError)
+        return parse_yaml(path.read_text(), str(path))
+    except (OSError, UnicodeDecodeError, ConfigError):
         return None

@@ -16,9 +16,12 @@ from torch import nn
 
 from errors import ConversionError, ModelFileError, PickleFileError, SelectionError
 
+from neuron import NeuronConfig
 from optimization import run_activity_optimization
+from optimization.network import resolve_layout
+from optimization.run import check_batch_sizes, stimulus_of
 from pipeline.config import AppConfig
-from pipeline.ground_truth import ground_truth_check
+from pipeline.ground_truth import check_ground_truth, ground_truth_check
 from pipeline.report_page import write_report_page
 from pipeline.summary import (CI_KEYS, EVALUATION_KEYS, conversion_record, degenerate_warnings, versions,
                               write_report, write_summary)
@@ -89,21 +92,42 @@ def prepare_best_usable_model(table: pd.DataFrame, config: AppConfig) -> tuple[n
     raise SelectionError(f"none of the {len(usable)} usable-looking models can be used ({reasons}).")
 
 
-def optimize_and_report(model: nn.Module, chosen: ChosenModel, config: AppConfig, run_dir: Path,
+@dataclass(frozen=True)
+class RunCheck:
+    """What check_run found: the simulator of the ground truth (None when the model's pickle names none)."""
+
+    neuron: Optional[NeuronConfig]
+
+
+def check_run(model: nn.Module, chosen: ChosenModel, config: AppConfig) -> RunCheck:
+    """Everything a run can refuse before it makes a folder or optimizes anything: the input layout, the sizes
+    of its batches, the stimulus, and the ground truth's simulator against the model and the work budget."""
+    layout = resolve_layout(model, config.optimization, log)
+    check_batch_sizes(config.optimization, layout)
+    stimulus_of(config.optimization, layout, config.seed)
+    neuron = None
+    if config.ground_truth.enabled:
+        neuron = check_ground_truth(chosen.params, layout.num_segments, layout.duration_ms,
+                                    config.optimization.num_patterns, config.ground_truth.trials,
+                                    config.conversion.trust_pickles)
+    return RunCheck(neuron)
+
+
+def optimize_and_report(model: nn.Module, chosen: ChosenModel, config: AppConfig, checked: RunCheck, run_dir: Path,
                         progress: ProgressStyle, started: float, command: str | None = None
                         ) -> tuple[Path, dict[str, Any]]:
-    """Optimize through `model` into `run_dir`; returns report.html's path and the summary written beside it
-    (and report.md).
+    """Optimize through `model` into `run_dir` (after check_run); returns report.html's path and the summary
+    written beside it (and report.md).
 
     `started` is the time.monotonic() at which the run began (the summary's `seconds` count from it);
     `command` the command line that started the run, recorded to reproduce it.
     """
+    neuron = checked.neuron
     outcome = run_activity_optimization(model, config.optimization, run_dir, device=config.device,
                                         seed=config.seed, logger=logging.getLogger("optimization"),
                                         progress=progress)
     optimized, initial = outcome.evaluation["optimized"], outcome.evaluation["initial"]
-    ground_truth = (ground_truth_check(chosen.params, outcome, config.ground_truth.trials, config.seed,
-                                       config.conversion.trust_pickles, progress)
+    ground_truth = (ground_truth_check(neuron, outcome, config.ground_truth.trials, config.seed, progress)
                     if config.ground_truth.enabled else {"available": False, "reason": "turned off in the config"})
     summary = {
         "selected_model": chosen.source,

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import pandas as pd
 
 from errors import ConfigError, OutputError, SelectionError, SweepError
 from fileio import write_text_atomic
+from limits import MAX_SWEEP_RUNS
 from pipeline.config import AppConfig, IntRange, SweepConfig, config_to_yaml, set_dotted, validate_config
 from pipeline.run_folder import attach_run_log, new_folder, short_model_name
 from pipeline.single_run import prepare_model
@@ -86,8 +88,10 @@ def sweep_points(sweep: SweepConfig, base_seed: int) -> list[SweepPoint]:
     ranks = [m for m in models if isinstance(m, int)]
     if any(rank < 1 for rank in ranks):
         raise ConfigError(f"sweep.models {models}: ranks start at 1 (the best model).")
-    axes = [models, _listed(sweep.stimulus_sets, [None], "stimulus_sets"),
-            list(itertools.product(*overrides.values())), _listed(sweep.seeds, [base_seed], "seeds")]
+    stimuli, seeds = _listed(sweep.stimulus_sets, [None], "stimulus_sets"), _listed(sweep.seeds, [base_seed], "seeds")
+    runs = len(models) * len(stimuli) * len(seeds) * math.prod(len(values) for values in overrides.values())
+    MAX_SWEEP_RUNS.check(runs, "the sweep section", ConfigError, " runs")
+    axes = [models, stimuli, list(itertools.product(*overrides.values())), seeds]
     return [SweepPoint(model, seed, stimulus, tuple(zip(overrides, values)))
             for model, stimulus, values, seed in itertools.product(*axes)]
 
@@ -162,7 +166,7 @@ class Manifest:
     def __init__(self, path: Path, override_keys: list[str]):
         self.path = path
         self.columns = ["run_id", "model", "seed", "stimulus", *override_keys, "status", *FIGURES, "error",
-                        "folder", "config_hash"]
+                        "failures", "folder", "config_hash"]
 
     def previous_rows(self) -> dict[str, dict[str, str]]:
         """The rows an earlier invocation wrote, as text, by run_id (none for a new sweep)."""
@@ -178,6 +182,12 @@ class Manifest:
     def write(self, rows: list[dict[str, Any]]) -> None:
         frame = pd.DataFrame(rows, columns=self.columns).convert_dtypes()  # counts stay integers beside gaps
         write_text_atomic(self.path, frame.to_csv(index=False))
+
+
+def _failing_again(row: Optional[dict[str, str]], config_hash: str) -> bool:
+    """A run whose last two attempts, with this configuration, failed with the same error."""
+    return (row is not None and row.get("status") == "failed" and row.get("config_hash") == config_hash
+            and int(row.get("failures") or 0) >= 2)
 
 
 def _finished_before(row: Optional[dict[str, str]], config_hash: str, sweep_dir: Path) -> bool:
@@ -221,6 +231,11 @@ def run_sweep(config: AppConfig, table: pd.DataFrame, log_buffer) -> Path:
         if _finished_before(previous.get(run_id), config_hash, sweep_dir):
             rows[run_id] = previous[run_id]
             continue
+        if _failing_again(previous.get(run_id), config_hash) and not sweep.retry_failed:
+            rows[run_id] = previous[run_id]
+            log.warning("sweep run %s is not retried: it failed twice with the same error (%s); fix the cause, "
+                        "then rerun with sweep.retry_failed=true", run_id, previous[run_id]["error"])
+            continue
         run_dir = new_folder(sweep_dir, run_id)
         rows[run_id] = {"run_id": run_id, **params, "status": "pending", "folder": run_dir.name,
                         "config_hash": config_hash}
@@ -230,6 +245,11 @@ def run_sweep(config: AppConfig, table: pd.DataFrame, log_buffer) -> Path:
              len(rows) - len(tasks), len(tasks), sweep.backend)
 
     def finished(task: RunTask, result: dict[str, Any]) -> None:
+        before = previous.get(task.run_id) or {}
+        same = (result["status"] == "failed" and before.get("status") == "failed"
+                and before.get("error") == result["error"] and before.get("config_hash") == rows[task.run_id]["config_hash"])
+        result = {**result, "failures": (int(before.get("failures") or 1) + 1 if same else
+                                         1 if result["status"] == "failed" else 0)}
         rows[task.run_id].update(result)
         manifest.write(list(rows.values()))
         count = sum(row["status"] in ("done", "failed") for row in rows.values())

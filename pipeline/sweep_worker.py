@@ -17,7 +17,7 @@ from fileio import write_text_atomic
 from models.checkpoint import load_converted_model
 from pipeline.config import AppConfig, config_to_yaml
 from pipeline.run_folder import run_log_handler, setup_logging
-from pipeline.single_run import ChosenModel, optimize_and_report
+from pipeline.single_run import ChosenModel, check_run, optimize_and_report
 from progress import ProgressStyle
 
 log = logging.getLogger("sweep")
@@ -46,7 +46,9 @@ def run_task(task: RunTask) -> dict[str, Any]:
         try:
             write_text_atomic(task.run_dir / "config.yaml", config_to_yaml(task.config))
             model = load_converted_model(task.model.pytorch_path)
-            _, summary = optimize_and_report(model, task.model, task.config, task.run_dir, progress=ProgressStyle("log"),
+            checked = check_run(model, task.model, task.config)
+            _, summary = optimize_and_report(model, task.model, task.config, checked, task.run_dir,
+                                             progress=ProgressStyle("log"),
                                              started=started)
         except ToolError as exc:
             log.error("sweep run %s failed: %s", task.run_id, exc)

@@ -15,6 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from conversion.cache import current_conversion
+from conversion.converter import sync_info
 from conversion.keras_file import file_sha256
 from conversion.verify import worst_output
 from errors import SelectionError
@@ -38,6 +39,7 @@ def _reuse(stem_path: Path, h5_sha256: str | None, params_sha256: str | None) ->
         model, why_not = current_conversion(candidate, h5_sha256, params_sha256=params_sha256)
         if model is not None:
             log.info("using existing PyTorch model %s", candidate)
+            sync_info(candidate, model.metadata)
             return PyTorchModel(model, candidate, converted=False)
         log.warning("not using %s: %s", candidate, why_not)
     return None

@@ -7,6 +7,7 @@ alphabetical order, so the same table always gives the same choice.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from conversion.pairing import PARAMS_SUFFIX, find_params_pickles, keras_files_for, model_stem, pytorch_candidates
+from conversion.pairing import (CONVERTED_INFO_SUFFIX, PARAMS_SUFFIX, find_params_pickles, keras_files_for,
+                               model_stem, pytorch_candidates)
 from errors import PickleFileError, SelectionError
-from fileio import load_pickle
+from fileio import load_pickle, regular_file_size
 from pipeline.config import SelectionConfig
 
+log = logging.getLogger(__name__)
 COLUMNS = ["rank", "stem", "value", "usable", "reason", "note", "keras_file", "pth_candidates", "params", "epochs",
            "stem_path"]
 
@@ -100,12 +103,16 @@ def table_from_models_dir(models_dir: Path, config: SelectionConfig, trust_pickl
     if not models_dir.is_dir():
         raise SelectionError(f"{models_dir}: the models folder does not exist.")
     pickles = find_params_pickles(models_dir)
+    for other in sorted(set(models_dir.glob("*" + PARAMS_SUFFIX)) - set(pickles)):
+        if not other.name.startswith(".") and not other.stem.endswith(CONVERTED_INFO_SUFFIX):
+            log.warning("skipping %s: not a regular file (a FIFO, socket, device or folder is never opened)", other)
     if not pickles:
         raise SelectionError(f"{models_dir}: no model parameter pickles (*.pickle) in the models folder.")
     return rank([_row_from_pickle(p, config, trust_pickles) for p in pickles], config)
 
 
 def table_from_csv(csv_path: Path, config: SelectionConfig) -> pd.DataFrame:
+    regular_file_size(csv_path, SelectionError, "results table")
     try:
         frame = pd.read_csv(csv_path)
     except (OSError, ValueError) as exc:

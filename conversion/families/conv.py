@@ -17,6 +17,11 @@ def convert_conv1d(layer: KerasLayer) -> ConvertedLayer:
         raise LayerProblem(f"padding {padding!r} is not supported ({', '.join(sorted(CONV_PADDINGS))})")
     kernel_size, filters = single(c["kernel_size"], "kernel_size"), int(c["filters"])
     groups = int(c.get("groups", 1))
+    stride, dilation = single(c.get("strides", 1), "strides"), single(c.get("dilation_rate", 1), "dilation_rate")
+    sizes = {"kernel_size": kernel_size, "filters": filters, "groups": groups, "strides": stride,
+             "dilation_rate": dilation}
+    if min(sizes.values()) < 1 or filters % groups:
+        raise LayerProblem(f"{sizes} are not positive sizes with groups dividing filters")
     kernel = layer.weights.take("kernel", (kernel_size, None, filters))
     params = {"weight": kernel.transpose(2, 1, 0).copy()}
     use_bias = bool(c.get("use_bias", True))
@@ -24,7 +29,7 @@ def convert_conv1d(layer: KerasLayer) -> ConvertedLayer:
         params["bias"] = layer.weights.take("bias", (filters,))
     return ConvertedLayer("conv1d", {
         "in_channels": kernel.shape[1] * groups, "out_channels": filters, "kernel_size": kernel_size,
-        "stride": single(c.get("strides", 1), "strides"), "dilation": single(c.get("dilation_rate", 1), "dilation_rate"),
+        "stride": stride, "dilation": dilation,
         "groups": groups, "padding": padding, "bias": use_bias,
         "activation": layer_activation(layer)}, params)
 
@@ -33,6 +38,8 @@ def convert_conv1d(layer: KerasLayer) -> ConvertedLayer:
 def convert_dense(layer: KerasLayer) -> ConvertedLayer:
     c = layer.config
     units = int(c["units"])
+    if units < 1:
+        raise LayerProblem(f"units {units} is not a positive size")
     kernel = layer.weights.take("kernel", (None, units))
     params = {"weight": kernel.T.copy()}
     use_bias = bool(c.get("use_bias", True))

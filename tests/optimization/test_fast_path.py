@@ -99,7 +99,7 @@ def one_step(model, make_config, fast_path: str, loop: dict | None = None, setti
 @pytest.mark.parametrize("name, overrides", [
     ("causal_tcn", {}),
     ("causal_tcn", {"constraints": {"moving_segments": "all"}, "sampler": {"kind": "poisson"}}),
-    ("causal_tcn", {"constraints": {"moving_segments": "tied"}, "stimulus": {"segments": [0, 9, 12]}}),
+    ("causal_tcn", {"constraints": {"moving_segments": "tied"}, "stimulus": {"segments": [0, 9, 12], "allow_inhibitory": True}}),
     ("causal_tcn", {"sampler": {"kind": "relaxed_bernoulli"}, "loop": {"micro_batches": 3}}),
     ("grouped_same", {}),
 ])

@@ -47,8 +47,16 @@ def test_defaults_draw_distinct_excitatory_segments_at_half_the_duration_reprodu
 
 def test_given_segments_and_candidates_are_used():
     assert choose_stimulus(StimulusConfig(segments=[5, 0]), LAYOUT, seed=0).segments == (0, 5)
-    chosen = choose_stimulus(StimulusConfig(candidates=[7, 8, 9], count=3), LAYOUT, seed=0)
-    assert chosen.segments == (7, 8, 9)
+    chosen = choose_stimulus(StimulusConfig(candidates=[3, 4, 5], count=3), LAYOUT, seed=0)
+    assert chosen.segments == (3, 4, 5)
+
+
+def test_inhibitory_stimulus_segments_only_when_asked():
+    for config in (StimulusConfig(segments=[1, 6]), StimulusConfig(candidates=[7, 8, 9], count=3)):
+        with pytest.raises(ConfigError, match=r"stimulus segments \[.*\] are inhibitory.*allow_inhibitory"):
+            choose_stimulus(config, LAYOUT, seed=0)
+        allowed = choose_stimulus(config.model_copy(update={"allow_inhibitory": True}), LAYOUT, seed=0)
+        assert any(segment >= 6 for segment in allowed.segments)
 
 
 @pytest.mark.parametrize(

@@ -150,3 +150,55 @@ def test_config_loader_on_arbitrary_text(tmp_path_factory, content):
     path = tmp_path_factory.mktemp("config_text") / "config.yaml"
     path.write_bytes(content)
     outcome(lambda: load_config(path))
+
+
+# ---- sizes, aliases and nesting that inputs declare -----------------------------------------------------------
+
+@BOUNDED
+@given(anchors=st.integers(1, 6), fan_out=st.integers(1, 12), where=st.sampled_from(["seed", "sweep", "top"]))
+def test_yaml_with_aliases_is_refused(tmp_path_factory, anchors, fan_out, where):
+    """Chains of anchors and aliases (the "billion laughs" family): refused, never expanded."""
+    lines = ["x0: &x0 [0]"] + [f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * fan_out) + "]"
+                               for i in range(1, anchors + 1)]
+    target = {"seed": f"seed: *x{anchors}", "sweep": f"sweep:\n  overrides: {{seed: *x{anchors}}}",
+              "top": f"models_dir: *x{anchors}"}[where]
+    path = tmp_path_factory.mktemp("yaml_alias") / "config.yaml"
+    path.write_text("\n".join(lines) + "\n" + target + "\n")
+    with pytest.raises(ToolError, match="YAML alias"):
+        load_config(path)
+
+
+# A pickle opcode that declares a length: BINBYTES8 / BINUNICODE8 / BYTEARRAY8 (protocol 5 framing aside).
+LENGTH_OPCODES = [b"\x8e", b"\x8d", b"\x96"]
+
+
+@BOUNDED
+@given(opcode=st.sampled_from(LENGTH_OPCODES), declared=st.integers(0, 2**62), body=st.binary(max_size=64),
+       constructor=st.sampled_from(["bytearray", "bytes", "ndarray", "none"]), size=st.integers(0, 2**40))
+def test_pickles_that_declare_sizes_are_read_or_refused_without_allocating(tmp_path_factory, opcode, declared, body,
+                                                                          constructor, size):
+    """Declared lengths far beyond the file, and constructors asked for up to a terabyte: a value or a
+    PickleFileError, quickly (the limits hold the allocation, not the machine's memory)."""
+    import pickle
+
+    import numpy as np
+
+    from fileio import load_pickle
+    from tests.reliability.hostile import _Reduce
+    folder = tmp_path_factory.mktemp("pickle_sizes")
+    raw = b"\x80\x05" + opcode + declared.to_bytes(8, "little") + body + b"."
+    built = {"bytearray": _Reduce(bytearray, (size,)), "bytes": _Reduce(bytes, (size,)),
+             "ndarray": _Reduce(np.ndarray, ((size,),)), "none": None}[constructor]
+    for name, content in (("raw.pickle", raw), ("built.pickle", pickle.dumps(built, protocol=2))):
+        (folder / name).write_bytes(content)
+        outcome(lambda: load_pickle(folder / name))
+
+
+@BOUNDED
+@given(depth=st.integers(1, 20_000), kind=st.sampled_from(["[", "{\"a\":"]))
+def test_nested_json_is_parsed_or_refused(depth, kind):
+    """Configs nested from 1 to 20,000 levels: parsed when a Keras config could be that deep, else refused."""
+    from conversion.json_config import parse_config_json
+    closing = "]" if kind == "[" else "}"
+    text = kind * depth + "0" * (kind != "[") + closing * depth
+    assert outcome(lambda: parse_config_json(text, "fuzzed config")) == ("ok" if depth <= 200 else "refused")
