@@ -110,8 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config, [*args.overrides, *args.set])
         if config.demo.applied:
-            log.info("demo settings applied (models_dir is the shipped demo folder; demo.apply=never turns them "
-                     "off): %s", ", ".join(f"{key}={config.demo.settings[key]}" for key in config.demo.applied))
+            why = ("demo.apply=always" if config.demo.apply == "always" else
+                   "models_dir is the shipped demo folder; demo.apply=never turns them off")
+            log.info("demo settings applied (%s): %s", why,
+                     ", ".join(f"{key}={config.demo.settings[key]}" for key in config.demo.applied))
         progress = ProgressStyle.for_console(args.quiet, config.progress_interval_s)
         command = shlex.join(["python", "main.py", *(sys.argv[1:] if argv is None else argv)])
         report = sweep(config, log_buffer) if args.sweep else run(config, log_buffer, progress, command)

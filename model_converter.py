@@ -203,7 +203,9 @@ def _convert_file(args: argparse.Namespace) -> int:
     verification = metadata.get("verification")
     if verification and "outputs" in verification:
         figures = ", ".join(f"{name} {o['max_abs_diff']:.2g}" for name, o in verification["outputs"].items())
-        print(f"verified against {verification['keras']}: max abs diff {figures}")
+        rebuilt = verification.get("keras_model", "")
+        print(f"verified against {verification['keras']}: max abs diff {figures}"
+              + (f" (against {rebuilt})" if rebuilt.startswith("a Keras model") else ""))
     elif verification:
         print(f"not verified: {verification['skipped']}")
     return 0

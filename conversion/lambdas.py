@@ -2,20 +2,27 @@
 
 fit_CNN.py (SelfishGene/neuron_as_deep_net) passes `'lrelu'` to Conv1D as `lambda x: LeakyReLU(alpha=0.25)(x)`.
 Keras writes such a function into `model_config` as marshalled bytecode, `{"value": [<base64 code>, <defaults>,
-<closure>]}` (older Keras: the string `"<lambda>"`); neither Keras can load that file, and unmarshalling the code
-would run whatever a file holds. The training parameters pickle says what the function was:
-`architecture_dict['activation_function_per_layer'][k - 1]` for layer `layer_k` (`'lrelu'` = LeakyReLU with slope
-0.25, other entries Keras activation names). Plain numbers in the stored closure and defaults are read as JSON and
-must agree with that name (the slope 0.25 for 'lrelu'), else the layer is refused naming both values.
+<closure>]}` (older Keras: the string `"<lambda>"`); neither Keras can load that file, and the code must never
+run. The training parameters pickle says what the function was: `architecture_dict['activation_function_per_layer']
+[k - 1]` for layer `layer_k` (`'lrelu'` = LeakyReLU with slope 0.25, other entries Keras activation names).
+
+What the file stores must agree with that record, else the layer is refused naming both: the closure and
+defaults are read as JSON, the code's names and constants by conversion.marshal_reader (plain data, nothing
+unmarshalled). For 'lrelu' the function must call LeakyReLU (or leaky_relu) and hold the slope 0.25 and no other
+number; for a Keras name it must call that function and hold no number. Only the bare `"<lambda>"` string stores
+nothing to check: the record alone decides, and the resolution says so (`checked_against_file: false`).
 """
 from __future__ import annotations
 
+import binascii
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from conversion.families.activations import activation_name
+from conversion.marshal_reader import Unreadable, code_facts
 from conversion.pairing import PARAMS_SUFFIX, model_stem
 from conversion.registry import LayerProblem
 from errors import ConversionError
@@ -26,6 +33,8 @@ LEAKY_RELU_NAME = "lrelu"
 LEAKY_RELU_SLOPE = 0.25          # fit_CNN.py's 'lrelu': a lambda around LeakyReLU(0.25)
 TRAINING_LAYER_NAME = re.compile(r"^layer_(\d+)$")
 ACTIVATION_LIST_KEY = "activation_function_per_layer"
+LEAKY_RELU_CALLS = {"LeakyReLU", "leaky_relu"}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,51 +44,88 @@ class ResolvedActivation:
     layer: str
     recorded: str             # the architecture_dict's entry, e.g. 'lrelu'
     module: ActivationSpec    # e.g. {"name": "leaky_relu", "negative_slope": 0.25}
+    checked: bool             # whether the file stored anything to check the record against
 
     def as_record(self) -> dict[str, Any]:
         return {"layer": self.layer, "recorded": self.recorded, "activation": self.module,
-                "activation_source": "architecture_dict"}
+                "activation_source": "architecture_dict", "checked_against_file": self.checked}
 
 
-def stored_function(value: Any) -> list | None:
-    """[code, defaults, closure] of an activation stored as a Python function (`[]` for the bare `"<lambda>"`
-    string); None for anything else (a name, a Keras 3 dict naming a built-in, nothing)."""
-    if value == LAMBDA_STRING:
-        return []
-    if isinstance(value, dict) and isinstance(value.get("value"), list):
-        parts = value["value"]
-        return parts if parts and isinstance(parts[0], str) else None
-    return None
+@dataclass(frozen=True)
+class StoredFunction:
+    """What a file stores of a Python function in place of an activation name."""
+
+    numbers: list[float]       # in its closure and defaults (JSON) and its code's constants
+    calls: set[str] | None     # the names its code refers to; None when only "<lambda>" is stored
+    unreadable: str = ""       # why its stored form could not be read (then it is refused)
 
 
 def _plain_numbers(value: Any) -> list[float]:
-    """Numbers (not booleans) in a stored closure or defaults list, depth-first."""
+    """Numbers (not booleans) in a stored closure or defaults list, nested lists and dicts included."""
     if isinstance(value, bool):
         return []
     if isinstance(value, (int, float)):
         return [float(value)]
     if isinstance(value, list):
         return [number for item in value for number in _plain_numbers(item)]
+    if isinstance(value, dict):
+        return [number for item in value.values() for number in _plain_numbers(item)]
     return []
 
 
-def _module_activation(layer: str, recorded: Any, numbers: list[float], keras_major: int
+def stored_function(value: Any) -> StoredFunction | None:
+    """The Python function an activation setting stores (Keras's `{"value": [code, defaults, closure]}`, also
+    wrapped as `{"class_name": "__lambda__", "config": ...}`, or the bare `"<lambda>"` string); None for a name
+    or a Keras 3 dict naming a function."""
+    if value == LAMBDA_STRING:
+        return StoredFunction([], None)
+    if isinstance(value, dict) and value.get("class_name") == "__lambda__":
+        value = value.get("config")
+    if not (isinstance(value, dict) and "value" in value):
+        return None
+    parts = value["value"]
+    if not (isinstance(parts, list) and parts and isinstance(parts[0], str)):
+        return StoredFunction([], set(), unreadable="its stored form is not [code, defaults, closure]")
+    numbers = _plain_numbers(parts[1:])
+    try:
+        facts = code_facts(binascii.a2b_base64(parts[0]))
+    except (binascii.Error, Unreadable) as exc:
+        return StoredFunction(numbers, set(), unreadable=f"its code cannot be read ({exc})")
+    return StoredFunction(numbers + facts.numbers, facts.names)
+
+
+def _exact(number: float) -> str:
+    return repr(float(number))
+
+
+def _module_activation(layer: str, recorded: Any, stored: StoredFunction, keras_major: int
                        ) -> tuple[ActivationSpec | None, str | None]:
-    """(spec, None) for a name the record may give, or (None, why not)."""
+    """(spec, None) when the record and what the file stores agree, or (None, why not)."""
+    if stored.unreadable:
+        return None, f"layer '{layer}': the stored function is refused: {stored.unreadable}"
+    calls = "" if stored.calls is None else f" (its code refers to {', '.join(sorted(stored.calls)) or 'nothing'})"
     if recorded == LEAKY_RELU_NAME:
-        wrong = [n for n in numbers if n != LEAKY_RELU_SLOPE]
-        if wrong:
-            return None, (f"layer '{layer}': the stored function holds {wrong[0]:g} but the architecture_dict names "
-                          f"'lrelu' (LeakyReLU with slope {LEAKY_RELU_SLOPE:g}); refused rather than guessing which "
+        if stored.calls is not None and not stored.calls & LEAKY_RELU_CALLS:
+            return None, (f"layer '{layer}': the architecture_dict names 'lrelu' but the stored function does not "
+                          f"call LeakyReLU{calls}")
+        wrong = [n for n in stored.numbers if n != LEAKY_RELU_SLOPE]
+        if wrong or (stored.calls is not None and not stored.numbers):
+            held = f"holds {_exact(wrong[0])}" if wrong else "holds no slope (it reads it from elsewhere)"
+            return None, (f"layer '{layer}': the stored function {held} but the architecture_dict names 'lrelu' "
+                          f"(LeakyReLU with slope {LEAKY_RELU_SLOPE:g}){calls}; refused rather than guessing which "
                           "is right")
         return leaky_relu_spec(LEAKY_RELU_SLOPE), None
     try:
         spec = activation_name(recorded if isinstance(recorded, str) else repr(recorded), keras_major)
     except LayerProblem as exc:
         return None, f"layer '{layer}': the architecture_dict names {recorded!r}, which is not 'lrelu'; {exc}"
-    if numbers:
-        return None, (f"layer '{layer}': the stored function holds {numbers[0]:g} but the architecture_dict names "
-                      f"{recorded!r}, which takes no parameter; refused rather than guessing which is right")
+    if stored.numbers:
+        return None, (f"layer '{layer}': the stored function holds {_exact(stored.numbers[0])} but the "
+                      f"architecture_dict names {recorded!r}, which takes no parameter; refused rather than "
+                      "guessing which is right")
+    if stored.calls is not None and recorded not in stored.calls:
+        return None, (f"layer '{layer}': the architecture_dict names {recorded!r} but the stored function does "
+                      f"not call it{calls}")
     return spec, None
 
 
@@ -108,39 +154,50 @@ def resolve_stored_functions(path: Path, model_config: dict[str, Any], keras_maj
 
     One ConversionError lists every layer that cannot be resolved, with the remedy.
     """
-    stored = [(name, class_name, parts) for name, class_name, value in _layers_with_activation(model_config)
-              if (parts := stored_function(value)) is not None]
+    stored = [(name, class_name, function) for name, class_name, value in _layers_with_activation(model_config)
+              if (function := stored_function(value)) is not None]
     if not stored:
         return {}
     recorded = _recorded_activations(params)
     resolved: dict[str, ResolvedActivation] = {}
     unresolved: list[str] = []
     conflicts: list[str] = []
-    for name, class_name, parts in stored:
+    training_layers = [name for name, _, _ in _layers_with_activation(model_config) if TRAINING_LAYER_NAME.match(name)]
+    if recorded is not None and len(recorded) != len(training_layers):
+        conflicts.append(f"the architecture_dict lists {len(recorded)} activation(s) but the model has "
+                         f"{len(training_layers)} layer(s) named layer_k: it describes another model")
+    for name, class_name, function in stored:
         match = TRAINING_LAYER_NAME.match(name)
         index = int(match.group(1)) - 1 if match else None
         if recorded is None or index is None or not 0 <= index < len(recorded):
             unresolved.append(f"'{name}' ({class_name})")
             continue
-        spec, problem = _module_activation(name, recorded[index], _plain_numbers(parts[1:]), keras_major)
+        spec, problem = _module_activation(name, recorded[index], function, keras_major)
         if problem:
             conflicts.append(problem)
         else:
-            resolved[name] = ResolvedActivation(name, str(recorded[index]), spec)
+            resolved[name] = ResolvedActivation(name, str(recorded[index]), spec, function.calls is not None)
+            if function.calls is None:
+                log.warning("%s: layer '%s' stores its activation only as '<lambda>': taken from the "
+                            "architecture_dict as %r, with nothing in the file to check it against", path.name,
+                            name, recorded[index])
     if unresolved:
         pickle_name = f"the parameters pickle {params_path}" if params_path else "the parameters pickle"
-        given = (f"{pickle_name} has no {ACTIVATION_LIST_KEY} entry for them ({len(recorded)} entries)"
-                 if recorded is not None else
-                 f"{pickle_name} has no architecture_dict['{ACTIVATION_LIST_KEY}']"
-                 if params is not None else "no parameters pickle was given")
+        if recorded is not None:
+            remedy = (f"{pickle_name} has no {ACTIVATION_LIST_KEY} entry for them ({len(recorded)} entries): only "
+                      "layers named layer_k (entry k-1) can be resolved from a training record")
+        else:
+            given = (f"{pickle_name} has no architecture_dict['{ACTIVATION_LIST_KEY}']" if params is not None
+                     else "no parameters pickle was given")
+            remedy = (f"{given}. The training parameters pickle resolves it: its architecture_dict"
+                      f"['{ACTIVATION_LIST_KEY}'] names the activation of layer_k at entry k-1 ('lrelu' = "
+                      "LeakyReLU with slope 0.25). Give it as the second argument: python model_converter.py "
+                      f"{path.name} {model_stem(path)}{PARAMS_SUFFIX} (main.py and folder conversion use the "
+                      "<stem>.pickle beside the model)")
         raise ConversionError(
             f"{path}: layer(s) {', '.join(unresolved)} store their activation as a Python function (Keras saves a "
             "lambda such as fit_CNN.py's 'lrelu' as marshalled bytecode, older Keras as the string '<lambda>'), "
-            f"which is never run; {given}. "
-            "The training parameters pickle resolves it: its architecture_dict['activation_function_per_layer'] "
-            "names the activation of layer_k at entry k-1 ('lrelu' = LeakyReLU with slope 0.25). Give it as "
-            f"the second argument: python model_converter.py {path.name} {model_stem(path)}{PARAMS_SUFFIX} (main.py "
-            "and folder conversion use the <stem>.pickle beside the model). Nothing was written.")
+            f"which is never run; {remedy}. Nothing was written.")
     if conflicts:
         raise ConversionError(f"{path}: " + "; ".join(conflicts) + ". Nothing was written.")
     return resolved

@@ -47,6 +47,7 @@ class KerasRebuild:
     config names (name -> LeakyReLU slope), then the file's weights loaded into it."""
 
     config: dict[str, Any]
+    how: str  # said with the figures: the comparison is against this rebuild, not the file loaded by Keras
     leaky_relu: dict[str, float] = field(default_factory=dict)
 
 
@@ -55,7 +56,8 @@ def keras_rebuild(keras_file: KerasModelFile) -> KerasRebuild | None:
     architecture_dict, or the file's config with each activation stored as a Python function replaced by the
     one the training record names (conversion.lambdas)."""
     if keras_file.weights_only:
-        return KerasRebuild(keras_file.model_config)
+        return KerasRebuild(keras_file.model_config, "a Keras model built from the architecture_dict, with the "
+                            "weights file loaded into it")
     if not keras_file.resolved_activations:
         return None
     config = copy.deepcopy(keras_file.model_config)
@@ -67,7 +69,12 @@ def keras_rebuild(keras_file: KerasModelFile) -> KerasRebuild | None:
         entry["config"]["activation"] = resolved.recorded
         if isinstance(resolved.module, dict):
             custom[resolved.recorded] = float(resolved.module["negative_slope"])
-    return KerasRebuild(config, custom)
+            if keras_file.keras_major >= 3:  # how Keras 3 names a custom function (found in the custom objects)
+                entry["config"]["activation"] = {"module": "builtins", "class_name": "function",
+                                                 "config": resolved.recorded, "registered_name": "function"}
+    layers = ", ".join(keras_file.resolved_activations)
+    return KerasRebuild(config, f"a Keras model rebuilt from the file's config with the activations of {layers} "
+                        "taken from the architecture_dict (Keras cannot load the file itself)", custom)
 
 
 def quiet_keras() -> bool:
@@ -145,7 +152,8 @@ def load_keras_model(keras, path: str | Path, rebuild: KerasRebuild | None = Non
         if rebuild is None:
             return keras.models.load_model(str(path), compile=False, custom_objects=_keras_tcn_classes())
         custom = {name: _leaky_relu(keras, slope) for name, slope in rebuild.leaky_relu.items()}
-        keras_model = keras.Model.from_config(rebuild.config["config"], custom_objects=custom)
+        with keras.utils.custom_object_scope(custom):  # also for layers deserialized in Keras 3's native format
+            keras_model = keras.Model.from_config(rebuild.config["config"], custom_objects=custom)
         keras_model.load_weights(str(path))
         return keras_model
     except Exception as exc:  # Keras raises many types for files it cannot rebuild
@@ -182,5 +190,5 @@ def compare_with_keras(h5_path: str | Path, model: torch.nn.Module, keras_major:
                          "max_abs_value": float(np.max(np.abs(want))), "passed": bool(diff.max() <= bound)}
     return {"outputs": outputs, "passed": all(o["passed"] for o in outputs.values()),
             "tolerance": ATOL, "rtol": RTOL, "input": described,
-            "keras_model": "rebuilt from its config and the architecture_dict" if rebuild else "loaded from the file",
+            "keras_model": rebuild.how if rebuild else "loaded from the file",
             "input_shapes": [list(a.shape) for a in inputs], "keras": f"{keras.__name__} {keras.__version__}"}

@@ -97,7 +97,8 @@ def plot_loss_curves(history: pd.DataFrame, targets: tuple[float, float], path: 
     responses.set_ylabel("max spike probability\nin window (mean)")
     responses.set_ylim(*PROBABILITY_LIMITS)
     _legend_outside(responses)
-    gradients.semilogy(history["iteration"], history["grad_norm"], color="tab:gray", label="gradient norm")
+    plot = gradients.semilogy if (history["grad_norm"] > 0).any() else gradients.plot  # a zero gradient: linear
+    plot(history["iteration"], history["grad_norm"], color="tab:gray", label="gradient norm")
     gradients.set_ylabel("gradient norm")
     learning_rate = gradients.twinx()
     learning_rate.semilogy(history["iteration"], history["learning_rate"], color="tab:green")

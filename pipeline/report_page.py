@@ -107,8 +107,8 @@ def _conversion_section(summary: dict[str, Any]) -> str:
     lines = [f"<p><code>{escape(summary['pytorch_model'])}</code> ({how})</p>"]
     if conversion.get("verified"):
         diffs = ", ".join(f"{name} {value:.2g}" for name, value in conversion["max_abs_diff"].items())
-        lines.append(f"<p>verified against {escape(conversion.get('keras'))} on {escape(conversion.get('input'))}: "
-                     f"max abs diff {escape(diffs)}</p>")
+        lines.append(f"<p>verified against {escape(conversion.get('keras'))} ({escape(conversion.get('compared_with'))})"
+                     f" on {escape(conversion.get('input'))}: max abs diff {escape(diffs)}</p>")
     else:
         lines.append(f"<p>not verified: {escape(conversion.get('not_verified_because', 'unknown'))}</p>")
     for resolved in conversion.get("resolved_activations", []):

@@ -27,6 +27,7 @@ from pipeline.summary import (CI_KEYS, EVALUATION_KEYS, conversion_record, degen
                               write_report, write_summary)
 from progress import ProgressStyle
 from selection.pytorch_model import ensure_pytorch_model
+from selection.table import mark_unusable
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def prepare_model(row, config: AppConfig, table: pd.DataFrame) -> tuple[nn.Modul
 def prepare_best_usable_model(table: pd.DataFrame, config: AppConfig) -> tuple[nn.Module, ChosenModel]:
     """The PyTorch model of the best-ranked usable row. When its files turn out unusable (conversion refused,
     unusable .pth), selection.fallback decides: `stop` raises the same error type, naming the model, the cause and
-    the next usable candidate; `next` takes the next usable row (skipped ones are recorded on the result)."""
+    the next candidate; `next` takes the next usable row (skipped ones are recorded on the result, and marked
+    unusable in `table` with their reason)."""
     usable = [row for _, row in table[table["usable"]].iterrows()]
     skipped: list[dict[str, Any]] = []
     for position, row in enumerate(usable):
@@ -76,13 +78,15 @@ def prepare_best_usable_model(table: pd.DataFrame, config: AppConfig) -> tuple[n
         except UNUSABLE_MODEL_ERRORS as exc:
             following = usable[position + 1] if position + 1 < len(usable) else None
             if config.selection.fallback == "stop":
-                then = (f"The next usable candidate is {following['stem']} (rank {int(following['rank'])}, "
-                        f"{config.selection.metric} {following['value']:.6g}); selection.fallback=next takes it."
-                        if following is not None else "No other candidate is usable.")
+                then = (f"The next candidate is {following['stem']} (rank {int(following['rank'])}, "
+                        f"{config.selection.metric} {following['value']:.6g}); selection.fallback=next tries it "
+                        "and the ones after it." if following is not None else "No other candidate is left.")
                 raise type(exc)(f"the best model {row['stem']} (rank {int(row['rank'])}) cannot be used: {exc} "
                                 f"{then}") from exc
-            log.warning("skipping %s (rank %d): %s", row["stem"], int(row["rank"]), exc)
-            skipped.append({"stem": row["stem"], "rank": int(row["rank"]), "reason": " ".join(str(exc).split())})
+            reason = " ".join(str(exc).split())
+            log.warning("skipping %s (rank %d): %s", row["stem"], int(row["rank"]), reason)
+            skipped.append({"stem": row["stem"], "rank": int(row["rank"]), "reason": reason})
+            mark_unusable(table, row["stem"], f"skipped: {reason}")
             continue
         if skipped:
             log.info("using %s (rank %d) instead: %d better-ranked model(s) could not be used", chosen.stem,

@@ -38,6 +38,7 @@ def conversion_record(metadata: dict[str, Any]) -> dict[str, Any]:
                               "resolved_activations": metadata.get("resolved_activations") or []}
     if worst is not None:
         record.update(verified=True, keras=verification.get("keras"), input=verification.get("input"),
+                      compared_with=verification.get("keras_model", "loaded from the file"),
                       max_abs_diff={name: o["max_abs_diff"] for name, o in verification["outputs"].items()})
     else:
         record.update(verified=False, not_verified_because=verification.get("skipped") or (
@@ -60,6 +61,13 @@ def degenerate_warnings(initial: dict[str, Any], optimized: dict[str, Any], eval
             "model at this output (optimization.spike_output_index); try more iterations "
             "(optimization.loop.max_iterations), a higher learning rate, or a lower "
             "optimization.evaluation.spike_threshold.")
+    if optimized["p_spike_control"] >= 0.95 and optimized["p_spike_stim"] >= 0.95:
+        warnings.append(
+            f"both copies spike in nearly every trial (P(spike | control) {optimized['p_spike_control']:.3f}, "
+            f"P(spike | stim) {optimized['p_spike_stim']:.3f}): the model fires whatever the stimulus does. Its "
+            "spike output may be saturated at these rates, or not a spike probability at all "
+            "(optimization.spike_output_index); try lower rates (optimization.constraints.max_rate, "
+            "optimization.initial_rates) or another model.")
     low_optimized, high_initial = optimized["difference_ci"][0], initial["difference_ci"][1]
     if low_optimized <= high_initial:
         warnings.append(

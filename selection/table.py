@@ -23,8 +23,8 @@ from fileio import load_pickle, regular_file_size
 from pipeline.config import SelectionConfig
 
 log = logging.getLogger(__name__)
-COLUMNS = ["rank", "stem", "value", "usable", "reason", "note", "keras_file", "pth_candidates", "params", "epochs",
-           "stem_path"]
+COLUMNS = ["rank", "stem", "value", "usable", "reason", "note", "keras_file", "pth_candidates", "params",
+           "finite_epochs", "stem_path"]
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,28 @@ def _epochs(indices: np.ndarray) -> str:
     return shown + (", ..." if indices.size > 8 else "")
 
 
+def _epoch_values(values: Any) -> np.ndarray | None:
+    """A per-epoch metric as floats: a list, tuple or 1-D array of real numbers (not booleans, strings or
+    nested lists); None for anything else."""
+    if isinstance(values, np.ndarray):
+        return values.astype(float) if values.ndim == 1 and values.dtype.kind in "fiu" else None
+    if not isinstance(values, (list, tuple)):
+        return None
+    if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+               for v in values):
+        return None
+    return np.asarray(values, dtype=float)
+
+
 def reduce_history(values: Any, metric: str, reduction: str, last_k: int) -> MetricValue:
     """The selection value of a per-epoch metric (epochs are counted from 1).
 
     A history that ends in non-finite values diverged: the model saved at its end is unusable, whatever its
     early epochs say. Non-finite epochs inside a history are dropped and counted in the note.
     """
-    array = np.asarray(values, dtype=float).ravel()
+    array = _epoch_values(values)
+    if array is None:
+        return MetricValue(math.nan, 0, f"'{metric}' is not a list of numbers (one per epoch)")
     finite = np.isfinite(array)
     if not finite.any():
         return MetricValue(math.nan, 0, f"'{metric}' has no finite value" + (f" ({reduction})" if array.size else
@@ -66,7 +81,7 @@ def reduce_history(values: Any, metric: str, reduction: str, last_k: int) -> Met
     return MetricValue(float(value), int(kept.size), None, note)
 
 
-def _row(stem_path: Path, value: float, reason: str | None, params: Path | None, epochs: int | None,
+def _row(stem_path: Path, value: float, reason: str | None, params: Path | None, finite_epochs: int | None,
          note: str = "") -> dict:
     keras_files = keras_files_for(stem_path)
     pth = pytorch_candidates(stem_path)
@@ -78,7 +93,7 @@ def _row(stem_path: Path, value: float, reason: str | None, params: Path | None,
     return {"stem": stem_path.name, "value": value, "usable": reason is None, "reason": reason or "",
             "note": note, "keras_file": str(keras_files[0]) if keras_files else "",
             "pth_candidates": ";".join(str(p) for p in pth), "params": str(params) if params else "",
-            "epochs": epochs, "stem_path": str(stem_path)}
+            "finite_epochs": finite_epochs, "stem_path": str(stem_path)}
 
 
 def _row_from_pickle(pickle_path: Path, config: SelectionConfig, trust: bool) -> dict:
@@ -92,10 +107,7 @@ def _row_from_pickle(pickle_path: Path, config: SelectionConfig, trust: bool) ->
         return _row(stem_path, math.nan, "no training_history_dict in the pickle", pickle_path, None)
     if config.metric not in history:
         return _row(stem_path, math.nan, f"no '{config.metric}' in training_history_dict", pickle_path, None)
-    try:
-        reduced = reduce_history(history[config.metric], config.metric, config.reduction, config.last_k)
-    except (TypeError, ValueError):
-        return _row(stem_path, math.nan, f"'{config.metric}' is not a list of numbers", pickle_path, None)
+    reduced = reduce_history(history[config.metric], config.metric, config.reduction, config.last_k)
     return _row(stem_path, reduced.value, reduced.reason, pickle_path, reduced.finite_epochs, reduced.note)
 
 
@@ -141,8 +153,15 @@ def rank(rows: list[dict], config: SelectionConfig) -> pd.DataFrame:
     frame["_key"] = frame["value"] if config.goal == "minimize" else -frame["value"]
     frame = frame.sort_values(["usable", "_key", "stem"], ascending=[False, True, True], na_position="last")
     frame = frame.drop(columns="_key").reset_index(drop=True)
-    frame.insert(0, "rank", [i + 1 if usable else None for i, usable in enumerate(frame["usable"])])
+    frame.insert(0, "rank", pd.array([i + 1 if usable else None for i, usable in enumerate(frame["usable"])],
+                                     dtype="Int64"))
+    frame["finite_epochs"] = pd.array(frame["finite_epochs"], dtype="Int64")  # whole numbers beside gaps
     return frame[COLUMNS]
+
+
+def mark_unusable(frame: pd.DataFrame, stem: str, reason: str) -> None:
+    """A ranked row found unusable only when its files were opened (its conversion refused, say)."""
+    frame.loc[frame["stem"] == stem, ["usable", "reason"]] = [False, reason]
 
 
 def best_row(frame: pd.DataFrame, source: str) -> pd.Series:
@@ -156,11 +175,12 @@ def best_row(frame: pd.DataFrame, source: str) -> pd.Series:
 def format_table(frame: pd.DataFrame, top: int) -> str:
     """The top rows, stems in full (their tails, LogLoss_... and ID_..., tell the published models apart), then
     why each unusable row is unusable and what was left out of the others."""
-    rows = [("rank", "value", "epochs", "model", "unusable because / note")]
+    rows = [("rank", "value", "finite epochs", "model", "unusable because / note")]
     for row in frame.head(top).itertuples():
         rows.append(("-" if pd.isna(row.rank) else str(int(row.rank)),
                      "-" if pd.isna(row.value) else f"{row.value:.6g}",
-                     "-" if pd.isna(row.epochs) else str(int(row.epochs)), row.stem, row.reason or row.note or ""))
+                     "-" if pd.isna(row.finite_epochs) else str(int(row.finite_epochs)), row.stem,
+                     row.reason or row.note or ""))
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     text = "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(r[:4], widths)), r[4]]).rstrip() for r in rows)
     hidden = len(frame) - (len(rows) - 1)

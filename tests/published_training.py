@@ -45,6 +45,7 @@ class PublishedModel:
     save: str = "full"                          # full (model.save .h5) or weights (Keras 3 .weights.h5)
     lambda_string: bool = False                 # rewrite stored lambdas as the older "<lambda>" string
     legacy_optimizer: bool = False              # the lab variant's optimizers.legacy.Nadam (tf_keras)
+    lambda_form: str = "closure"                # closure (fit_CNN.py), literal (slope 0.3 in the code), global
 
     @property
     def architecture_dict(self) -> dict:
@@ -61,12 +62,18 @@ import h5py, numpy as np
 import keras, tf_keras
 from tests.conversion.keras_zoo import set_test_weights
 
+GLOBAL_SLOPE = 0.3
+# Lab variants of the 'lrelu' lambda: the slope written in the code, or read from a module-level name.
+OTHER_LAMBDAS = {"literal": lambda x: LeakyReLU(alpha=0.3)(x), "global": lambda x: LeakyReLU(alpha=GLOBAL_SLOPE)(x)}
+
 def create_temporaly_convolutional_model(K, spec, arch):
     binary_input_mat = K.Input(shape=(arch["input_window_size"], spec["segments"]), name="input_layer")
     x = binary_input_mat
     for k in range(arch["network_depth"]):
         activation = arch["activation_function_per_layer"][k]
-        if activation == "lrelu":
+        if activation == "lrelu" and spec["lambda_form"] != "closure":
+            activation = OTHER_LAMBDAS[spec["lambda_form"]]
+        elif activation == "lrelu":
             leaky_relu_slope = spec["slope"]
             activation = lambda x: LeakyReLU(alpha=leaky_relu_slope)(x)
         initializer = K.initializers.TruncatedNormal(stddev=arch["initializer_per_layer"][k])

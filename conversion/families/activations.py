@@ -19,8 +19,7 @@ def activation_name(value: Any, keras_major: int) -> str:
         return "linear"
     if isinstance(value, dict):
         if not isinstance(value.get("config"), str):
-            raise LayerProblem("the activation is a Python function stored as bytecode, which is never run; only "
-                               "a top-level layer named layer_k can be resolved from a training parameters pickle")
+            raise LayerProblem(f"the activation is stored as {str(value)[:80]}, which names no Keras activation")
         value = value["config"]
     name = ALIASES.get(value, value)
     if name not in KERAS_NAMES:

@@ -6,7 +6,9 @@ Keras 3 and tf_keras; Keras's own predictions on binary spikes are the reference
 """
 from __future__ import annotations
 
+import base64
 import itertools
+import marshal
 import pickle
 import shutil
 from pathlib import Path
@@ -27,6 +29,8 @@ MODELS = [
     PublishedModel("string_k2", flavour="keras2", lambda_string=True),
     PublishedModel("string_k3", lambda_string=True),
     PublishedModel("slope_k3", slope=0.3),
+    PublishedModel("literal_k3", lambda_form="literal"),
+    PublishedModel("global_k2", flavour="keras2", lambda_form="global"),
     PublishedModel("diverged_k3", history=[0.1, 0.05, float("nan")], weights="nan"),
     PublishedModel("weights_k3", save="weights"),
     # the real shape: 400 ms x 1278 segments (fit_CNN.py), and the lab variant's 639 + 640 with two heads
@@ -83,8 +87,9 @@ def test_the_cli_forms_convert_and_verify_reports_a_figure(published, tmp_path, 
     assert given.returncode == 0, given.stderr
     verified = run_cli(["model_converter.py", str(source), str(params), str(tmp_path / "v.pth"), "--verify"])
     assert verified.returncode == 0, verified.stderr
-    figures = verified.stdout.split("max abs diff ")[1].split(", ")
+    figures = verified.stdout.split("max abs diff ")[1].split(" (against")[0].split(", ")
     assert len(figures) == 3 and all(float(f.split()[1]) <= TOLERANCE for f in figures), verified.stdout
+    assert "(against a Keras model rebuilt from the file's config with the activations of layer_1" in verified.stdout
     assert "not verified" not in verified.stdout
 
 
@@ -109,10 +114,13 @@ def test_without_the_pickle_the_refusal_names_every_lambda_layer_once_and_the_re
     assert "hard_sigmoid_keras2" not in message
 
 
-def test_a_slope_in_the_closure_that_disagrees_with_the_record_is_refused_naming_both(published, tmp_path):
-    source = own_copy(published, tmp_path, "slope_k3")
-    expect_cli_refusal([str(source), str(tmp_path / "slope_k3.pickle")], source, "layer 'layer_1'", "0.3",
-                       "'lrelu'", "0.25", "refused rather than guessing")
+@pytest.mark.parametrize("stem, held", [("slope_k3", "holds 0.3"), ("literal_k3", "holds 0.3"),
+                                        ("global_k2", "holds no slope")])
+def test_a_lambda_that_disagrees_with_the_record_is_refused_naming_both(published, tmp_path, stem, held):
+    """The slope in the closure, written in the code, or read from a module-level name the file does not store."""
+    source = own_copy(published, tmp_path, stem)
+    expect_cli_refusal([str(source), str(tmp_path / f"{stem}.pickle")], source, "layer 'layer_1'", held,
+                       "'lrelu'", "0.25", "refused rather than guessing", "LeakyReLU")
 
 
 @pytest.mark.parametrize("verify", [False, True])
@@ -159,13 +167,36 @@ def test_a_changed_pickle_converts_a_resolved_file_again(published, tmp_path):
 
 # ---- the whole class of stored functions, generated: what each form and record gives -------------------------
 
-def bytecode(defaults=None, closure=None) -> dict:
-    return {"value": ["4wEAAAAAAAAA", defaults, closure]}  # base64 of code, never decoded
+def slope_lambda(slope=0.25):
+    leaky_relu_slope = slope
+    return lambda x: LeakyReLU(alpha=leaky_relu_slope)(x)  # noqa: F821 (never called: only its code is stored)
 
 
-STORED = {"closure_0.25": bytecode(closure=[0.25]), "closure_0.3": bytecode(closure=[0.3]),
-          "no_numbers": bytecode(), "default_0.25": bytecode(defaults=[0.25]), "string": LAMBDA_STRING,
-          "closure_text": bytecode(closure=["a string"])}
+def stored(function, defaults=None, closure=None) -> dict:
+    """An activation as Keras stores a Python function: base64 of its marshalled code (made here from real
+    lambdas; the converter never unmarshals it), its defaults and its closure as JSON."""
+    code = base64.b64encode(marshal.dumps(function.__code__)).decode()
+    return {"value": [code, defaults, closure]}
+
+
+# form -> (stored activation, does its code call LeakyReLU, does it call relu, the numbers it holds);
+# None for what the file cannot say (the bare "<lambda>" string), "garbled" for a stored form that cannot be read
+STORED = {
+    "closure_0.25": (stored(slope_lambda(), closure=[0.25]), True, False, [0.25]),
+    "closure_0.3": (stored(slope_lambda(), closure=[0.3]), True, False, [0.3]),
+    "dict_closure_0.3": (stored(slope_lambda(), closure=[{"slope": 0.3}]), True, False, [0.3]),
+    "closure_text": (stored(slope_lambda(), closure=["a string"]), True, False, []),
+    "default_0.25": (stored(lambda x, a=0.25: LeakyReLU(alpha=a)(x), defaults=[0.25]), True, False,  # noqa: F821
+                     [0.25]),
+    "literal_0.3": (stored(lambda x: LeakyReLU(alpha=0.3)(x)), True, False, [0.3]),  # noqa: F821
+    "global_slope": (stored(lambda x: LeakyReLU(alpha=GLOBAL_SLOPE)(x)), True, False, []),  # noqa: F821
+    "relu_call": (stored(lambda x: K.relu(x)), False, True, []),  # noqa: F821
+    "elu_call": (stored(lambda x: keras.activations.elu(x)), False, False, []),  # noqa: F821
+    "string": (LAMBDA_STRING, None, None, None),
+    "wrapped_0.25": ({"class_name": "__lambda__", "config": stored(slope_lambda(), closure=[0.25])}, True, False,
+                     [0.25]),
+    "garbled": ({"value": ["bm90IGNvZGU=", None, None]}, "garbled", "garbled", []),
+}
 RECORDS = {"lrelu": "lrelu", "relu": "relu", "unknown": "quadratic", "missing": None}
 
 
@@ -174,37 +205,54 @@ def model_config(activation, name="layer_1") -> dict:
         {"class_name": "Conv1D", "name": name, "config": {"name": name, "activation": activation}}]}}
 
 
-def expected_outcome(stored: str, record: str | None) -> str:
-    numbers = {"closure_0.25": [0.25], "closure_0.3": [0.3], "default_0.25": [0.25]}.get(stored, [])
+def expected_outcome(form: str, record: str | None) -> str:
+    """The rule, written out: the record decides only what the file agrees with."""
+    _, calls_leaky, calls_relu, numbers = STORED[form]
     if record is None:
         return "unresolved"
+    if calls_leaky == "garbled":
+        return "conflict"
     if record == "lrelu":
-        return "leaky" if all(n == 0.25 for n in numbers) else "conflict"
+        nothing_stored = calls_leaky is None
+        agrees = nothing_stored or (calls_leaky and numbers and all(n == 0.25 for n in numbers))
+        return "leaky" if agrees else "conflict"
     if record == "relu":
-        return "conflict" if numbers else "relu"
+        return "relu" if calls_leaky is None or (calls_relu and not numbers) else "conflict"
     return "conflict"
 
 
-@pytest.mark.parametrize("stored, record", list(itertools.product(STORED, RECORDS)))
-def test_every_stored_form_against_every_record(stored, record):
+@pytest.mark.parametrize("form, record", list(itertools.product(STORED, RECORDS)))
+def test_every_stored_form_against_every_record(form, record):
     activations = None if RECORDS[record] is None else [RECORDS[record]]
     params = {"architecture_dict": {"activation_function_per_layer": activations}} if activations else None
-    expected = expected_outcome(stored, RECORDS[record])
+    expected = expected_outcome(form, RECORDS[record])
+    config = model_config(STORED[form][0])
     if expected in ("unresolved", "conflict"):
         with pytest.raises(ConversionError) as refused:
-            resolve_stored_functions(Path("m.h5"), model_config(STORED[stored]), 3, params, "m.pickle")
+            resolve_stored_functions(Path("m.h5"), config, 3, params, "m.pickle")
         assert "m.h5" in str(refused.value) and "layer_1" in str(refused.value)
-        assert ("never run" if expected == "unresolved" else "architecture_dict names") in str(refused.value)
+        message = str(refused.value)
+        if expected == "unresolved":
+            assert "never run" in message
+        else:
+            assert "architecture_dict names" in message or "the stored function is refused" in message
         return
-    (resolved,) = resolve_stored_functions(Path("m.h5"), model_config(STORED[stored]), 3, params).values()
+    (resolved,) = resolve_stored_functions(Path("m.h5"), config, 3, params).values()
     assert resolved.module == ({"name": "leaky_relu", "negative_slope": 0.25} if expected == "leaky" else "relu")
+    assert resolved.checked == (form != "string")
 
 
-@pytest.mark.parametrize("name, entries", [("dense_1", ["lrelu"]), ("layer_2", ["lrelu"]), ("layer_0", ["lrelu"])])
-def test_layers_the_record_does_not_cover_are_listed(name, entries):
-    with pytest.raises(ConversionError, match=f"'{name}' \\(Conv1D\\).*1 entries"):
-        resolve_stored_functions(Path("m.h5"), model_config(bytecode(), name), 3,
-                                 {"architecture_dict": {"activation_function_per_layer": entries}}, "m.pickle")
+@pytest.mark.parametrize("name", ["dense_1", "layer_0"])
+def test_layers_the_record_does_not_cover_are_listed(name):
+    with pytest.raises(ConversionError, match=f"'{name}' \\(Conv1D\\).*only layers named layer_k"):
+        resolve_stored_functions(Path("m.h5"), model_config(STORED["closure_0.25"][0], name), 3,
+                                 {"architecture_dict": {"activation_function_per_layer": []}}, "m.pickle")
+
+
+def test_a_record_for_another_model_is_refused():
+    with pytest.raises(ConversionError, match="lists 3 activation.*has 1 layer"):
+        resolve_stored_functions(Path("m.h5"), model_config(STORED["closure_0.25"][0]), 3,
+                                 {"architecture_dict": {"activation_function_per_layer": ["lrelu"] * 3}}, "m.pickle")
 
 
 def test_named_activations_are_left_alone():
@@ -229,6 +277,7 @@ def test_keras_rebuild_replaces_only_the_resolved_activations(published):
     keras_file = read_model_file(published / "lrelu_k3.h5", params)
     rebuild = keras_rebuild(keras_file)
     activations = {entry["name"]: entry["config"].get("activation") for entry in rebuild.config["config"]["layers"]}
-    assert activations["layer_1"] == activations["layer_3"] == "lrelu" and activations["layer_2"] == "relu"
+    custom = {"module": "builtins", "class_name": "function", "config": "lrelu", "registered_name": "function"}
+    assert activations["layer_1"] == activations["layer_3"] == custom and activations["layer_2"] == "relu"
     assert rebuild.leaky_relu == {"lrelu": 0.25}
     assert isinstance(keras_file.model_config["config"]["layers"][1]["config"]["activation"], dict)  # untouched

@@ -121,7 +121,7 @@ def test_the_best_model_unusable_stops_naming_the_cause_and_the_next_candidate(b
     assert result.returncode == ConversionError.exit_code, stderr[-3000:]
     (error,) = [line for line in stderr.splitlines() if line.startswith("error: ")]
     for fragment in ("the best model slope_mismatch (rank 1) cannot be used", "holds 0.3", "'lrelu'",
-                     "The next usable candidate is lrelu_next (rank 2", "selection.fallback=next"):
+                     "The next candidate is lrelu_next (rank 2", "selection.fallback=next tries it"):
         assert fragment in error, error
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
@@ -136,6 +136,12 @@ def test_fallback_next_takes_the_next_usable_model_and_says_why(built, tmp_path)
     assert skipped["stem"] == "slope_mismatch" and skipped["rank"] == 1 and "holds 0.3" in skipped["reason"]
     page = (Path(summary["run_dir"]) / "report.html").read_text()
     assert "skipped rank 1" in page and "slope_mismatch" in page
+    assert summary["selection"]["usable_candidates"] == 1
+    table = pd.read_csv(Path(summary["run_dir"]) / "results_table.csv", keep_default_na=False).set_index("stem")
+    assert table.loc["slope_mismatch", "usable"] in (False, "False")
+    assert table.loc["slope_mismatch", "reason"].startswith("skipped: ") and "holds 0.3" in table.loc[
+        "slope_mismatch", "reason"]
+    assert str(table.loc["lrelu_next", "rank"]) == "2"  # whole numbers in the CSV
 
 
 def test_a_degenerate_run_carries_the_warning(built, tmp_path):

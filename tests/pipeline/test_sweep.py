@@ -249,7 +249,7 @@ def test_a_bad_override_stops_the_sweep_before_anything_is_written(tmp_path):
 def test_models_by_rank_or_by_name(tmp_path):
     def row(stem: str, value: float, reason: str = "") -> dict:
         return {"stem": stem, "value": value, "usable": not reason, "reason": reason, "note": "", "keras_file": "",
-                "pth_candidates": "", "params": "", "epochs": 1, "stem_path": str(tmp_path / stem)}
+                "pth_candidates": "", "params": "", "finite_epochs": 1, "stem_path": str(tmp_path / stem)}
     table = rank([row("alpha", 0.3), row("beta", 0.1), row("gamma", float("nan"), "no finite value")],
                  SelectionConfig())
     chosen = resolve_models(table, [1, 2], "models")

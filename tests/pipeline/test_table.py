@@ -6,6 +6,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from errors import SelectionError
@@ -121,3 +122,15 @@ def test_empty_folder_and_no_usable_model(tmp_path):
     write_model(tmp_path, "nan", [math.nan])
     with pytest.raises(SelectionError, match="no usable model"):
         best_row(table_from_models_dir(tmp_path, SelectionConfig()), str(tmp_path))
+
+
+@pytest.mark.parametrize("history", [[True, False], 0.03, "0.04", b"0.013", ["0.07", "0.08"], [[0.09, 0.1]],
+                                     np.ones((2, 2)), np.float64(0.3), {"a": 0.1}, [0.1, None]])
+def test_a_history_that_is_not_a_list_of_numbers_is_unusable(history):
+    reduced = reduce_history(history, "m", "min", 2)
+    assert math.isnan(reduced.value) and reduced.reason == "'m' is not a list of numbers (one per epoch)"
+
+
+@pytest.mark.parametrize("history", [[0.3, 0.2], (0.3, 0.2), np.array([0.3, 0.2]), [np.float32(0.3), 1]])
+def test_lists_tuples_and_arrays_of_numbers_are_histories(history):
+    assert reduce_history(history, "m", "min", 2).reason is None
