@@ -1,6 +1,10 @@
 """Error types of our own, and how an entry point reports whatever stopped it: one paragraph, one exit code."""
 
+import logging
+import os
 import signal
+import sys
+from typing import Callable
 
 
 class ToolError(Exception):
@@ -87,3 +91,25 @@ def failure_report(exc: BaseException, doing: str) -> tuple[str, int]:
     return (f"error: unexpected {type(exc).__name__} while {doing}: {' '.join(str(exc).split())[:500]}. This is "
             "a fault of the tool (please report it with the output of --verbose, which shows the traceback); no "
             "result was written.", UNEXPECTED_EXIT)
+
+
+def run_entry_point(work: Callable[[], int], doing: str, verbose: bool,
+                    report: Callable[[str, BaseException | None], None] | None = None) -> int:
+    """The one error boundary of an entry point: run `work`; whatever stops it becomes one `error:` paragraph
+    (through `report(message, traceback_or_None)`, by default stderr) and its exit code. SIGTERM is turned into
+    Terminated first; --verbose shows tracebacks and TensorFlow's own logging."""
+    if verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+    raise_terminated_on_sigterm()
+    try:
+        return work()
+    except (Exception, KeyboardInterrupt) as exc:
+        message, code = failure_report(exc, doing)
+        (report or _to_stderr)(message, exc if verbose else None)
+        return code
+
+
+def _to_stderr(message: str, traceback_of: BaseException | None) -> None:
+    if traceback_of is not None:
+        logging.getLogger("errors").error("traceback:", exc_info=traceback_of)
+    print(message, file=sys.stderr)

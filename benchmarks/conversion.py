@@ -41,8 +41,9 @@ model.save({path!r})
 OURS_LABEL = "ours (h5py -> torch)"
 OURS = """
 import sys
-from conversion.converter import convert_keras_file
-module = convert_keras_file({path!r}).model
+from conversion.converter import build_conversion
+from conversion.model_file import read_model_file
+module = build_conversion(read_model_file({path!r}), None).model
 assert "tensorflow" not in sys.modules, "the converter imported TensorFlow"
 """
 
@@ -98,10 +99,11 @@ def save_spec(path: Path, folder: Path) -> Path:
     """The module description our converter derives, for the Keras route to fill with Keras's weights."""
     import torch
 
-    from conversion.converter import convert_keras_file
+    from conversion.converter import build_conversion
+    from conversion.model_file import read_model_file
 
     spec_path = folder / f"{path.stem}.spec.pt"
-    torch.save(convert_keras_file(path).model.spec, spec_path)
+    torch.save(build_conversion(read_model_file(path), None).model.spec, spec_path)
     return spec_path
 
 

@@ -1,12 +1,13 @@
 """Convert every Keras model file in a folder, in parallel worker processes, reusing current conversions.
 
-Each model runs through the caller's single-model function (model_converter.convert_or_reuse, which caches
-and locks per output), in a pool of spawned processes: TensorFlow, when verification loads it, stays per
+Each model runs through conversion.cache.convert_or_reuse (which reuses current conversions and locks per
+output), in a pool of spawned processes: TensorFlow, when verification loads it, stays per
 process, and each worker's torch threads get an equal share of the cores. A model that fails becomes a
 `failed` row with its message; the others go on.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -20,10 +21,9 @@ from typing import Callable
 
 import torch
 
-from conversion.cache import ConversionOutcome
-from conversion.converter import info_path_for
-from conversion.pairing import KERAS_SUFFIXES, default_output_path, find_keras_models, params_pickle_for
-from conversion.verify import worst_output
+from conversion.cache import ConversionOutcome, convert_or_reuse
+from conversion.pairing import KERAS_SUFFIXES, default_output_path, find_keras_models, info_path_for, params_pickle_for
+from conversion.record import ConversionRecord
 from errors import ConversionError, ToolError
 from fileio import outputs_apart_from_inputs
 from progress import NO_PROGRESS, Progress, ProgressStyle
@@ -94,11 +94,11 @@ def run_job(convert: ConvertOne, job: BatchJob) -> BatchRow:
     except Exception as exc:  # a converter bug on one model must not stop the batch; reported in its row
         row.error = f"{job.source}: unexpected {type(exc).__name__} while converting: {exc}"
     else:
-        metadata = outcome.model.metadata
+        record = ConversionRecord.from_dict(outcome.model.metadata)
         row.status = "cached" if outcome.cached else "converted"
         row.output = str(outcome.path)
-        row.dtype = metadata.get("dtype", "float32")
-        worst = worst_output(metadata.get("verification") or {})
+        row.dtype = record.dtype
+        worst = record.verification.worst() if record.verification is not None else None
         row.max_abs_diff = worst[1] if worst is not None else None
     row.seconds = time.perf_counter() - started
     return row
@@ -139,7 +139,20 @@ def run_batch(jobs: list[BatchJob], convert: ConvertOne, n_jobs: int | None = No
     return [rows[i] for i in range(len(jobs))]
 
 
-def format_table(rows: list[BatchRow]) -> str:
+def batch_convert(model_dir: str | Path, output_dir: str | Path | None = None, *, verify: bool = False,
+                  dtype: str = "float32", force: bool = False, trust_pickles: bool = False,
+                  jobs: int | None = None, progress: ProgressStyle = NO_PROGRESS) -> list[BatchRow]:
+    """Convert (or find current) every Keras model file in `model_dir`, with its sibling `<stem>.pickle`, into
+    `output_dir` (default: beside each model), in `jobs` processes (default: one per core).
+
+    One failing model does not stop the others; each row says what happened (converted / cached / failed).
+    """
+    convert = functools.partial(convert_or_reuse, verify=verify, dtype=dtype, force=force,
+                                trust_pickles=trust_pickles)
+    return run_batch(plan_jobs(model_dir, output_dir), convert, jobs, progress)
+
+
+def batch_table(rows: list[BatchRow]) -> str:
     """The final report: one line per model, the failures' messages below, and the counts."""
     header = ("model", "status", "dtype", "max diff", "seconds", "worker")
     lines = [header] + [(Path(r.model).name, r.status, r.dtype or "-",

@@ -1,4 +1,5 @@
-"""Reuse a current conversion instead of converting again; convert each output file by one job at a time.
+"""Reuse a current conversion instead of converting again; convert each output file by one job at a time; and
+main.py's rule for finding or making the PyTorch file of a selected model.
 
 A converted `.pth` is current for a Keras file when it loads with `weights_only=True` as a model of this
 converter (same format version), records the Keras file's sha256 and stores the requested dtype; when a
@@ -15,18 +16,22 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from torch import nn
 
-from conversion.converter import sync_info
+from conversion.config import DEFAULT_LOCK_TIMEOUT_S
+from conversion.converter import convert_model
 from conversion.keras_file import file_sha256
-from errors import ConversionError, ModelFileError, OutputError
+from conversion.output import sync_info
+from conversion.pairing import default_output_path, info_path_for, pytorch_candidates
+from conversion.record import ConversionRecord
+from errors import ConversionError, ModelFileError, OutputError, SelectionError
+from fileio import outputs_apart_from_inputs
 from models.checkpoint import model_from_payload, read_checkpoint
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOCK_TIMEOUT_S = 600.0
 LOCK_POLL_S = 0.2
 
 
@@ -100,50 +105,101 @@ def current_conversion(pth: Path, source_sha256: str | None, dtype: str = "float
     try:
         payload = read_checkpoint(pth)
         model = model_from_payload(payload, pth)
+        record = ConversionRecord.from_dict(payload.get("metadata") or {})
     except ModelFileError as exc:
         return None, str(exc)
-    metadata = payload.get("metadata", {})
-    recorded = metadata.get("source_sha256")
-    if source_sha256 is not None and recorded != source_sha256:
-        return None, (f"{pth.name} is stale or foreign: it records source sha256 {str(recorded)[:12]}…, "
+    except (KeyError, TypeError, ValueError) as exc:
+        return None, f"{pth.name} records no conversion of this converter ({type(exc).__name__}: {exc})"
+    if source_sha256 is not None and record.source_sha256 != source_sha256:
+        return None, (f"{pth.name} is stale or foreign: it records source sha256 {str(record.source_sha256)[:12]}…, "
                       f"the Keras file has {source_sha256[:12]}…")
-    if ((metadata.get("weights_only") or metadata.get("resolved_activations"))
-            and metadata.get("params_sha256") != params_sha256):
-        return None, (f"{pth.name} was built with the architecture_dict of another (or no) params pickle")
-    stored_dtype = metadata.get("dtype", "float32")
-    if stored_dtype != dtype:
-        return None, f"{pth.name} stores {stored_dtype} weights, {dtype} was asked for"
-    if verified and not (metadata.get("verification") or {}).get("passed"):
+    if record.needs_params and record.params_sha256 != params_sha256:
+        return None, f"{pth.name} was built with the architecture_dict of another (or no) params pickle"
+    if record.dtype != dtype:
+        return None, f"{pth.name} stores {record.dtype} weights, {dtype} was asked for"
+    if verified and not (record.verification is not None and record.verification.passed):
         return None, f"{pth.name} records no passed verification against Keras"
     return model, ""
 
 
-def convert_once(source: Path, output: Path, convert: Callable[[], nn.Module], *, params: Path | None = None,
-                 dtype: str = "float32", verified: bool = False, force: bool = False,
-                 lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> ConversionOutcome:
-    """Reuse `output` when it is a current conversion of `source`, else call `convert` (which writes `output`).
+def convert_or_reuse(source: str | Path, params: str | Path | None = None, output: str | Path | None = None, *,
+                     verify: bool = False, dtype: str = "float32", force: bool = False, trust_pickles: bool = False,
+                     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> ConversionOutcome:
+    """The model converted into `output` (default `<stem>_converted.pth`), or the current conversion already
+    there: same source sha256, format version and dtype, and a passed verification when `verify`.
 
-    The check is repeated under the lock: a job that waited finds what the job before it converted.
-    `force` converts regardless.
+    Under the output's lock, where the check is repeated: a job that waited finds what the job before it
+    converted. `force` converts regardless.
     """
-    try:
-        source_sha256 = file_sha256(source)
-        params_sha256 = file_sha256(params) if params is not None else None
-    except FileNotFoundError as exc:
-        raise ConversionError(f"{exc.filename}: no such file.") from None
-    except OSError as exc:
-        raise ConversionError(f"{exc.filename}: cannot be read ({exc.strerror}).") from None
-    if not force:
-        model, _ = current_conversion(output, source_sha256, dtype, verified, params_sha256)
-        if model is not None:
-            sync_info(output, model.metadata)
-            return ConversionOutcome(model, output, cached=True)
-    with conversion_lock(output, lock_timeout_s):
-        if not force:
-            model, why_not = current_conversion(output, source_sha256, dtype, verified, params_sha256)
-            if model is not None:
-                sync_info(output, model.metadata)
-                return ConversionOutcome(model, output, cached=True)
+    source = Path(source)
+    params = Path(params) if params is not None else None
+    output = Path(output) if output else default_output_path(source)
+    outputs_apart_from_inputs([output, info_path_for(output)], [source, params], ConversionError)
+    source_sha256 = file_sha256(source)
+    params_sha256 = file_sha256(params) if params is not None else None
+
+    def reused() -> ConversionOutcome | None:
+        model, why_not = current_conversion(output, source_sha256, dtype, verify, params_sha256)
+        if model is None:
             if output.exists():
                 log.info("converting again: %s", why_not)
-        return ConversionOutcome(convert(), output, cached=False)
+            return None
+        sync_info(output, model.metadata)
+        return ConversionOutcome(model, output, cached=True)
+
+    if not force and (outcome := reused()) is not None:
+        return outcome
+    with conversion_lock(output, lock_timeout_s):
+        if not force and (outcome := reused()) is not None:
+            return outcome
+        conversion = convert_model(source, params, output, verify=verify, dtype=dtype, trust_pickles=trust_pickles)
+        return ConversionOutcome(conversion.model, output, cached=False)
+
+
+@dataclass
+class PyTorchModel:
+    model: nn.Module
+    path: Path
+    converted: bool  # True when this call converted the Keras file
+
+
+def _reuse(stem_path: Path, keras_sha256: str | None, params_sha256: str | None) -> PyTorchModel | None:
+    """The first current conversion beside the model. A verification is not required here (main.py reuses
+    unverified files, see README); a conversion that took part of its model from a params pickle must come
+    from this one."""
+    for candidate in pytorch_candidates(stem_path):
+        model, why_not = current_conversion(candidate, keras_sha256, params_sha256=params_sha256)
+        if model is not None:
+            log.info("using existing PyTorch model %s", candidate)
+            sync_info(candidate, model.metadata)
+            return PyTorchModel(model, candidate, converted=False)
+        log.warning("not using %s: %s", candidate, why_not)
+    return None
+
+
+def find_or_convert(stem_path: Path, keras_file: Path | None, params: Path | None, verify: bool,
+                    trust_pickles: bool = False, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> PyTorchModel:
+    """main.py's rule for a selected model: a current PyTorch file beside it (`<stem>.pth`, `<stem>.pt`,
+    `<stem>_converted.pth`), else its Keras file converted now into `<stem>_converted.pth`."""
+    params_sha256 = file_sha256(params) if params is not None and params.is_file() else None
+    if keras_file is None:
+        found = _reuse(stem_path, None, params_sha256)
+        if found is None:
+            raise SelectionError(f"{stem_path}: no Keras file to convert and no usable PyTorch file beside it.")
+        return found
+    found = _reuse(stem_path, file_sha256(keras_file), params_sha256)
+    if found is not None:
+        return found
+    log.info("converting %s%s", keras_file.name, " (verifying against Keras)" if verify else "")
+    outcome = convert_or_reuse(keras_file, params, verify=verify, trust_pickles=trust_pickles,
+                               lock_timeout_s=lock_timeout_s)
+    if outcome.cached:  # another job converted it while we waited for the lock
+        log.info("using %s, converted meanwhile by another job", outcome.path)
+        return PyTorchModel(outcome.model, outcome.path, converted=False)
+    verification = ConversionRecord.from_dict(outcome.model.metadata).verification
+    worst = verification.worst() if verification is not None else None
+    if worst is not None:
+        log.info("verified against %s: max abs diff %.2g", verification.keras, worst[1])
+    elif verify:
+        log.warning("conversion not verified: %s", verification.skipped if verification else "unknown reason")
+    return PyTorchModel(outcome.model, outcome.path, converted=True)

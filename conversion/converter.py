@@ -1,4 +1,6 @@
-"""Orchestration: Keras file → graph → one converter per layer → KerasGraphModule → `.pth` + info pickle.
+"""The conversion pipeline: Keras file → graph → one converter per layer → KerasGraphModule → verification →
+rounding → `.pth` + info pickle, in `convert_model`, which the CLI, the TCNModelConverter facade, main.py and
+folder conversion all call (through conversion.cache, which reuses current conversions).
 
 Nothing is guessed: weights are matched by name, every weight must be used and every parameter and buffer
 filled; all problems found are reported together in one ConversionError, and nothing is written.
@@ -6,11 +8,8 @@ filled; all problems found are reported together in one ConversionError, and not
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import io
 import logging
 import math
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,24 +21,77 @@ import torch
 import conversion.families  # noqa: F401  (registers the layer converters)
 from conversion import CONVERTER_VERSION
 from conversion.graph import ModelGraph, parse_model_config
-from conversion.keras_file import KerasModelFile
+from conversion.keras_file import KerasModelFile, file_sha256
 from conversion.model_file import read_model_file
+from conversion.output import write_conversion
+from conversion.pairing import default_output_path, info_path_for
+from conversion.record import ConversionRecord, plain
 from conversion.registry import KerasLayer, LayerProblem, WeightBag, find_converter
-from errors import ConversionError, OutputError, ToolError
-from fileio import atomic_paths, load_pickle
+from conversion.verify import verify_model
+from errors import ConversionError
+from fileio import outputs_apart_from_inputs
 from limits import MAX_INPUT_LENGTH
-from models.checkpoint import FORMAT_VERSION, checkpoint_payload, model_from_payload
+from models.checkpoint import FORMAT_VERSION, STORAGE_DTYPES, round_to_storage
 from models.graph import KerasGraphModule
+from safe_pickle import load_pickle
 
 log = logging.getLogger(__name__)
-DEFAULT_TRACE_LENGTH = 64
+DEFAULT_TRACE_LENGTH = 64  # time steps of the shape trace when neither the file nor the pickle states a window
 MAX_TRACE_ELEMENTS = 5e7  # per input of the shape trace: 200 MB of float32 (400 ms × 1279 segments is 5e5)
 
 
 @dataclass
 class Conversion:
     model: KerasGraphModule
-    metadata: dict[str, Any]
+    record: ConversionRecord
+
+
+def read_params(path: str | Path | None, trust: bool = False) -> dict[str, Any] | None:
+    """The training parameters pickle (architecture, history) as a dict; None without a path."""
+    if path is None:
+        return None
+    params = load_pickle(path, trust=trust)
+    if not isinstance(params, dict):
+        raise ConversionError(f"{path}: the parameters pickle holds a {type(params).__name__}, expected a dict with "
+                              "'architecture_dict'.")
+    return params
+
+
+def convert_model(source: str | Path, params_path: str | Path | None = None, output: str | Path | None = None, *,
+                  params: dict[str, Any] | None = None, verify: bool = False, dtype: str = "float32",
+                  trust_pickles: bool = False) -> Conversion:
+    """Convert `source` (with its params pickle) into `output` (default `<stem>_converted.pth`) and its info pickle.
+
+    `verify` compares with Keras on the file already read (a failed comparison refuses; no Keras here is
+    recorded as skipped); `dtype` float16 / bfloat16 stores the weights in half precision after the float32
+    conversion was verified, and the returned module holds the rounded weights, as loaded. `params` may be
+    given already read (from `params_path`).
+    """
+    source = Path(source)
+    if dtype not in STORAGE_DTYPES:
+        raise ConversionError(f"{source}: dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}.")
+    output = Path(output) if output else default_output_path(source)
+    outputs_apart_from_inputs([output, info_path_for(output)], [source, params_path], ConversionError)
+    params = read_params(params_path, trust_pickles) if params is None else params
+    keras_file = read_model_file(source, params, params_path)
+    conversion = build_conversion(keras_file, params)
+    record = conversion.record
+    if verify:
+        record.verification = verify_model(keras_file, conversion.model, params, length=record.shapes_traced_with_length)
+        worst = record.verification.worst()
+        if record.verification.skipped is None and not record.verification.passed:
+            raise ConversionError(f"{source}: the converted model differs from Keras beyond the tolerance (output "
+                                  f"'{worst[0]}': max abs diff {worst[1]:.3g}). Nothing was written.")
+    record.params_pickle = str(params_path) if params_path else None
+    record.params_sha256 = file_sha256(params_path) if params_path else None
+    overflowed = round_to_storage(conversion.model, dtype)
+    if overflowed:
+        raise ConversionError(f"{source}: weights beyond the range of {dtype} ({', '.join(overflowed)}); store them "
+                              "as bfloat16 or float32. Nothing was written.")
+    record.dtype = dtype
+    conversion.model.metadata = record.to_dict()
+    write_conversion(conversion.model, output)
+    return conversion
 
 
 def module_key(name: str, taken: set[str]) -> str:
@@ -53,20 +105,19 @@ def module_key(name: str, taken: set[str]) -> str:
     return key
 
 
-def convert_keras_file(path: str | Path, params: dict[str, Any] | None = None,
-                       params_path: str | Path | None = None) -> Conversion:
-    keras_file = read_model_file(path, params, params_path)
+def model_graph(keras_file: KerasModelFile) -> ModelGraph:
     try:
-        graph = parse_model_config(keras_file.model_config)
+        return parse_model_config(keras_file.model_config)
     except ConversionError as exc:
         raise ConversionError(f"{keras_file.path}: {exc}") from exc
     except Exception as exc:  # the config is untrusted data: any failure to read it is this refusal
         raise ConversionError(f"{keras_file.path}: the model_config is not a Keras model description we can "
                               f"read ({type(exc).__name__}: {exc}).") from exc
-    return build_conversion(keras_file, graph, params)
 
 
-def build_conversion(keras_file: KerasModelFile, graph: ModelGraph, params: dict[str, Any] | None) -> Conversion:
+def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) -> Conversion:
+    """The module of an already read Keras file, and its record (not yet verified, rounded or written)."""
+    graph = model_graph(keras_file)
     problems: list[str] = list(graph.problems)
     non_finite: list[str] = []
     layer_specs, state, keys = [], {}, set()
@@ -130,8 +181,9 @@ def build_conversion(keras_file: KerasModelFile, graph: ModelGraph, params: dict
     trace_length = _trace_length(spec, params)
     _check_trace_size(keras_file, model, trace_length)
     layer_shapes = _trace(keras_file, model, trace_length)
-    model.metadata = _metadata(keras_file, model, layer_specs, state, layer_shapes, trace_length, params)
-    return Conversion(model=model, metadata=model.metadata)
+    record = _record(keras_file, model, layer_specs, state, layer_shapes, trace_length, params)
+    model.metadata = record.to_dict()
+    return Conversion(model=model, record=record)
 
 
 def _build_module(keras_file: KerasModelFile, spec: dict[str, Any], state: dict[str, torch.Tensor]) -> KerasGraphModule:
@@ -178,108 +230,30 @@ def _trace(keras_file: KerasModelFile, model: KerasGraphModule, length: int) -> 
                               f"({type(exc).__name__}: {exc}). Nothing was written.") from exc
 
 
-def _metadata(keras_file, model, layer_specs, state, layer_shapes, trace_length, params) -> dict[str, Any]:
+def _record(keras_file, model, layer_specs, state, layer_shapes, trace_length, params) -> ConversionRecord:
     counts = {spec["key"]: sum(v.numel() for k, v in state.items() if k.startswith(f"layers.{spec['key']}."))
               for spec in layer_specs}
     outputs = [layer_shapes[next(c["layer"] for c in model.spec["calls"] if c["output"] == out)]
                for out in model.spec["outputs"]]
     architecture = (params or {}).get("architecture_dict")
-    return {
-        "converter_version": CONVERTER_VERSION,
-        "format_version": FORMAT_VERSION,
-        "source_path": str(keras_file.path.resolve()),
-        "source_sha256": keras_file.sha256,
-        "weights_only": keras_file.weights_only,  # the architecture came from the params pickle
-        "keras_version": keras_file.keras_version,
-        "backend": keras_file.backend,
-        "model_class": keras_file.model_config.get("class_name"),
-        "converted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "dtype": "float32",
-        "inputs": [{"name": n, "shape": [None, *s]} for n, s in zip(model.input_names, model.input_shapes)],
-        "outputs": [{"name": n, "shape": [None, *s[1:]]} for n, s in zip(model.output_names, outputs)],
-        "shapes_traced_with_length": trace_length,
-        "layers": [{"name": spec["name"], "class_name": spec["class_name"], "module": spec["type"],
-                    "parameters": counts[spec["key"]], "output_shape": [None, *layer_shapes[spec["key"]][1:]],
-                    "activation_source": ("architecture_dict" if spec["name"] in keras_file.resolved_activations
-                                          else "file")}
-                   for spec in layer_specs if spec["key"] in layer_shapes],
-        # activations stored as Python functions, resolved from the training record (conversion.lambdas)
-        "resolved_activations": [r.as_record() for r in keras_file.resolved_activations.values()],
-        "architecture_dict": plain(architecture) if architecture is not None else None,
-        "verification": None,
-    }
-
-
-def plain(value: Any) -> Any:
-    """Numpy values, dtypes, sets and tuples as plain Python types, so that metadata loads with
-    weights_only=True (a pickle's nesting depth is bounded when it is read: fileio.check_plain_structure)."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (np.dtype, type, complex)):
-        return str(value)
-    return value
-
-
-def info_path_for(pth_path: str | Path) -> Path:
-    pth_path = Path(pth_path)
-    return pth_path.with_name(pth_path.stem + "_info.pickle")
-
-
-def _loads_back(data: bytes, source: Any) -> None:
-    """A conversion is written only when load_converted_model can read it back: "converted" means loadable."""
-    try:
-        model_from_payload(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), "<new conversion>")
-    except Exception as exc:  # the record holds a type weights_only refuses, or the spec does not rebuild
-        raise ConversionError(f"{source}: the conversion cannot be loaded back ({type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())[:300]}), so it is not written. Nothing was written.") from exc
-
-
-def info_record(metadata: dict[str, Any], pth_bytes: bytes) -> dict[str, Any]:
-    """The info pickle: the `.pth`'s metadata and the sha256 of the `.pth` it belongs to."""
-    return {**metadata, "pth_sha256": hashlib.sha256(pth_bytes).hexdigest()}
-
-
-def write_conversion(conversion: Conversion, pth_path: str | Path) -> tuple[Path, Path]:
-    """Write the `.pth` and its info pickle atomically (temporary names in the target folder, then rename).
-
-    Serialized in memory first, so that a full disk is an OSError (an OutputError from atomic_paths), not
-    torch.save's bare RuntimeError. The info pickle is renamed into place first and records the sha256 of
-    its `.pth`, whose rename commits the pair: a kill in between leaves the old model beside an info pickle
-    that names another `.pth` (sync_info repairs it when the model is next reused), never a new model beside
-    old info.
-    """
-    pth_path = Path(pth_path)
-    info_path = info_path_for(pth_path)
-    payload = io.BytesIO()
-    torch.save(checkpoint_payload(conversion.model, conversion.metadata), payload)
-    data = payload.getvalue()
-    _loads_back(data, conversion.metadata.get("source_path"))
-    with atomic_paths(info_path, pth_path) as (info_tmp, pth_tmp):
-        info_tmp.write_bytes(pickle.dumps(info_record(conversion.metadata, data), protocol=4))
-        pth_tmp.write_bytes(data)
-    return pth_path, info_path
-
-
-def sync_info(pth_path: Path, metadata: dict[str, Any]) -> None:
-    """Rewrite the info pickle of a reused `.pth` when it records another `.pth`'s sha256 (a conversion killed
-    between its two renames); a folder that cannot be written keeps the old record, with a warning."""
-    info_path = info_path_for(pth_path)
-    try:
-        recorded = load_pickle(info_path).get("pth_sha256") if info_path.is_file() else None
-    except (ToolError, AttributeError):
-        return  # not a record of ours: left alone
-    data = pth_path.read_bytes()
-    if recorded is None or recorded == hashlib.sha256(data).hexdigest():
-        return
-    try:
-        with atomic_paths(info_path) as (info_tmp,):
-            info_tmp.write_bytes(pickle.dumps(info_record(metadata, data), protocol=4))
-        log.info("rewrote %s: it did not describe %s", info_path.name, pth_path.name)
-    except OutputError as exc:
-        log.warning("%s does not describe %s and cannot be rewritten: %s", info_path.name, pth_path.name, exc)
+    return ConversionRecord(
+        converter_version=CONVERTER_VERSION,
+        format_version=FORMAT_VERSION,
+        source_path=str(keras_file.path.resolve()),
+        source_sha256=keras_file.sha256,
+        weights_only=keras_file.weights_only,
+        keras_version=keras_file.keras_version,
+        backend=keras_file.backend,
+        model_class=keras_file.model_config.get("class_name"),
+        converted_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        inputs=[{"name": n, "shape": [None, *s]} for n, s in zip(model.input_names, model.input_shapes)],
+        outputs=[{"name": n, "shape": [None, *s[1:]]} for n, s in zip(model.output_names, outputs)],
+        shapes_traced_with_length=trace_length,
+        layers=[{"name": spec["name"], "class_name": spec["class_name"], "module": spec["type"],
+                 "parameters": counts[spec["key"]], "output_shape": [None, *layer_shapes[spec["key"]][1:]],
+                 "activation_source": ("architecture_dict" if spec["name"] in keras_file.resolved_activations
+                                       else "file")}
+                for spec in layer_specs if spec["key"] in layer_shapes],
+        resolved_activations=[r.as_record() for r in keras_file.resolved_activations.values()],
+        architecture_dict=plain(architecture) if architecture is not None else None,
+    )

@@ -25,9 +25,12 @@ def file_sha256(path: str | Path) -> str:
     """The sha256 of a regular file (a FIFO or device is refused, never opened)."""
     regular_file_size(path, ConversionError)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise ConversionError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
     return digest.hexdigest()
 
 

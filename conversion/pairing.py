@@ -53,6 +53,12 @@ def default_output_path(source: str | Path) -> Path:
     return Path(source).with_name(f"{model_stem(source)}{CONVERTED_SUFFIX}.pth")
 
 
+def info_path_for(pth_path: str | Path) -> Path:
+    """The info pickle of a converted `.pth`: `<name>_info.pickle` beside it."""
+    pth_path = Path(pth_path)
+    return pth_path.with_name(pth_path.stem + "_info" + PARAMS_SUFFIX)
+
+
 def find_keras_models(folder: Path) -> list[Path]:
     """The Keras model files in `folder`, by name."""
     return sorted(p for p in folder.iterdir() if p.suffix in KERAS_SUFFIXES and is_candidate_file(p))

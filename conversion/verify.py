@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 import os
 import sys
 import warnings
@@ -19,6 +20,9 @@ import numpy as np
 import torch
 
 from conversion.keras_file import KerasModelFile
+from conversion.record import OutputParity, Verification
+
+log = logging.getLogger(__name__)
 
 ATOL = 1e-5
 RTOL = 1e-5
@@ -29,16 +33,6 @@ VERIFY_BATCH = 4
 class KerasUnavailable(RuntimeError):
     """Keras cannot be used to check this file (not installed here, or it cannot load the file, e.g. one that
     needs a package Keras lacks): verification is skipped, and the caller says so."""
-
-
-def worst_output(verification: dict[str, Any]) -> tuple[str, float] | None:
-    """(output name, max abs diff) of the output furthest from Keras in a verification record; None when the
-    record compared nothing (verification skipped or absent)."""
-    outputs = verification.get("outputs")
-    if not outputs:
-        return None
-    name = max(outputs, key=lambda output: outputs[output]["max_abs_diff"])
-    return name, outputs[name]["max_abs_diff"]
 
 
 @dataclass
@@ -162,10 +156,24 @@ def load_keras_model(keras, path: str | Path, rebuild: KerasRebuild | None = Non
                                f"({type(exc).__name__}: {message})") from exc
 
 
-def compare_with_keras(h5_path: str | Path, model: torch.nn.Module, keras_major: int, length: int,
+def verify_model(keras_file: KerasModelFile, model: torch.nn.Module, params: dict[str, Any] | None, *,
+                 length: int, test_input: Sequence[np.ndarray] | np.ndarray | None = None) -> Verification:
+    """Compare `model` with Keras on the already read `keras_file` (rebuilt by Keras where it cannot load the file
+    itself); time axes of `length` steps. A neuron model (a params pickle, or an output named `spikes`) gets
+    binary spikes, others standard normal noise. Without a usable Keras the result records why (`skipped`)."""
+    neuron = bool((params or {}).get("architecture_dict")) or "spikes" in getattr(model, "output_names", [])
+    try:
+        return compare_with_keras(keras_file.path, model, keras_file.keras_major, length, neuron, test_input,
+                                  keras_rebuild(keras_file))
+    except KerasUnavailable as exc:
+        log.warning("verification skipped: %s", exc)
+        return Verification(skipped=str(exc))
+
+
+def compare_with_keras(path: str | Path, model: torch.nn.Module, keras_major: int, length: int,
                        neuron: bool, test_input: Sequence[np.ndarray] | np.ndarray | None = None,
-                       rebuild: KerasRebuild | None = None) -> dict[str, Any]:
-    """`h5_path`: a model file Keras loads (.h5, .keras), or one whose weights go into the `rebuild` model."""
+                       rebuild: KerasRebuild | None = None) -> Verification:
+    """`path`: a model file Keras loads (.h5, .keras), or one whose weights go into the `rebuild` model."""
     keras = _keras_module(keras_major)
     if test_input is None:
         inputs = realistic_input(model.input_shapes, length, neuron)
@@ -175,7 +183,7 @@ def compare_with_keras(h5_path: str | Path, model: torch.nn.Module, keras_major:
                                                              else [test_input])]
         described = "given by the caller"
     with _stderr_silenced(quiet_keras()):
-        keras_model = load_keras_model(keras, h5_path, rebuild)
+        keras_model = load_keras_model(keras, path, rebuild)
         expected = keras_model.predict(inputs if len(inputs) > 1 else inputs[0], verbose=0)
     expected = expected if isinstance(expected, (list, tuple)) else [expected]
     with torch.no_grad():
@@ -185,10 +193,9 @@ def compare_with_keras(h5_path: str | Path, model: torch.nn.Module, keras_major:
     for name, want, have in zip(model.output_names, expected, got):
         want = np.asarray(want, dtype=np.float32)
         diff = np.abs(have.cpu().numpy() - want)
-        bound = ATOL + RTOL * float(np.max(np.abs(want)))
-        outputs[name] = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-                         "max_abs_value": float(np.max(np.abs(want))), "passed": bool(diff.max() <= bound)}
-    return {"outputs": outputs, "passed": all(o["passed"] for o in outputs.values()),
-            "tolerance": ATOL, "rtol": RTOL, "input": described,
-            "keras_model": rebuild.how if rebuild else "loaded from the file",
-            "input_shapes": [list(a.shape) for a in inputs], "keras": f"{keras.__name__} {keras.__version__}"}
+        largest = float(np.max(np.abs(want)))
+        outputs[name] = OutputParity(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
+                                     max_abs_value=largest, passed=bool(diff.max() <= ATOL + RTOL * largest))
+    return Verification(outputs=outputs, keras=f"{keras.__name__} {keras.__version__}",
+                        keras_model=rebuild.how if rebuild else "loaded from the file", input=described,
+                        input_shapes=[list(a.shape) for a in inputs], tolerance=ATOL, rtol=RTOL)

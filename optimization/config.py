@@ -8,20 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from limits import MAX_INPUT_LENGTH
-
-SEED_END = 2**63  # seeds are 0 <= s < 2**63 (what numpy's and torch's generators take)
-LONGEST = int(MAX_INPUT_LENGTH.value)  # time steps; durations and times within a pattern stay below
-COUNT_END = 10**9  # iteration and trial counts: anything a run could finish
+from config_base import COUNT_END, LONGEST, SEED_END, Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class InitialRatesConfig(_Section):
+class InitialRatesConfig(Section):
     """Where the optimization starts: rates read from a file, or a generated uniform background."""
 
     path: Optional[Path] = Field(
@@ -45,7 +37,7 @@ class InitialRatesConfig(_Section):
         return self
 
 
-class SamplerConfig(_Section):
+class SamplerConfig(Section):
     """How spike trains are drawn from rates during the optimization (evaluation always draws hard spikes)."""
 
     kind: Literal["bernoulli", "poisson", "relaxed_bernoulli"] = Field(
@@ -59,7 +51,7 @@ class SamplerConfig(_Section):
     )
 
 
-class StimulusConfig(_Section):
+class StimulusConfig(Section):
     """The fixed stimulus: one spike on each stimulus segment at the stimulus time."""
 
     segments: Optional[list[Annotated[int, Field(ge=0, lt=LONGEST)]]] = Field(
@@ -79,7 +71,7 @@ class StimulusConfig(_Section):
     )
 
 
-class ObjectiveConfig(_Section):
+class ObjectiveConfig(Section):
     """Binary cross-entropy on the windowed maximum spike probability, plus optional penalties."""
 
     target_spike_prob: float = Field(0.8, ge=0, le=1, description="Target response of the stimulated copy.")
@@ -98,7 +90,7 @@ class ObjectiveConfig(_Section):
     )
 
 
-class ConstraintsConfig(_Section):
+class ConstraintsConfig(Section):
     """Which rates move and how they are kept in [0, max_rate]."""
 
     max_rate: float = Field(0.1, gt=0, le=1, description="Upper bound of every rate in spikes/ms.")
@@ -119,7 +111,7 @@ class ConstraintsConfig(_Section):
     )
 
 
-class LoopConfig(_Section):
+class LoopConfig(Section):
     """The optimizer loop: Adam, learning-rate schedule, stopping, logging, checkpoints, precision."""
 
     max_iterations: int = Field(500, ge=0, lt=COUNT_END, description="Optimizer steps at most (counted across resumes).")
@@ -171,7 +163,7 @@ class LoopConfig(_Section):
         return self
 
 
-class EvaluationConfig(_Section):
+class EvaluationConfig(Section):
     """Held-out evaluation of the initial and the optimized rates."""
 
     trials_per_pattern: int = Field(1000, ge=1, lt=COUNT_END, description="Sampled control/stimulated trial pairs per pattern.")
@@ -182,14 +174,14 @@ class EvaluationConfig(_Section):
     confidence: float = Field(0.95, gt=0, lt=1, description="Level of the confidence intervals.")
 
 
-class ReportConfig(_Section):
+class ReportConfig(Section):
     """Plots written next to the rates, history and evaluation files."""
 
     plots: bool = Field(True, description="Write the PNG plots.")
     dpi: int = Field(120, ge=30, le=600, description="Resolution of the PNG plots.")
 
 
-class OptimizationConfig(_Section):
+class OptimizationConfig(Section):
     """Optimize presynaptic firing rates so that a small stimulus makes the model neuron spike."""
 
     spike_output_index: int = Field(0, ge=0, lt=COUNT_END, description="Which model output is the spike probability.")

@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
+from config_base import COUNT_END, LONGEST, SEED_END, Section
+from conversion.config import ConversionConfig
 from errors import ConfigError
 from fileio import regular_file_size
 from limits import MAX_CONFIG_BYTES, MAX_SWEEP_RUNS
+from neuron.ground_truth import MIN_TRIALS
 from optimization import OptimizationConfig
-from optimization.config import COUNT_END, LONGEST, SEED_END
+from selection.config import SelectionConfig
 
 Seed = Annotated[int, Field(ge=0, lt=SEED_END)]
 
@@ -24,45 +27,14 @@ Seed = Annotated[int, Field(ge=0, lt=SEED_END)]
 SHIPPED_DEMO_MODELS = Path(__file__).resolve().parents[1] / "demo_models"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SelectionConfig(_Section):
-    """How the best model is chosen from the results table."""
-
-    metric: str = Field("val_spikes_loss", description="Key of training_history_dict used to rank models.")
-    reduction: Literal["min", "max", "last", "mean_last_k"] = Field(
-        "min", description="How the per-epoch metric becomes one number: min, max, last, or the mean of the last k.")
-    last_k: int = Field(5, ge=1, lt=COUNT_END, description="k of mean_last_k.")
-    goal: Literal["minimize", "maximize"] = Field("minimize", description="Lower is better (losses) or higher.")
-    results_table: Optional[Path] = Field(
-        None, description="A CSV table of candidates (columns below) instead of scanning models_dir.")
-    csv_model_column: str = Field("model_path", description="CSV column with the .h5 (or .pth) path.")
-    csv_metric_column: str = Field("metric", description="CSV column with the selection value.")
-    show_top: int = Field(10, ge=1, lt=COUNT_END, description="Rows of the ranked table printed.")
-    fallback: Literal["stop", "next"] = Field(
-        "stop", description="When the best model cannot be used (its conversion is refused, its file is "
-        "unusable): stop, naming the cause and the next usable candidate, or take the next usable one.")
-
-
-class ConversionConfig(_Section):
-    """How the chosen model's PyTorch file is found or made."""
-
-    verify: bool = Field(True, description="Compare a new conversion with Keras when TensorFlow is installed.")
-    trust_pickles: bool = Field(
-        False, description="Load parameter pickles with the unrestricted unpickler (runs code: trusted files only).")
-    lock_timeout_s: float = Field(600, gt=0, le=7 * 86400, description="Wait at most this long for another job converting the model.")
-
-
-class GroundTruthConfig(_Section):
+class GroundTruthConfig(Section):
     """Check optimized rates on the simulated neuron a demo model was trained on."""
 
     enabled: bool = Field(True, description="Run the check when the model's pickle names a simulator configuration.")
-    trials: int = Field(200, ge=200, lt=COUNT_END, description="Simulated control/stimulated trial pairs per optimized pattern.")
+    trials: int = Field(MIN_TRIALS, ge=MIN_TRIALS, lt=COUNT_END, description="Simulated control/stimulated trial pairs per optimized pattern.")
 
 
-class IntRange(_Section):
+class IntRange(Section):
     """`count` consecutive integers from `first`: {first: 42, count: 6} is 42..47."""
 
     first: int = Field(ge=0, lt=SEED_END, description="The first value.")
@@ -72,7 +44,7 @@ class IntRange(_Section):
         return list(range(self.first, self.first + self.count))
 
 
-class RayConfig(_Section):
+class RayConfig(Section):
     """The `ray` backend of a sweep: an existing cluster, or a local Ray started for the sweep."""
 
     address: Optional[str] = Field(
@@ -84,7 +56,7 @@ class RayConfig(_Section):
         None, ge=0, description="GPUs each run requests; null: 1 when the cluster has GPUs and device is not cpu.")
 
 
-class SweepConfig(_Section):
+class SweepConfig(Section):
     """`python main.py --sweep`: the cartesian product of these lists, one ordinary run per combination."""
 
     name: Optional[str] = Field(
@@ -105,7 +77,7 @@ class SweepConfig(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
 
 
-class DemoConfig(_Section):
+class DemoConfig(Section):
     """Settings tuned for the shipped demo models, applied only where they belong."""
 
     apply: Literal["auto", "always", "never"] = Field(
@@ -121,7 +93,7 @@ class DemoConfig(_Section):
         return self._applied
 
 
-class AppConfig(_Section):
+class AppConfig(Section):
     """Everything `python main.py` does; see config.yaml for the commented defaults."""
 
     models_dir: Path = Field(Path("demo_models"), description="Folder with .h5/.pickle pairs (and .pth files).")

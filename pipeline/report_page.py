@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from fileio import write_text_atomic
+from pipeline.run_folder import RunFiles
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
@@ -142,12 +143,12 @@ def _ground_truth_note(summary: dict[str, Any]) -> str:
     return f"<p class=muted>Ground truth: not available ({escape(truth.get('reason', 'unknown'))}).</p>"
 
 
-def write_report_page(run_dir: Path, summary: dict[str, Any], files: dict[str, Path]) -> Path:
-    """report.html of a run, from its summary, its plots and its config.yaml."""
+def write_report_page(run_files: RunFiles, summary: dict[str, Any], files: dict[str, Path]) -> Path:
+    """report.html of a run, from its serialized summary, its plots and its config.yaml."""
     plots = [embedded_png(Path(path), name.removeprefix("plot_").replace("_", " "))
              for name, path in files.items() if str(path).endswith(".png") and Path(path).is_file()]
-    config_path = run_dir / "config.yaml"
-    config_text = config_path.read_text() if config_path.is_file() else "(config.yaml missing)"
+    config_path = run_files.config
+    config_text = config_path.read_text() if config_path.is_file() else f"({config_path.name} missing)"
     sections = [
         warnings_block(summary.get("warnings", [])),
         "<h2>Result</h2>" + table(["", "P(spike | stim)", "P(spike | control)", "difference", "trials"],
@@ -162,6 +163,6 @@ def write_report_page(run_dir: Path, summary: dict[str, Any], files: dict[str, P
                                               for k, v in summary.get("versions", {}).items()]),
         "<p class=muted>Files: " + escape(", ".join(sorted(Path(p).name for p in files.values()))) + "</p>",
     ]
-    path = run_dir / "report.html"
+    path = run_files.report_html
     write_text_atomic(path, page(f"Activity optimization — {Path(summary['selected_model']).name}", sections))
     return path

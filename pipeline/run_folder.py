@@ -1,4 +1,5 @@
-"""Run folders and logging: console from the start, the run log from the first record once the folder exists."""
+"""Run folders and logging: every file name of a run folder (RunFiles), claiming a folder, finding an interrupted
+run, and the logs (console from the start, the run log from the first record once the folder exists)."""
 from __future__ import annotations
 
 import copy
@@ -9,13 +10,35 @@ import re
 import sys
 from pathlib import Path
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, Iterator
 
 from errors import ConfigError, OutputError
 from fileio import regular_file_size
-from pipeline.config import parse_yaml
+from optimization.report import FILE_NAMES
+from pipeline.config import AppConfig, parse_yaml
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of one run folder, by what they hold (the optimization writes its own: optimization.report)."""
+
+    folder: Path
+
+    def __getattr__(self, name: str) -> Path:
+        if name in RUN_FILE_NAMES:
+            return self.folder / RUN_FILE_NAMES[name]
+        raise AttributeError(name)
+
+
+# Everything a run folder holds; the optimization's rates, history, evaluation, checkpoint and plots among them.
+RUN_FILE_NAMES = {
+    "config": "config.yaml", "table": "results_table.csv", "log": "run.log", "summary": "summary.json",
+    "report_md": "report.md", "report_html": "report.html", "failed": "failed.txt", "lock": ".running.lock",
+    **FILE_NAMES,
+}
 
 
 class _Buffer(logging.Handler):
@@ -112,15 +135,15 @@ def new_folder(parent: Path, base: str) -> Path:
     raise OutputError(f"{parent}: cannot create a new run folder named {base}_*: 999 exist already.")
 
 
-RUN_LOCK = ".running.lock"  # held by the process working in a run folder; the kernel drops it when that dies
-FAILED_MARK = "failed.txt"   # a run that stopped on an error: not continued automatically
+# `lock` is held by the process working in a run folder (the kernel drops it when that dies); `failed` marks a
+# run that stopped on an error, which is never continued automatically.
 
 
 def claim_run_folder(folder: Path) -> IO | None:
     """Lock `folder` for this process (returned handle; keep it open for the run), or None when another
     live process holds it."""
     try:
-        handle = open(folder / RUN_LOCK, "a")
+        handle = open(RunFiles(folder).lock, "a")
     except OSError:  # not a folder we can lock (a file named like the lock, no write access): not ours to use
         return None
     try:
@@ -142,13 +165,13 @@ def find_interrupted_run(output_dir: Path, model_stem: str, config: dict) -> tup
         return None
     wanted = _resumable_part(config)
     for folder in sorted(output_dir.glob(f"*_{short_model_name(model_stem)}*"), key=lambda f: f.name, reverse=True):
-        if ((folder / "checkpoint.pt").is_file() and not (folder / "summary.json").exists()
-                and not (folder / FAILED_MARK).exists()
-                and _resumable_part(_read_yaml(folder / "config.yaml")) == wanted):
+        files = RunFiles(folder)
+        if (files.checkpoint.is_file() and not files.summary.exists() and not files.failed.exists()
+                and _resumable_part(_read_yaml(files.config)) == wanted):
             handle = claim_run_folder(folder)
             if handle is None:
                 continue
-            if (folder / "summary.json").exists() or (folder / FAILED_MARK).exists():
+            if files.summary.exists() or files.failed.exists():
                 handle.close()  # the job that held it finished while we looked
                 continue
             return folder, handle
@@ -162,7 +185,7 @@ def working_in(folder: Path, claim: IO) -> Iterator[None]:
     try:
         yield
     finally:
-        (folder / RUN_LOCK).unlink(missing_ok=True)
+        RunFiles(folder).lock.unlink(missing_ok=True)
         claim.close()
 
 
@@ -183,3 +206,24 @@ def _read_yaml(path: Path) -> dict | None:
         return parse_yaml(path.read_text(), str(path))
     except (OSError, UnicodeDecodeError, ConfigError):
         return None
+
+
+@contextmanager
+def claimed_run_folder(config: AppConfig, model_stem: str, log_buffer: _Buffer) -> Iterator[tuple[RunFiles, AppConfig]]:
+    """The folder a run of `model_stem` works in, claimed for this process and with the run log attached: the
+    newest interrupted run of the same job (with `resume_interrupted`; the config yielded then resumes from its
+    checkpoint), else a new `output_dir/<timestamp>_<model>/`."""
+    interrupted = (find_interrupted_run(config.output_dir, model_stem, config.model_dump(mode="json"))
+                   if config.resume_interrupted and config.optimization.loop.resume_from is None else None)
+    if interrupted is not None:
+        folder, claim = interrupted
+        config = config.model_copy(deep=True)
+        config.optimization.loop.resume_from = RunFiles(folder).checkpoint
+        attach_run_log(log_buffer, RunFiles(folder).log)
+        logging.getLogger(__name__).info("continuing the interrupted run %s from its checkpoint", folder)
+    else:
+        folder = create_run_folder(config.output_dir, model_stem)
+        claim = claim_run_folder(folder)
+        attach_run_log(log_buffer, RunFiles(folder).log)
+    with working_in(folder, claim):  # no other job continues this folder meanwhile (released even on SIGKILL)
+        yield RunFiles(folder), config

@@ -1,21 +1,24 @@
-"""`summary.json` (the machine-readable result of a run), its warnings, and `report.md`.
+"""The run summary (a typed record, serialized as `summary.json`), its warnings, and `report.md`.
 
-The self-contained page a person opens, report.html, is pipeline.report_page's.
+The self-contained page a person opens, report.html, is pipeline.report_page's; both render the serialized
+summary.
 """
 from __future__ import annotations
 
 import json
 import math
 import platform
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from conversion import CONVERTER_VERSION
-from conversion.verify import worst_output
+from conversion.record import ConversionRecord
 from fileio import write_text_atomic
+from pipeline.run_folder import RunFiles
 
 EVALUATION_KEYS = ("p_spike_stim", "p_spike_control", "difference", "n_trials")
 CI_KEYS = ("p_spike_stim_ci", "p_spike_control_ci", "difference_ci")
@@ -29,22 +32,84 @@ def versions(device: str = "cpu") -> dict[str, str]:
     return found
 
 
-def conversion_record(metadata: dict[str, Any]) -> dict[str, Any]:
+def conversion_summary(metadata: dict[str, Any]) -> dict[str, Any]:
     """What the run's PyTorch model records of its conversion: verified against Keras (the figures) or why not."""
-    verification = metadata.get("verification") or {}
-    worst = worst_output(verification)
-    record: dict[str, Any] = {"source_sha256": metadata.get("source_sha256"), "dtype": metadata.get("dtype"),
-                              "converter_version": metadata.get("converter_version"),
-                              "resolved_activations": metadata.get("resolved_activations") or []}
-    if worst is not None:
-        record.update(verified=True, keras=verification.get("keras"), input=verification.get("input"),
-                      compared_with=verification.get("keras_model", "loaded from the file"),
-                      max_abs_diff={name: o["max_abs_diff"] for name, o in verification["outputs"].items()})
+    try:
+        record: ConversionRecord | None = ConversionRecord.from_dict(metadata)
+    except (KeyError, TypeError):  # a model without our record (built in code)
+        record = None
+    verification = record.verification if record is not None else None
+    summary: dict[str, Any] = {
+        "source_sha256": record.source_sha256 if record else None, "dtype": record.dtype if record else None,
+        "converter_version": record.converter_version if record else None,
+        "resolved_activations": record.resolved_activations if record else []}
+    if verification is not None and verification.worst() is not None:
+        summary.update(verified=True, keras=verification.keras, input=verification.input,
+                       compared_with=verification.keras_model,
+                       max_abs_diff={name: o.max_abs_diff for name, o in verification.outputs.items()})
     else:
-        record.update(verified=False, not_verified_because=verification.get("skipped") or (
+        summary.update(verified=False, not_verified_because=(verification.skipped if verification else None) or (
             "the conversion was not compared with Keras (conversion.verify is off, or the PyTorch file was "
             "made without --verify)"))
-    return record
+    return summary
+
+
+@dataclass
+class RunSummary:
+    """The result of one run, as summary.json holds it (see README for each key)."""
+
+    selected_model: str
+    selection_metric: str
+    selection_reduction: str
+    selection_value: float
+    selection: dict[str, Any]
+    pytorch_model: str
+    converted: bool
+    conversion: dict[str, Any]
+    device: str
+    seed: int
+    final_loss: float
+    iterations_run: int
+    stopped_because: str
+    stimulus_segments: list[int]
+    stimulus_time_ms: int
+    response_window_ms: int
+    evaluation: dict[str, Any]
+    evaluation_initial: dict[str, Any]
+    ground_truth: dict[str, Any]
+    warnings: list[str]
+    demo_settings_applied: dict[str, Any]
+    command: Optional[str]
+    seconds: float
+    versions: dict[str, str]
+    run_dir: str
+
+    @classmethod
+    def of_run(cls, chosen, config, outcome, ground_truth: dict[str, Any], metadata: dict[str, Any],
+               warnings: list[str], command: Optional[str], seconds: float, run_dir: Path) -> "RunSummary":
+        """The summary of a finished run: the chosen model (pipeline.lifecycle.ChosenModel), its config, the
+        optimization's outcome, the ground truth and the conversion record of the model it used."""
+        optimized, initial = outcome.evaluation["optimized"], outcome.evaluation["initial"]
+        return cls(
+            selected_model=chosen.source, selection_metric=config.selection.metric,
+            selection_reduction=config.selection.reduction, selection_value=chosen.selection_value,
+            selection={"goal": config.selection.goal, "rank": chosen.rank, "candidates": chosen.candidates,
+                       "usable_candidates": chosen.usable_candidates, "fallback": config.selection.fallback,
+                       "skipped": list(chosen.skipped)},
+            pytorch_model=str(chosen.pytorch_path), converted=chosen.converted,
+            conversion=conversion_summary(metadata), device=outcome.device, seed=config.seed,
+            final_loss=outcome.final_loss, iterations_run=outcome.iterations_run,
+            stopped_because=outcome.stopped_because, stimulus_segments=list(outcome.stimulus_segments),
+            stimulus_time_ms=outcome.stimulus_time_ms, response_window_ms=outcome.response_window_ms,
+            evaluation={**{k: optimized[k] for k in EVALUATION_KEYS}, "details": optimized},
+            evaluation_initial={**{k: initial[k] for k in EVALUATION_KEYS}, **{k: initial[k] for k in CI_KEYS}},
+            ground_truth=ground_truth, warnings=warnings,
+            demo_settings_applied={key: config.demo.settings[key] for key in config.demo.applied},
+            command=command, seconds=seconds, versions=versions(outcome.device), run_dir=str(run_dir))
+
+    def to_dict(self) -> dict[str, Any]:
+        """summary.json's content: NaN/Inf become null, so that it is strict JSON."""
+        return _finite({name: getattr(self, name) for name in self.__dataclass_fields__})
 
 
 def degenerate_warnings(initial: dict[str, Any], optimized: dict[str, Any], evaluation_config) -> list[str]:
@@ -90,17 +155,17 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
-    path = run_dir / "summary.json"
-    write_text_atomic(path, json.dumps(_finite(summary), indent=2, default=str, allow_nan=False) + "\n")
-    return path
+def write_summary(files: RunFiles, summary: dict[str, Any]) -> Path:
+    """summary.json of a run folder from the serialized summary."""
+    write_text_atomic(files.summary, json.dumps(summary, indent=2, default=str, allow_nan=False) + "\n")
+    return files.summary
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def write_report(run_dir: Path, summary: dict[str, Any], files: dict[str, Path]) -> Path:
+def write_report(run_files: RunFiles, summary: dict[str, Any], files: dict[str, Path]) -> Path:
     """A Markdown page: what was chosen, how the optimization went, the evaluation, and the plots."""
     evaluation = summary["evaluation"]
     initial = summary.get("evaluation_initial", {})
@@ -125,6 +190,5 @@ def write_report(run_dir: Path, summary: dict[str, Any], files: dict[str, Path])
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({Path(path).name})" for name, path in plots]
     lines += ["", "Files: " + ", ".join(f"`{Path(p).name}`" for p in files.values()) + ", `report.html`", ""]
-    path = run_dir / "report.md"
-    write_text_atomic(path, "\n".join(lines))
-    return path
+    write_text_atomic(run_files.report_md, "\n".join(lines))
+    return run_files.report_md

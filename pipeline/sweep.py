@@ -25,8 +25,8 @@ from errors import ConfigError, OutputError, SelectionError, SweepError
 from fileio import write_text_atomic
 from limits import MAX_SWEEP_RUNS
 from pipeline.config import AppConfig, IntRange, SweepConfig, config_to_yaml, set_dotted, validate_config
-from pipeline.run_folder import attach_run_log, new_folder, short_model_name
-from pipeline.single_run import prepare_model
+from pipeline.run_folder import RunFiles, attach_run_log, new_folder, short_model_name
+from pipeline.lifecycle import prepare_candidate
 from pipeline.sweep_backends import BACKENDS
 from pipeline.sweep_report import write_sweep_report
 from pipeline.sweep_worker import FIGURES, RunTask
@@ -192,7 +192,7 @@ def _failing_again(row: Optional[dict[str, str]], config_hash: str) -> bool:
 
 def _finished_before(row: Optional[dict[str, str]], config_hash: str, sweep_dir: Path) -> bool:
     return (row is not None and row.get("status") == "done" and row.get("config_hash") == config_hash
-            and (sweep_dir / row.get("folder", "") / "summary.json").is_file())
+            and RunFiles(sweep_dir / row.get("folder", "")).summary.is_file())
 
 
 def run_sweep(config: AppConfig, table: pd.DataFrame, log_buffer) -> Path:
@@ -211,9 +211,9 @@ def run_sweep(config: AppConfig, table: pd.DataFrame, log_buffer) -> Path:
     except OSError as exc:
         raise OutputError(f"{sweep_dir}: cannot create the sweep folder ({exc.strerror or exc}).") from None
     attach_run_log(log_buffer, sweep_dir / "sweep.log")
-    write_text_atomic(sweep_dir / "config.yaml", config_to_yaml(config))
-    write_text_atomic(sweep_dir / "results_table.csv", table.to_csv(index=False))
-    chosen = {spec: prepare_model(row, config, table)[1] for spec, row in models.items()}  # once, before the runs
+    write_text_atomic(RunFiles(sweep_dir).config, config_to_yaml(config))  # a sweep folder's names, as a run's
+    write_text_atomic(RunFiles(sweep_dir).table, table.to_csv(index=False))
+    chosen = {spec: prepare_candidate(row, config, table)[1] for spec, row in models.items()}  # once, before the runs
     labels = _model_labels([model.stem for model in chosen.values()])
 
     override_keys = list(sweep.overrides or {})

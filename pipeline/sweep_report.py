@@ -18,10 +18,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fileio import write_atomically, write_text_atomic
-from optimization.report import FILE_NAMES
 from pipeline.config import SweepConfig
 from pipeline.report_page import embedded_png, escape, page, table, text_cell
-from pipeline.run_folder import short_model_name
+from pipeline.run_folder import RUN_FILE_NAMES, RunFiles, short_model_name
+
+REPORT_HTML = RUN_FILE_NAMES["report_html"]
 
 log = logging.getLogger("sweep")
 
@@ -70,10 +71,9 @@ def _slug(parts: list) -> str:
 
 def plot_mean_rates(sweep_dir: Path, runs: pd.DataFrame, title: str, path: Path) -> Path:
     """Optimized rates (segments x time), mean over patterns and over the runs (seeds), with the stimulus marked."""
-    rates = np.mean([np.load(sweep_dir / folder / FILE_NAMES["optimized_rates"]).mean(axis=0)
+    rates = np.mean([np.load(RunFiles(sweep_dir / folder).optimized_rates).mean(axis=0)
                      for folder in runs["folder"]], axis=0)
-    setups = [json.loads((sweep_dir / folder / FILE_NAMES["evaluation"]).read_text())["setup"]
-              for folder in runs["folder"]]
+    setups = [json.loads(RunFiles(sweep_dir / folder).evaluation.read_text())["setup"] for folder in runs["folder"]]
     num_excitatory = setups[0]["num_excitatory"]
     stimuli = sorted({(s["stimulus_time_ms"], segment) for s in setups for segment in s["stimulus_segments"]})
     groups = [("excitatory", 0, num_excitatory)]
@@ -115,7 +115,7 @@ def write_sweep_page(sweep_dir: Path, manifest: pd.DataFrame, table_frame: pd.Da
     """report.html of a sweep: the overview, the aggregate, the heatmaps embedded, every run linked."""
     runs = [[text_cell(row["run_id"]), text_cell(row["seed"]), text_cell(row["status"]),
              text_cell("–" if pd.isna(row["difference"]) else f"{row['difference']:.3f}"),
-             f'<td><a href="{escape(row["folder"])}/report.html">{escape(row["folder"])}</a></td>']
+             f'<td><a href="{escape(row["folder"])}/{REPORT_HTML}">{escape(row["folder"])}</a></td>']
             for row in manifest.to_dict("records")]
     failed = manifest[manifest["status"] == "failed"]
     sections = ["<ul>" + "".join(f"<li>{escape(line)}</li>" for line in overview) + "</ul>",
@@ -129,7 +129,7 @@ def write_sweep_page(sweep_dir: Path, manifest: pd.DataFrame, table_frame: pd.Da
     if len(failed):
         sections.append("<h2>Failed runs</h2><ul>" + "".join(
             f"<li><code>{escape(r.run_id)}</code>: {escape(r.error)}</li>" for r in failed.itertuples()) + "</ul>")
-    path = sweep_dir / "report.html"
+    path = RunFiles(sweep_dir).report_html
     write_text_atomic(path, page(f"Sweep {sweep_dir.name}", sections))
     return path
 
@@ -175,9 +175,9 @@ def write_sweep_report(sweep_dir: Path, manifest_path: Path, group_keys: list[st
     for row in manifest.to_dict("records"):
         difference = "–" if pd.isna(row["difference"]) else f"{row['difference']:.3f}"
         lines.append(f"| {row['run_id']} | {row['seed']} | {row['status']} | {difference} | "
-                     f"[{row['folder']}]({row['folder']}/report.md) |")
+                     f"[{row['folder']}]({row['folder']}/{RUN_FILE_NAMES['report_md']}) |")
     failed = manifest[manifest["status"] == "failed"]
     if len(failed):
         lines += ["", "## Failed runs", ""] + [f"- `{r.run_id}`: {r.error}" for r in failed.itertuples()]
-    write_text_atomic(sweep_dir / "report.md", "\n".join(lines) + "\n")
+    write_text_atomic(RunFiles(sweep_dir).report_md, "\n".join(lines) + "\n")
     return write_sweep_page(sweep_dir, manifest, table, group_keys, heatmaps, missing, overview)

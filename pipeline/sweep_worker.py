@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from errors import ToolError
-from fileio import write_text_atomic
+from errors import SweepError, ToolError
 from models.checkpoint import load_converted_model
-from pipeline.config import AppConfig, config_to_yaml
-from pipeline.run_folder import run_log_handler, setup_logging
-from pipeline.single_run import ChosenModel, check_run, optimize_and_report
+from pipeline.config import AppConfig
+from pipeline.lifecycle import ChosenModel, check_run, run_lifecycle
+from pipeline.run_folder import RunFiles, claim_run_folder, run_log_handler, setup_logging, working_in
+from pipeline.summary import RunSummary
 from progress import ProgressStyle
 
 log = logging.getLogger("sweep")
@@ -39,17 +39,21 @@ class RunTask:
 
 
 def run_task(task: RunTask) -> dict[str, Any]:
-    """Run one combination into its folder; returns its manifest columns (status, figures, error)."""
+    """Run one combination in its folder, through the lifecycle of every run (pipeline.lifecycle); returns its
+    manifest columns (status, figures, error). A failure is this run's, never the sweep's."""
     started = time.monotonic()
-    with _logging_into(task.run_dir / "run.log"):
+    files = RunFiles(task.run_dir)
+    with _logging_into(files.log):
         log.info("sweep run %s: model %s, seed %d", task.run_id, task.model.stem, task.config.seed)
+        claim = claim_run_folder(task.run_dir)
+        if claim is None:
+            return failed_result(SweepError(f"{task.run_dir}: another live job works in this run folder."))
         try:
-            write_text_atomic(task.run_dir / "config.yaml", config_to_yaml(task.config))
-            model = load_converted_model(task.model.pytorch_path)
-            checked = check_run(model, task.model, task.config)
-            _, summary = optimize_and_report(model, task.model, task.config, checked, task.run_dir,
-                                             progress=ProgressStyle("log"),
-                                             started=started)
+            with working_in(task.run_dir, claim):
+                model = load_converted_model(task.model.pytorch_path)
+                checked = check_run(model, task.model, task.config)
+                _, summary = run_lifecycle(files, model, task.model, task.config, checked, ProgressStyle("log"),
+                                           started)
         except ToolError as exc:
             log.error("sweep run %s failed: %s", task.run_id, exc)
             return failed_result(exc)
@@ -72,18 +76,18 @@ def failed_result(exc: BaseException) -> dict[str, Any]:
     return {"status": "failed", "error": " ".join(message.split())}
 
 
-def _figures(summary: dict[str, Any]) -> dict[str, Any]:
-    evaluation, ground_truth = summary["evaluation"], summary["ground_truth"]
+def _figures(summary: RunSummary) -> dict[str, Any]:
+    evaluation = summary.evaluation
     return {
         **{key: evaluation[key] for key in ("difference", "p_spike_stim", "p_spike_control", "n_trials")},
-        "initial_difference": summary["evaluation_initial"]["difference"],
-        "ground_truth_difference": ground_truth.get("difference"),
-        "final_loss": summary["final_loss"],
-        "iterations_run": summary["iterations_run"],
-        "stopped_because": summary["stopped_because"],
-        "stimulus_segments": ";".join(map(str, summary["stimulus_segments"])),
-        "device": summary["device"],
-        "seconds": summary["seconds"],
+        "initial_difference": summary.evaluation_initial["difference"],
+        "ground_truth_difference": summary.ground_truth.get("difference"),
+        "final_loss": summary.final_loss,
+        "iterations_run": summary.iterations_run,
+        "stopped_because": summary.stopped_because,
+        "stimulus_segments": ";".join(map(str, summary.stimulus_segments)),
+        "device": summary.device,
+        "seconds": summary.seconds,
     }
 
 

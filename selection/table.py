@@ -19,8 +19,9 @@ import pandas as pd
 from conversion.pairing import (CONVERTED_INFO_SUFFIX, PARAMS_SUFFIX, find_params_pickles, keras_files_for,
                                model_stem, pytorch_candidates)
 from errors import PickleFileError, SelectionError
-from fileio import load_pickle, regular_file_size
-from pipeline.config import SelectionConfig
+from fileio import regular_file_size
+from safe_pickle import load_pickle
+from selection.config import SelectionConfig
 
 log = logging.getLogger(__name__)
 COLUMNS = ["rank", "stem", "value", "usable", "reason", "note", "keras_file", "pth_candidates", "params",
@@ -172,7 +173,7 @@ def best_row(frame: pd.DataFrame, source: str) -> pd.Series:
     return usable.iloc[0]
 
 
-def format_table(frame: pd.DataFrame, top: int) -> str:
+def ranking_text(frame: pd.DataFrame, top: int) -> str:
     """The top rows, stems in full (their tails, LogLoss_... and ID_..., tell the published models apart), then
     why each unusable row is unusable and what was left out of the others."""
     rows = [("rank", "value", "finite epochs", "model", "unusable because / note")]

@@ -5,7 +5,8 @@ import pytest
 
 from benchmarks.common import QUICK
 from benchmarks.optimization_loop import neuron_tcn
-from conversion.converter import convert_keras_file
+from conversion.converter import build_conversion
+from conversion.model_file import read_model_file
 from tests.subprocesses import run_cli
 
 
@@ -39,7 +40,7 @@ def test_loop_benchmark_model_is_what_the_converter_makes(conversion_run):
     """The optimization benchmark builds its models without TensorFlow; they match a converted Keras TCN."""
     _, cache = conversion_run
     (keras_file,) = cache.glob("*.h5")
-    converted = convert_keras_file(keras_file).model.spec
+    converted = build_conversion(read_model_file(keras_file), None).model.spec
     built = neuron_tcn(QUICK).spec
 
     def structure(spec):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import model_converter
-from conversion.batch import NO_WORKER, BatchJob, BatchRow, format_table, run_batch
+from conversion.batch import NO_WORKER, BatchJob, BatchRow, batch_table, run_batch
 from errors import ConversionError
 from tests.subprocesses import run_cli, run_keras_script
 
@@ -173,5 +173,5 @@ def test_rows_of_a_dead_worker_do_not_count_as_a_worker_process():
                      seconds=1.0, worker_pid=4242),
             BatchRow(model="b.h5", status="failed", output=None, dtype=None, max_abs_diff=None, seconds=0.0,
                      worker_pid=NO_WORKER, error="b.h5: the worker process died.")]
-    table = format_table(rows)
+    table = batch_table(rows)
     assert "2 models: 1 converted, 0 cached, 1 failed (1 worker process)" in table, table

@@ -175,14 +175,14 @@ def test_a_changed_params_pickle_makes_a_weights_only_conversion_stale(parity, w
 
 def test_main_reuses_a_weights_only_conversion_of_its_params_pickle(parity, weight_files, tmp_path, caplog):
     """main.py's model step: the conversion of a weights-only `.h5` is current for the same pickle."""
-    from selection.pytorch_model import ensure_pytorch_model
+    from conversion.cache import find_or_convert
 
     (tmp_path / "tcn.h5").write_bytes((weight_files / WEIGHT_FILES["keras2"]).read_bytes())
     params = write_params(tmp_path / "tcn.pickle", ARCHITECTURE)
     with parity.tensorflow_blocked():
-        assert ensure_pytorch_model(tmp_path / "tcn", tmp_path / "tcn.h5", params, verify=False).converted
-        with caplog.at_level("INFO", logger="selection.pytorch_model"):
-            again = ensure_pytorch_model(tmp_path / "tcn", tmp_path / "tcn.h5", params, verify=False)
+        assert find_or_convert(tmp_path / "tcn", tmp_path / "tcn.h5", params, verify=False).converted
+        with caplog.at_level("INFO", logger="conversion.cache"):
+            again = find_or_convert(tmp_path / "tcn", tmp_path / "tcn.h5", params, verify=False)
     assert not again.converted and again.path == tmp_path / "tcn_converted.pth"
     assert "using existing PyTorch model" in caplog.text and "not using" not in caplog.text, caplog.text
 

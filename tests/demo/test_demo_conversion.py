@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fileio import load_pickle
+from safe_pickle import load_pickle
 from model_converter import TCNModelConverter
 from tests.subprocesses import REPO, run_keras_script
 

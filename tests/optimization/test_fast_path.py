@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conversion.converter import convert_keras_file
+from conversion.converter import build_conversion
+from conversion.model_file import read_model_file
 from optimization.constraints import RateParameters
 from optimization import fast_path
 from optimization.fast_path import first_conv_call
@@ -70,7 +71,7 @@ def model_files(tmp_path_factory) -> Path:
 
 
 def converted(model_files: Path, name: str) -> torch.nn.Module:
-    return convert_keras_file(model_files / f"{name}.h5").model
+    return build_conversion(read_model_file(model_files / f"{name}.h5"), None).model
 
 
 def one_step(model, make_config, fast_path: str, loop: dict | None = None, setting: tuple[str, str] | None = None,

@@ -11,7 +11,7 @@ import pytest
 from conversion.cache import conversion_lock
 from errors import ConversionError
 from model_converter import TCNModelConverter
-from selection.pytorch_model import ensure_pytorch_model
+from conversion.cache import find_or_convert
 
 
 def test_lock_times_out_while_another_job_holds_it(keras_files, tmp_path):
@@ -20,7 +20,7 @@ def test_lock_times_out_while_another_job_holds_it(keras_files, tmp_path):
     with open(tmp_path / ".tcn_converted.pth.lock", "a") as other_job:
         fcntl.flock(other_job, fcntl.LOCK_EX)
         with pytest.raises(ConversionError, match="conversion lock"):
-            ensure_pytorch_model(h5.with_suffix(""), h5, None, verify=False, lock_timeout_s=1.5)
+            find_or_convert(h5.with_suffix(""), h5, None, verify=False, lock_timeout_s=1.5)
     assert not (tmp_path / "tcn_converted.pth").exists()
 
 
@@ -30,7 +30,7 @@ def test_waiting_job_reuses_what_the_first_converted(keras_files, tmp_path):
     results = {}
 
     def second_job():
-        results["second"] = ensure_pytorch_model(h5.with_suffix(""), h5, None, verify=False, lock_timeout_s=60)
+        results["second"] = find_or_convert(h5.with_suffix(""), h5, None, verify=False, lock_timeout_s=60)
 
     with conversion_lock(tmp_path / "tcn_converted.pth", timeout_s=5):
         waiting = threading.Thread(target=second_job)

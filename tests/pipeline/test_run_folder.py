@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import AppConfig, config_to_yaml
-from pipeline.run_folder import FAILED_MARK, RUN_LOCK, claim_run_folder, find_interrupted_run, working_in
+from pipeline.run_folder import RunFiles, claim_run_folder, find_interrupted_run, working_in
 
 STEM = "NMDA_TCN__DxWxT_7x128x153__ID_42"
 
@@ -28,14 +28,14 @@ def test_newest_killed_run_with_the_same_config_is_claimed(tmp_path):
     with working_in(folder, claim):
         assert folder == newest
         assert claim_run_folder(newest) is None  # held by this claim
-    assert not (newest / RUN_LOCK).exists()
+    assert not RunFiles(newest).lock.exists()
     assert claim_run_folder(newest) is not None  # free again
 
 
 def test_finished_failed_live_or_other_config_runs_are_not_continued(tmp_path):
     config = AppConfig()
     (killed_run(tmp_path, "1", config) / "summary.json").write_text("{}")
-    (killed_run(tmp_path, "2", config) / FAILED_MARK).write_text("OptimizationError: diverged")
+    RunFiles(killed_run(tmp_path, "2", config)).failed.write_text("OptimizationError: diverged")
     other = config.model_copy(deep=True)
     other.seed = 1
     killed_run(tmp_path, "3", other)

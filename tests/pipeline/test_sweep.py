@@ -15,7 +15,8 @@ import pytest
 
 from errors import ConfigError, SelectionError, SweepError
 from pipeline import sweep_backends
-from pipeline.config import AppConfig, SelectionConfig, SweepConfig
+from pipeline.config import AppConfig, SweepConfig
+from selection.config import SelectionConfig
 from pipeline.sweep import resolve_models, run_config, run_sweep, sweep_points
 from pipeline.sweep_backends import gpu_names, plan_local_workers, run_local
 from pipeline.sweep_report import write_sweep_report

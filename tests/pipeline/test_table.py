@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from errors import SelectionError
-from pipeline.config import SelectionConfig
+from selection.config import SelectionConfig
 from selection.table import best_row, reduce_history, table_from_csv, table_from_models_dir
 
 

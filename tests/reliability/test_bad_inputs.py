@@ -33,8 +33,8 @@ from errors import (
     PickleFileError,
     SelectionError,
 )
-from fileio import load_pickle
-from main import select_model
+from safe_pickle import load_pickle
+from pipeline.lifecycle import rank_candidates
 from model_converter import load_converted_model
 from pipeline.config import load_config
 from tests.pipeline.model_folders import params_pickle
@@ -196,8 +196,8 @@ def test_config_trust_pickles_opts_out_for_main(tmp_path):
     (tmp_path / "dated.h5").write_bytes(b"selection only checks that the model file exists")
     (tmp_path / "config.yaml").write_text("models_dir: .\n")
     with pytest.raises(SelectionError, match="class 'datetime.date' is not allowed"):
-        select_model(load_config(tmp_path / "config.yaml"))
-    _, best = select_model(load_config(tmp_path / "config.yaml", ["conversion.trust_pickles=true"]))
+        rank_candidates(load_config(tmp_path / "config.yaml"))
+    best = rank_candidates(load_config(tmp_path / "config.yaml", ["conversion.trust_pickles=true"])).iloc[0]
     assert best["stem"] == "dated" and best["value"] == 0.1
 
 

@@ -24,7 +24,7 @@ import torch
 
 from conversion.cache import lock_path_for
 from model_converter import load_converted_model
-from pipeline.config import SelectionConfig
+from selection.config import SelectionConfig
 from selection.table import table_from_models_dir
 from tests.reliability.conftest import QUICK_RUN, run_main, snapshot
 from tests.subprocesses import REPO, run_cli, run_keras_script

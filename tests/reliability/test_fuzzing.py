@@ -13,7 +13,8 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conversion.converter import convert_keras_file
+from conversion.converter import build_conversion
+from conversion.model_file import read_model_file
 from conversion.model_file import read_model_file
 from errors import ToolError
 from pipeline.config import AppConfig, load_config
@@ -109,7 +110,7 @@ def test_mutated_model_config_is_converted_or_refused(fuzz_folder, data):
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs["layer_names"]]
             group.attrs["layer_names"] = data.draw(st.permutations(names).map(lambda p: p[: len(p) - 1])
                                                    | st.just(names + ["ghost"]), label="layer_names")
-    outcome(lambda: convert_keras_file(path))
+    outcome(lambda: build_conversion(read_model_file(path), None))
 
 
 def _config_keys(model, prefix=()) -> list[tuple[str, ...]]:
@@ -183,7 +184,7 @@ def test_pickles_that_declare_sizes_are_read_or_refused_without_allocating(tmp_p
 
     import numpy as np
 
-    from fileio import load_pickle
+    from safe_pickle import load_pickle
     from tests.reliability.hostile import _Reduce
     folder = tmp_path_factory.mktemp("pickle_sizes")
     raw = b"\x80\x05" + opcode + declared.to_bytes(8, "little") + body + b"."

@@ -186,7 +186,7 @@ def test_params_pickles_that_allocate_or_recurse(model, payload, fragment):
 
 
 def test_a_python2_set_is_read_as_a_set(tmp_path):
-    from fileio import load_pickle
+    from safe_pickle import load_pickle
     path = tmp_path / "p.pickle"
     path.write_bytes(pickle.dumps({"s": {1, 2}}, protocol=2))  # written with Python 2's name, __builtin__.set
     assert b"__builtin__" in path.read_bytes() and load_pickle(path) == {"s": {1, 2}}
@@ -327,7 +327,7 @@ runpy.run_path("model_converter.py", run_name="__main__")
 def test_sigkill_between_the_renames_never_leaves_a_new_model_beside_old_info(model, kill_at):
     """The info pickle is renamed first and names its .pth's sha256; the .pth's rename commits the pair."""
     from conversion.keras_file import file_sha256
-    from fileio import load_pickle
+    from safe_pickle import load_pickle
     pth, info = model.with_name("tcn_converted.pth"), model.with_name("tcn_converted_info.pickle")
     assert hostile.run_limited([CONVERTER, str(model)]).returncode == 0
     old_pth, old_info = pth.read_bytes(), info.read_bytes()

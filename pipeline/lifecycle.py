@@ -1,10 +1,11 @@
-"""One optimization run: the chosen model in PyTorch, then optimize, evaluate, ask the ground truth, and write
-summary.json and report.md into the run folder.
-
-`main.py` calls these for its single run and a sweep for each of its runs, so that both leave the same files.
+"""One run's lifecycle, the same for main.py's single run and for each run of a sweep: the chosen model made
+ready (found or converted), the run checked before it starts, then in its claimed folder: the inputs written,
+optimized, evaluated, the ground truth asked, summary.json / report.md / report.html written — or failed.txt
+with the error, so that no later start continues a failed run.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -14,20 +15,24 @@ from typing import Any, Optional
 import pandas as pd
 from torch import nn
 
-from errors import ConversionError, ModelFileError, PickleFileError, SelectionError
-
+from conversion.cache import find_or_convert
+from errors import ConversionError, ModelFileError, OutputError, PickleFileError, SelectionError
+from fileio import write_text_atomic
 from neuron import NeuronConfig
 from optimization import run_activity_optimization
 from optimization.network import resolve_layout
 from optimization.run import check_batch_sizes, stimulus_of
-from pipeline.config import AppConfig
-from pipeline.ground_truth import check_ground_truth, ground_truth_check
+from pipeline.config import AppConfig, config_to_yaml
 from pipeline.report_page import write_report_page
-from pipeline.summary import (CI_KEYS, EVALUATION_KEYS, conversion_record, degenerate_warnings, versions,
-                              write_report, write_summary)
+from pipeline.run_folder import RunFiles
+from pipeline.summary import RunSummary, degenerate_warnings, write_report, write_summary
+from pipeline.ground_truth_check import check_ground_truth, ground_truth_check
 from progress import ProgressStyle
-from selection.pytorch_model import ensure_pytorch_model
-from selection.table import mark_unusable
+from selection.table import best_row, mark_unusable, ranking_text, table_from_csv, table_from_models_dir
+
+log = logging.getLogger(__name__)
+# Why a ranked model may turn out unusable only when its files are opened.
+UNUSABLE_MODEL_ERRORS = (ConversionError, ModelFileError, PickleFileError, SelectionError)
 
 
 @dataclass(frozen=True)
@@ -51,13 +56,28 @@ log = logging.getLogger(__name__)
 UNUSABLE_MODEL_ERRORS = (ConversionError, ModelFileError, PickleFileError, SelectionError)
 
 
-def prepare_model(row, config: AppConfig, table: pd.DataFrame) -> tuple[nn.Module, ChosenModel]:
+def rank_candidates(config: AppConfig) -> pd.DataFrame:
+    """The ranked results table (printed: its top rows); a SelectionError when no row is usable."""
+    selection = config.selection
+    if selection.results_table is not None:
+        table, source = table_from_csv(selection.results_table, selection), str(selection.results_table)
+    else:
+        table = table_from_models_dir(config.models_dir, selection, config.conversion.trust_pickles)
+        source = str(config.models_dir)
+    log.info("candidate models ranked by %s (%s, %s):\n%s", selection.metric, selection.reduction,
+             selection.goal, ranking_text(table, selection.show_top))
+    best = best_row(table, source)
+    log.info("selected %s (%s = %.6g)", best["stem"], selection.metric, best["value"])
+    return table
+
+
+def prepare_candidate(row, config: AppConfig, table: pd.DataFrame) -> tuple[nn.Module, ChosenModel]:
     """The PyTorch model of a row of the results `table`, reused or converted now (under the per-model lock)."""
     params = Path(row["params"]) if row["params"] else None
     keras_file = Path(row["keras_file"]) if row["keras_file"] else None
-    pytorch = ensure_pytorch_model(Path(row["stem_path"]), keras_file, params, verify=config.conversion.verify,
-                                   trust_pickles=config.conversion.trust_pickles,
-                                   lock_timeout_s=config.conversion.lock_timeout_s)
+    pytorch = find_or_convert(Path(row["stem_path"]), keras_file, params, verify=config.conversion.verify,
+                              trust_pickles=config.conversion.trust_pickles,
+                              lock_timeout_s=config.conversion.lock_timeout_s)
     chosen = ChosenModel(stem=row["stem"], source=row["keras_file"] or str(row["stem_path"]),
                          selection_value=float(row["value"]), params=params, pytorch_path=pytorch.path,
                          converted=pytorch.converted, rank=None if pd.isna(row["rank"]) else int(row["rank"]),
@@ -74,7 +94,7 @@ def prepare_best_usable_model(table: pd.DataFrame, config: AppConfig) -> tuple[n
     skipped: list[dict[str, Any]] = []
     for position, row in enumerate(usable):
         try:
-            model, chosen = prepare_model(row, config, table)
+            model, chosen = prepare_candidate(row, config, table)
         except UNUSABLE_MODEL_ERRORS as exc:
             following = usable[position + 1] if position + 1 < len(usable) else None
             if config.selection.fallback == "stop":
@@ -117,54 +137,39 @@ def check_run(model: nn.Module, chosen: ChosenModel, config: AppConfig) -> RunCh
     return RunCheck(neuron)
 
 
-def optimize_and_report(model: nn.Module, chosen: ChosenModel, config: AppConfig, checked: RunCheck, run_dir: Path,
-                        progress: ProgressStyle, started: float, command: str | None = None
-                        ) -> tuple[Path, dict[str, Any]]:
-    """Optimize through `model` into `run_dir` (after check_run); returns report.html's path and the summary
-    written beside it (and report.md).
+def run_lifecycle(files: RunFiles, model: nn.Module, chosen: ChosenModel, config: AppConfig, checked: RunCheck,
+                  progress: ProgressStyle, started: float, table: pd.DataFrame | None = None,
+                  command: str | None = None) -> tuple[Path, RunSummary]:
+    """The run in its folder, which the caller holds (run_folder.working_in): its inputs (config.yaml, and the
+    ranked `table` when there is one), the optimization, evaluation and ground truth, the summary and reports.
+    Any failure leaves failed.txt with its message (a full disk must not hide the error itself) and is raised.
+    Returns report.html's path and the summary. `started`: the time.monotonic() at which the run began."""
+    try:
+        write_text_atomic(files.config, config_to_yaml(config))
+        if table is not None:
+            write_text_atomic(files.table, table.to_csv(index=False))
+        return _optimize_and_report(files, model, chosen, config, checked, progress, started, command)
+    except Exception as exc:  # failed means failed: no later start continues this folder
+        with contextlib.suppress(OutputError):
+            write_text_atomic(files.failed, f"{type(exc).__name__}: {exc}\n")
+        raise
 
-    `started` is the time.monotonic() at which the run began (the summary's `seconds` count from it);
-    `command` the command line that started the run, recorded to reproduce it.
-    """
-    neuron = checked.neuron
-    outcome = run_activity_optimization(model, config.optimization, run_dir, device=config.device,
+
+def _optimize_and_report(files: RunFiles, model: nn.Module, chosen: ChosenModel, config: AppConfig,
+                         checked: RunCheck, progress: ProgressStyle, started: float, command: str | None
+                         ) -> tuple[Path, RunSummary]:
+    outcome = run_activity_optimization(model, config.optimization, files.folder, device=config.device,
                                         seed=config.seed, logger=logging.getLogger("optimization"),
                                         progress=progress)
     optimized, initial = outcome.evaluation["optimized"], outcome.evaluation["initial"]
-    ground_truth = (ground_truth_check(neuron, outcome, config.ground_truth.trials, config.seed, progress)
+    ground_truth = (ground_truth_check(checked.neuron, outcome, config.ground_truth.trials, config.seed, progress)
                     if config.ground_truth.enabled else {"available": False, "reason": "turned off in the config"})
-    summary = {
-        "selected_model": chosen.source,
-        "selection_metric": config.selection.metric,
-        "selection_reduction": config.selection.reduction,
-        "selection_value": chosen.selection_value,
-        "selection": {"goal": config.selection.goal, "rank": chosen.rank, "candidates": chosen.candidates,
-                      "usable_candidates": chosen.usable_candidates, "fallback": config.selection.fallback,
-                      "skipped": list(chosen.skipped)},
-        "pytorch_model": str(chosen.pytorch_path),
-        "converted": chosen.converted,
-        "conversion": conversion_record(getattr(model, "metadata", {}) or {}),
-        "device": outcome.device,
-        "seed": config.seed,
-        "final_loss": outcome.final_loss,
-        "iterations_run": outcome.iterations_run,
-        "stopped_because": outcome.stopped_because,
-        "stimulus_segments": list(outcome.stimulus_segments),
-        "stimulus_time_ms": outcome.stimulus_time_ms,
-        "response_window_ms": outcome.response_window_ms,
-        "evaluation": {**{k: optimized[k] for k in EVALUATION_KEYS}, "details": optimized},
-        "evaluation_initial": {**{k: initial[k] for k in EVALUATION_KEYS},
-                               **{k: initial[k] for k in CI_KEYS}},
-        "ground_truth": ground_truth,
-        "warnings": degenerate_warnings(initial, optimized, config.optimization.evaluation),
-        "demo_settings_applied": {key: config.demo.settings[key] for key in config.demo.applied},
-        "command": command,
-        "seconds": round(time.monotonic() - started, 2),
-        "versions": versions(outcome.device),
-        "run_dir": str(run_dir),
-    }
-    for warning in summary["warnings"]:
+    summary = RunSummary.of_run(chosen, config, outcome, ground_truth, getattr(model, "metadata", {}) or {},
+                                degenerate_warnings(initial, optimized, config.optimization.evaluation),
+                                command, round(time.monotonic() - started, 2), files.folder)
+    for warning in summary.warnings:
         log.warning("warning: %s", warning)
-    files = {**outcome.files, "summary": write_summary(run_dir, summary)}
-    write_report(run_dir, summary, files)
-    return write_report_page(run_dir, summary, files), summary
+    written = summary.to_dict()
+    plots = {**outcome.files, "summary": write_summary(files, written)}
+    write_report(files, written, plots)
+    return write_report_page(files, written, plots), summary

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from errors import ConfigError
-from fileio import load_pickle
+from safe_pickle import load_pickle
 from limits import MAX_SIMULATION_STEPS
 from neuron import NeuronConfig, ground_truth_response
 from progress import Progress, ProgressStyle
