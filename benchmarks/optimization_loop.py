@@ -36,7 +36,7 @@ from optimization.initial import initial_rates  # noqa: E402
 from optimization.loop import RateOptimizer  # noqa: E402
 from optimization.network import prepare_model, resolve_layout  # noqa: E402
 from optimization.runtime import cudnn_benchmark, make_generator, resolve_device  # noqa: E402
-from optimization.sampler import SpikeSampler  # noqa: E402
+from optimization.sampler import make_sampler  # noqa: E402
 from optimization.stimulus import PairedStimulus, choose_stimulus  # noqa: E402
 from progress import NO_PROGRESS  # noqa: E402
 
@@ -123,7 +123,7 @@ def our_optimizer(model: KerasGraphModule, pairs: int, duration: int, device: to
     stimulus = choose_stimulus(config.stimulus, layout, seed=0)
     rates = initial_rates(config.initial_rates, layout, pairs, config.constraints.max_rate, seed=0)
     return RateOptimizer(RateParameters(rates, layout.num_excitatory, config.constraints).to(device), spike_model,
-                         SpikeSampler(config.sampler), PairedStimulus(stimulus, layout, device), config,
+                         make_sampler(config.sampler), PairedStimulus(stimulus, layout, device), config,
                          make_generator(0, device), Path(os.devnull), {}, LOGGER, progress=NO_PROGRESS)
 
 
@@ -151,7 +151,7 @@ def benchmark_size(size: TCNSize, pairs: int, duration: int, device: torch.devic
     steps = {PRIOR_LABEL: (prior_loop(model, size, pairs, duration, device).step, False)}
     optimizers = {label: our_optimizer(model, pairs, duration, device, fast_path, precision)
                   for label, fast_path, precision in variants}
-    steps.update({label: (optimizer.step, True) for label, optimizer in optimizers.items()})
+    steps.update({label: (optimizer.take_step, True) for label, optimizer in optimizers.items()})
     seconds: dict[str, list[float]] = {label: [] for label in steps}
     for round_index in range(warmup + iterations):
         for label, (step, autotune) in steps.items():

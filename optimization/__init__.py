@@ -3,7 +3,7 @@
 Entry point: `run_activity_optimization(model, OptimizationConfig(...), out_dir)`; see optimization/README.md.
 """
 
-from .config import OptimizationConfig
-from .run import OptimizationOutcome, run_activity_optimization
+from optimization.config import OptimizationConfig
+from optimization.run import OptimizationOutcome, run_activity_optimization
 
 __all__ = ["OptimizationConfig", "OptimizationOutcome", "run_activity_optimization"]

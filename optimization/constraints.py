@@ -20,39 +20,97 @@ import torch
 from torch import nn
 
 from errors import ConfigError
-
-from .config import ConstraintsConfig
+from named_parts import Registry
+from optimization.config import ConstraintsConfig
 
 _SIGMOID_MARGIN = 1e-4
+
+
+class Projection:
+    """The rates themselves are optimized and clamped into [0, max_rate] after each step."""
+
+    def __init__(self, max_rate: float):
+        self.max_rate = max_rate
+
+    def encode(self, rates: torch.Tensor) -> torch.Tensor:
+        return rates
+
+    def decode(self, free: torch.Tensor) -> torch.Tensor:
+        return free
+
+    def project_(self, free: torch.Tensor) -> None:
+        free.clamp_(0.0, self.max_rate)
+
+
+class Sigmoid(Projection):
+    """Logits are optimized, rate = max_rate * sigmoid(logit): always inside the bounds, no projection."""
+
+    def encode(self, rates: torch.Tensor) -> torch.Tensor:
+        return torch.logit((rates / self.max_rate).clamp(_SIGMOID_MARGIN, 1 - _SIGMOID_MARGIN))
+
+    def decode(self, free: torch.Tensor) -> torch.Tensor:
+        return self.max_rate * torch.sigmoid(free)
+
+    def project_(self, free: torch.Tensor) -> None:
+        pass
+
+
+BOUNDS: Registry[type[Projection]] = Registry("rate bound (constraints.method)")
+BOUNDS.add("projection", Projection)
+BOUNDS.add("sigmoid", Sigmoid)
+
+
+class Moving:
+    """Which rates move: the excitatory ones, the inhibitory ones staying at their initial values."""
+
+    moves_inhibitory = False  # the inhibitory rates are parameters themselves
+    inhibitory_fixed = True   # the inhibitory rates never change (no gradient reaches them)
+
+    def rates(self, parameters: "RateParameters", moving: torch.Tensor) -> torch.Tensor:
+        return torch.cat([moving, parameters.fixed_inhibitory], dim=-1)
+
+
+class MovingAll(Moving):
+    """Every rate moves."""
+
+    moves_inhibitory, inhibitory_fixed = True, False
+
+    def rates(self, parameters: "RateParameters", moving: torch.Tensor) -> torch.Tensor:
+        return moving
+
+
+class MovingTied(Moving):
+    """The excitatory rates move and the inhibitory ones follow them (RateParameters.tied_inhibitory)."""
+
+    inhibitory_fixed = False
+
+    def rates(self, parameters: "RateParameters", moving: torch.Tensor) -> torch.Tensor:
+        return torch.cat([moving, parameters.tied_inhibitory(moving)], dim=-1)
+
+
+MOVING: Registry[type[Moving]] = Registry("moving segments (constraints.moving_segments)")
+MOVING.add("excitatory", Moving)
+MOVING.add("all", MovingAll)
+MOVING.add("tied", MovingTied)
 
 
 class RateParameters(nn.Module):
     def __init__(self, initial_rates: torch.Tensor, num_excitatory: int, config: ConstraintsConfig):
         super().__init__()
-        if config.moving_segments == "tied" and config.tied_delay_ms >= initial_rates.shape[1]:
+        self.moving = MOVING[config.moving_segments]()
+        if isinstance(self.moving, MovingTied) and config.tied_delay_ms >= initial_rates.shape[1]:
             raise ConfigError(
                 f"constraints.tied_delay_ms={config.tied_delay_ms} must be shorter than the duration "
                 f"({initial_rates.shape[1]} ms)"
             )
         self.num_excitatory = num_excitatory
         self.config = config
-        moving_all = config.moving_segments == "all"
-        moving = initial_rates if moving_all else initial_rates[..., :num_excitatory]
-        self.free = nn.Parameter(self._encode(moving.clone()))
+        self.bound = BOUNDS[config.method](config.max_rate)
+        moving = initial_rates if self.moving.moves_inhibitory else initial_rates[..., :num_excitatory]
+        self.free = nn.Parameter(self.bound.encode(moving.clone()))
         self.register_buffer("fixed_inhibitory", initial_rates[..., num_excitatory:].clone())
         self.register_buffer("inhibitory_source", self._tied_sources(initial_rates.shape[-1] - num_excitatory))
         self.register_buffer("inhibitory_mean", self._tied_mean(initial_rates, config.tied_inhibitory_mean_rate))
-
-    def _encode(self, rates: torch.Tensor) -> torch.Tensor:
-        if self.config.method == "projection":
-            return rates
-        fraction = (rates / self.config.max_rate).clamp(_SIGMOID_MARGIN, 1 - _SIGMOID_MARGIN)
-        return torch.logit(fraction)
-
-    def _decode(self, free: torch.Tensor) -> torch.Tensor:
-        if self.config.method == "projection":
-            return free
-        return self.config.max_rate * torch.sigmoid(free)
 
     def _tied_sources(self, num_inhibitory: int) -> torch.Tensor:
         return torch.arange(num_inhibitory) * self.num_excitatory // max(num_inhibitory, 1)
@@ -75,15 +133,9 @@ class RateParameters(nn.Module):
         return (self.inhibitory_mean[:, None, None] * ratio).clamp_max(self.config.max_rate)
 
     def rates(self) -> torch.Tensor:
-        moving = self._decode(self.free)
-        mode = self.config.moving_segments
-        if mode == "all":
-            return moving
-        inhibitory = self.fixed_inhibitory if mode == "excitatory" else self.tied_inhibitory(moving)
-        return torch.cat([moving, inhibitory], dim=-1)
+        return self.moving.rates(self, self.bound.decode(self.free))
 
     @torch.no_grad()
     def project_(self) -> None:
-        """Clamp projected rates back into [0, max_rate] after an optimizer step (sigmoid needs nothing)."""
-        if self.config.method == "projection":
-            self.free.clamp_(0.0, self.config.max_rate)
+        """Back into [0, max_rate] after an optimizer step (where the bound needs it)."""
+        self.bound.project_(self.free)

@@ -18,12 +18,12 @@ import torch
 
 from progress import Progress
 
-from .config import EvaluationConfig
-from .network import SpikeProbability
-from .objective import window_max
-from .runtime import MicroBatcher, make_generator
-from .sampler import SpikeSampler, draw_noise
-from .stimulus import PairedStimulus
+from optimization.config import EvaluationConfig
+from optimization.network import SpikeProbability
+from optimization.objective import window_max
+from optimization.runtime import MicroBatcher, make_generator
+from optimization.sampler import SpikeSampler, draw_noise
+from optimization.stimulus import PairedStimulus
 
 # Per-pattern sums accumulated on the device, in this order.
 _COUNTS = ("stim_spikes", "control_spikes", "stim_only", "control_only",

@@ -34,9 +34,9 @@ from torch import nn
 from models.graph import KerasGraphModule
 from models.layers import Conv1d
 
-from .network import SpikeProbability
-from .runtime import autocast
-from .stimulus import PairedStimulus
+from optimization.network import SpikeProbability
+from optimization.runtime import autocast
+from optimization.stimulus import PairedStimulus
 
 BF16_TOLERANCE = 0.01  # largest |p_bf16 - p_fp32| of a spike probability for bf16 to be eligible
 _TIMED_PASSES = 3

@@ -10,8 +10,8 @@ import torch
 from errors import OptimizationError
 from fileio import regular_file_size
 
-from .config import InitialRatesConfig
-from .network import InputLayout
+from optimization.config import InitialRatesConfig
+from optimization.network import InputLayout
 
 
 def load_rates_file(path: Path, start_time_ms: int, layout: InputLayout, max_rate: float) -> torch.Tensor:

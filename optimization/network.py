@@ -11,7 +11,7 @@ from torch import nn
 
 from errors import ConfigError, OptimizationError
 
-from .config import OptimizationConfig
+from optimization.config import OptimizationConfig
 
 
 @dataclass(frozen=True)

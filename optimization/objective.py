@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import torch
 
-from .config import ObjectiveConfig
+from named_parts import Registry
+from optimization.config import ObjectiveConfig
 
 PENALTY_TERMS = ("l1", "smoothness", "initial_distance")
 
 
 _PROBABILITY_FLOOR = 1e-12  # keeps the logs and their gradients finite at probabilities of exactly 0 or 1
+
+# objective.control_response: the control copy's response from its (pairs, window) spike probabilities.
+CONTROL_RESPONSES: Registry = Registry("control response (objective.control_response)")
+CONTROL_RESPONSES.add("max", lambda window: window.amax(dim=1))
+CONTROL_RESPONSES.add("any_spike", lambda window: -torch.expm1(
+    torch.log1p(-window.clamp_max(1 - _PROBABILITY_FLOOR)).sum(dim=1)))
 
 
 def binary_cross_entropy(probability: torch.Tensor, target: float) -> torch.Tensor:
@@ -39,13 +46,11 @@ class Objective:
     def __init__(self, config: ObjectiveConfig, max_rate: float):
         self.config = config
         self.max_rate = max_rate
+        self.control_response = CONTROL_RESPONSES[config.control_response]
 
     def response_losses(self, control_window: torch.Tensor, stimulated_window: torch.Tensor) -> torch.Tensor:
         """Per-pair response loss from (pairs, window) spike probabilities; its mean is the response term."""
-        if self.config.control_response == "any_spike":
-            control = -torch.expm1(torch.log1p(-control_window.clamp_max(1 - _PROBABILITY_FLOOR)).sum(dim=1))
-        else:
-            control = control_window.amax(dim=1)
+        control = self.control_response(control_window)
         return 0.5 * (
             binary_cross_entropy(stimulated_window.amax(dim=1), self.config.target_spike_prob)
             + binary_cross_entropy(control, self.config.control_target)

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from fileio import write_atomically
 
-from .stimulus import Stimulus
+from optimization.stimulus import Stimulus
 
 FILE_NAMES = {
     "initial_rates": "initial_rates.npy",

@@ -17,16 +17,16 @@ from errors import ConfigError
 from limits import MAX_BATCH_BYTES
 from progress import Progress, ProgressStyle
 
-from . import report
-from .config import OptimizationConfig
-from .constraints import RateParameters
-from .evaluate import RateEvaluation, evaluate_rates
-from .initial import initial_rates
-from .loop import RateOptimizer
-from .network import InputLayout, SpikeProbability, prepare_model, resolve_layout
-from .runtime import MicroBatcher, Seeds, cudnn_benchmark, make_generator, resolve_device
-from .sampler import SpikeSampler
-from .stimulus import PairedStimulus, Stimulus, choose_stimulus
+from optimization import report
+from optimization.config import OptimizationConfig
+from optimization.constraints import RateParameters
+from optimization.evaluate import RateEvaluation, evaluate_rates
+from optimization.initial import initial_rates
+from optimization.loop import RateOptimizer
+from optimization.network import InputLayout, SpikeProbability, prepare_model, resolve_layout
+from optimization.runtime import MicroBatcher, Seeds, cudnn_benchmark, make_generator, resolve_device
+from optimization.sampler import SpikeSampler, make_sampler
+from optimization.stimulus import PairedStimulus, Stimulus, choose_stimulus
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def run_activity_optimization(
         config.initial_rates, layout, config.num_patterns, config.constraints.max_rate, seeds.background
     )
     parameters = RateParameters(start_rates, layout.num_excitatory, config.constraints).to(torch_device)
-    sampler = SpikeSampler(config.sampler)
+    sampler = make_sampler(config.sampler)
     paired = PairedStimulus(stimulus, layout, torch_device)
     optimizer = RateOptimizer(
         parameters, spike_model, sampler, paired, config,

@@ -12,8 +12,8 @@ import torch
 
 from errors import ConfigError
 
-from .config import StimulusConfig
-from .network import InputLayout
+from optimization.config import StimulusConfig
+from optimization.network import InputLayout
 
 
 @dataclass(frozen=True)

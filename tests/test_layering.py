@@ -1,7 +1,7 @@
 """The layers only look down: every import inside the project, parsed from the source, goes to a lower layer (or
 within its own package), and no module imports itself back through others.
 
-    base (errors, limits, config_base, fileio, safe_pickle, progress) < models < conversion < selection
+    base (errors, limits, config_base, named_parts, fileio, safe_pickle, progress) < models < conversion < selection
     < optimization, neuron (side by side, apart) < pipeline < the entry scripts main.py, model_converter.py
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from tests.subprocesses import REPO
 
-BASE = {"errors", "limits", "config_base", "fileio", "safe_pickle", "progress"}
+BASE = {"errors", "limits", "config_base", "named_parts", "fileio", "safe_pickle", "progress"}
 LAYERS = {**{name: 0 for name in BASE}, "models": 1, "conversion": 2, "selection": 3, "optimization": 4,
           "neuron": 4, "pipeline": 5, "main": 6, "model_converter": 6}
 LIBRARY = ["conversion", "models", "selection", "optimization", "neuron", "pipeline"]

@@ -10,7 +10,7 @@ from progress import NO_PROGRESS, Progress
 from optimization.evaluate import evaluate_rates, paired_difference_interval, wilson_interval
 from optimization.network import InputLayout, SpikeProbability
 from optimization.runtime import MicroBatcher
-from optimization.sampler import SpikeSampler
+from optimization.sampler import make_sampler
 from optimization.stimulus import PairedStimulus, Stimulus
 
 Z95 = 1.959963984540054
@@ -51,7 +51,7 @@ def test_evaluation_matches_hand_computed_probabilities():
     result = evaluate_rates(
         SpikeProbability(_EchoSegmentZero(), 0),
         rates,
-        SpikeSampler(SamplerConfig()),
+        make_sampler(SamplerConfig()),
         PairedStimulus(stimulus, layout, torch.device("cpu")),
         EvaluationConfig(trials_per_pattern=4000, chunk_size=1000),
         seed=7,

@@ -20,7 +20,7 @@ from optimization.initial import initial_rates
 from optimization.loop import RateOptimizer
 from optimization.network import prepare_model, resolve_layout
 from optimization.runtime import make_generator
-from optimization.sampler import SpikeSampler
+from optimization.sampler import make_sampler
 from optimization.stimulus import PairedStimulus, choose_stimulus
 from tests.optimization.synthetic import ExactFilterModel
 from tests.subprocesses import run_keras_script
@@ -87,13 +87,13 @@ def one_step(model, make_config, fast_path: str, loop: dict | None = None, setti
     stimulus = choose_stimulus(config.stimulus, layout, seed=1)
     rates = initial_rates(config.initial_rates, layout, config.num_patterns, config.constraints.max_rate, seed=2)
     optimizer = RateOptimizer(
-        RateParameters(rates, layout.num_excitatory, config.constraints), spike_model, SpikeSampler(config.sampler),
+        RateParameters(rates, layout.num_excitatory, config.constraints), spike_model, make_sampler(config.sampler),
         PairedStimulus(stimulus, layout, device), config, make_generator(0, device), Path("unused.pt"), {}, LOGGER,
         progress=NO_PROGRESS,
     )
     if setting is not None:
         optimizer.forward_pairs.precision, optimizer.forward_pairs.first_layer = setting
-    optimizer.step()
+    optimizer.take_step()
     return optimizer
 
 
@@ -111,7 +111,7 @@ def test_fast_path_equals_plain_path(model_files, small_config, name, overrides)
     fast_gradient, plain_gradient = fast.parameters.free.grad, plain.parameters.free.grad
     assert plain_gradient.abs().max() > 0
     assert (fast_gradient - plain_gradient).abs().max() <= RELATIVE_TOLERANCE * plain_gradient.abs().max()
-    torch.testing.assert_close(fast.interval_sums, plain.interval_sums, rtol=RELATIVE_TOLERANCE, atol=1e-7)
+    torch.testing.assert_close(fast.tracker.sums, plain.tracker.sums, rtol=RELATIVE_TOLERANCE, atol=1e-7)
 
 
 def test_models_without_a_single_first_conv_take_the_plain_path(model_files, small_config, neuron, caplog):
@@ -139,7 +139,7 @@ def test_bf16_settings_stay_close_to_fp32(model_files, small_config, setting, ov
     bf16 = one_step(converted(model_files, "causal_tcn"), small_config, "auto", setting=setting, **overrides)
     bf16_gradient, gradient = bf16.parameters.free.grad.flatten(), reference.parameters.free.grad.flatten()
     assert torch.nn.functional.cosine_similarity(bf16_gradient, gradient, dim=0) >= 0.95
-    torch.testing.assert_close(bf16.interval_sums[:2], reference.interval_sums[:2], rtol=2e-2, atol=0)
+    torch.testing.assert_close(bf16.tracker.sums[:2], reference.tracker.sums[:2], rtol=2e-2, atol=0)
 
 
 def test_precision_measurement_keeps_bf16_only_when_accurate(model_files, small_config, monkeypatch):

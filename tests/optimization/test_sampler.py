@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from optimization.config import SamplerConfig
-from optimization.sampler import SpikeSampler, draw_noise
+from optimization.sampler import draw_noise, make_sampler
 
 
 def _rates(shape=(3, 50, 8), seed=0) -> torch.Tensor:
@@ -13,7 +13,7 @@ def _rates(shape=(3, 50, 8), seed=0) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", ["bernoulli", "poisson"])
 def test_straight_through_forward_is_discrete_and_backward_is_identity(kind):
-    sampler = SpikeSampler(SamplerConfig(kind=kind))
+    sampler = make_sampler(SamplerConfig(kind=kind))
     rates = _rates()
     noise = draw_noise(rates.shape, torch.Generator().manual_seed(1), torch.device("cpu"))
     spikes = sampler.spikes(rates, noise)
@@ -28,7 +28,7 @@ def test_straight_through_forward_is_discrete_and_backward_is_identity(kind):
     ("kind", "probability"), [("bernoulli", lambda r: r), ("poisson", lambda r: 1 - torch.exp(-r))]
 )
 def test_spike_frequency_matches_the_kind(kind, probability):
-    sampler = SpikeSampler(SamplerConfig(kind=kind))
+    sampler = make_sampler(SamplerConfig(kind=kind))
     rates = torch.tensor([0.02, 0.1, 0.5, 0.9]).expand(200_000, 4)
     noise = draw_noise(rates.shape, torch.Generator().manual_seed(3), torch.device("cpu"))
     frequency = sampler.hard_spikes(rates, noise).mean(dim=0)
@@ -38,10 +38,10 @@ def test_spike_frequency_matches_the_kind(kind, probability):
 def test_relaxed_bernoulli_is_continuous_differentiable_and_sharpens_with_temperature():
     rates = _rates()
     noise = draw_noise(rates.shape, torch.Generator().manual_seed(4), torch.device("cpu"))
-    warm = SpikeSampler(SamplerConfig(kind="relaxed_bernoulli", temperature=1.0)).spikes(rates, noise)
+    warm = make_sampler(SamplerConfig(kind="relaxed_bernoulli", temperature=1.0)).spikes(rates, noise)
     assert ((warm > 0) & (warm < 1)).all()
     warm.sum().backward()
     assert (rates.grad > 0).all()  # a higher rate always raises the relaxed spike
-    cold = SpikeSampler(SamplerConfig(kind="relaxed_bernoulli", temperature=0.01)).spikes(rates.detach(), noise)
-    hard = SpikeSampler(SamplerConfig(kind="bernoulli")).hard_spikes(rates.detach(), noise)
+    cold = make_sampler(SamplerConfig(kind="relaxed_bernoulli", temperature=0.01)).spikes(rates.detach(), noise)
+    hard = make_sampler(SamplerConfig(kind="bernoulli")).hard_spikes(rates.detach(), noise)
     assert (cold.round() == hard).float().mean() > 0.99

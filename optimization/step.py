@@ -1,0 +1,106 @@
+"""One optimizer step of the paired objective: sample spike trains from the rates, run both copies through the
+model (optimization.fast_path), the objective's gradient into the rates, penalties, clipping, Adam, projection.
+
+Everything stays on the device: the step returns its metrics as one tensor (METRICS order), which the tracker
+sums until the end of the logging interval, and keeps the guard's record of the last finite state.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from optimization.config import OptimizationConfig
+from optimization.constraints import RateParameters
+from optimization.fast_path import PairedForward
+from optimization.objective import PENALTY_TERMS, Objective
+from optimization.runtime import MicroBatcher
+from optimization.sampler import SpikeSampler, draw_noise
+from optimization.stimulus import PairedStimulus
+
+METRICS = ("loss_total", "loss_response", *(f"loss_{name}" for name in PENALTY_TERMS), "p_control", "p_stim",
+           "grad_norm")
+
+
+class NonFiniteGuard:
+    """Remembers the parameters after the last step whose loss and gradient were finite, and the first step
+    that was not (-1 while none), without reading anything back to the host."""
+
+    def __init__(self, parameters: RateParameters):
+        self.parameters = parameters
+        self.last_good = parameters.free.detach().clone()
+        device = self.last_good.device
+        self.healthy = torch.ones((), dtype=torch.bool, device=device)
+        self.first_bad_iteration = torch.full((), -1, dtype=torch.long, device=device)
+
+    def record(self, iteration: int, total: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        finite = torch.isfinite(total) & torch.isfinite(grad_norm)
+        self.first_bad_iteration = torch.where(self.healthy & ~finite,
+                                               torch.full_like(self.first_bad_iteration, iteration),
+                                               self.first_bad_iteration)
+        self.healthy &= finite
+        self.last_good = torch.where(self.healthy, self.parameters.free.detach(), self.last_good)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            self.parameters.free.copy_(self.last_good)
+
+    def reset(self) -> None:
+        self.last_good = self.parameters.free.detach().clone()
+
+
+class PairedStep:
+    def __init__(self, parameters: RateParameters, forward_pairs: PairedForward, sampler: SpikeSampler,
+                 paired: PairedStimulus, config: OptimizationConfig, optimizer: torch.optim.Optimizer,
+                 generator: torch.Generator, micro_batcher: MicroBatcher, initial_rates: torch.Tensor):
+        self.parameters, self.forward_pairs, self.sampler, self.paired = parameters, forward_pairs, sampler, paired
+        self.objective = Objective(config.objective, config.constraints.max_rate)
+        self.optimizer, self.generator, self.micro_batcher = optimizer, generator, micro_batcher
+        self.initial_rates = initial_rates
+        clip = config.loop.grad_clip_norm
+        self.max_norm = clip if clip is not None else math.inf
+        samples = config.sampler.samples_per_pattern
+        self.pattern_of_sample = (torch.arange(initial_rates.shape[0] * samples, device=initial_rates.device)
+                                  // samples)
+
+    def _response_gradient(self, rates_leaf: torch.Tensor) -> torch.Tensor:
+        """Backpropagate the response loss into rates_leaf.grad in micro-batches; return its mean and responses."""
+        total, (_, duration, segments) = self.pattern_of_sample.numel(), self.initial_rates.shape
+        device = rates_leaf.device
+        noise = draw_noise((total, duration, segments), self.generator, device)
+        window = self.paired.stimulus.response_window()
+        sums = torch.zeros(3, device=device)
+
+        def work(chunk: slice) -> None:
+            spikes = self.sampler.spikes(rates_leaf[self.pattern_of_sample[chunk]], noise[chunk])
+            probability = self.forward_pairs(self.paired.control(spikes))
+            count = spikes.shape[0]
+            control_window, stimulated_window = probability[:count, window], probability[count:, window]
+            losses = self.objective.response_losses(control_window, stimulated_window)
+            control_max, stimulated_max = control_window.amax(dim=1), stimulated_window.amax(dim=1)
+            (losses.sum() / total).backward()
+            sums.add_(torch.stack([losses.sum(), control_max.sum(), stimulated_max.sum()]).detach() / total)
+
+        def restart() -> None:
+            rates_leaf.grad = None
+            sums.zero_()
+
+        self.micro_batcher.run(total, work, restart)
+        return sums
+
+    def __call__(self) -> torch.Tensor:
+        """One optimizer step; its METRICS as a device tensor (nothing is read back to the host)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        rates = self.parameters.rates()
+        rates_leaf = rates.detach().requires_grad_(True)
+        response_loss, control, stimulated = self._response_gradient(rates_leaf)
+        penalties = self.objective.weighted_penalties(rates, self.initial_rates)
+        penalty = sum(penalties.values())
+        # Chain rule through the parametrization: the response gradient w.r.t. rates arrives via rates_leaf.grad.
+        ((rates * rates_leaf.grad).sum() + penalty).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters.parameters(), self.max_norm)
+        self.optimizer.step()
+        self.parameters.project_()
+        total = response_loss + penalty.detach()
+        return torch.stack([total, response_loss, *(term.detach() for term in penalties.values()), control,
+                            stimulated, grad_norm])
