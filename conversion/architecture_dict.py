@@ -18,9 +18,11 @@ from typing import Any
 import h5py
 import numpy as np
 
+from conversion.families.common import single
 from conversion.keras_archive import group_base_name, read_numbered_weights, stored_layer_name
 from conversion.keras_file import (KerasModelFile, WeightReader, check_self_contained, file_sha256, read_attr,
                                    read_layer_groups)
+from conversion.registry import LayerProblem, shape_text
 from errors import ConversionError
 
 REQUIRED_KEYS = ("filter_sizes_per_layer", "num_filters_per_layer", "activation_function_per_layer",
@@ -74,21 +76,14 @@ def parse_architecture(path: Path, params: dict[str, Any] | None) -> Architectur
         if len(set(lengths.values())) != 1 or not lengths["num_filters_per_layer"]:
             raise ValueError(f"per-layer lists of different or zero lengths: {lengths}")
         return Architecture(filters=[int(v) for v in lists["num_filters_per_layer"]],
-                            kernel_sizes=[_single(v) for v in lists["filter_sizes_per_layer"]],
+                            kernel_sizes=[single(v, "filter size") for v in lists["filter_sizes_per_layer"]],
                             activations=[str(v) for v in lists["activation_function_per_layer"]],
-                            strides=[_single(v) for v in lists["strides_per_layer"]],
-                            dilations=[_single(v) for v in lists["dilation_rates_per_layer"]], window=window)
-    except (TypeError, ValueError) as exc:
+                            strides=[single(v, "stride") for v in lists["strides_per_layer"]],
+                            dilations=[single(v, "dilation rate") for v in lists["dilation_rates_per_layer"]],
+                            window=window)
+    except (TypeError, ValueError, LayerProblem) as exc:
         raise ConversionError(f"{path}: the params pickle's architecture_dict is not usable ({exc}). "
                               "Nothing was written.") from exc
-
-
-def _single(value: Any) -> int:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 1:
-            raise ValueError(f"{value} is not a single size")
-        value = value[0]
-    return int(value)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,9 +147,8 @@ def _expect(path: Path, layer: StoredLayer, role: str, shapes: dict[str, tuple[i
     for var, shape in shapes.items():
         have = layer.weights[var].shape
         if len(have) != len(shape) or any(s is not None and s != h for s, h in zip(shape, have)):
-            want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
             raise ConversionError(f"{path}: weight '{layer.name}/{var}' has shape {tuple(have)}, the "
-                                  f"architecture_dict implies {want} ({role}). Nothing was written.")
+                                  f"architecture_dict implies {shape_text(shape)} ({role}). Nothing was written.")
 
 
 def _match(path: Path, arch: Architecture, stored: list[StoredLayer]) -> tuple[list[StoredLayer], list[StoredLayer]]:

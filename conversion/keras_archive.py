@@ -24,6 +24,7 @@ import numpy as np
 
 from conversion.json_config import parse_config_json
 from conversion.keras_file import KerasModelFile, WeightReader, check_self_contained, file_sha256, read_attr
+from conversion.registry import bare_class_name
 from errors import ConversionError
 from fileio import regular_file_size
 from limits import MAX_JSON_BYTES, MAX_MEMBER_BYTES, check_stored_size
@@ -57,7 +58,7 @@ VARIABLE_ORDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
 
 def group_base_name(class_name: str) -> str:
     """The snake-case group name Keras derives from a layer class: `Conv1D` → `conv1d`, `PReLU` → `p_re_lu`."""
-    name = re.sub(r"\W+", "", class_name.split(">")[-1])
+    name = re.sub(r"\W+", "", bare_class_name(class_name))
     name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
@@ -68,7 +69,7 @@ CLASS_OF_GROUP = {group_base_name(class_name): class_name for class_name in VARI
 def variable_names(class_name: str, config: dict[str, Any], count: int) -> list[str]:
     """Keras names of a layer's `count` numbered variables; their indices (`0`, `1`, ...) for classes whose
     order is not known here (custom layers: their converter takes the weights by index)."""
-    order = VARIABLE_ORDER.get(class_name.split(">")[-1])
+    order = VARIABLE_ORDER.get(bare_class_name(class_name))
     return order(config) if order is not None else [str(i) for i in range(count)]
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from models.activations import ActivationSpec
+from named_parts import Registry
 
 
 class LayerProblem(Exception):
@@ -47,8 +48,7 @@ class WeightBag:
         stored = np.asarray(self._weights[name])
         if shape is not None and (len(shape) != stored.ndim
                                   or any(s is not None and s != v for s, v in zip(shape, stored.shape))):
-            expected = ", ".join("?" if s is None else str(s) for s in shape)
-            raise LayerProblem(f"weight '{name}' has shape {stored.shape}, expected ({expected})")
+            raise LayerProblem(f"weight '{name}' has shape {stored.shape}, expected {shape_text(shape)}")
         if stored.dtype.kind not in "fiub":  # complex numbers, strings, objects: no float32 equals them
             raise LayerProblem(f"weight '{name}' is stored as {stored.dtype}, not as real numbers")
         with np.errstate(over="ignore", invalid="ignore"):
@@ -86,18 +86,29 @@ class ConvertedLayer:
 
 
 LayerConverter = Callable[[KerasLayer], ConvertedLayer]
-LAYER_CONVERTERS: dict[str, LayerConverter] = {}
+LAYER_CONVERTERS: Registry[LayerConverter] = Registry("layer converter for Keras class")
 
 
-def register_layer_converter(*class_names: str, converter: LayerConverter | None = None):
-    """Register `converter` for Keras class names; without `converter`, return a decorator."""
+def register_layer_converter(*class_names: str, converter: LayerConverter | None = None, replace: bool = False):
+    """Register `converter` for Keras class names; without `converter`, return a decorator. A class name that
+    has a converter already is refused unless `replace=True`."""
     def add(fn: LayerConverter) -> LayerConverter:
         for class_name in class_names:
-            LAYER_CONVERTERS[class_name] = fn
+            LAYER_CONVERTERS.add(class_name, fn, replace)
         return fn
     return add(converter) if converter is not None else add
 
 
+def bare_class_name(class_name: str) -> str:
+    """The class name without the `Custom>` / `package>` prefix that Keras 3 files put before it."""
+    return class_name.rsplit(">", 1)[-1]
+
+
 def find_converter(class_name: str) -> LayerConverter | None:
-    """Converters are looked up by the class name, also without a `Custom>` / `package>` prefix."""
-    return LAYER_CONVERTERS.get(class_name) or LAYER_CONVERTERS.get(class_name.split(">")[-1])
+    """Converters are looked up by the class name, also without its prefix."""
+    return LAYER_CONVERTERS.get(class_name) or LAYER_CONVERTERS.get(bare_class_name(class_name))
+
+
+def shape_text(shape: tuple[int | None, ...]) -> str:
+    """An expected shape as the messages print it: None (any size) as '?'."""
+    return "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"

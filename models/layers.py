@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.activations import ActivationSpec, get_activation, keras_relu
+from named_parts import Registry
 
 
 def tf_same_padding(length: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -260,25 +261,16 @@ class GlobalPool1d(nn.Module):
         return torch.mean(x, dim=1, keepdim=self.keepdims)
 
 
-MODULE_TYPES: dict[str, type[nn.Module]] = {
-    "activation": Activation,
-    "conv1d": Conv1d,
-    "dense": Dense,
-    "batch_norm": BatchNorm,
-    "layer_norm": LayerNorm,
-    "relu": ReLU,
-    "leaky_relu": LeakyReLU,
-    "elu": ELU,
-    "prelu": PReLU,
-    "identity": Identity,
-    "merge": Merge,
-    "time_pad": TimePad,
-    "reshape": Reshape,
-    "pool1d": Pool1d,
-    "global_pool1d": GlobalPool1d,
-}
+MODULE_TYPES: Registry[type[nn.Module]] = Registry("module type")
+for _module_class, _name in ((Activation, "activation"), (Conv1d, "conv1d"), (Dense, "dense"),
+                             (BatchNorm, "batch_norm"), (LayerNorm, "layer_norm"), (ReLU, "relu"),
+                             (LeakyReLU, "leaky_relu"), (ELU, "elu"), (PReLU, "prelu"), (Identity, "identity"),
+                             (Merge, "merge"), (TimePad, "time_pad"), (Reshape, "reshape"), (Pool1d, "pool1d"),
+                             (GlobalPool1d, "global_pool1d")):
+    MODULE_TYPES.add(_name, _module_class)
 
 
-def register_module_type(name: str, module_class: type[nn.Module]) -> None:
-    """Make a module class available to specs (used by custom-layer converters)."""
-    MODULE_TYPES[name] = module_class
+def register_module_type(name: str, module_class: type[nn.Module], replace: bool = False) -> None:
+    """Make a module class available to specs (used by custom-layer converters); a taken name is refused
+    unless `replace=True`."""
+    MODULE_TYPES.add(name, module_class, replace)

@@ -16,7 +16,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fileio import write_atomically
+from fileio import write_atomically, write_text_atomic
 
 from optimization.stimulus import Stimulus
 
@@ -49,15 +49,13 @@ def write_rates(out_dir: Path, initial: np.ndarray, optimized: np.ndarray) -> di
 
 def write_history(out_dir: Path, history: list[dict[str, float]]) -> Path:
     path = out_dir / FILE_NAMES["history"]
-    csv = pd.DataFrame(history).to_csv(index=False)
-    write_atomically(path, lambda handle: handle.write(csv.encode()))
+    write_text_atomic(path, pd.DataFrame(history).to_csv(index=False))
     return path
 
 
 def write_json(out_dir: Path, key: str, content: dict[str, Any]) -> Path:
     path = out_dir / FILE_NAMES[key]
-    text = json.dumps(content, indent=2, allow_nan=False)
-    write_atomically(path, lambda handle: handle.write(text.encode()))
+    write_text_atomic(path, json.dumps(content, indent=2, allow_nan=False))
     return path
 
 
@@ -67,7 +65,7 @@ COPY_STYLE = {"control": {"color": "tab:blue", "linestyle": "--", "linewidth": 1
 PROBABILITY_LIMITS = (-0.02, 1.02)
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")  # legends outside the axes keep their room
 
 
@@ -76,14 +74,14 @@ def _legend_outside(axis) -> None:
     axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small")
 
 
-def _save_figure(figure: Figure, path: Path, dpi: int) -> Path:
+def save_figure(figure: Figure, path: Path, dpi: int) -> Path:
     FigureCanvasAgg(figure)
     write_atomically(path, lambda handle: figure.savefig(handle, format="png", dpi=dpi))
     return path
 
 
 def plot_loss_curves(history: pd.DataFrame, targets: tuple[float, float], path: Path, dpi: int) -> Path:
-    figure = _figure(10, 9)
+    figure = new_figure(10, 9)
     losses, responses, gradients = figure.subplots(3, 1, sharex=True)
     for column in [c for c in history.columns if c.startswith("loss_")]:
         if (history[column] != 0).any():
@@ -104,7 +102,7 @@ def plot_loss_curves(history: pd.DataFrame, targets: tuple[float, float], path: 
     learning_rate.semilogy(history["iteration"], history["learning_rate"], color="tab:green")
     learning_rate.set_ylabel("learning rate", color="tab:green")
     gradients.set_xlabel("iteration")
-    return _save_figure(figure, path, dpi)
+    return save_figure(figure, path, dpi)
 
 
 def plot_spike_probability(
@@ -112,7 +110,7 @@ def plot_spike_probability(
     dpi: int,
 ) -> Path:
     """traces[name][copy] = (mean, std) over time, name in initial/optimized, copy in control/stimulated."""
-    figure = _figure(12, 4)
+    figure = new_figure(12, 4)
     axes = figure.subplots(1, len(traces), sharey=True, squeeze=False)[0]
     for axis, (name, copies) in zip(axes, traces.items()):
         for copy in ("stimulated", "control"):  # the dashed control line on top stays visible
@@ -129,41 +127,54 @@ def plot_spike_probability(
         axis.set_xlabel("time (ms)")
     axes[0].set_ylabel("spike probability")
     _legend_outside(axes[-1])
-    return _save_figure(figure, path, dpi)
+    return save_figure(figure, path, dpi)
+
+
+def segment_groups(num_segments: int, num_excitatory: int) -> list[tuple[str, slice]]:
+    """The excitatory segments, then the inhibitory ones where there are any."""
+    groups = [("excitatory", slice(0, num_excitatory))]
+    if num_segments > num_excitatory:
+        groups.append(("inhibitory", slice(num_excitatory, num_segments)))
+    return groups
+
+
+def draw_rate_panel(figure: Figure, axis, rates: np.ndarray, segments: slice, marks: list[tuple[int, int]],
+                    top: float | None, title: str) -> None:
+    """A heatmap of `rates` (segments x time) for the segment range `segments`, with a red x at each stimulus
+    spike `(time_ms, segment)` that falls in the range."""
+    image = axis.imshow(rates, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=top,
+                        interpolation="nearest", extent=(0, rates.shape[1], segments.start, segments.stop))
+    shown = [(time, segment) for time, segment in marks if segments.start <= segment < segments.stop]
+    if shown:
+        axis.scatter([time + 0.5 for time, _ in shown], [segment + 0.5 for _, segment in shown], marker="x",
+                     color="red", s=40)
+    axis.set_title(title + ("; red x: stimulus" if shown else ""))
+    axis.set_xlabel("time (ms)")
+    axis.set_ylabel("segment")
+    figure.colorbar(image, ax=axis, label="rate (spikes/ms)")
 
 
 def plot_rate_heatmaps(
     initial: np.ndarray, optimized: np.ndarray, num_excitatory: int, stimulus: Stimulus, path: Path, dpi: int
 ) -> Path:
     """Pattern-averaged rates (segments x time): excitatory and inhibitory rows, initial and optimized columns."""
-    groups = [("excitatory", slice(0, num_excitatory))]
-    if initial.shape[1] > num_excitatory:
-        groups.append(("inhibitory", slice(num_excitatory, initial.shape[1])))
-    figure = _figure(12, 3.5 * len(groups))
+    groups = segment_groups(initial.shape[1], num_excitatory)
+    marks = [(stimulus.time_ms, segment) for segment in stimulus.segments]
+    figure = new_figure(12, 3.5 * len(groups))
     axes = figure.subplots(len(groups), 2, squeeze=False)
     for row, (group, segments) in enumerate(groups):
         initial_mean = initial[:, segments].mean(axis=0)
         optimized_mean = optimized[:, segments].mean(axis=0)
         top = max(initial_mean.max(), optimized_mean.max())
         for column, (name, rates) in enumerate((("initial", initial_mean), ("optimized", optimized_mean))):
-            axis = axes[row, column]
-            image = axis.imshow(rates, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=top,
-                                interpolation="nearest", extent=(0, rates.shape[1], segments.start, segments.stop))
-            marked = [s for s in stimulus.segments if segments.start <= s < segments.stop]
-            if marked:
-                axis.scatter([stimulus.time_ms + 0.5] * len(marked), [s + 0.5 for s in marked], marker="x",
-                             color="red", s=40)
-            axis.set_title(f"{group}, {name} (mean over {initial.shape[0]} pattern(s))"
-                           + ("; red x: stimulus" if marked else ""))
-            axis.set_xlabel("time (ms)")
-            axis.set_ylabel("segment")
-            figure.colorbar(image, ax=axis, label="rate (spikes/ms)")
-    return _save_figure(figure, path, dpi)
+            draw_rate_panel(figure, axes[row, column], rates, segments, marks, top,
+                            f"{group}, {name} (mean over {initial.shape[0]} pattern(s))")
+    return save_figure(figure, path, dpi)
 
 
 def plot_raster(example: dict[str, np.ndarray], num_excitatory: int, stimulus: Stimulus, path: Path, dpi: int) -> Path:
     """One sampled trial of the optimized rates (stimulated copy) and the model's response to both copies."""
-    figure = _figure(12, 6)
+    figure = new_figure(12, 6)
     raster, response = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     times, segments = np.nonzero(example["stimulated_spikes"])
     excitatory = segments < num_excitatory
@@ -183,7 +194,7 @@ def plot_raster(example: dict[str, np.ndarray], num_excitatory: int, stimulus: S
     response.set_ylabel("spike probability")
     response.set_xlabel("time (ms)")
     _legend_outside(response)
-    return _save_figure(figure, path, dpi)
+    return save_figure(figure, path, dpi)
 
 
 def plot_rate_change(
@@ -192,7 +203,7 @@ def plot_rate_change(
     """Per segment: optimized minus initial rate, averaged over patterns and time."""
     change = (optimized - initial).mean(axis=(0, 2))
     segments = np.arange(change.size)
-    figure = _figure(12, 3.5)
+    figure = new_figure(12, 3.5)
     axis = figure.subplots()
     colors = np.where(segments < num_excitatory, "tab:red", "tab:blue")
     axis.bar(segments, change, width=1.0, color=colors)
@@ -204,4 +215,4 @@ def plot_rate_change(
     axis.set_ylabel("rate change (spikes/ms)")
     axis.set_title("optimized minus initial rate, mean over time and patterns")
     _legend_outside(axis)
-    return _save_figure(figure, path, dpi)
+    return save_figure(figure, path, dpi)

@@ -28,7 +28,8 @@ from pipeline.run_folder import RunFiles
 from pipeline.summary import RunSummary, degenerate_warnings, write_report, write_summary
 from pipeline.ground_truth_check import check_ground_truth, ground_truth_check
 from progress import ProgressStyle
-from selection.table import best_row, mark_unusable, ranking_text, table_from_csv, table_from_models_dir
+from selection.table import (Candidate, best_candidate, mark_unusable, ranking_text, table_from_csv,
+                             table_from_models_dir, usable_candidates)
 
 log = logging.getLogger(__name__)
 # Why a ranked model may turn out unusable only when its files are opened.
@@ -66,22 +67,20 @@ def rank_candidates(config: AppConfig) -> pd.DataFrame:
         source = str(config.models_dir)
     log.info("candidate models ranked by %s (%s, %s):\n%s", selection.metric, selection.reduction,
              selection.goal, ranking_text(table, selection.show_top))
-    best = best_row(table, source)
-    log.info("selected %s (%s = %.6g)", best["stem"], selection.metric, best["value"])
+    best = best_candidate(table, source)
+    log.info("selected %s (%s = %.6g)", best.stem, selection.metric, best.value)
     return table
 
 
-def prepare_candidate(row, config: AppConfig, table: pd.DataFrame) -> tuple[nn.Module, ChosenModel]:
+def prepare_candidate(candidate: Candidate, config: AppConfig, table: pd.DataFrame) -> tuple[nn.Module, ChosenModel]:
     """The PyTorch model of a row of the results `table`, reused or converted now (under the per-model lock)."""
-    params = Path(row["params"]) if row["params"] else None
-    keras_file = Path(row["keras_file"]) if row["keras_file"] else None
-    pytorch = find_or_convert(Path(row["stem_path"]), keras_file, params, verify=config.conversion.verify,
-                              trust_pickles=config.conversion.trust_pickles,
+    pytorch = find_or_convert(candidate.stem_path, candidate.keras_file, candidate.params,
+                              verify=config.conversion.verify, trust_pickles=config.conversion.trust_pickles,
                               lock_timeout_s=config.conversion.lock_timeout_s)
-    chosen = ChosenModel(stem=row["stem"], source=row["keras_file"] or str(row["stem_path"]),
-                         selection_value=float(row["value"]), params=params, pytorch_path=pytorch.path,
-                         converted=pytorch.converted, rank=None if pd.isna(row["rank"]) else int(row["rank"]),
-                         candidates=len(table), usable_candidates=int(table["usable"].sum()))
+    chosen = ChosenModel(stem=candidate.stem, source=str(candidate.keras_file or candidate.stem_path),
+                         selection_value=candidate.value, params=candidate.params, pytorch_path=pytorch.path,
+                         converted=pytorch.converted, rank=candidate.rank, candidates=len(table),
+                         usable_candidates=int(table["usable"].sum()))
     return pytorch.model, chosen
 
 
@@ -90,23 +89,23 @@ def prepare_best_usable_model(table: pd.DataFrame, config: AppConfig) -> tuple[n
     unusable .pth), selection.fallback decides: `stop` raises the same error type, naming the model, the cause and
     the next candidate; `next` takes the next usable row (skipped ones are recorded on the result, and marked
     unusable in `table` with their reason)."""
-    usable = [row for _, row in table[table["usable"]].iterrows()]
+    usable = usable_candidates(table)
     skipped: list[dict[str, Any]] = []
-    for position, row in enumerate(usable):
+    for position, candidate in enumerate(usable):
         try:
-            model, chosen = prepare_candidate(row, config, table)
+            model, chosen = prepare_candidate(candidate, config, table)
         except UNUSABLE_MODEL_ERRORS as exc:
             following = usable[position + 1] if position + 1 < len(usable) else None
             if config.selection.fallback == "stop":
-                then = (f"The next candidate is {following['stem']} (rank {int(following['rank'])}, "
-                        f"{config.selection.metric} {following['value']:.6g}); selection.fallback=next tries it "
+                then = (f"The next candidate is {following.stem} (rank {following.rank}, "
+                        f"{config.selection.metric} {following.value:.6g}); selection.fallback=next tries it "
                         "and the ones after it." if following is not None else "No other candidate is left.")
-                raise type(exc)(f"the best model {row['stem']} (rank {int(row['rank'])}) cannot be used: {exc} "
+                raise type(exc)(f"the best model {candidate.stem} (rank {candidate.rank}) cannot be used: {exc} "
                                 f"{then}") from exc
             reason = " ".join(str(exc).split())
-            log.warning("skipping %s (rank %d): %s", row["stem"], int(row["rank"]), reason)
-            skipped.append({"stem": row["stem"], "rank": int(row["rank"]), "reason": reason})
-            mark_unusable(table, row["stem"], f"skipped: {reason}")
+            log.warning("skipping %s (rank %d): %s", candidate.stem, candidate.rank, reason)
+            skipped.append({"stem": candidate.stem, "rank": candidate.rank, "reason": reason})
+            mark_unusable(table, candidate.stem, f"skipped: {reason}")
             continue
         if skipped:
             log.info("using %s (rank %d) instead: %d better-ranked model(s) could not be used", chosen.stem,

@@ -25,11 +25,12 @@ from errors import ConfigError, OutputError, SelectionError, SweepError
 from fileio import write_text_atomic
 from limits import MAX_SWEEP_RUNS
 from pipeline.config import AppConfig, IntRange, SweepConfig, config_to_yaml, set_dotted, validate_config
-from pipeline.run_folder import RunFiles, attach_run_log, new_folder, short_model_name
 from pipeline.lifecycle import prepare_candidate
+from pipeline.run_folder import RunFiles, attach_run_log, new_folder, short_model_name
 from pipeline.sweep_backends import BACKENDS
 from pipeline.sweep_report import write_sweep_report
 from pipeline.sweep_worker import FIGURES, RunTask
+from selection.table import Candidate, usable_candidates
 
 log = logging.getLogger("sweep")
 MANIFEST = "manifest.csv"
@@ -114,29 +115,29 @@ def run_config(base: AppConfig, point: SweepPoint) -> AppConfig:
     return config
 
 
-def resolve_models(table: pd.DataFrame, specs: list[Union[int, str]], source: str) -> dict[Union[int, str], Any]:
+def resolve_models(table: pd.DataFrame, specs: list[Union[int, str]], source: str) -> dict[Union[int, str], Candidate]:
     """Each model of sweep.models (a rank among the usable rows, or a stem) -> its results-table row."""
-    usable = table[table["usable"]]
-    rows = {}
+    usable = usable_candidates(table)
+    chosen = {}
     for spec in specs:
         if isinstance(spec, int):
             if spec > len(usable):
                 raise SelectionError(f"{source}: sweep.models asks for rank {spec}, but only {len(usable)} "
                                      "model(s) are usable.")
-            rows[spec] = usable.iloc[spec - 1]
+            chosen[spec] = usable[spec - 1]
             continue
         named = table[table["stem"] == spec]
         if named.empty:
             raise SelectionError(f"{source}: sweep.models names '{spec}', which is not in the results table "
                                  f"(models: {', '.join(table['stem'])}).")
-        if not named.iloc[0]["usable"]:
-            raise SelectionError(f"{source}: sweep.models names '{spec}', which is not usable: "
-                                 f"{named.iloc[0]['reason']}.")
-        rows[spec] = named.iloc[0]
-    stems = [row["stem"] for row in rows.values()]
+        candidate = Candidate.from_row(named.iloc[0])
+        if not candidate.usable:
+            raise SelectionError(f"{source}: sweep.models names '{spec}', which is not usable: {candidate.reason}.")
+        chosen[spec] = candidate
+    stems = [candidate.stem for candidate in chosen.values()]
     if len(set(stems)) != len(stems):
         raise ConfigError(f"sweep.models {specs} names the same model more than once.")
-    return rows
+    return chosen
 
 
 def _digest(content: Any, length: int) -> str:
@@ -213,7 +214,7 @@ def run_sweep(config: AppConfig, table: pd.DataFrame, log_buffer) -> Path:
     attach_run_log(log_buffer, sweep_dir / "sweep.log")
     write_text_atomic(RunFiles(sweep_dir).config, config_to_yaml(config))  # a sweep folder's names, as a run's
     write_text_atomic(RunFiles(sweep_dir).table, table.to_csv(index=False))
-    chosen = {spec: prepare_candidate(row, config, table)[1] for spec, row in models.items()}  # once, before the runs
+    chosen = {spec: prepare_candidate(candidate, config, table)[1] for spec, candidate in models.items()}  # once, before the runs
     labels = _model_labels([model.stem for model in chosen.values()])
 
     override_keys = list(sweep.overrides or {})

@@ -12,6 +12,7 @@ with the result dict of `run_task` (a run that crashes its worker comes back as 
 """
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ from pipeline.sweep_worker import RunTask, failed_result, run_task, run_task_in_
 
 log = logging.getLogger("sweep")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DISTRIBUTION = "neuron-tcn"  # the name in pyproject.toml
 OnDone = Callable[[RunTask, dict[str, Any]], None]
 
 
@@ -95,6 +97,17 @@ def run_local(tasks: list[RunTask], config: AppConfig, on_done: OnDone) -> None:
             on_done(futures[future], result)
 
 
+def check_installed() -> None:
+    """Ray workers start fresh interpreters that import this project as an installed package (`pip install -e
+    .`, which `make venv` does), not from the driver's folder."""
+    try:
+        importlib.metadata.distribution(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise SweepError(f"sweep.backend 'ray' needs this project installed in the Python environment that Ray's "
+                         f"workers use, so that they can import it: pip install --no-deps -e {PROJECT_ROOT} (make "
+                         "venv does this). The other backends (sequential, local) do without.") from None
+
+
 def run_ray(tasks: list[RunTask], config: AppConfig, on_done: OnDone) -> None:
     if not tasks:
         return
@@ -102,15 +115,14 @@ def run_ray(tasks: list[RunTask], config: AppConfig, on_done: OnDone) -> None:
         import ray
     except ImportError:
         raise SweepError("sweep.backend 'ray' needs the ray package: pip install ray==2.60.0.") from None
+    check_installed()
     settings = config.sweep.ray
-    # Workers import this project's modules from the same path (a shared filesystem on a cluster).
-    runtime_env = {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}
     try:
         if settings.address:
-            ray.init(address=settings.address, runtime_env=runtime_env, logging_level=logging.WARNING)
+            ray.init(address=settings.address, logging_level=logging.WARNING)
         else:
             ray.init(num_cpus=settings.num_cpus or config.sweep.max_workers or os.cpu_count(),
-                     include_dashboard=False, runtime_env=runtime_env, logging_level=logging.WARNING)
+                     include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at sweep.ray.address {settings.address!r}" if settings.address else "a local Ray"
         raise SweepError(f"cannot start or join {where} ({exc}).") from None

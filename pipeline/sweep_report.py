@@ -14,15 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from fileio import write_atomically, write_text_atomic
+from fileio import write_text_atomic
+from optimization.report import draw_rate_panel, new_figure, save_figure, segment_groups
 from pipeline.config import SweepConfig
 from pipeline.report_page import embedded_png, escape, page, table, text_cell
 from pipeline.run_folder import RUN_FILE_NAMES, RunFiles, short_model_name
-
-REPORT_HTML = RUN_FILE_NAMES["report_html"]
 
 log = logging.getLogger("sweep")
 
@@ -74,30 +71,14 @@ def plot_mean_rates(sweep_dir: Path, runs: pd.DataFrame, title: str, path: Path)
     rates = np.mean([np.load(RunFiles(sweep_dir / folder).optimized_rates).mean(axis=0)
                      for folder in runs["folder"]], axis=0)
     setups = [json.loads(RunFiles(sweep_dir / folder).evaluation.read_text())["setup"] for folder in runs["folder"]]
-    num_excitatory = setups[0]["num_excitatory"]
-    stimuli = sorted({(s["stimulus_time_ms"], segment) for s in setups for segment in s["stimulus_segments"]})
-    groups = [("excitatory", 0, num_excitatory)]
-    if rates.shape[0] > num_excitatory:
-        groups.append(("inhibitory", num_excitatory, rates.shape[0]))
-    figure = Figure(figsize=(10, 3.2 * len(groups)))
+    marks = sorted({(s["stimulus_time_ms"], segment) for s in setups for segment in s["stimulus_segments"]})
+    groups = segment_groups(rates.shape[0], setups[0]["num_excitatory"])
+    figure = new_figure(10, 3.2 * len(groups))
     axes = figure.subplots(len(groups), 1, squeeze=False)[:, 0]
-    for axis, (name, first, stop) in zip(axes, groups):
-        image = axis.imshow(rates[first:stop], aspect="auto", origin="lower", cmap="viridis", vmin=0,
-                            interpolation="nearest", extent=(0, rates.shape[1], first, stop))
-        marked = [(time, segment) for time, segment in stimuli if first <= segment < stop]
-        if marked:
-            axis.scatter([t + 0.5 for t, _ in marked], [s + 0.5 for _, s in marked], marker="x", color="red",
-                         s=40, label="stimulus")
-            axis.legend(loc="upper right")
-        axis.set_title(f"{name} segments")
-        axis.set_xlabel("time (ms)")
-        axis.set_ylabel("segment")
-        figure.colorbar(image, ax=axis, label="rate (spikes/ms)")
+    for axis, (name, segments) in zip(axes, groups):
+        draw_rate_panel(figure, axis, rates[segments], segments, marks, None, f"{name} segments")
     figure.suptitle(f"{title}: optimized rates, mean over {len(runs)} seed(s)")
-    FigureCanvasAgg(figure)
-    figure.tight_layout()
-    write_atomically(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
-    return path
+    return save_figure(figure, path, dpi=100)
 
 
 def _html_aggregate(table_frame: pd.DataFrame, group_keys: list[str]) -> str:
@@ -113,9 +94,10 @@ def _html_aggregate(table_frame: pd.DataFrame, group_keys: list[str]) -> str:
 def write_sweep_page(sweep_dir: Path, manifest: pd.DataFrame, table_frame: pd.DataFrame, group_keys: list[str],
                      heatmaps: list[tuple[str, Path]], missing: list[str], overview: list[str]) -> Path:
     """report.html of a sweep: the overview, the aggregate, the heatmaps embedded, every run linked."""
+    run_page = RUN_FILE_NAMES["report_html"]
     runs = [[text_cell(row["run_id"]), text_cell(row["seed"]), text_cell(row["status"]),
              text_cell("–" if pd.isna(row["difference"]) else f"{row['difference']:.3f}"),
-             f'<td><a href="{escape(row["folder"])}/{REPORT_HTML}">{escape(row["folder"])}</a></td>']
+             f'<td><a href="{escape(row["folder"])}/{run_page}">{escape(row["folder"])}</a></td>']
             for row in manifest.to_dict("records")]
     failed = manifest[manifest["status"] == "failed"]
     sections = ["<ul>" + "".join(f"<li>{escape(line)}</li>" for line in overview) + "</ul>",

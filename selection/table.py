@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +82,54 @@ def reduce_history(values: Any, metric: str, reduction: str, last_k: int) -> Met
     return MetricValue(float(value), int(kept.size), None, note)
 
 
-def _row(stem_path: Path, value: float, reason: str | None, params: Path | None, finite_epochs: int | None,
-         note: str = "") -> dict:
+@dataclass(frozen=True)
+class Candidate:
+    """One row of the results table. `rank` is set by `rank` (None for unusable rows); the table's CSV form
+    (results_table.csv) is `to_row`, read back by `from_row`."""
+
+    stem: str
+    value: float
+    reason: str  # why the row is unusable; "" when usable
+    stem_path: Path
+    keras_file: Path | None = None
+    pth_candidates: tuple[Path, ...] = ()
+    params: Path | None = None
+    finite_epochs: int | None = None
+    note: str = ""
+    rank: int | None = None
+
+    @property
+    def usable(self) -> bool:
+        return not self.reason
+
+    def to_row(self) -> dict[str, Any]:
+        return {"rank": self.rank, "stem": self.stem, "value": self.value, "usable": self.usable,
+                "reason": self.reason, "note": self.note,
+                "keras_file": str(self.keras_file) if self.keras_file else "",
+                "pth_candidates": ";".join(str(p) for p in self.pth_candidates),
+                "params": str(self.params) if self.params else "", "finite_epochs": self.finite_epochs,
+                "stem_path": str(self.stem_path)}
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Candidate":
+        """From a row of the table, in memory or read back from its CSV (where empty cells are NaN)."""
+        def text(value: Any) -> str:
+            return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+        def path(value: Any) -> Path | None:
+            return Path(text(value)) if text(value) else None
+
+        def whole(value: Any) -> int | None:
+            return None if pd.isna(value) else int(value)
+        return cls(stem=text(row["stem"]), value=float(row["value"]), reason=text(row["reason"]),
+                   stem_path=Path(text(row["stem_path"])), keras_file=path(row["keras_file"]),
+                   pth_candidates=tuple(Path(p) for p in text(row["pth_candidates"]).split(";") if p),
+                   params=path(row["params"]), finite_epochs=whole(row["finite_epochs"]), note=text(row["note"]),
+                   rank=whole(row["rank"]))
+
+
+def _candidate(stem_path: Path, value: float, reason: str | None, params: Path | None, finite_epochs: int | None,
+               note: str = "") -> Candidate:
     keras_files = keras_files_for(stem_path)
     pth = pytorch_candidates(stem_path)
     if reason is None and len(keras_files) > 1:
@@ -91,25 +137,24 @@ def _row(stem_path: Path, value: float, reason: str | None, params: Path | None,
                   "so that it is clear which one was trained with this pickle")
     if reason is None and not keras_files and not pth:
         reason = "no model file beside it (.h5, .keras, .weights.h5, .pth or .pt)"
-    return {"stem": stem_path.name, "value": value, "usable": reason is None, "reason": reason or "",
-            "note": note, "keras_file": str(keras_files[0]) if keras_files else "",
-            "pth_candidates": ";".join(str(p) for p in pth), "params": str(params) if params else "",
-            "finite_epochs": finite_epochs, "stem_path": str(stem_path)}
+    return Candidate(stem=stem_path.name, value=value, reason=reason or "", stem_path=stem_path,
+                     keras_file=keras_files[0] if keras_files else None, pth_candidates=tuple(pth), params=params,
+                     finite_epochs=finite_epochs, note=note)
 
 
-def _row_from_pickle(pickle_path: Path, config: SelectionConfig, trust: bool) -> dict:
+def _candidate_from_pickle(pickle_path: Path, config: SelectionConfig, trust: bool) -> Candidate:
     stem_path = pickle_path.with_name(pickle_path.name.removesuffix(PARAMS_SUFFIX))
     try:
         params = load_pickle(pickle_path, trust=trust)
     except PickleFileError as exc:
-        return _row(stem_path, math.nan, f"unreadable pickle: {exc}", pickle_path, None)
+        return _candidate(stem_path, math.nan, f"unreadable pickle: {exc}", pickle_path, None)
     history = params.get("training_history_dict") if isinstance(params, dict) else None
     if not isinstance(history, dict):
-        return _row(stem_path, math.nan, "no training_history_dict in the pickle", pickle_path, None)
+        return _candidate(stem_path, math.nan, "no training_history_dict in the pickle", pickle_path, None)
     if config.metric not in history:
-        return _row(stem_path, math.nan, f"no '{config.metric}' in training_history_dict", pickle_path, None)
+        return _candidate(stem_path, math.nan, f"no '{config.metric}' in training_history_dict", pickle_path, None)
     reduced = reduce_history(history[config.metric], config.metric, config.reduction, config.last_k)
-    return _row(stem_path, reduced.value, reduced.reason, pickle_path, reduced.finite_epochs, reduced.note)
+    return _candidate(stem_path, reduced.value, reduced.reason, pickle_path, reduced.finite_epochs, reduced.note)
 
 
 def table_from_models_dir(models_dir: Path, config: SelectionConfig, trust_pickles: bool = False) -> pd.DataFrame:
@@ -121,7 +166,7 @@ def table_from_models_dir(models_dir: Path, config: SelectionConfig, trust_pickl
             log.warning("skipping %s: not a regular file (a FIFO, socket, device or folder is never opened)", other)
     if not pickles:
         raise SelectionError(f"{models_dir}: no model parameter pickles (*.pickle) in the models folder.")
-    return rank([_row_from_pickle(p, config, trust_pickles) for p in pickles], config)
+    return rank([_candidate_from_pickle(p, config, trust_pickles) for p in pickles], config)
 
 
 def table_from_csv(csv_path: Path, config: SelectionConfig) -> pd.DataFrame:
@@ -143,21 +188,27 @@ def table_from_csv(csv_path: Path, config: SelectionConfig) -> pd.DataFrame:
         stem_path = model_path.with_name(model_stem(model_path))
         params = stem_path.with_name(stem_path.name + PARAMS_SUFFIX)
         reason = None if math.isfinite(value) else "metric missing or not a number"
-        rows.append(_row(stem_path, value, reason, params if params.is_file() else None, None))
+        rows.append(_candidate(stem_path, value, reason, params if params.is_file() else None, None))
     if not rows:
         raise SelectionError(f"{csv_path}: the results table has no rows.")
     return rank(rows, config)
 
 
-def rank(rows: list[dict], config: SelectionConfig) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    frame["_key"] = frame["value"] if config.goal == "minimize" else -frame["value"]
-    frame = frame.sort_values(["usable", "_key", "stem"], ascending=[False, True, True], na_position="last")
-    frame = frame.drop(columns="_key").reset_index(drop=True)
-    frame.insert(0, "rank", pd.array([i + 1 if usable else None for i, usable in enumerate(frame["usable"])],
-                                     dtype="Int64"))
-    frame["finite_epochs"] = pd.array(frame["finite_epochs"], dtype="Int64")  # whole numbers beside gaps
-    return frame[COLUMNS]
+def rank(candidates: list[Candidate], config: SelectionConfig) -> pd.DataFrame:
+    """The results table: usable rows first, best value first, ties by stem; ranks 1, 2, ... on usable rows."""
+    direction = 1.0 if config.goal == "minimize" else -1.0
+    ordered = sorted(candidates, key=lambda c: (not c.usable, math.isnan(c.value),
+                                                direction * c.value if not math.isnan(c.value) else 0.0, c.stem))
+    ranked = [replace(c, rank=i + 1 if c.usable else None) for i, c in enumerate(ordered)]
+    frame = pd.DataFrame([c.to_row() for c in ranked], columns=COLUMNS)
+    for column in ("rank", "finite_epochs"):  # whole numbers beside gaps
+        frame[column] = pd.array(frame[column], dtype="Int64")
+    return frame
+
+
+def usable_candidates(frame: pd.DataFrame) -> list[Candidate]:
+    """The usable rows of the results table, in rank order."""
+    return [Candidate.from_row(row) for row in frame[frame["usable"]].to_dict("records")]
 
 
 def mark_unusable(frame: pd.DataFrame, stem: str, reason: str) -> None:
@@ -165,12 +216,12 @@ def mark_unusable(frame: pd.DataFrame, stem: str, reason: str) -> None:
     frame.loc[frame["stem"] == stem, ["usable", "reason"]] = [False, reason]
 
 
-def best_row(frame: pd.DataFrame, source: str) -> pd.Series:
-    usable = frame[frame["usable"]]
-    if usable.empty:
+def best_candidate(frame: pd.DataFrame, source: str) -> Candidate:
+    usable = usable_candidates(frame)
+    if not usable:
         reasons = "; ".join(f"{r.stem}: {r.reason}" for r in frame.itertuples())
         raise SelectionError(f"{source}: no usable model among {len(frame)} candidate(s) ({reasons}).")
-    return usable.iloc[0]
+    return usable[0]
 
 
 def ranking_text(frame: pd.DataFrame, top: int) -> str:

@@ -1,7 +1,7 @@
 """Merge layers: element-wise Add, Subtract, Multiply, Average, Maximum, Minimum, and Concatenate."""
 from __future__ import annotations
 
-from conversion.registry import ConvertedLayer, KerasLayer, register_layer_converter
+from conversion.registry import ConvertedLayer, KerasLayer, bare_class_name, register_layer_converter
 
 MERGE_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
              "Maximum": "maximum", "Minimum": "minimum"}
@@ -9,7 +9,7 @@ MERGE_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Aver
 
 @register_layer_converter(*MERGE_OPS)
 def convert_elementwise(layer: KerasLayer) -> ConvertedLayer:
-    return ConvertedLayer("merge", {"op": MERGE_OPS[layer.class_name.split(">")[-1]]})
+    return ConvertedLayer("merge", {"op": MERGE_OPS[bare_class_name(layer.class_name)]})
 
 
 @register_layer_converter("Concatenate")

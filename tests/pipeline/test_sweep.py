@@ -20,7 +20,7 @@ from selection.config import SelectionConfig
 from pipeline.sweep import resolve_models, run_config, run_sweep, sweep_points
 from pipeline.sweep_backends import gpu_names, plan_local_workers, run_local
 from pipeline.sweep_report import write_sweep_report
-from selection.table import rank
+from selection.table import Candidate, rank
 from tests.pipeline.test_main import QUICK
 from tests.pipeline.test_study_folder import check_page_against
 from tests.subprocesses import REPO, run_cli
@@ -248,14 +248,14 @@ def test_a_bad_override_stops_the_sweep_before_anything_is_written(tmp_path):
 
 
 def test_models_by_rank_or_by_name(tmp_path):
-    def row(stem: str, value: float, reason: str = "") -> dict:
-        return {"stem": stem, "value": value, "usable": not reason, "reason": reason, "note": "", "keras_file": "",
-                "pth_candidates": "", "params": "", "finite_epochs": 1, "stem_path": str(tmp_path / stem)}
+    def row(stem: str, value: float, reason: str = "") -> Candidate:
+        return Candidate(stem=stem, value=value, reason=reason, stem_path=tmp_path / stem, finite_epochs=1)
     table = rank([row("alpha", 0.3), row("beta", 0.1), row("gamma", float("nan"), "no finite value")],
                  SelectionConfig())
     chosen = resolve_models(table, [1, 2], "models")
-    assert [chosen[1]["stem"], chosen[2]["stem"]] == ["beta", "alpha"]
-    assert resolve_models(table, ["alpha"], "models")["alpha"]["stem"] == "alpha"
+    assert [chosen[1].stem, chosen[2].stem] == ["beta", "alpha"]
+    assert [chosen[1].rank, chosen[2].rank] == [1, 2]
+    assert resolve_models(table, ["alpha"], "models")["alpha"].stem == "alpha"
     for specs, fragment in (([3], "rank 3"), (["delta"], "'delta'"), (["gamma"], "not usable")):
         with pytest.raises(SelectionError, match=fragment):
             resolve_models(table, specs, "models")

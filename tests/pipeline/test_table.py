@@ -4,14 +4,16 @@ from __future__ import annotations
 import math
 import os
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from errors import SelectionError
 from selection.config import SelectionConfig
-from selection.table import best_row, reduce_history, table_from_csv, table_from_models_dir
+from selection.table import Candidate, best_candidate, rank, reduce_history, table_from_csv, table_from_models_dir
 
 
 def write_model(folder: Path, stem: str, history, with_h5: bool = True) -> None:
@@ -70,7 +72,7 @@ def test_unusable_rows_keep_their_reason(tmp_path):
     assert set(reasons) == {"good", "nan", "nohistory", "nofile", "broken"}
     assert "no finite value" in reasons["nan"] and "no training_history_dict" in reasons["nohistory"]
     assert "no model file" in reasons["nofile"] and "unreadable pickle" in reasons["broken"]
-    assert best_row(table, "x")["stem"] == "good"
+    assert best_candidate(table, "x").stem == "good"
     assert table["usable"].tolist() == [True, False, False, False, False]
 
 
@@ -84,8 +86,9 @@ def test_ties_are_broken_by_stem(tmp_path):
 def test_maximize_and_other_metric(tmp_path):
     write_model(tmp_path, "a", [0.1, 0.9])
     write_model(tmp_path, "b", [0.5, 0.6])
-    assert best_row(table_from_models_dir(tmp_path, SelectionConfig(goal="maximize", reduction="max")), "x")["stem"] == "a"
-    assert best_row(table_from_models_dir(tmp_path, SelectionConfig(reduction="last")), "x")["stem"] == "b"
+    highest = table_from_models_dir(tmp_path, SelectionConfig(goal="maximize", reduction="max"))
+    assert best_candidate(highest, "x").stem == "a"
+    assert best_candidate(table_from_models_dir(tmp_path, SelectionConfig(reduction="last")), "x").stem == "b"
 
 
 def test_malicious_pickle_is_refused_and_not_run(tmp_path):
@@ -108,7 +111,7 @@ def test_csv_table(tmp_path):
     csv = tmp_path / "results.csv"
     csv.write_text("model_path,metric\na.h5,0.7\nb.h5,0.2\nmissing.h5,0.1\nc.h5,\n")
     table = table_from_csv(csv, SelectionConfig())
-    assert best_row(table, str(csv))["stem"] == "b"
+    assert best_candidate(table, str(csv)).stem == "b"
     assert dict(zip(table["stem"], table["usable"])) == {"b": True, "a": True, "missing": False, "c": False}
     bad = tmp_path / "bad.csv"
     bad.write_text("path,loss\na.h5,1\n")
@@ -121,7 +124,7 @@ def test_empty_folder_and_no_usable_model(tmp_path):
         table_from_models_dir(tmp_path, SelectionConfig())
     write_model(tmp_path, "nan", [math.nan])
     with pytest.raises(SelectionError, match="no usable model"):
-        best_row(table_from_models_dir(tmp_path, SelectionConfig()), str(tmp_path))
+        best_candidate(table_from_models_dir(tmp_path, SelectionConfig()), str(tmp_path))
 
 
 @pytest.mark.parametrize("history", [[True, False], 0.03, "0.04", b"0.013", ["0.07", "0.08"], [[0.09, 0.1]],
@@ -134,3 +137,19 @@ def test_a_history_that_is_not_a_list_of_numbers_is_unusable(history):
 @pytest.mark.parametrize("history", [[0.3, 0.2], (0.3, 0.2), np.array([0.3, 0.2]), [np.float32(0.3), 1]])
 def test_lists_tuples_and_arrays_of_numbers_are_histories(history):
     assert reduce_history(history, "m", "min", 2).reason is None
+
+
+def test_a_candidate_row_reads_back_from_the_saved_table(tmp_path):
+    """results_table.csv is the record of the ranking: each row read back from it is the candidate written."""
+    written = [Candidate(stem="b", value=0.25, reason="", stem_path=tmp_path / "b", keras_file=tmp_path / "b.h5",
+                         pth_candidates=(tmp_path / "b.pth", tmp_path / "b_converted.pth"),
+                         params=tmp_path / "b.pickle", finite_epochs=12, note="2 epochs not finite"),
+               Candidate(stem="a", value=0.5, reason="", stem_path=tmp_path / "a", finite_epochs=None),
+               Candidate(stem="c", value=float("nan"), reason="no finite value", stem_path=tmp_path / "c")]
+    table = rank(written, SelectionConfig())
+    table.to_csv(tmp_path / "results_table.csv", index=False)
+    read = [Candidate.from_row(row) for row in pd.read_csv(tmp_path / "results_table.csv").to_dict("records")]
+    assert [c.stem for c in read] == ["b", "a", "c"] and [c.rank for c in read] == [1, 2, None]
+    assert read[0] == replace(written[0], rank=1)
+    assert read[1] == replace(written[1], rank=2)
+    assert read[2].reason == "no finite value" and math.isnan(read[2].value) and not read[2].usable

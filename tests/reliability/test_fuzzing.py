@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from conversion.converter import build_conversion
 from conversion.model_file import read_model_file
-from conversion.model_file import read_model_file
 from errors import ToolError
 from pipeline.config import AppConfig, load_config
 

@@ -1,0 +1,71 @@
+"""The project as an installed package: importable and runnable from any folder, with no PYTHONPATH and no
+checkout on sys.path (what `pip install -e .`, run by `make venv`, provides, and what Ray's workers rely on)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from errors import SweepError
+from pipeline import sweep_backends
+from tests.subprocesses import REPO
+
+DISTRIBUTION = "neuron-tcn"
+
+
+def run_elsewhere(command: list[str], folder: Path) -> subprocess.CompletedProcess:
+    """Run `command` in `folder` without PYTHONPATH; fail the test with its stderr when it fails."""
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_the_project_is_installed_from_this_checkout(tmp_path):
+    """As an interpreter started elsewhere sees it (in the checkout, setuptools' egg-info folder would answer)."""
+    code = ("import importlib.metadata, json\n"
+            f"distribution = importlib.metadata.distribution({DISTRIBUTION!r})\n"
+            "print(json.dumps({'origin': json.loads(distribution.read_text('direct_url.json')),\n"
+            "                  'scripts': {e.name: e.value for e in distribution.entry_points\n"
+            "                              if e.group == 'console_scripts'}}))\n")
+    result = run_elsewhere([sys.executable, "-c", code], tmp_path)
+    installed = json.loads(result.stdout)
+    assert installed["origin"]["url"] == REPO.as_uri() and installed["origin"]["dir_info"].get("editable") is True
+    assert installed["scripts"] == {"neuron-tcn-convert": "model_converter:main", "neuron-tcn-run": "main:main"}
+
+
+def test_the_public_names_import_from_another_folder(tmp_path):
+    code = ("import main, model_converter\n"
+            "from model_converter import TCNModelConverter, batch_convert, load_converted_model\n"
+            "print(model_converter.__file__)\n"
+            "print(main.__file__)\n")
+    result = run_elsewhere([sys.executable, "-c", code], tmp_path)
+    files = [Path(line) for line in result.stdout.splitlines()]
+    assert files == [REPO / "model_converter.py", REPO / "main.py"]
+
+
+@pytest.mark.parametrize("command, says", [("neuron-tcn-convert", "model_converter.py"),
+                                           ("neuron-tcn-run", "main.py")])
+def test_the_console_commands_run_from_another_folder(tmp_path, command, says):
+    executable = Path(sys.executable).parent / command
+    result = run_elsewhere([str(executable), "--help"], tmp_path)
+    assert result.stdout.startswith("usage:") and says in result.stdout
+
+
+def test_the_converter_command_converts_from_another_folder(tmp_path):
+    """A real conversion through the installed command, with relative paths from an unrelated folder."""
+    shipped = sorted((REPO / "demo_models").glob("*.h5"))[0]
+    (tmp_path / "model.h5").write_bytes(shipped.read_bytes())
+    (tmp_path / "model.pickle").write_bytes(shipped.with_suffix(".pickle").read_bytes())
+    run_elsewhere([str(Path(sys.executable).parent / "neuron-tcn-convert"), "model.h5"], tmp_path)
+    assert (tmp_path / "model_converted.pth").is_file() and (tmp_path / "model_converted_info.pickle").is_file()
+
+
+def test_ray_refuses_clearly_without_the_installed_project(monkeypatch):
+    monkeypatch.setattr(sweep_backends, "DISTRIBUTION", "neuron-tcn-not-installed")
+    with pytest.raises(SweepError, match="pip install --no-deps -e"):
+        sweep_backends.check_installed()
