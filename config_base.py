@@ -12,4 +12,4 @@ LONGEST = int(MAX_INPUT_LENGTH.value)  # time steps; durations and times within 
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a NaN tolerance compares false forever

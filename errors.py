@@ -4,7 +4,8 @@ import logging
 import os
 import signal
 import sys
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 
 class ToolError(Exception):
@@ -76,6 +77,22 @@ def raise_terminated_on_sigterm() -> None:
     def handler(signum, frame):
         raise Terminated()
     signal.signal(signal.SIGTERM, handler)
+
+
+@contextmanager
+def quiet_interrupts_while_importing(script: bool) -> Iterator[None]:
+    """Around an entry script's imports (torch, TensorFlow: seconds): when run as a script, Ctrl-C or SIGTERM
+    there ends with the same one line and exit code as later, not a traceback of the import machinery. As a
+    library (`script` False) nothing changes."""
+    if not script:
+        yield
+        return
+    raise_terminated_on_sigterm()
+    try:
+        yield
+    except KeyboardInterrupt as exc:  # Terminated included
+        print(failure_report(exc, "starting")[0], file=sys.stderr)
+        sys.exit(failure_report(exc, "starting")[1])
 
 
 def failure_report(exc: BaseException, doing: str) -> tuple[str, int]:

@@ -6,13 +6,14 @@ regular files (a FIFO or device would block or never end). Pickles: safe_pickle.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
 import uuid
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import IO, BinaryIO, Callable, Iterator
 
 from errors import OutputError, ToolError
 
@@ -31,6 +32,9 @@ def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
         for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
         yield temporaries
+        for target in targets:  # all or none: a rename that must fail must not follow one that succeeded
+            if target.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "a folder has that name", str(target))
         for temporary, target in zip(temporaries, targets):
             os.replace(temporary, target)
     except OSError as exc:
@@ -40,6 +44,40 @@ def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
         for temporary in temporaries:
             with suppress(OSError):  # e.g. a folder that could not be created
                 temporary.unlink(missing_ok=True)
+
+
+def real_path(path: str | Path) -> Path:
+    """`path` absolute with links resolved, as far as they resolve: never raises (Path.resolve raises
+    RuntimeError on a link loop), so a hostile link is reported by whatever opens the path next."""
+    return Path(os.path.realpath(path))
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a symbolic link" if stat.S_ISLNK(mode) else "a device")
+
+
+def open_lock_file(path: str | Path) -> IO:
+    """Open (creating) the lock file `path` for flock. Never blocks and never follows a link: a FIFO planted at
+    the path would otherwise hang open() until someone writes to it, and a link would make us create a file
+    elsewhere. OSError when `path` is not (or cannot be) a regular file."""
+    with suppress(FileNotFoundError):
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"it is {file_kind(mode)}, not a regular file")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        descriptor = os.open(path, flags, 0o644)
+    except OSError as exc:  # replaced by a link or FIFO since the check
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
+            raise OSError(exc.errno, "it is not a regular file") from None
+        raise
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise OSError(errno.EINVAL, f"it is {file_kind(mode)}, not a regular file")
+    return os.fdopen(descriptor, "a")
 
 
 def regular_file_size(path: str | Path, error: type[ToolError], what: str = "file") -> int:
@@ -53,9 +91,7 @@ def regular_file_size(path: str | Path, error: type[ToolError], what: str = "fil
     except OSError as exc:
         raise error(f"{path}: cannot be read ({exc.strerror or exc}).") from None
     if not stat.S_ISREG(status.st_mode):
-        kind = ("a folder" if stat.S_ISDIR(status.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(status.st_mode)
-                else "a socket" if stat.S_ISSOCK(status.st_mode) else "a device")
-        raise error(f"{path}: cannot be read: it is {kind}, not a regular {what} (it is never opened: reading "
+        raise error(f"{path}: cannot be read: it is {file_kind(status.st_mode)}, not a regular {what} (it is never opened: reading "
                     "it could block).")
     return status.st_size
 
@@ -66,7 +102,7 @@ def outputs_apart_from_inputs(outputs: list[Path], inputs: list[Path | None], er
     subject = next((Path(p) for p in inputs if p is not None), outputs[0])
     def same(a: Path, b: Path) -> bool:
         try:
-            return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+            return real_path(a) == real_path(b) or (a.exists() and b.exists() and os.path.samefile(a, b))
         except OSError:
             return False
     for i, output in enumerate(outputs):

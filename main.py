@@ -19,12 +19,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from errors import run_entry_point
-from pipeline.config import AppConfig, load_config
-from pipeline.lifecycle import check_run, prepare_best_usable_model, rank_candidates, run_lifecycle
-from pipeline.run_folder import claimed_run_folder, setup_logging
-from pipeline.sweep import run_sweep
-from progress import ProgressStyle
+from errors import quiet_interrupts_while_importing, run_entry_point
+
+with quiet_interrupts_while_importing(__name__ == "__main__"):
+    from pipeline.config import AppConfig, load_config
+    from pipeline.lifecycle import check_run, prepare_best_usable_model, rank_candidates, run_lifecycle
+    from pipeline.run_folder import check_output_dir, claimed_run_folder, setup_logging
+    from pipeline.sweep import run_sweep
+    from progress import ProgressStyle
 
 log = logging.getLogger("main")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
@@ -33,6 +35,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 def run(config: AppConfig, log_buffer, progress: ProgressStyle, command: str) -> Path:
     """select → ensure the PyTorch model → check → optimize → evaluate → report; returns report.html."""
     started = time.monotonic()
+    check_output_dir(config.output_dir)
     table = rank_candidates(config)
     model, chosen = prepare_best_usable_model(table, config)
     checked = check_run(model, chosen, config)  # refusals before a run folder exists
@@ -43,6 +46,7 @@ def run(config: AppConfig, log_buffer, progress: ProgressStyle, command: str) ->
 
 def sweep(config: AppConfig, log_buffer) -> Path:
     """Rank the models once, then run every combination of the sweep section; returns the sweep's report."""
+    check_output_dir(config.output_dir)
     return run_sweep(config, rank_candidates(config), log_buffer)
 
 

@@ -19,19 +19,21 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-from torch import nn
+from errors import ConversionError, quiet_interrupts_while_importing, run_entry_point
 
-from conversion.batch import BatchRow, batch_convert, batch_table
-from conversion.cache import ConversionOutcome, convert_or_reuse
-from conversion.converter import DEFAULT_TRACE_LENGTH, convert_model, read_params
-from conversion.messages import outcome_lines
-from conversion.model_file import read_model_file
-from conversion.pairing import default_output_path, params_pickle_for
-from conversion.verify import verify_model
-from errors import ConversionError, run_entry_point
-from models.checkpoint import STORAGE_DTYPES, load_converted_model
-from progress import ProgressStyle
+with quiet_interrupts_while_importing(__name__ == "__main__"):
+    import numpy as np
+    from torch import nn
+
+    from conversion.batch import BatchRow, batch_convert, batch_table
+    from conversion.cache import ConversionOutcome, convert_or_reuse
+    from conversion.converter import DEFAULT_TRACE_LENGTH, convert_model, read_params
+    from conversion.messages import outcome_lines
+    from conversion.model_file import read_model_file
+    from conversion.pairing import default_output_path, params_pickle_for
+    from conversion.verify import verify_model
+    from models.checkpoint import STORAGE_DTYPES, load_converted_model
+    from progress import ProgressStyle
 
 __all__ = ["TCNModelConverter", "convert_or_reuse", "batch_convert", "load_converted_model", "default_output_path",
            "BatchRow", "ConversionOutcome"]

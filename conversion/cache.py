@@ -27,7 +27,7 @@ from conversion.output import sync_info
 from conversion.pairing import default_output_path, info_path_for, pytorch_candidates
 from conversion.record import ConversionRecord
 from errors import ConversionError, ModelFileError, OutputError, SelectionError
-from fileio import outputs_apart_from_inputs
+from fileio import open_lock_file, outputs_apart_from_inputs
 from models.checkpoint import model_from_payload, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,11 @@ def conversion_lock(output: Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> 
     while True:
         try:
             lock_path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(lock_path, "a")
+            handle = open_lock_file(lock_path)
         except OSError as exc:
-            raise OutputError(f"{output}: cannot create the conversion lock {lock_path} ({exc.strerror}); the "
-                              "output folder must be writable.") from None
+            raise OutputError(f"{output}: cannot use the conversion lock {lock_path} ({exc.strerror}); the output "
+                              "folder must be writable, and the lock a regular file (remove it when no job is "
+                              "converting this model).") from None
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -138,19 +139,19 @@ def convert_or_reuse(source: str | Path, params: str | Path | None = None, outpu
     source_sha256 = file_sha256(source)
     params_sha256 = file_sha256(params) if params is not None else None
 
-    def reused() -> ConversionOutcome | None:
+    def reused(locked: bool) -> ConversionOutcome | None:
         model, why_not = current_conversion(output, source_sha256, dtype, verify, params_sha256)
         if model is None:
-            if output.exists():
+            if locked and output.exists():  # said once, by the check that decides
                 log.info("converting again: %s", why_not)
             return None
         sync_info(output, model.metadata)
         return ConversionOutcome(model, output, cached=True)
 
-    if not force and (outcome := reused()) is not None:
+    if not force and (outcome := reused(locked=False)) is not None:
         return outcome
     with conversion_lock(output, lock_timeout_s):
-        if not force and (outcome := reused()) is not None:
+        if not force and (outcome := reused(locked=True)) is not None:
             return outcome
         conversion = convert_model(source, params, output, verify=verify, dtype=dtype, trust_pickles=trust_pickles)
         return ConversionOutcome(conversion.model, output, cached=False)

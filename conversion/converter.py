@@ -11,9 +11,10 @@ import datetime as dt
 import logging
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from conversion.record import ConversionRecord, plain
 from conversion.registry import KerasLayer, LayerProblem, WeightBag, find_converter
 from conversion.verify import verify_model
 from errors import ConversionError
-from fileio import outputs_apart_from_inputs
+from fileio import outputs_apart_from_inputs, real_path
 from limits import MAX_INPUT_LENGTH
 from models.checkpoint import FORMAT_VERSION, STORAGE_DTYPES, round_to_storage
 from models.graph import KerasGraphModule
@@ -187,14 +188,25 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
 
 
 def _build_module(keras_file: KerasModelFile, spec: dict[str, Any], state: dict[str, torch.Tensor]) -> KerasGraphModule:
-    try:
+    """The module of `spec` with `state` loaded strictly; a config no module accepts and weights that do not fit
+    are refusals of this file."""
+    with _refusal(keras_file, "the layers cannot be built as configured"):
         model = KerasGraphModule(spec)
+    with _refusal(keras_file, "the weights do not fit the layers they belong to"):
         model.load_state_dict(state, strict=True)
-    except Exception as exc:  # missing / unexpected keys, shape mismatches, configs no module accepts
-        message = " ".join(str(exc).split())
-        raise ConversionError(f"{keras_file.path}: the weights do not fit the layers they belong to: {message}. "
-                              "Nothing was written.") from exc
     return model.eval()
+
+
+@contextmanager
+def _refusal(keras_file: KerasModelFile, problem: str) -> Iterator[None]:
+    """Any failure inside (the spec and weights are data from a file) as a ConversionError; MemoryError stays."""
+    try:
+        yield
+    except MemoryError:
+        raise
+    except Exception as exc:
+        message = " ".join(str(exc).split())
+        raise ConversionError(f"{keras_file.path}: {problem}: {message}. Nothing was written.") from exc
 
 
 def _trace_length(spec: dict[str, Any], params: dict[str, Any] | None) -> int:
@@ -239,7 +251,7 @@ def _record(keras_file, model, layer_specs, state, layer_shapes, trace_length, p
     return ConversionRecord(
         converter_version=CONVERTER_VERSION,
         format_version=FORMAT_VERSION,
-        source_path=str(keras_file.path.resolve()),
+        source_path=str(real_path(keras_file.path)),
         source_sha256=keras_file.sha256,
         weights_only=keras_file.weights_only,
         keras_version=keras_file.keras_version,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from limits import MAX_LAYERS
 from models.layers import Activation, BatchNorm, Conv1d, LayerNorm, register_module_type
 
 # Keras's default epsilon: keras-tcn builds BatchNormalization() / LayerNormalization() without arguments.
@@ -71,6 +72,9 @@ class KerasTCN(nn.Module):
             raise ValueError(f"unknown normalization {norm!r}; expected one of {NORMS}")
         if len(nb_filters) != len(dilations):
             raise ValueError(f"{len(nb_filters)} filter counts for {len(dilations)} dilations")
+        if not 1 <= nb_stacks * len(dilations) <= MAX_LAYERS.value:  # a number in a file: checked before building
+            raise ValueError(f"{nb_stacks} stacks of {len(dilations)} blocks: not between 1 and {MAX_LAYERS.env} "
+                             f"({MAX_LAYERS.value:,.0f}) residual blocks")
         self.padding, self.use_skip_connections = padding, use_skip_connections
         self.return_sequences, self.go_backwards = return_sequences, go_backwards
         blocks, channels = [], in_channels

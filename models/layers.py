@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from limits import MAX_INPUT_LENGTH
 from models.activations import ActivationSpec, get_activation, keras_relu
 from named_parts import Registry
 
@@ -21,6 +22,14 @@ def tf_same_padding(length: int, kernel: int, stride: int, dilation: int = 1) ->
     out_length = math.ceil(length / stride)
     total = max((out_length - 1) * stride + (kernel - 1) * dilation + 1 - length, 0)
     return total // 2, total - total // 2
+
+
+def check_time_extent(steps: int, what: str) -> None:
+    """A kernel span, padding, crop or pool window is at most MAX_INPUT_LENGTH time steps: a layer's padding is
+    allocated for every input, so a dilation of 10⁹ (one number in a small file) would ask for gigabytes."""
+    if not 0 <= steps <= MAX_INPUT_LENGTH.value:
+        raise ValueError(f"{what} spans {steps:,} time steps, more than the {MAX_INPUT_LENGTH.value:,.0f} of "
+                         f"{MAX_INPUT_LENGTH.env} ({MAX_INPUT_LENGTH.what})")
 
 
 class Activation(nn.Module):
@@ -40,6 +49,8 @@ class Conv1d(nn.Module):
                  dilation: int = 1, groups: int = 1, padding: str = "valid", bias: bool = True,
                  activation: ActivationSpec = "linear"):
         super().__init__()
+        check_time_extent((kernel_size - 1) * dilation + 1, f"a convolution (kernel {kernel_size}, dilation {dilation})")
+        check_time_extent(stride, "a convolution's stride")
         self.kernel_size, self.stride, self.dilation, self.groups = kernel_size, stride, dilation, groups
         self.padding = padding
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size))
@@ -211,6 +222,7 @@ class TimePad(nn.Module):
 
     def __init__(self, left: int, right: int):
         super().__init__()
+        check_time_extent(abs(left) + abs(right), "a padding or cropping")
         self.left, self.right = left, right
 
     def forward(self, x: Tensor) -> Tensor:
@@ -235,6 +247,8 @@ class Pool1d(nn.Module):
 
     def __init__(self, kind: str, pool_size: int, stride: int, padding: str = "valid"):
         super().__init__()
+        check_time_extent(pool_size, "a pooling window")
+        check_time_extent(stride, "a pooling stride")
         self.kind, self.pool_size, self.stride, self.padding = kind, pool_size, stride, padding
 
     def forward(self, x: Tensor) -> Tensor:

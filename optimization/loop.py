@@ -140,9 +140,32 @@ class RateOptimizer:
             "generator": self.generator.get_state(), "micro_batches": self.micro_batcher.chunks,
             **(plateau.state_dict() if plateau else {"best_loss": math.inf, "iterations_since_best": 0})})
 
+    def _check_resumable(self, state: dict[str, Any], path: Path) -> None:
+        """The numbers a checkpoint sets directly must make sense (a forged or damaged one may say anything):
+        an iteration within the run, a micro-batch count the batch can be split into, finite rates."""
+        samples = self.step.pattern_of_sample.numel()
+        checks = [
+            ("iteration", state.get("iteration"), lambda v: isinstance(v, int) and 0 <= v <= self.loop.max_iterations,
+             f"a whole number from 0 to optimization.loop.max_iterations ({self.loop.max_iterations})"),
+            ("micro_batches", state.get("micro_batches"), lambda v: isinstance(v, int) and 1 <= v <= samples,
+             f"a whole number from 1 to the samples per step ({samples})"),
+            ("initial_rates", state.get("initial_rates"),
+             lambda v: isinstance(v, torch.Tensor) and v.shape == self.initial_rates.shape and bool(v.isfinite().all()),
+             f"finite rates of shape {tuple(self.initial_rates.shape)}"),
+            ("parameters", state.get("parameters"),
+             lambda v: isinstance(v, dict) and all(not isinstance(t, torch.Tensor) or bool(t.isfinite().all())
+                                                   for t in v.values()), "finite values"),
+        ]
+        for key, value, valid, expected in checks:
+            if not valid(value):
+                shown = repr(value) if not isinstance(value, (torch.Tensor, dict)) else type(value).__name__
+                raise OptimizationError(f"checkpoint {path} is damaged: '{key}' must be {expected}, got "
+                                        f"{shown[:80]}; start without optimization.loop.resume_from.")
+
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint of the same problem (same signature); its initial rates become ours."""
         state = self.tracker.load(path)
+        self._check_resumable(state, path)
         try:
             self.parameters.load_state_dict(state["parameters"])
             self.initial_rates = self.step.initial_rates = state["initial_rates"]

@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 from config_base import COUNT_END, LONGEST, SEED_END, Section
 from conversion.config import ConversionConfig
 from errors import ConfigError
-from fileio import regular_file_size
-from limits import MAX_CONFIG_BYTES, MAX_SWEEP_RUNS
+from fileio import real_path, regular_file_size
+from limits import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_SWEEP_RUNS
 from neuron.ground_truth import MIN_TRIALS
 from optimization import OptimizationConfig
 from selection.config import SelectionConfig
@@ -126,33 +126,77 @@ def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(current.model_fields)
 
 
-def _describe(error: dict, source: str) -> str:
+def _describe(error: dict, source: str, overrides: list[str]) -> str:
     key = ".".join(str(part) for part in error["loc"])
+    for assignment in overrides:  # a value set on the command line: name the override, not the file
+        target = assignment.partition("=")[0].strip()
+        if key == target or key.startswith(target + ".") or target.startswith(key + "."):
+            source = f"override '{assignment}'"
     if error["type"] == "extra_forbidden":
         valid = _valid_keys(AppConfig, error["loc"])
         return f"{source}: unknown config key '{key}'; valid keys there: {', '.join(valid)}."
     return f"{source}: config key '{key}': {error['msg']} (got {error.get('input')!r})."
 
 
-def validate_config(data: dict[str, Any], source: str) -> AppConfig:
+def validate_config(data: dict[str, Any], source: str, overrides: list[str] = ()) -> AppConfig:
+    """`data` as an AppConfig; each problem is attributed to the override that set the key, else to `source`."""
     try:
         return AppConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(" ".join(_describe(e, source) for e in exc.errors())) from None
+        raise ConfigError(" ".join(_describe(e, source, overrides) for e in exc.errors())) from None
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently, so a
+    setting further down a long config would quietly undo one above)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key: construct_mapping says so
+            if key in seen:
+                raise ConfigError(f"{self.subject}: the key '{key}' appears twice in one section (line "
+                                  f"{key_node.start_mark.line + 1}); keep one.")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_events(text: str, subject: str) -> None:
+    """Refuse aliases and deep nesting while the text is scanned, before anything is built: `*name` repeats a
+    value by reference (a few hundred bytes of nested aliases, "billion laughs", expand beyond any machine), and
+    PyYAML's scanner slows down quadratically with flow nesting (`[[[[...`), so the scan stops at the first
+    level beyond MAX_CONFIG_DEPTH."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(f"{subject}: uses the YAML alias *{event.anchor}; aliases are not accepted in a "
+                              "config (they can repeat a value without end): write the value out.")
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_CONFIG_DEPTH.value:
+                raise ConfigError(f"{subject}: nests more than {MAX_CONFIG_DEPTH.value:g} levels deep (line "
+                                  f"{event.start_mark.line + 1}; {MAX_CONFIG_DEPTH.what}); a config is a few "
+                                  f"sections of plain values. Raise {MAX_CONFIG_DEPTH.env} if this is meant.")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
 
 
 def parse_yaml(text: str, subject: str) -> Any:
-    """YAML without aliases: `*name` repeats a value by reference, and a few hundred bytes of nested aliases
-    ("billion laughs") expand to more than any machine holds once the config is walked. Plain data only
-    (yaml.safe_load constructs no Python objects)."""
+    """Plain data from YAML (no Python objects constructed), without aliases, nesting within MAX_CONFIG_DEPTH
+    and no key twice in a mapping."""
     MAX_CONFIG_BYTES.check(len(text.encode()), subject, ConfigError, "bytes")
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                raise ConfigError(f"{subject}: uses the YAML alias *{event.anchor}; aliases are not accepted in a "
-                                  "config (they can repeat a value without end): write the value out.")
-        return yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as exc:
+        _check_events(text, subject)
+        loader = _PlainLoader(text)
+        loader.subject = subject
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        # ValueError: an integer of more than 4300 digits (Python's int-from-text limit).
         raise ConfigError(f"{subject}: cannot be read as YAML ({type(exc).__name__}: {exc}).") from None
 
 
@@ -204,13 +248,14 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> AppConfig:
     file_data = copy.deepcopy(data)
     for assignment in overrides:
         apply_override(data, assignment)
-    config = _resolve_paths(validate_config(data, str(path)), path.parent)
+    config = _resolve_paths(validate_config(data, str(path), overrides), path.parent)
     demo = demo_settings_to_apply(config, file_data, [a.partition("=")[0].strip() for a in overrides])
     if not demo:
         return config
     for key, value in demo.items():
         set_dotted(data, key, copy.deepcopy(value), f"{path}: demo.settings")
-    config = _resolve_paths(validate_config(data, f"{path} (with demo.settings)"), path.parent)
+    config = _resolve_paths(validate_config(data, f"{path} (with demo.settings)", overrides),
+                             path.parent)
     config.demo._applied = sorted(demo)
     return config
 
@@ -222,7 +267,7 @@ def demo_settings_to_apply(config: AppConfig, file_data: dict[str, Any], command
     built-in default) in the config file."""
     demo = config.demo
     applies = demo.apply == "always" or (demo.apply == "auto"
-                                         and config.models_dir.resolve() == SHIPPED_DEMO_MODELS)
+                                         and real_path(config.models_dir) == SHIPPED_DEMO_MODELS)
     if not applies:
         return {}
     defaults = AppConfig().model_dump(mode="json")
@@ -237,7 +282,7 @@ def demo_settings_to_apply(config: AppConfig, file_data: dict[str, Any], command
 
 def _resolve_paths(config: AppConfig, base: Path) -> AppConfig:
     def resolve(p: Optional[Path]) -> Optional[Path]:
-        return p if p is None or p.is_absolute() else (base / p).resolve()
+        return p if p is None or p.is_absolute() else real_path(base / p)
     config.models_dir = resolve(config.models_dir)
     config.output_dir = resolve(config.output_dir)
     config.selection.results_table = resolve(config.selection.results_table)

@@ -6,6 +6,7 @@ import copy
 import datetime as dt
 import fcntl
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import IO, Iterator
 
 from errors import ConfigError, OutputError
-from fileio import regular_file_size
+from fileio import open_lock_file, regular_file_size
 from optimization.report import FILE_NAMES
 from pipeline.config import AppConfig, parse_yaml
 
@@ -112,6 +113,20 @@ def short_model_name(stem: str) -> str:
     return re.sub(r"[^\w.-]", "_", name)[:40]
 
 
+def check_output_dir(output_dir: Path) -> None:
+    """output_dir is a writable folder, or could be created as one: checked (without creating anything) before
+    any model is converted, so that a typo there fails at once rather than after minutes of work."""
+    existing = output_dir
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "names" if existing == output_dir else f"would be inside {existing}, which is"
+        raise OutputError(f"{output_dir}: output_dir {what} a file, not a folder; choose a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{output_dir}: output_dir cannot be created or written ({existing} is not writable by "
+                          "this user); choose another output_dir.")
+
+
 def create_run_folder(output_dir: Path, model_stem: str) -> Path:
     """`output_dir/<timestamp>_<model>/`, never an existing folder; OutputError when it cannot be created."""
     return new_folder(output_dir, f"{dt.datetime.now():%Y%m%d-%H%M%S}_{short_model_name(model_stem)}")
@@ -143,8 +158,8 @@ def claim_run_folder(folder: Path) -> IO | None:
     """Lock `folder` for this process (returned handle; keep it open for the run), or None when another
     live process holds it."""
     try:
-        handle = open(RunFiles(folder).lock, "a")
-    except OSError:  # not a folder we can lock (a file named like the lock, no write access): not ours to use
+        handle = open_lock_file(RunFiles(folder).lock)
+    except OSError:  # not a folder we can lock (something else named like the lock, no write access): not ours
         return None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

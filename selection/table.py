@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,12 @@ import pandas as pd
 from conversion.pairing import (CONVERTED_INFO_SUFFIX, PARAMS_SUFFIX, find_params_pickles, keras_files_for,
                                model_stem, pytorch_candidates)
 from errors import PickleFileError, SelectionError
-from fileio import regular_file_size
+from fileio import real_path, regular_file_size
 from safe_pickle import load_pickle
 from selection.config import SelectionConfig
 
 log = logging.getLogger(__name__)
+REASONS_SHOWN = 10  # in the error when no row is usable; the table lists them all
 COLUMNS = ["rank", "stem", "value", "usable", "reason", "note", "keras_file", "pth_candidates", "params",
            "finite_epochs", "stem_path"]
 
@@ -159,7 +161,9 @@ def _candidate_from_pickle(pickle_path: Path, config: SelectionConfig, trust: bo
 
 def table_from_models_dir(models_dir: Path, config: SelectionConfig, trust_pickles: bool = False) -> pd.DataFrame:
     if not models_dir.is_dir():
-        raise SelectionError(f"{models_dir}: the models folder does not exist.")
+        problem = ("models_dir names something that is not a folder" if os.path.lexists(models_dir)
+                   else "the models folder does not exist")
+        raise SelectionError(f"{models_dir}: {problem}.")
     pickles = find_params_pickles(models_dir)
     for other in sorted(set(models_dir.glob("*" + PARAMS_SUFFIX)) - set(pickles)):
         if not other.name.startswith(".") and not other.stem.endswith(CONVERTED_INFO_SUFFIX):
@@ -167,6 +171,25 @@ def table_from_models_dir(models_dir: Path, config: SelectionConfig, trust_pickl
     if not pickles:
         raise SelectionError(f"{models_dir}: no model parameter pickles (*.pickle) in the models folder.")
     return rank([_candidate_from_pickle(p, config, trust_pickles) for p in pickles], config)
+
+
+def _candidate_from_csv_row(csv_path: Path, path_text: Any, raw: Any) -> Candidate:
+    """One row of a results table; a path the system cannot use (too long, a link loop, no permission) makes
+    the row unusable rather than the table unreadable."""
+    model_path = Path(str(path_text))
+    if not model_path.is_absolute():
+        model_path = real_path(csv_path.parent / model_path)
+    value = pd.to_numeric(raw, errors="coerce")
+    value = float(value) if pd.notna(value) else math.nan
+    stem_path = model_path.with_name(model_stem(model_path))
+    reason = None if math.isfinite(value) else "metric missing or not a number"
+    try:
+        params = stem_path.with_name(stem_path.name + PARAMS_SUFFIX)
+        return _candidate(stem_path, value, reason, params if params.is_file() else None, None)
+    except OSError as exc:
+        name = stem_path.name if len(stem_path.name) <= 120 else stem_path.name[:120] + "…"
+        return Candidate(stem=name, value=value, reason=f"the model path cannot be used ({exc.strerror or exc})",
+                         stem_path=stem_path, keras_file=None, pth_candidates=(), params=None, finite_epochs=None)
 
 
 def table_from_csv(csv_path: Path, config: SelectionConfig) -> pd.DataFrame:
@@ -178,17 +201,8 @@ def table_from_csv(csv_path: Path, config: SelectionConfig) -> pd.DataFrame:
     missing = [c for c in (config.csv_model_column, config.csv_metric_column) if c not in frame.columns]
     if missing:
         raise SelectionError(f"{csv_path}: the results table lacks column(s) {missing}; it has {list(frame.columns)}.")
-    rows = []
-    for path_text, raw in zip(frame[config.csv_model_column], frame[config.csv_metric_column]):
-        model_path = Path(str(path_text))
-        if not model_path.is_absolute():
-            model_path = (csv_path.parent / model_path).resolve()
-        value = pd.to_numeric(raw, errors="coerce")
-        value = float(value) if pd.notna(value) else math.nan
-        stem_path = model_path.with_name(model_stem(model_path))
-        params = stem_path.with_name(stem_path.name + PARAMS_SUFFIX)
-        reason = None if math.isfinite(value) else "metric missing or not a number"
-        rows.append(_candidate(stem_path, value, reason, params if params.is_file() else None, None))
+    rows = [_candidate_from_csv_row(csv_path, path_text, raw)
+            for path_text, raw in zip(frame[config.csv_model_column], frame[config.csv_metric_column])]
     if not rows:
         raise SelectionError(f"{csv_path}: the results table has no rows.")
     return rank(rows, config)
@@ -219,8 +233,10 @@ def mark_unusable(frame: pd.DataFrame, stem: str, reason: str) -> None:
 def best_candidate(frame: pd.DataFrame, source: str) -> Candidate:
     usable = usable_candidates(frame)
     if not usable:
-        reasons = "; ".join(f"{r.stem}: {r.reason}" for r in frame.itertuples())
-        raise SelectionError(f"{source}: no usable model among {len(frame)} candidate(s) ({reasons}).")
+        shown = [f"{r.stem}: {r.reason}" for r in frame.head(REASONS_SHOWN).itertuples()]
+        if len(frame) > REASONS_SHOWN:
+            shown.append(f"and {len(frame) - REASONS_SHOWN} more")
+        raise SelectionError(f"{source}: no usable model among {len(frame)} candidate(s) ({'; '.join(shown)}).")
     return usable[0]
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from conversion.families.common import number
 from conversion.registry import ConvertedLayer, KerasLayer, LayerProblem, register_layer_converter
 from models.activations import KERAS_NAMES, ActivationSpec
 
@@ -45,22 +46,21 @@ def convert_activation(layer: KerasLayer) -> ConvertedLayer:
 @register_layer_converter("ReLU")
 def convert_relu(layer: KerasLayer) -> ConvertedLayer:
     c = layer.config
-    max_value = c.get("max_value")
-    return ConvertedLayer("relu", {"negative_slope": float(c.get("negative_slope") or 0.0),
-                                   "max_value": None if max_value is None else float(max_value),
-                                   "threshold": float(c.get("threshold") or 0.0)})
+    max_value = None if c.get("max_value") is None else number(c, "max_value", 0.0)
+    return ConvertedLayer("relu", {"negative_slope": number(c, "negative_slope", 0.0), "max_value": max_value,
+                                   "threshold": number(c, "threshold", 0.0)})
 
 
 @register_layer_converter("LeakyReLU")
 def convert_leaky_relu(layer: KerasLayer) -> ConvertedLayer:
     c = layer.config
-    slope = c["negative_slope"] if "negative_slope" in c else c.get("alpha", 0.3)  # Keras 3 / Keras 2 name
-    return ConvertedLayer("leaky_relu", {"negative_slope": float(slope)})
+    key = "negative_slope" if "negative_slope" in c else "alpha"  # Keras 3 / Keras 2 name
+    return ConvertedLayer("leaky_relu", {"negative_slope": number(c, key, 0.3)})
 
 
 @register_layer_converter("ELU")
 def convert_elu(layer: KerasLayer) -> ConvertedLayer:
-    return ConvertedLayer("elu", {"alpha": float(layer.config.get("alpha", 1.0))})
+    return ConvertedLayer("elu", {"alpha": number(layer.config, "alpha", 1.0)})
 
 
 @register_layer_converter("PReLU")

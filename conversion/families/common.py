@@ -1,6 +1,7 @@
 """Small helpers shared by the layer converters."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from conversion.registry import LayerProblem
@@ -13,6 +14,22 @@ def single(value: Any, what: str) -> int:
             raise LayerProblem(f"{what} {value} is not one-dimensional")
         value = value[0]
     return int(value)
+
+
+def number(config: dict[str, Any], key: str, default: float, minimum: float | None = None) -> float:
+    """A finite float setting of a layer (`default` when absent or null); an epsilon of NaN or -1 in a file
+    would otherwise pass through and give NaN outputs that look like a conversion fault."""
+    value = config.get(key)
+    if value is None:
+        return default
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise LayerProblem(f"{key} {value!r} is not a number") from None
+    if not math.isfinite(result) or (minimum is not None and result < minimum):
+        raise LayerProblem(f"{key} {value!r} must be a finite number" + (f" >= {minimum:g}" if minimum is not None
+                                                                         else ""))
+    return result
 
 
 def pair(value: Any) -> tuple[int, int]:

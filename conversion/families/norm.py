@@ -1,7 +1,7 @@
 """BatchNormalization (inference: moving statistics) and LayerNormalization, with the file's epsilon."""
 from __future__ import annotations
 
-from conversion.families.common import axis_list
+from conversion.families.common import axis_list, number
 from conversion.registry import ConvertedLayer, KerasLayer, LayerProblem, register_layer_converter
 
 KERAS_NORM_EPSILON = 1e-3
@@ -24,7 +24,7 @@ def convert_batch_norm(layer: KerasLayer) -> ConvertedLayer:
     if center:
         params["bias"] = layer.weights.take("beta", (size,))
     return ConvertedLayer("batch_norm", {"num_features": size, "axis": axes[0],
-                                         "epsilon": float(c.get("epsilon", KERAS_NORM_EPSILON)),
+                                         "epsilon": number(c, "epsilon", KERAS_NORM_EPSILON, minimum=0),
                                          "center": center, "scale": scale}, params)
 
 
@@ -40,6 +40,6 @@ def convert_layer_norm(layer: KerasLayer) -> ConvertedLayer:
         params["bias"] = layer.weights.take("beta")
     shape = list(next(iter(params.values())).shape) if params else [1]
     return ConvertedLayer("layer_norm", {"axes": axis_list(c.get("axis", -1)), "shape": shape,
-                                         "epsilon": float(c.get("epsilon", KERAS_NORM_EPSILON)),
+                                         "epsilon": number(c, "epsilon", KERAS_NORM_EPSILON, minimum=0),
                                          "center": center and not rms_scaling, "scale": scale or rms_scaling,
                                          "rms_scaling": rms_scaling}, params)

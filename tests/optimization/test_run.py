@@ -276,3 +276,27 @@ def test_device_names():
     else:
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+@pytest.mark.parametrize("key, forged", [
+    ("iteration", 10**18), ("iteration", -5), ("iteration", 2.5),
+    ("micro_batches", 0), ("micro_batches", 10**12),
+    ("initial_rates", "nan"), ("initial_rates", "shape"), ("parameters", "nan"),
+])
+def test_resume_refuses_a_checkpoint_whose_numbers_make_no_sense(neuron, small_config, tmp_path, key, forged):
+    """A damaged or forged checkpoint sets the loop's counters and rates directly: each is checked first."""
+    first = _run(ExactFilterModel(neuron, 60), small_config(loop={"max_iterations": 5}), tmp_path / "first")
+    state = torch.load(first.files["checkpoint"], weights_only=True)
+    if forged == "nan":
+        values = state[key].values() if isinstance(state[key], dict) else [state[key]]
+        for tensor in values:
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                tensor.fill_(float("nan"))
+    elif forged == "shape":
+        state[key] = state[key][..., :-1]
+    else:
+        state[key] = forged
+    path = tmp_path / "forged.pt"
+    torch.save(state, path)
+    with pytest.raises(OptimizationError, match=f"is damaged: '{key}' must be"):
+        _run(ExactFilterModel(neuron, 60), small_config(loop={"resume_from": str(path)}), tmp_path / "second")

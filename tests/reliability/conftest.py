@@ -38,6 +38,13 @@ def assert_refused(result, exit_code: int, *fragments: str) -> str:
     return errors[0]
 
 
+@pytest.fixture
+def model(keras_files, tmp_path) -> Path:
+    """A private copy of the small real Keras 3 neuron TCN (tcn.h5) to attack."""
+    shutil.copy(keras_files / "tcn.h5", tmp_path / "tcn.h5")
+    return tmp_path / "tcn.h5"
+
+
 @pytest.fixture(scope="session")
 def converted_tcn(keras_files, tmp_path_factory) -> Path:
     """A folder with tcn.h5 and a genuine earlier conversion of it (tcn_converted.pth + info) to protect."""

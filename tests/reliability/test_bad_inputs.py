@@ -350,7 +350,7 @@ def test_unwritable_output_folder(workspace, tcn_folder, tmp_path, how):
 
     before = snapshot(workspace)
     result = run_main(workspace, f"output_dir={blocked}")
-    assert_refused(result, OutputError.exit_code, str(blocked), "cannot create a run folder")
+    assert_refused(result, OutputError.exit_code, str(blocked), "output_dir")  # checked before any work
     assert snapshot(workspace) == before
     assert not blocked.exists() or not any(blocked.iterdir())
 

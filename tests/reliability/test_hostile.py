@@ -54,12 +54,6 @@ def converter_refuses(source: Path, *fragments: str, extra: tuple[str, ...] = ()
     return message
 
 
-@pytest.fixture
-def model(keras_files, tmp_path) -> Path:
-    shutil.copy(keras_files / "tcn.h5", tmp_path / "tcn.h5")
-    return tmp_path / "tcn.h5"
-
-
 # ---- only the model file's own bytes ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("attack, fragment", [
@@ -376,9 +370,15 @@ def test_an_unexpected_exception_marks_the_run_failed_and_it_is_not_continued(wo
     assert "Traceback" in verbose.stderr  # only with --verbose
 
 
+def with_ctrl_c() -> None:
+    """In the child before it starts: Ctrl-C back to the default, so that Python installs its handler. A test
+    run started in the background (`cmd &`, nohup) has SIGINT ignored, and children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_and_signal(args: list[str], ready, sig: int) -> subprocess.CompletedProcess:
     child = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+                             text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), preexec_fn=with_ctrl_c)
     deadline = time.monotonic() + 120
     while not ready() and time.monotonic() < deadline:
         assert child.poll() is None, child.communicate()[1]
