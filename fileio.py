@@ -2,7 +2,8 @@
 
 Writing: every output goes to a temporary name in the target folder and is renamed into place, so a run killed at
 any moment leaves either the old file or the new one, never half of one; no output may be an input. Reading: only
-regular files (a FIFO or device would block or never end). Pickles: safe_pickle.
+regular files (a FIFO or device would block or never end); zip members in bounded chunks, never more than they
+declare. Pickles: safe_pickle.
 """
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ import io
 import os
 import stat
 import uuid
+import zipfile
+import zlib
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, BinaryIO, Callable, Iterator
 
 from errors import OutputError, ToolError
+from limits import MiB, Limit, format_bytes
+
+ZIP_CHUNK_BYTES = 1 * MiB
 
 
 @contextmanager
@@ -94,6 +100,37 @@ def regular_file_size(path: str | Path, error: type[ToolError], what: str = "fil
         raise error(f"{path}: cannot be read: it is {file_kind(status.st_mode)}, not a regular {what} (it is never opened: reading "
                     "it could block).")
     return status.st_size
+
+
+def read_zip_member(archive: zipfile.ZipFile, member: str | zipfile.ZipInfo, limit: Limit, subject: str,
+                    error: type[ToolError]) -> bytes:
+    """A zip member's bytes, inflated ZIP_CHUNK_BYTES at a time and counted as they come, against the size its
+    header declares and against `limit`: a member that declares 19 kB can inflate to gigabytes, and reading it
+    whole asks zlib for up to 2 GB in one call. Stops at the first byte past either; a member that holds more or
+    less than it declares, is damaged, encrypted or compressed in an unsupported way is an `error` naming
+    `subject` (e.g. "<file>: member config.json of the Keras archive")."""
+    info = member if isinstance(member, zipfile.ZipInfo) else archive.getinfo(member)
+    limit.check(info.file_size, subject, error, "bytes")
+    allowed = min(info.file_size, limit.value)
+    chunks: list[bytes] = []
+    count = 0
+    try:
+        with archive.open(info) as handle:
+            while chunk := handle.read(ZIP_CHUNK_BYTES):
+                count += len(chunk)
+                if count > allowed:
+                    raise error(f"{subject}: inflates to more than the {format_bytes(allowed)} it may hold (it "
+                                f"declares {format_bytes(info.file_size)}, {limit.what}); it is forged or damaged. "
+                                "Reading stopped there.")
+                chunks.append(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as exc:
+        kind = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
+        raise error(f"{subject} cannot be read ({kind}: {exc}); it is damaged, or inflates to more or less than "
+                    f"the {format_bytes(info.file_size)} it declares.") from exc
+    if count != info.file_size:
+        raise error(f"{subject}: holds {format_bytes(count)}, not the {format_bytes(info.file_size)} it declares; it "
+                    "is damaged.")
+    return b"".join(chunks)
 
 
 def outputs_apart_from_inputs(outputs: list[Path], inputs: list[Path | None], error: type[ToolError]) -> None:

@@ -67,6 +67,8 @@ MAX_PICKLE_BYTES = Limit("max_pickle_bytes", 256 * MiB, "a parameters or info pi
 MAX_PICKLE_OBJECT_BYTES = Limit("max_pickle_object_bytes", 256 * MiB, "what a pickle constructs (bytes, arrays, "
                                                                         "strings), each and in total")
 MAX_PICKLE_DEPTH = Limit("max_pickle_depth", 100, "nesting depth of a parameters pickle")
+MAX_PICKLE_STEPS = Limit("max_pickle_steps", 2_000_000, "values and references a pickle builds, counted as "
+                                                         "its opcodes")
 MAX_CONFIG_BYTES = Limit("max_config_bytes", 1 * MiB, "a config.yaml file")
 MAX_CONFIG_DEPTH = Limit("max_config_depth", 32, "nesting depth of a config.yaml (the shipped one: 4)")
 # Model graphs and the work a run does.
@@ -78,9 +80,8 @@ MAX_SIMULATION_STEPS = Limit("max_simulation_steps", 2e9, "integration steps × 
 MAX_SWEEP_RUNS = Limit("max_sweep_runs", 10_000, "runs of one sweep")
 
 ALL = (COMPRESSION_RATIO, SMALL_DATA_BYTES, MAX_WEIGHT_BYTES, MAX_MEMBER_BYTES, MAX_JSON_BYTES, MAX_JSON_DEPTH,
-       MAX_PICKLE_BYTES, MAX_PICKLE_OBJECT_BYTES, MAX_PICKLE_DEPTH, MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH,
-       MAX_INPUT_LENGTH,
-       MAX_LAYERS, MAX_BATCH_BYTES, MAX_SIMULATION_STEPS, MAX_SWEEP_RUNS)
+       MAX_PICKLE_BYTES, MAX_PICKLE_OBJECT_BYTES, MAX_PICKLE_DEPTH, MAX_PICKLE_STEPS, MAX_CONFIG_BYTES,
+       MAX_CONFIG_DEPTH, MAX_INPUT_LENGTH, MAX_LAYERS, MAX_BATCH_BYTES, MAX_SIMULATION_STEPS, MAX_SWEEP_RUNS)
 
 
 def check_stored_size(declared: float, stored: float, subject: str, error: type[ToolError]) -> None:

@@ -1,9 +1,12 @@
 """Pickles from untrusted files: a restricted unpickler that constructs plain data only, within size budgets.
 
 Training pickles (`<stem>.pickle`) come from anywhere a study folder came from. Only plain containers, numbers,
-strings, bytes and numpy arrays/scalars/dtypes are constructed; nothing in the file runs. Constructors that
-allocate what their arguments declare are checked against MAX_PICKLE_OBJECT_BYTES first, the file is read into
-memory within MAX_PICKLE_BYTES, and the result is checked for cycles and depth (limits.py).
+strings, bytes and numpy arrays/scalars/dtypes are constructed; nothing in the file runs. The file is read into
+memory within MAX_PICKLE_BYTES, and its opcodes are scanned (check_pickle_stream, which builds nothing) for
+nesting depth and for the number of values and references they build, before the unpickler makes anything: a
+300 kB pickle can hold a dict key nested 300,000 tuples deep (hashing it crashes the interpreter) or 100 million
+references to one string. Constructors that allocate what their arguments declare are checked against
+MAX_PICKLE_OBJECT_BYTES first, and the result is checked for cycles and depth (limits.py).
 """
 from __future__ import annotations
 
@@ -11,14 +14,16 @@ import _compat_pickle
 import io
 import math
 import pickle
+import pickletools
+from array import array
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from errors import PickleFileError
+from errors import PickleFileError, ToolError
 from fileio import regular_file_size
-from limits import MAX_PICKLE_BYTES, MAX_PICKLE_DEPTH, MAX_PICKLE_OBJECT_BYTES, format_bytes
+from limits import MAX_PICKLE_BYTES, MAX_PICKLE_DEPTH, MAX_PICKLE_OBJECT_BYTES, MAX_PICKLE_STEPS, format_bytes
 
 SAFE_PICKLE_GLOBALS = {
     ("builtins", name) for name in
@@ -107,6 +112,153 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return found
 
 
+# ---- the opcode scan ----------------------------------------------------------------------------------------
+# What each opcode does to the values on the unpickler's stack, as far as their nesting goes. A container is one
+# level deeper than its deepest item (a leaf is 0, `[]` is 1, `[[]]` is 2), as check_plain_structure counts.
+(_NEW, _NEW_FROM_MARK, _FILL, _FILL_FROM_MARK, _STATE, _CALL, _MARK, _POP_MARK, _DUP, _PUT, _MEMOIZE, _GET,
+ _STOP, _DROP, _OTHER) = range(15)
+_KIND_OF = {
+    # a new container holding the top n values (EMPTY_*: none)
+    **dict.fromkeys(("EMPTY_LIST", "EMPTY_TUPLE", "EMPTY_DICT", "EMPTY_SET", "TUPLE1", "TUPLE2", "TUPLE3"), _NEW),
+    # a new container (or instance) holding the values above the last mark
+    **dict.fromkeys(("LIST", "TUPLE", "DICT", "FROZENSET", "INST", "OBJ"), _NEW_FROM_MARK),
+    # the top n values go into the container below them
+    **dict.fromkeys(("APPEND", "SETITEM"), _FILL),
+    # the values above the last mark go into the container below it
+    **dict.fromkeys(("APPENDS", "SETITEMS", "ADDITEMS"), _FILL_FROM_MARK),
+    "BUILD": _STATE,  # what the state on top holds becomes the contents of the object below it
+    # callable(*arguments): the result holds what the argument tuple holds, one level less deep than the tuple
+    **dict.fromkeys(("REDUCE", "NEWOBJ", "NEWOBJ_EX"), _CALL),
+    "MARK": _MARK, "POP_MARK": _POP_MARK, "DUP": _DUP, "MEMOIZE": _MEMOIZE, "STOP": _STOP,
+    **dict.fromkeys(("PUT", "BINPUT", "LONG_BINPUT"), _PUT),
+    **dict.fromkeys(("GET", "BINGET", "LONG_BINGET"), _GET),
+}
+
+
+def _plan(opcode: pickletools.OpcodeInfo) -> tuple[int, int]:
+    """(kind, values it takes from the top of the stack) of an opcode. Those that work from a mark take what lies
+    above it (and the *_FROM_MARK fillers the container below it), counted as they run. Every opcode not named in
+    _KIND_OF makes a leaf, or a value as deep as the values it takes, and never reads below a mark."""
+    kind = _KIND_OF.get(opcode.name, _OTHER)
+    if kind in (_NEW_FROM_MARK, _FILL_FROM_MARK, _POP_MARK):
+        return kind, 0
+    if kind == _OTHER:
+        assert pickletools.markobject not in opcode.stack_before and len(opcode.stack_after) <= 1, opcode.name
+        if not opcode.stack_after:
+            kind = _DROP
+    return kind, len(opcode.stack_before)
+
+
+_PLAN = {opcode.code: _plan(opcode) for opcode in pickletools.opcodes}
+
+
+class _StreamProblem(Exception):
+    """What the scan found, and the limit it exceeded (None: the stream is damaged)."""
+
+    def __init__(self, problem: str, limit=None):
+        super().__init__(problem)
+        self.limit = limit
+
+
+def _scan(data: bytes, max_depth: float, max_steps: float) -> None:
+    """Replay the pickle's opcodes (pickletools.genops decodes them; nothing is built or called) on a stack of
+    value numbers, keeping every value's nesting depth, so that a value nested deeper than `max_depth` is found
+    before the unpickler builds (and hashes) it, and the number of opcodes is counted against `max_steps`
+    before the memo, the marks or the stack can grow past it.
+
+    The argument tuple of a call is one level deeper than what the call builds (`set([x])` is built from
+    `([x],)`), so values may nest one level more than `max_depth` here; check_plain_structure holds what was
+    built to the exact limit. Values are numbered so that the memo and DUP share them: a container filled after
+    it was stored counts its new depth wherever it is fetched later (check_plain_structure still walks what was
+    built, for containers filled after another took them, and for cycles)."""
+    depths = array("q")  # the nesting depth of value number i
+    stack = array("q")  # the numbers of the values on the unpickler's stack
+    marks: list[int] = []  # the stack height at each open MARK
+    memo: dict[int, int] = {}
+    steps = 0
+    allowed = max_depth + 1
+
+    def push(depth: int, position: int) -> None:
+        if depth > allowed:
+            raise _StreamProblem(f"its data nests more than {max_depth:.0f} levels deep (at byte {position})",
+                                 MAX_PICKLE_DEPTH)
+        depths.append(depth)
+        stack.append(len(depths) - 1)
+
+    for opcode, arg, position in pickletools.genops(data):
+        steps += 1
+        if steps > max_steps:
+            raise _StreamProblem(f"it takes more than {max_steps:,.0f} steps to build (at byte {position})",
+                                 MAX_PICKLE_STEPS)
+        kind, taken = _PLAN[opcode.code]
+        floor = marks[-1] if marks else 0
+        if len(stack) - floor < taken or (kind == _PUT and len(stack) == floor):
+            raise _StreamProblem(f"{opcode.name} at byte {position} takes more values than the stack holds")
+        if kind == _OTHER and not taken:  # a leaf: a number, a string, a class, ...
+            depths.append(0)
+            stack.append(len(depths) - 1)
+        elif kind == _GET:
+            if arg not in memo:
+                raise _StreamProblem(f"{opcode.name} at byte {position} fetches memo entry {arg}, which was never "
+                                     "stored")
+            stack.append(memo[arg])
+        elif kind == _PUT:
+            memo[arg] = stack[-1]
+        elif kind == _MEMOIZE:
+            memo[len(memo)] = stack[-1]
+        elif kind == _MARK:
+            marks.append(len(stack))
+        elif kind == _DUP:
+            stack.append(stack[-1])
+        elif kind == _STOP:
+            return
+        elif kind == _DROP:  # POP; PROTO and FRAME take nothing
+            del stack[len(stack) - taken:]
+        elif kind in (_NEW_FROM_MARK, _FILL_FROM_MARK, _POP_MARK) and not marks:
+            raise _StreamProblem(f"{opcode.name} at byte {position} has no mark to work from")
+        elif kind == _POP_MARK:
+            del stack[marks.pop():]
+        elif kind in (_FILL, _FILL_FROM_MARK, _STATE):
+            start = marks.pop() if kind == _FILL_FROM_MARK else len(stack) - taken + 1
+            if start - (marks[-1] if marks else 0) < 1:
+                raise _StreamProblem(f"{opcode.name} at byte {position} has no container to fill")
+            target = stack[start - 1]
+            items = [depths[number] for number in stack[start:]]
+            del stack[start:]
+            if items:
+                depth = max(items) - 1 if kind == _STATE else 1 + max(items)
+                if depth > allowed:
+                    raise _StreamProblem(f"its data nests more than {max_depth:.0f} levels deep (at byte "
+                                         f"{position})", MAX_PICKLE_DEPTH)
+                depths[target] = max(depths[target], depth)
+        else:  # a new value from values on the stack
+            start = marks.pop() if kind == _NEW_FROM_MARK else len(stack) - taken
+            items = [depths[number] for number in stack[start:]]
+            del stack[start:]
+            if kind == _CALL:  # the callable, then its argument tuple (NEWOBJ_EX: and a dict)
+                push(max(items[0], max(items[1:]) - 1), position)
+            elif kind == _OTHER:
+                push(max(items), position)
+            else:
+                push(1 + max(items, default=0), position)
+
+
+def check_pickle_stream(data: bytes, subject: str, error: type[ToolError]) -> None:
+    """Refuse a pickle, before anything of it is built, whose values nest deeper than MAX_PICKLE_DEPTH or that
+    takes more than MAX_PICKLE_STEPS opcodes (values, references, marks, memo entries) to build, or whose opcode
+    stream is damaged; `error` names `subject` (a file, or a member of an archive), the problem and the limit."""
+    try:
+        _scan(data, MAX_PICKLE_DEPTH.value, MAX_PICKLE_STEPS.value)
+    except _StreamProblem as exc:
+        if exc.limit is None:
+            raise error(f"{subject}: cannot be read as a pickle ({exc}); nothing of it was built.") from None
+        raise error(f"{subject}: refused to load: {exc}, beyond the limit on {exc.limit.what}; nothing of it was "
+                    f"built. Raise {exc.limit.env} if the file is real.") from None
+    except Exception as exc:  # genops: unknown opcodes, truncated arguments, undecodable text, no STOP
+        raise error(f"{subject}: cannot be read as a pickle ({type(exc).__name__}: {exc}); nothing of it was "
+                    "built.") from None
+
+
 def check_plain_structure(value: Any, path: Path) -> None:
     """A loaded pickle's containers must nest at most MAX_PICKLE_DEPTH deep and never contain themselves
     (every later walk of it may then recurse); walked without recursion, each shared container once."""
@@ -143,7 +295,8 @@ def load_pickle(path: str | Path, trust: bool = False) -> Any:
     """Read a pickle with the restricted unpickler (or the plain one when `trust`), also Python-2 pickles.
 
     The file must be a regular file within MAX_PICKLE_BYTES; it is read into memory first, so that no length a
-    pickle declares can make the reader allocate more than the file holds. Errors are `PickleFileError`s naming
+    pickle declares can make the reader allocate more than the file holds, and its opcodes are scanned for depth
+    and steps (check_pickle_stream) before the unpickler builds anything. Errors are `PickleFileError`s naming
     the file and the problem; a refused class is named.
     """
     path = Path(path)
@@ -151,8 +304,12 @@ def load_pickle(path: str | Path, trust: bool = False) -> Any:
     MAX_PICKLE_BYTES.check(size, str(path), PickleFileError, "bytes")
     try:
         with open(path, "rb") as f:
-            data = io.BytesIO(f.read(size + 1))
-        unpickler = (pickle.Unpickler if trust else _RestrictedUnpickler)(data, encoding="latin1")
+            data = f.read(size + 1)
+    except OSError as exc:
+        raise PickleFileError(f"{path}: cannot be read ({exc.strerror or exc}).") from exc
+    check_pickle_stream(data, str(path), PickleFileError)
+    try:
+        unpickler = (pickle.Unpickler if trust else _RestrictedUnpickler)(io.BytesIO(data), encoding="latin1")
         value = unpickler.load()
     except _RefusedClass as exc:
         raise PickleFileError(f"{path}: refused to load: {exc}. Pass --trust-pickles only if you trust its "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import re
 import zipfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from conversion.json_config import parse_config_json
 from conversion.keras_file import KerasModelFile, WeightReader, check_self_contained, file_sha256, read_attr
 from conversion.registry import bare_class_name
 from errors import ConversionError
-from fileio import regular_file_size
+from fileio import read_zip_member, regular_file_size
 from limits import MAX_JSON_BYTES, MAX_MEMBER_BYTES, check_stored_size
 
 ARCHIVE_CONFIG = "config.json"
@@ -202,16 +201,13 @@ def config_layers(model_config: dict[str, Any]) -> list[tuple[str, str, dict[str
 
 def _read_member(path: Path, archive: zipfile.ZipFile, member: str, limit) -> bytes:
     """A member's bytes, read only when its declared size is within `limit` and within the compression ratio of
-    what it stores; a damaged, encrypted or unsupported-compression member is a ConversionError."""
+    what it stores, and then in bounded chunks that stop at what it declares (fileio.read_zip_member); a lying,
+    damaged, encrypted or unsupported-compression member is a ConversionError."""
     info = archive.getinfo(member)
     subject = f"{path}: member {member} of the Keras archive"
     limit.check(info.file_size, subject, ConversionError, "bytes")
     check_stored_size(info.file_size, info.compress_size, subject, ConversionError)
-    try:
-        return archive.read(member)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
-        kind = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
-        raise ConversionError(f"{path}: member {member} of the Keras archive cannot be read ({kind}: {exc}).") from exc
+    return read_zip_member(archive, info, limit, subject, ConversionError)
 
 
 def _json_object(path: Path, member: str, text: bytes) -> dict[str, Any]:

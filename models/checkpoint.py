@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from errors import ModelFileError, ToolError
-from fileio import regular_file_size
-from limits import MAX_MEMBER_BYTES, MAX_WEIGHT_BYTES, check_stored_size
+from fileio import read_zip_member, regular_file_size
+from limits import MAX_MEMBER_BYTES, MAX_PICKLE_BYTES, MAX_WEIGHT_BYTES, check_stored_size
 from models.graph import KerasGraphModule
+from safe_pickle import check_pickle_stream
 
 FORMAT_NAME = "keras-graph-torch"
 FORMAT_VERSION = 1
@@ -57,7 +58,10 @@ def round_to_storage(model: nn.Module, dtype: str) -> list[str]:
 def check_torch_archive(path: str | Path, error: type[ToolError]) -> None:
     """A file torch.save wrote (a zip archive), checked before torch reads it: a regular file whose members
     declare sizes within the budgets (limits.py), each and together. torch stores members uncompressed, so a
-    member that inflates far beyond what it stores is forged."""
+    member that inflates far beyond what it stores is forged. Its pickles (`<archive>/data.pkl`, any `*.pkl`
+    member torch might unpickle) are read in bounded chunks and their opcodes scanned for depth and steps
+    (safe_pickle.check_pickle_stream), as a parameters pickle's are: torch's own unpickler would spend minutes
+    on 30 million references, or crash on a key nested 300,000 tuples deep."""
     path = Path(path)
     regular_file_size(path, error, "PyTorch file")
     if not zipfile.is_zipfile(path):
@@ -66,13 +70,19 @@ def check_torch_archive(path: str | Path, error: type[ToolError]) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
+            for info in members:
+                subject = f"{path}: member {info.filename}"
+                MAX_MEMBER_BYTES.check(info.file_size, subject, error, "bytes")
+                check_stored_size(info.file_size, info.compress_size, subject, error)
+            MAX_WEIGHT_BYTES.check(sum(info.file_size for info in members), f"{path}: its members together", error,
+                                   "bytes")
+            for info in members:
+                if info.filename.endswith(".pkl"):
+                    subject = f"{path}: member {info.filename}"
+                    check_pickle_stream(read_zip_member(archive, info, MAX_PICKLE_BYTES, subject, error), subject,
+                                        error)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise error(f"{path}: cannot be read as a PyTorch file ({type(exc).__name__}: {exc}).") from exc
-    for info in members:
-        subject = f"{path}: member {info.filename}"
-        MAX_MEMBER_BYTES.check(info.file_size, subject, error, "bytes")
-        check_stored_size(info.file_size, info.compress_size, subject, error)
-    MAX_WEIGHT_BYTES.check(sum(info.file_size for info in members), f"{path}: its members together", error, "bytes")
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
