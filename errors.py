@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 
 class ToolError(Exception):
@@ -69,7 +69,15 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler ending a job, `kill`): handled like Ctrl-C, so the optimization saves its state."""
 
 
-INTERRUPTED_EXIT, TERMINATED_EXIT, UNEXPECTED_EXIT = 130, 143, 1
+INTERRUPTED_EXIT, TERMINATED_EXIT, UNEXPECTED_EXIT, OUT_OF_MEMORY_EXIT = 130, 143, 1, 12
+
+
+def listed(items: Iterable[str], most: int = 5, separator: str = ", ") -> str:
+    """`a, b, c, d, e and 12 more`: a forged file can hold thousands of problems; a message names a few."""
+    items = list(items)
+    if len(items) <= most:
+        return separator.join(items)
+    return f"{separator.join(items[:most])} and {len(items) - most} more"
 
 
 def raise_terminated_on_sigterm() -> None:
@@ -97,14 +105,18 @@ def quiet_interrupts_while_importing(script: bool) -> Iterator[None]:
 
 def failure_report(exc: BaseException, doing: str) -> tuple[str, int]:
     """The one-paragraph message and exit code of an entry point stopped by `exc` while `doing` something:
-    our errors with their own code, Ctrl-C 130, SIGTERM 143, anything else 1 (a bug: the traceback is for
-    --verbose)."""
+    our errors with their own code, Ctrl-C 130, SIGTERM 143, memory exhausted 12 (an input larger than this
+    machine, not a bug), anything else 1 (a bug: the traceback is for --verbose)."""
     if isinstance(exc, ToolError):
         return f"error: {' '.join(str(exc).split())}", exc.exit_code
     if isinstance(exc, Terminated):
         return "error: terminated (SIGTERM); files being written were left as they were before.", TERMINATED_EXIT
     if isinstance(exc, KeyboardInterrupt):
         return "error: interrupted; files being written were left as they were before.", INTERRUPTED_EXIT
+    if isinstance(exc, MemoryError):
+        return (f"error: out of memory while {doing}: the input needs more memory than this process may use. "
+                "Use a machine with more memory, or lower the limits of limits.py (NEURON_TCN_<NAME>) so that such "
+                "an input is refused before it is read; no result was written.", OUT_OF_MEMORY_EXIT)
     return (f"error: unexpected {type(exc).__name__} while {doing}: {' '.join(str(exc).split())[:500]}. This is "
             "a fault of the tool (please report it with the output of --verbose, which shows the traceback); no "
             "result was written.", UNEXPECTED_EXIT)

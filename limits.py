@@ -57,11 +57,14 @@ MiB = 1 << 20
 COMPRESSION_RATIO = Limit("compression_ratio", 50, "declared size over stored size of a dataset or zip member; "
                                                   "Keras stores weights uncompressed")
 SMALL_DATA_BYTES = Limit("small_data_bytes", 1 * MiB, "size below which a dataset or member may be stored in any "
-                                                      "compressed form")
+                                                      "compressed form; for the datasets of one HDF5 file, together")
 MAX_WEIGHT_BYTES = Limit("max_weight_bytes", 16 * GiB, "all weights of one model together")
 MAX_MEMBER_BYTES = Limit("max_member_bytes", 16 * GiB, "one member of a .keras or .pth zip archive, uncompressed")
 MAX_JSON_BYTES = Limit("max_json_bytes", 64 * MiB, "a model config or metadata (JSON) in a model file")
 MAX_JSON_DEPTH = Limit("max_json_depth", 200, "nesting depth of a model config (Keras writes about 20)")
+MAX_HDF5_OBJECTS = Limit("max_hdf5_objects", 50_000, "groups, datasets and links of one HDF5 file (a 7x256 TCN "
+                                                     "has about 100)")
+MAX_HDF5_DEPTH = Limit("max_hdf5_depth", 64, "nesting depth of the groups of an HDF5 file (Keras writes under 10)")
 # Pickles and YAML.
 MAX_PICKLE_BYTES = Limit("max_pickle_bytes", 256 * MiB, "a parameters or info pickle file")
 MAX_PICKLE_OBJECT_BYTES = Limit("max_pickle_object_bytes", 256 * MiB, "what a pickle constructs (bytes, arrays, "
@@ -80,8 +83,9 @@ MAX_SIMULATION_STEPS = Limit("max_simulation_steps", 2e9, "integration steps × 
 MAX_SWEEP_RUNS = Limit("max_sweep_runs", 10_000, "runs of one sweep")
 
 ALL = (COMPRESSION_RATIO, SMALL_DATA_BYTES, MAX_WEIGHT_BYTES, MAX_MEMBER_BYTES, MAX_JSON_BYTES, MAX_JSON_DEPTH,
-       MAX_PICKLE_BYTES, MAX_PICKLE_OBJECT_BYTES, MAX_PICKLE_DEPTH, MAX_PICKLE_STEPS, MAX_CONFIG_BYTES,
-       MAX_CONFIG_DEPTH, MAX_INPUT_LENGTH, MAX_LAYERS, MAX_BATCH_BYTES, MAX_SIMULATION_STEPS, MAX_SWEEP_RUNS)
+       MAX_HDF5_OBJECTS, MAX_HDF5_DEPTH, MAX_PICKLE_BYTES, MAX_PICKLE_OBJECT_BYTES, MAX_PICKLE_DEPTH,
+       MAX_PICKLE_STEPS, MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_INPUT_LENGTH, MAX_LAYERS, MAX_BATCH_BYTES,
+       MAX_SIMULATION_STEPS, MAX_SWEEP_RUNS)
 
 
 def check_stored_size(declared: float, stored: float, subject: str, error: type[ToolError]) -> None:

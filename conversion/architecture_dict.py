@@ -20,10 +20,10 @@ import numpy as np
 
 from conversion.families.common import single
 from conversion.keras_archive import group_base_name, read_numbered_weights, stored_layer_name
-from conversion.keras_file import (KerasModelFile, WeightReader, check_self_contained, file_sha256, read_attr,
-                                   read_layer_groups)
+from conversion.keras_file import (ItemProblem, KerasModelFile, WeightReader, check_self_contained, file_sha256,
+                                   read_layer_groups, read_names, read_text)
 from conversion.registry import LayerProblem, shape_text
-from errors import ConversionError
+from errors import ConversionError, listed
 
 REQUIRED_KEYS = ("filter_sizes_per_layer", "num_filters_per_layer", "activation_function_per_layer",
                  "strides_per_layer", "dilation_rates_per_layer", "input_window_size")
@@ -158,7 +158,7 @@ def _match(path: Path, arch: Architecture, stored: list[StoredLayer]) -> tuple[l
         raise ConversionError(f"{path}: the weights file holds {len(stored)} layers with weights, the "
                               f"architecture_dict (depth {arch.depth}: a Conv1D and a BatchNormalization per "
                               f"layer, then {len(HEADS)} heads) implies {expected}: "
-                              f"{', '.join(layer.name for layer in stored)}. Nothing was written.")
+                              f"{listed(layer.name for layer in stored)}. Nothing was written.")
     hidden, heads = stored[:2 * arch.depth], stored[2 * arch.depth:]
     channels = None
     for i in range(arch.depth):
@@ -236,10 +236,10 @@ def read_weights_only(path: str | Path, params: dict[str, Any] | None) -> KerasM
     try:
         with h5py.File(path, "r") as f:
             check_self_contained(path, f)
-            if read_attr(f, "layer_names") is not None:
+            if read_names(f, "layer_names") is not None:
                 keras_major = 2
-                keras_version = read_attr(f, "keras_version") or "2.x"
-                backend = read_attr(f, "backend") or "unknown"
+                keras_version = read_text(f, "keras_version") or "2.x"
+                backend = read_text(f, "backend") or "unknown"
                 stored, input_name = _keras2_layers(path, f)
             elif "layers" in f:
                 keras_major, keras_version, backend = 3, KERAS3_VERSION, "unknown"
@@ -247,6 +247,8 @@ def read_weights_only(path: str | Path, params: dict[str, Any] | None) -> KerasM
             else:
                 raise ConversionError(f"{path}: an HDF5 file with neither a Keras model nor Keras weights "
                                       "(no 'model_config', 'layer_names' or 'layers'). Nothing was written.")
+    except ItemProblem as exc:
+        raise ConversionError(f"{path}: {exc}. Nothing was written.") from None
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise ConversionError(f"{path}: cannot be read as a Keras weights file ({type(exc).__name__}: {exc}). "
                               "Nothing was written.") from exc

@@ -29,7 +29,7 @@ from conversion.pairing import default_output_path, info_path_for
 from conversion.record import ConversionRecord, plain
 from conversion.registry import KerasLayer, LayerProblem, WeightBag, find_converter
 from conversion.verify import verify_model
-from errors import ConversionError
+from errors import ConversionError, listed
 from fileio import outputs_apart_from_inputs, real_path
 from limits import MAX_INPUT_LENGTH
 from models.checkpoint import FORMAT_VERSION, STORAGE_DTYPES, round_to_storage
@@ -87,7 +87,7 @@ def convert_model(source: str | Path, params_path: str | Path | None = None, out
     record.params_sha256 = file_sha256(params_path) if params_path else None
     overflowed = round_to_storage(conversion.model, dtype)
     if overflowed:
-        raise ConversionError(f"{source}: weights beyond the range of {dtype} ({', '.join(overflowed)}); store them "
+        raise ConversionError(f"{source}: weights beyond the range of {dtype} ({listed(overflowed)}); store them "
                               "as bfloat16 or float32. Nothing was written.")
     record.dtype = dtype
     conversion.model.metadata = record.to_dict()
@@ -111,6 +111,8 @@ def model_graph(keras_file: KerasModelFile) -> ModelGraph:
         return parse_model_config(keras_file.model_config)
     except ConversionError as exc:
         raise ConversionError(f"{keras_file.path}: {exc}") from exc
+    except MemoryError:  # not a property of the config: the entry point reports it as such
+        raise
     except Exception as exc:  # the config is untrusted data: any failure to read it is this refusal
         raise ConversionError(f"{keras_file.path}: the model_config is not a Keras model description we can "
                               f"read ({type(exc).__name__}: {exc}).") from exc
@@ -137,6 +139,8 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
         except LayerProblem as exc:
             problems.append(f"layer '{layer.name}' ({layer.class_name}): {exc}")
             continue
+        except MemoryError:
+            raise
         except Exception as exc:  # a converter reads an untrusted config: any failure is this layer's problem
             problems.append(f"layer '{layer.name}' ({layer.class_name}): unreadable config ({type(exc).__name__}: {exc})")
             continue
@@ -145,7 +149,7 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
                                                            for name, count in bag.non_finite.items()) + ")")
         extra = bag.leftovers() + keras_file.unlisted.get(layer.name, [])
         if extra:
-            problems.append(f"layer '{layer.name}' ({layer.class_name}): unexpected extra weight(s) {', '.join(extra)}")
+            problems.append(f"layer '{layer.name}' ({layer.class_name}): unexpected extra weight(s) {listed(extra)}")
         key = module_key(layer.name, keys)
         layer_specs.append({"name": layer.name, "key": key, "class_name": layer.class_name,
                             "type": converted.type, "config": converted.config})
@@ -162,12 +166,12 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
                  if not all(size is None or (type(size) is int and size > 0) for size in shape)]
     if non_finite:
         raise ConversionError(
-            f"{keras_file.path}: the weights are not finite: NaN/Inf values in layer(s) {', '.join(non_finite)}. "
+            f"{keras_file.path}: the weights are not finite: NaN/Inf values in layer(s) {listed(non_finite)}. "
             "A training run that diverged saves such weights; the model cannot be used (take a model saved "
-            "before the divergence)" + (f"; also: {'; '.join(problems)}" if problems else "")
+            "before the divergence)" + (f"; also: {listed(problems, separator='; ')}" if problems else "")
             + ". Nothing was written.")
     if problems:
-        raise ConversionError(f"{keras_file.path}: cannot be converted exactly: " + "; ".join(problems)
+        raise ConversionError(f"{keras_file.path}: cannot be converted exactly: " + listed(problems, separator="; ")
                               + ". Nothing was written.")
 
     key_of = {spec["name"]: spec["key"] for spec in layer_specs}

@@ -10,7 +10,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from errors import ConversionError
+from errors import ConversionError, listed
 from limits import MAX_LAYERS
 
 INPUT_LAYER = "InputLayer"
@@ -95,7 +95,7 @@ def _layer_entries(config: dict[str, Any]) -> list[LayerRecord]:
                            config=entry.get("config", {})) for entry in entries]
     twice = sorted(str(name) for name, count in Counter(record.name for record in records).items() if count > 1)
     if twice:
-        raise ConversionError(f"layer name(s) {', '.join(map(repr, twice))} occur more than once in the model "
+        raise ConversionError(f"layer name(s) {listed(map(repr, twice))} occur more than once in the model "
                               "config; Keras gives every layer its own name, so which weights belong where is "
                               "not clear.")
     return records
@@ -172,6 +172,6 @@ def _topological(pending: list[tuple[str, list[str], str]], available: set[str]
     stuck = [call for index, call in enumerate(pending) if waiting[index] > 0]
     missing = sorted({ref for _, refs, _ in stuck for ref in refs if ref not in available and ref not in produced})
     if missing:
-        return ordered, [f"the model graph references tensors that no layer produces: {missing}"]
-    return ordered, [f"the model graph has a cycle: layer(s) {', '.join(sorted({c[0] for c in stuck}))} wait "
+        return ordered, [f"the model graph references tensors that no layer produces: {listed(map(repr, missing))}"]
+    return ordered, [f"the model graph has a cycle: layer(s) {listed(sorted({c[0] for c in stuck}))} wait "
                      "on each other's outputs"]

@@ -22,9 +22,10 @@ import h5py
 import numpy as np
 
 from conversion.json_config import parse_config_json
-from conversion.keras_file import KerasModelFile, WeightReader, check_self_contained, file_sha256, read_attr
+from conversion.keras_file import (ItemProblem, KerasModelFile, WeightReader, check_self_contained, file_sha256,
+                                   read_text)
 from conversion.registry import bare_class_name
-from errors import ConversionError
+from errors import ConversionError, listed
 from fileio import read_zip_member, regular_file_size
 from limits import MAX_JSON_BYTES, MAX_MEMBER_BYTES, check_stored_size
 
@@ -122,7 +123,7 @@ def _nested_weights(group: h5py.Group, reader: WeightReader) -> dict[str, np.nda
 
 def stored_layer_name(group: h5py.Group) -> str | None:
     """The layer name a Keras 3 weights group records (its `vars` group's `name` attribute), if any."""
-    return read_attr(group["vars"], "name") if "vars" in group else None
+    return read_text(group["vars"], "name") if "vars" in group else None
 
 
 def _has_data(group: h5py.Group) -> bool:
@@ -187,7 +188,7 @@ def read_numbered_weights(source: Path, root: h5py.Group, layers: list[tuple[str
         weights[name] = {f"{name}/{var}": value for var, value in zip(expected, values)}
         weights[name].update({f"{name}/{path}": value for path, value in nested.items()})
     if problems:
-        raise ConversionError(f"{source}: the weights do not fit the model config: " + "; ".join(problems)
+        raise ConversionError(f"{source}: the weights do not fit the model config: " + listed(problems, separator="; ")
                               + ". Nothing was written.")
     return weights
 
@@ -232,7 +233,7 @@ def read_keras_archive(path: str | Path) -> KerasModelFile:
             missing = [m for m in (ARCHIVE_CONFIG, ARCHIVE_WEIGHTS) if m not in members]
             if missing:
                 raise ConversionError(f"{path}: the Keras archive lacks {' and '.join(missing)} "
-                                      f"(it holds: {', '.join(sorted(members)) or 'nothing'}).")
+                                      f"(it holds: {listed(sorted(members)) or 'nothing'}).")
             config_text = _read_member(path, archive, ARCHIVE_CONFIG, MAX_JSON_BYTES)
             metadata_text = (_read_member(path, archive, ARCHIVE_METADATA, MAX_JSON_BYTES)
                              if ARCHIVE_METADATA in members else b"{}")
@@ -250,6 +251,8 @@ def read_keras_archive(path: str | Path) -> KerasModelFile:
         with h5py.File(io.BytesIO(weights_bytes), "r") as weights_file:
             check_self_contained(path, weights_file)
             weights = read_numbered_weights(path, weights_file, layers, WeightReader(path, len(weights_bytes)))
+    except ItemProblem as exc:
+        raise ConversionError(f"{path}: {ARCHIVE_WEIGHTS} in the archive: {exc}. Nothing was written.") from None
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise ConversionError(f"{path}: {ARCHIVE_WEIGHTS} in the archive cannot be read as HDF5 weights "
                               f"({type(exc).__name__}: {exc}).") from exc

@@ -25,7 +25,7 @@ from conversion.families.activations import activation_name
 from conversion.marshal_reader import Unreadable, code_facts
 from conversion.pairing import PARAMS_SUFFIX, model_stem
 from conversion.registry import LayerProblem
-from errors import ConversionError
+from errors import ConversionError, listed
 from models.activations import ActivationSpec, leaky_relu_spec
 
 LAMBDA_STRING = "<lambda>"
@@ -195,9 +195,9 @@ def resolve_stored_functions(path: Path, model_config: dict[str, Any], keras_maj
                       f"{path.name} {model_stem(path)}{PARAMS_SUFFIX} (main.py and folder conversion use the "
                       "<stem>.pickle beside the model)")
         raise ConversionError(
-            f"{path}: layer(s) {', '.join(unresolved)} store their activation as a Python function (Keras saves a "
+            f"{path}: layer(s) {listed(unresolved)} store their activation as a Python function (Keras saves a "
             "lambda such as fit_CNN.py's 'lrelu' as marshalled bytecode, older Keras as the string '<lambda>'), "
             f"which is never run; {remedy}. Nothing was written.")
     if conflicts:
-        raise ConversionError(f"{path}: " + "; ".join(conflicts) + ". Nothing was written.")
+        raise ConversionError(f"{path}: " + listed(conflicts, separator="; ") + ". Nothing was written.")
     return resolved

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -33,12 +32,6 @@ def default_limits(monkeypatch):
     """The limits as shipped, whatever the environment running the tests sets."""
     for name in (MAX_PICKLE_DEPTH.env, MAX_PICKLE_STEPS.env, MAX_MEMBER_BYTES.env):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def model(keras_files, tmp_path) -> Path:
-    shutil.copy(keras_files / "tcn.h5", tmp_path / "tcn.h5")
-    return tmp_path / "tcn.h5"
 
 
 # ---- depth: at the limit loads, one past it and far past it is refused --------------------------------------
