@@ -27,7 +27,7 @@ from limits import MAX_SWEEP_RUNS
 from pipeline.config import AppConfig, IntRange, SweepConfig, config_to_yaml, set_dotted, validate_config
 from pipeline.lifecycle import prepare_candidate
 from pipeline.run_folder import RunFiles, attach_run_log, new_folder, short_model_name
-from pipeline.sweep_backends import BACKENDS
+from pipeline.sweep_backends import BACKENDS, check_backend
 from pipeline.sweep_report import write_sweep_report
 from pipeline.sweep_worker import FIGURES, RunTask
 from selection.table import Candidate, usable_candidates
@@ -206,6 +206,7 @@ def run_sweep(config: AppConfig, table: pd.DataFrame, log_buffer) -> Path:
     configs = [run_config(config, point) for point in points]  # every run checked before any work
     models = resolve_models(table, list(dict.fromkeys(point.model for point in points)), str(config.models_dir))
 
+    check_backend(sweep.backend)
     sweep_dir = sweep_folder(config)
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -13,17 +13,20 @@ with the result dict of `run_task` (a run that crashes its worker comes back as 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
+import json
 import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
-from errors import SweepError
+from errors import ConfigError, SweepError
 from pipeline.config import AppConfig
 from pipeline.sweep_worker import RunTask, failed_result, run_task, run_task_in_worker
 
@@ -97,25 +100,44 @@ def run_local(tasks: list[RunTask], config: AppConfig, on_done: OnDone) -> None:
             on_done(futures[future], result)
 
 
-def check_installed() -> None:
-    """Ray workers start fresh interpreters that import this project as an installed package (`pip install -e
-    .`, which `make venv` does), not from the driver's folder."""
+def check_backend(backend: str) -> None:
+    """What the backend needs, checked before the sweep folder is made. Ray workers start fresh interpreters
+    that import this project as an installed package (`pip install -e .`, which `make venv` does), not from
+    the driver's folder: it must be installed, and be this checkout (not an older copy installed earlier)."""
+    if backend != "ray":
+        return
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError("sweep.backend 'ray' needs the ray package: pip install ray==2.60.0 (the other "
+                          "backends, sequential and local, do without).")
+    how = f"pip install --no-deps -e {PROJECT_ROOT} (make venv does this)"
     try:
-        importlib.metadata.distribution(DISTRIBUTION)
+        distribution = importlib.metadata.distribution(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        raise SweepError(f"sweep.backend 'ray' needs this project installed in the Python environment that Ray's "
-                         f"workers use, so that they can import it: pip install --no-deps -e {PROJECT_ROOT} (make "
-                         "venv does this). The other backends (sequential, local) do without.") from None
+        raise ConfigError(f"sweep.backend 'ray' needs this project installed in the Python environment that Ray's "
+                          f"workers use, so that they can import it: {how}.") from None
+    installed = _installed_location(distribution)
+    if installed != PROJECT_ROOT:
+        where = installed or "installed without -e (a copy)"
+        raise ConfigError(f"sweep.backend 'ray': the installed {DISTRIBUTION} is {where}, not this checkout "
+                          f"{PROJECT_ROOT}, so Ray's workers would run other code: {how}.")
+
+
+def _installed_location(distribution: importlib.metadata.Distribution) -> Path | None:
+    """The checkout an editable install points at (PEP 610 direct_url.json), or None."""
+    try:
+        record = json.loads(distribution.read_text("direct_url.json") or "{}")
+    except ValueError:
+        return None
+    url = record.get("url", "")
+    if not (record.get("dir_info", {}).get("editable") and url.startswith("file://")):
+        return None
+    return Path(urllib.parse.unquote(url.removeprefix("file://"))).resolve()
 
 
 def run_ray(tasks: list[RunTask], config: AppConfig, on_done: OnDone) -> None:
     if not tasks:
         return
-    try:
-        import ray
-    except ImportError:
-        raise SweepError("sweep.backend 'ray' needs the ray package: pip install ray==2.60.0.") from None
-    check_installed()
+    import ray  # present: check_backend
     settings = config.sweep.ray
     try:
         if settings.address:

@@ -19,13 +19,12 @@ import pandas as pd
 
 from conversion.pairing import (CONVERTED_INFO_SUFFIX, PARAMS_SUFFIX, find_params_pickles, keras_files_for,
                                model_stem, pytorch_candidates)
-from errors import PickleFileError, SelectionError
+from errors import PickleFileError, SelectionError, listed
 from fileio import real_path, regular_file_size
 from safe_pickle import load_pickle
 from selection.config import SelectionConfig
 
 log = logging.getLogger(__name__)
-REASONS_SHOWN = 10  # in the error when no row is usable; the table lists them all
 COLUMNS = ["rank", "stem", "value", "usable", "reason", "note", "keras_file", "pth_candidates", "params",
            "finite_epochs", "stem_path"]
 
@@ -233,10 +232,8 @@ def mark_unusable(frame: pd.DataFrame, stem: str, reason: str) -> None:
 def best_candidate(frame: pd.DataFrame, source: str) -> Candidate:
     usable = usable_candidates(frame)
     if not usable:
-        shown = [f"{r.stem}: {r.reason}" for r in frame.head(REASONS_SHOWN).itertuples()]
-        if len(frame) > REASONS_SHOWN:
-            shown.append(f"and {len(frame) - REASONS_SHOWN} more")
-        raise SelectionError(f"{source}: no usable model among {len(frame)} candidate(s) ({'; '.join(shown)}).")
+        reasons = listed((f"{r.stem}: {r.reason}" for r in frame.itertuples()), most=10, separator="; ")
+        raise SelectionError(f"{source}: no usable model among {len(frame)} candidate(s) ({reasons}).")
     return usable[0]
 
 

@@ -2,6 +2,8 @@
 checkout on sys.path (what `pip install -e .`, run by `make venv`, provides, and what Ray's workers rely on)."""
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import subprocess
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from errors import SweepError
+from errors import ConfigError
 from pipeline import sweep_backends
 from tests.subprocesses import REPO
 
@@ -65,7 +67,32 @@ def test_the_converter_command_converts_from_another_folder(tmp_path):
     assert (tmp_path / "model_converted.pth").is_file() and (tmp_path / "model_converted_info.pickle").is_file()
 
 
-def test_ray_refuses_clearly_without_the_installed_project(monkeypatch):
+@pytest.fixture
+def ray_present(monkeypatch):
+    """check_backend as if ray were installed (the test environment need not have it)."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "ray" else real(name, *a))
+
+
+def test_ray_without_the_ray_package_is_a_config_error_before_any_folder(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(ConfigError, match="needs the ray package"):
+        sweep_backends.check_backend("ray")
+    sweep_backends.check_backend("local")  # the others need nothing
+
+
+def test_ray_refuses_clearly_without_the_installed_project(monkeypatch, ray_present):
     monkeypatch.setattr(sweep_backends, "DISTRIBUTION", "neuron-tcn-not-installed")
-    with pytest.raises(SweepError, match="pip install --no-deps -e"):
-        sweep_backends.check_installed()
+    with pytest.raises(ConfigError, match="pip install --no-deps -e"):
+        sweep_backends.check_backend("ray")
+
+
+def test_ray_refuses_an_install_of_another_checkout(monkeypatch, ray_present, tmp_path):
+    installed = sweep_backends._installed_location(importlib.metadata.distribution(sweep_backends.DISTRIBUTION))
+    assert installed is not None and (installed / "pyproject.toml").is_file()  # make venv installs with -e
+    monkeypatch.setattr(sweep_backends, "PROJECT_ROOT", installed)
+    sweep_backends.check_backend("ray")
+    monkeypatch.setattr(sweep_backends, "PROJECT_ROOT", tmp_path)
+    with pytest.raises(ConfigError, match=f"is {installed}, not this checkout {tmp_path}"):
+        sweep_backends.check_backend("ray")
