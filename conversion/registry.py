@@ -51,9 +51,6 @@ class WeightBag:
             raise LayerProblem(f"weight '{name}' has shape {stored.shape}, expected {shape_text(shape)}")
         if stored.dtype.kind not in "fiub":  # complex numbers, strings, objects: no float32 equals them
             raise LayerProblem(f"weight '{name}' is stored as {stored.dtype}, not as real numbers")
-        if stored.dtype.kind != "f":  # Keras stores weights as floats: integers or booleans are a forged file
-            raise LayerProblem(f"weight '{name}' is stored as {stored.dtype}, not as floating-point numbers as Keras "
-                               "writes weights")
         with np.errstate(over="ignore", invalid="ignore"):
             value = stored.astype(np.float32)
         bad = ~np.isfinite(value)
