@@ -110,16 +110,17 @@ def check_backend(backend: str) -> None:
         raise ConfigError("sweep.backend 'ray' needs the ray package: pip install ray==2.60.0 (the other "
                           "backends, sequential and local, do without).")
     how = f"pip install --no-deps -e {PROJECT_ROOT} (make venv does this)"
-    try:
-        distribution = importlib.metadata.distribution(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
+    # Every record of the name: the build's own neuron_tcn.egg-info in the checkout is one too, but only an
+    # installed one says (PEP 610 direct_url.json) where it points.
+    installed = [_installed_location(d) for d in importlib.metadata.distributions(name=DISTRIBUTION)]
+    if PROJECT_ROOT in installed:
+        return
+    if not installed:
         raise ConfigError(f"sweep.backend 'ray' needs this project installed in the Python environment that Ray's "
-                          f"workers use, so that they can import it: {how}.") from None
-    installed = _installed_location(distribution)
-    if installed != PROJECT_ROOT:
-        where = installed or "installed without -e (a copy)"
-        raise ConfigError(f"sweep.backend 'ray': the installed {DISTRIBUTION} is {where}, not this checkout "
-                          f"{PROJECT_ROOT}, so Ray's workers would run other code: {how}.")
+                          f"workers use, so that they can import it: {how}.")
+    where = next((str(path) for path in installed if path is not None), "installed without -e (a copy)")
+    raise ConfigError(f"sweep.backend 'ray': the installed {DISTRIBUTION} is {where}, not this checkout "
+                      f"{PROJECT_ROOT}, so Ray's workers would run other code: {how}.")
 
 
 def _installed_location(distribution: importlib.metadata.Distribution) -> Path | None:

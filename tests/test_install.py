@@ -89,10 +89,12 @@ def test_ray_refuses_clearly_without_the_installed_project(monkeypatch, ray_pres
 
 
 def test_ray_refuses_an_install_of_another_checkout(monkeypatch, ray_present, tmp_path):
-    installed = sweep_backends._installed_location(importlib.metadata.distribution(sweep_backends.DISTRIBUTION))
-    assert installed is not None and (installed / "pyproject.toml").is_file()  # make venv installs with -e
-    monkeypatch.setattr(sweep_backends, "PROJECT_ROOT", installed)
+    installed = [sweep_backends._installed_location(d)
+                 for d in importlib.metadata.distributions(name=sweep_backends.DISTRIBUTION)]
+    checkout = next(path for path in installed if path is not None)  # make venv installs with -e
+    assert (checkout / "pyproject.toml").is_file()
+    monkeypatch.setattr(sweep_backends, "PROJECT_ROOT", checkout)
     sweep_backends.check_backend("ray")
     monkeypatch.setattr(sweep_backends, "PROJECT_ROOT", tmp_path)
-    with pytest.raises(ConfigError, match=f"is {installed}, not this checkout {tmp_path}"):
+    with pytest.raises(ConfigError, match=f"is {checkout}, not this checkout {tmp_path}"):
         sweep_backends.check_backend("ray")
