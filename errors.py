@@ -99,8 +99,9 @@ def quiet_interrupts_while_importing(script: bool) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as exc:  # Terminated included
-        print(failure_report(exc, "starting")[0], file=sys.stderr)
-        sys.exit(failure_report(exc, "starting")[1])
+        message, code = failure_report(exc, "starting")
+        print(message, file=sys.stderr)
+        sys.exit(code)
 
 
 def failure_report(exc: BaseException, doing: str) -> tuple[str, int]:
