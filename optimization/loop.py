@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import torch
 
+from config_base import COUNT_END
 from errors import OptimizationError, Terminated
 from optimization.config import OptimizationConfig
 from optimization.constraints import RateParameters
@@ -145,8 +146,9 @@ class RateOptimizer:
         an iteration within the run, a micro-batch count the batch can be split into, finite rates."""
         samples = self.step.pattern_of_sample.numel()
         checks = [
-            ("iteration", state.get("iteration"), lambda v: isinstance(v, int) and 0 <= v <= self.loop.max_iterations,
-             f"a whole number from 0 to optimization.loop.max_iterations ({self.loop.max_iterations})"),
+            # beyond max_iterations is fine: a run resumed with a smaller budget stops at once
+            ("iteration", state.get("iteration"), lambda v: isinstance(v, int) and 0 <= v < COUNT_END,
+             f"a whole number from 0 to {COUNT_END:,}"),
             ("micro_batches", state.get("micro_batches"), lambda v: isinstance(v, int) and 1 <= v <= samples,
              f"a whole number from 1 to the samples per step ({samples})"),
             ("initial_rates", state.get("initial_rates"),
