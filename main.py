@@ -23,7 +23,8 @@ from errors import quiet_interrupts_while_importing, run_entry_point
 
 with quiet_interrupts_while_importing(__name__ == "__main__"):
     from pipeline.config import AppConfig, load_config
-    from pipeline.lifecycle import check_run, prepare_best_usable_model, rank_candidates, run_lifecycle
+    from pipeline.lifecycle import (check_run, prepare_best_usable_model, prepare_related_models, rank_candidates,
+                                    run_lifecycle)
     from pipeline.run_folder import check_output_dir, claimed_run_folder, setup_logging
     from pipeline.sweep import run_sweep
     from progress import ProgressStyle
@@ -38,7 +39,8 @@ def run(config: AppConfig, log_buffer, progress: ProgressStyle, command: str) ->
     check_output_dir(config.output_dir)
     table = rank_candidates(config)
     model, chosen = prepare_best_usable_model(table, config)
-    checked = check_run(model, chosen, config)  # refusals before a run folder exists
+    checked = check_run(model, chosen, config)  # refusals before other models are converted or a folder exists
+    checked = checked.with_related(prepare_related_models(table, config, chosen, model))  # ensemble, transfer
     with claimed_run_folder(config, chosen.stem, log_buffer) as (files, run_config):
         report, _ = run_lifecycle(files, model, chosen, run_config, checked, progress, started, table, command)
     return report

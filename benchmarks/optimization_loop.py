@@ -122,7 +122,7 @@ def our_optimizer(model: KerasGraphModule, pairs: int, duration: int, device: to
     spike_model = prepare_model(model, config, layout, device)
     stimulus = choose_stimulus(config.stimulus, layout, seed=0)
     rates = initial_rates(config.initial_rates, layout, pairs, config.constraints.max_rate, seed=0)
-    return RateOptimizer(RateParameters(rates, layout.num_excitatory, config.constraints).to(device), spike_model,
+    return RateOptimizer(RateParameters(rates, layout.num_excitatory, config.constraints).to(device), [spike_model],
                          make_sampler(config.sampler), PairedStimulus(stimulus, layout, device), config,
                          make_generator(0, device), Path(os.devnull), {}, LOGGER, progress=NO_PROGRESS)
 
@@ -164,7 +164,7 @@ def benchmark_size(size: TCNSize, pairs: int, duration: int, device: torch.devic
     for label, times in seconds.items():
         median = statistics.median(times)
         tflops = flops / median / 1e12
-        chosen = optimizers[label].forward_pairs if label in optimizers else None
+        chosen = optimizers[label].forwards[0] if label in optimizers else None
         setting = f"{chosen.precision}, first layer as {chosen.first_layer}" if chosen and chosen.fast else (
             chosen.precision if chosen else "fp32")
         rows.append([size.name, pairs, duration, label, setting, f"{1e3 * median:.1f}", f"{tflops:.3g}",

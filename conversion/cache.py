@@ -106,7 +106,11 @@ def current_conversion(pth: Path, source_sha256: str | None, dtype: str = "float
     try:
         payload = read_checkpoint(pth)
         model = model_from_payload(payload, pth)
-        record = ConversionRecord.from_dict(payload.get("metadata") or {})
+        metadata = payload.get("metadata") or {}
+        if isinstance(metadata, dict) and "refined" in metadata:
+            return None, (f"{pth.name} is a model fine-tuned by a refinement round (metadata 'refined'), not a "
+                          "conversion of the Keras file")
+        record = ConversionRecord.from_dict(metadata)
     except ModelFileError as exc:
         return None, str(exc)
     except (KeyError, TypeError, ValueError) as exc:

@@ -23,12 +23,14 @@ def ground_truth_response(rates: np.ndarray, stimulus_segments: Sequence[int], s
                           response_window: int, n_trials: int = MIN_TRIALS, seed: int = 0,
                           config: NeuronConfig | None = None,
                           on_simulated: Callable[[int], None] | None = None) -> dict:
-    """P(output spike in [t, t + w)) with and without one spike on each stimulus segment at t.
+    """P(output spike in [t, t + w)) with and without one spike on each stimulus segment at t, and P(any output
+    spike outside that window) for each copy.
 
     rates: (segments, T) spikes/ms, excitatory segments first. The control and stimulated copies share every
     sampled spike except the stimulus segments at t (silent in the control, spiking in the stimulated copy), so
-    the difference measures the stimulus alone. Only the first t + w ms are simulated. `on_simulated(pairs)` is
-    called after each chunk of trial pairs.
+    the difference measures the stimulus alone. The first t + w ms of every trial are drawn before the rest, so
+    that the in-window figures do not depend on how long the pattern runs on. `on_simulated(pairs)` is called after
+    each chunk of trial pairs.
     """
     config = config or NeuronConfig()
     rates = np.asarray(rates)
@@ -46,28 +48,35 @@ def ground_truth_response(rates: np.ndarray, stimulus_segments: Sequence[int], s
         raise ValueError(f"n_trials must be at least {MIN_TRIALS}, got {n_trials}")
 
     end = stimulus_time + response_window
-    spikes = sample_spike_trains(rates[:, :end], n_trials, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    spikes = sample_spike_trains(rates[:, :end], n_trials, rng)
+    spikes = np.concatenate([spikes, sample_spike_trains(rates[:, end:], n_trials, rng)], axis=1)
     control = spikes.copy()
     control[:, stimulus_time, stimulus_segments] = False
     stimulated = spikes
     stimulated[:, stimulus_time, stimulus_segments] = True
 
     n_exc = config.num_excitatory_segments
-    fired_control, fired_stim = np.zeros(n_trials, dtype=bool), np.zeros(n_trials, dtype=bool)
+    fired = np.zeros((2, 2, n_trials), dtype=bool)  # (in window, outside) x (control, stimulated) x trials
+    outside = np.ones(rates.shape[1], dtype=bool)
+    outside[stimulus_time:end] = False
     for start in range(0, n_trials, CHUNK_TRIALS):
         chunk = slice(start, min(start + CHUNK_TRIALS, n_trials))
         both = np.concatenate([control[chunk], stimulated[chunk]])
-        fired = simulate(both[..., :n_exc], both[..., n_exc:], config).spikes[:, stimulus_time:end].any(axis=1)
+        output = simulate(both[..., :n_exc], both[..., n_exc:], config).spikes.astype(bool)
         pairs = chunk.stop - chunk.start
-        fired_control[chunk], fired_stim[chunk] = fired[:pairs], fired[pairs:]
+        for where, bins in enumerate((~outside, outside)):
+            crossed = output[:, bins].any(axis=1)
+            fired[where, 0, chunk], fired[where, 1, chunk] = crossed[:pairs], crossed[pairs:]
         if on_simulated is not None:
             on_simulated(pairs)
-    p_control = float(fired_control.mean())
-    p_stim = float(fired_stim.mean())
+    (p_control, p_stim), (outside_control, outside_stim) = fired.mean(axis=2).tolist()
     return {
         "p_spike_stim": p_stim,
         "p_spike_control": p_control,
         "difference": p_stim - p_control,
+        "p_outside_stim": outside_stim,
+        "p_outside_control": outside_control,
         "n_trials": int(n_trials),
         "seed": int(seed),
         "stimulus_segments": stimulus_segments.tolist(),

@@ -6,7 +6,7 @@ Time is counted in model time steps, which are milliseconds for the neuron TCNs 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
@@ -76,6 +76,11 @@ class ObjectiveConfig(Section):
 
     target_spike_prob: float = Field(0.8, ge=0, le=1, description="Target response of the stimulated copy.")
     control_target: float = Field(0.0, ge=0, le=1, description="Target response of the control copy.")
+    stimulated_response: Literal["max", "any_spike"] = Field(
+        "max",
+        description="The stimulated copy's response during optimization: max (the window maximum, as evaluated) "
+        "or any_spike (1 - prod(1 - p) over the window: a spike somewhere in it, not a sharp peak).",
+    )
     control_response: Literal["max", "any_spike"] = Field(
         "max",
         description="The control copy's response during optimization: max (the window maximum, as evaluated) or "
@@ -88,12 +93,27 @@ class ObjectiveConfig(Section):
     initial_distance_weight: float = Field(
         0.0, ge=0, description="Weight of mean(((rate - initial rate) / max_rate)^2)."
     )
+    specificity_weight: float = Field(
+        0.0, ge=0, description="Weight of the sum over the ms outside the response window of max(0, p - floor), "
+        "averaged over both copies: keeps the model neuron quiet outside the window."
+    )
+    specificity_floor: Optional[float] = Field(
+        None, ge=0, le=1, description="Spike probability tolerated outside the window; null: the highest "
+        "trial-mean probability outside the window under the initial rates (measured before the first step)."
+    )
+    regime_weight: float = Field(
+        0.0, ge=0, description="Weight of mean((max(0, population rate - the training regime's p99) / max_rate)^2) "
+        "per ms and segment type: keeps the pattern near the inputs the model was trained on (needs the regime)."
+    )
 
 
 class ConstraintsConfig(Section):
     """Which rates move and how they are kept in [0, max_rate]."""
 
-    max_rate: float = Field(0.1, gt=0, le=1, description="Upper bound of every rate in spikes/ms.")
+    max_rate: Union[Annotated[float, Field(gt=0, le=1)], Literal["auto"]] = Field(
+        0.1, description="Upper bound of every rate in spikes/ms; auto: the training regime's 99th percentile rate "
+        "of the moving segments (needs the regime, see optimization.input_regime)."
+    )
     method: Literal["projection", "sigmoid"] = Field(
         "projection",
         description="projection: optimize rates, clamp into [0, max_rate] after each step; "
@@ -172,6 +192,10 @@ class EvaluationConfig(Section):
         0.5, gt=0, lt=1, description="A trial spikes when its max probability in the window reaches this."
     )
     confidence: float = Field(0.95, gt=0, lt=1, description="Level of the confidence intervals.")
+    transfer_models: int = Field(
+        10, ge=0, le=1000, description="Also evaluate the initial and optimized rates on up to this many other usable "
+        "models of the results table (best first; 0: none)."
+    )
 
 
 class ReportConfig(Section):
@@ -206,3 +230,13 @@ class OptimizationConfig(Section):
     loop: LoopConfig = Field(default_factory=LoopConfig, description=LoopConfig.__doc__)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description=EvaluationConfig.__doc__)
     report: ReportConfig = Field(default_factory=ReportConfig, description=ReportConfig.__doc__)
+    input_regime: Optional[dict[str, Any]] = Field(
+        None, description="Statistics of the inputs the model was trained on, in the layout of a params pickle's "
+        "data_dict['input_regime'] (see demo_models/README.md); null: the pickle's, when it has them."
+    )
+    ensemble: Optional[list[Union[Annotated[int, Field(ge=1, lt=COUNT_END, strict=True)], str]]] = Field(
+        None, description="Optimize through several models of the results table (ranks, 1 = best, or stems) besides "
+        "the selected model, which is always the first member (naming it, or a model twice, adds nothing): the "
+        "loss is the mean of the members' losses on the same sampled spikes, evaluation uses their mean spike "
+        "probability; null: the selected model alone."
+    )

@@ -3,7 +3,14 @@
 A trial spikes when its maximum spike probability in the response window reaches the threshold. Reported per
 pattern and pooled over patterns: P(spike | stimulated), P(spike | control) with Wilson intervals, their difference
 with Newcombe's interval for paired proportions (the two copies of a trial share their background spikes), and
-the mean windowed maximum probabilities with normal intervals. The evaluation seed is independent of the
+the mean windowed maximum probabilities with normal intervals, the model's own estimate of P(a spike in the
+window), 1 - prod_t(1 - p_t) over its ms (comparable with a simulated neuron's P(spike): a model calibrated on
+jittered spikes spreads its probability over several ms, none of which may reach the threshold), and for each
+copy the probability of a threshold
+crossing anywhere outside the response window (firing the objective did not ask for) and the model's own estimate of
+the probability of a spike there, 1 - prod_t(1 - p_t) over those ms, which is what a simulated neuron's P(any spike
+outside the window) compares with (a long stretch of small probabilities rarely crosses the threshold but often
+fires a neuron). The evaluation seed is independent of the
 optimization's, and the initial and optimized rates are evaluated with the same seed (common random numbers).
 """
 
@@ -20,14 +27,15 @@ from progress import Progress
 
 from optimization.config import EvaluationConfig
 from optimization.network import SpikeProbability
-from optimization.objective import window_max
+from optimization.objective import outside_window_mask, window_max
 from optimization.runtime import MicroBatcher, make_generator
 from optimization.sampler import SpikeSampler, draw_noise
 from optimization.stimulus import PairedStimulus
 
 # Per-pattern sums accumulated on the device, in this order.
 _COUNTS = ("stim_spikes", "control_spikes", "stim_only", "control_only",
-           "stim_prob", "stim_prob_sq", "control_prob", "control_prob_sq")
+           "stim_prob", "stim_prob_sq", "control_prob", "control_prob_sq", "stim_outside", "control_outside",
+           "stim_outside_any", "control_outside_any", "stim_any", "control_any")
 
 
 @dataclass
@@ -83,6 +91,14 @@ def summarize(counts: dict[str, float], trials: int, z: float) -> dict:
         "mean_prob_stim_ci": _mean_interval(counts["stim_prob"], counts["stim_prob_sq"], trials, z),
         "mean_prob_control": counts["control_prob"] / trials,
         "mean_prob_control_ci": _mean_interval(counts["control_prob"], counts["control_prob_sq"], trials, z),
+        "p_outside_stim": counts["stim_outside"] / trials,
+        "p_outside_stim_ci": wilson_interval(counts["stim_outside"], trials, z),
+        "p_outside_control": counts["control_outside"] / trials,
+        "p_outside_control_ci": wilson_interval(counts["control_outside"], trials, z),
+        "expected_spike_stim": counts["stim_any"] / trials,
+        "expected_spike_control": counts["control_any"] / trials,
+        "expected_outside_spike_stim": counts["stim_outside_any"] / trials,
+        "expected_outside_spike_control": counts["control_outside_any"] / trials,
         "n_trials": trials,
     }
 
@@ -105,6 +121,8 @@ def evaluate_rates(
     device = rates.device
     pattern_of_trial = torch.arange(total, device=device) // trials
     window = paired.stimulus.response_window()
+    outside = outside_window_mask(duration, window, device)
+    has_outside = window.stop - window.start < duration
     state: dict = {}
     progress_before = progress.done
 
@@ -126,9 +144,16 @@ def evaluate_rates(
         stimulated_max = window_max(stimulated_probability, window)
         stim_spike = (stimulated_max >= config.spike_threshold).float()
         control_spike = (control_max >= config.spike_threshold).float()
+        stim_outside, control_outside = (
+            (copy[:, outside].amax(dim=1) >= config.spike_threshold).float() if has_outside
+            else torch.zeros_like(stim_spike) for copy in (stimulated_probability, control_probability))
+        stim_outside_any, control_outside_any, stim_any, control_any = (
+            -torch.expm1(torch.log1p(-copy[:, bins].clamp_max(1 - 1e-7)).sum(dim=1))
+            for bins in (outside, window) for copy in (stimulated_probability, control_probability))
         values = torch.stack([stim_spike, control_spike, stim_spike * (1 - control_spike),
                               control_spike * (1 - stim_spike), stimulated_max, stimulated_max.square(),
-                              control_max, control_max.square()], dim=1)
+                              control_max, control_max.square(), stim_outside, control_outside,
+                              stim_outside_any, control_outside_any, stim_any, control_any], dim=1)
         state["counts"].index_add_(1, pattern_of_trial[chunk], values.T)
         state["traces"] += torch.stack([control_probability.sum(0), control_probability.square().sum(0),
                                         stimulated_probability.sum(0), stimulated_probability.square().sum(0)])

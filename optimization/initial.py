@@ -71,9 +71,29 @@ def initial_rates(
     if config.path is not None:
         rates = load_rates_file(config.path, config.start_time_ms, layout, max_rate)
         return rates.unsqueeze(0).repeat(num_patterns, 1, 1)
+    check_background_ranges(config, max_rate)
+    return generate_background(config, layout, num_patterns, seed)
+
+
+def check_background_ranges(config: InitialRatesConfig, max_rate: float) -> None:
+    """A generated background must lie below the rate bound (with max_rate auto, the bound comes from the
+    regime, so the clash shows only once the model is known)."""
+    if config.path is not None:
+        return
     for name, (_, high) in (("excitatory", config.excitatory_range), ("inhibitory", config.inhibitory_range)):
         if high > max_rate:
             raise OptimizationError(
-                f"initial_rates.{name}_range reaches {high} spikes/ms, above constraints.max_rate={max_rate}"
+                f"optimization.initial_rates.{name}_range reaches {high} spikes/ms, above "
+                f"optimization.constraints.max_rate={max_rate:.4g}; lower the range or raise the bound"
             )
-    return generate_background(config, layout, num_patterns, seed)
+
+
+def given_rates(rates: np.ndarray, layout: InputLayout, num_patterns: int, max_rate: float) -> torch.Tensor:
+    """Rates (patterns, segments, time) handed over by the caller (e.g. the result of an earlier optimization) as
+    (patterns, time, segments), checked like a rates file."""
+    expected = (num_patterns, layout.num_segments, layout.duration_ms)
+    if rates.shape != expected:
+        raise OptimizationError(f"start rates of shape {rates.shape}, expected {expected} (patterns, segments, time)")
+    if not np.isfinite(rates).all() or rates.min() < 0 or rates.max() > np.float32(max_rate):
+        raise OptimizationError(f"start rates must be finite and lie in [0, constraints.max_rate={max_rate}]")
+    return torch.from_numpy(np.ascontiguousarray(rates.transpose(0, 2, 1), dtype=np.float32))

@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -22,6 +22,7 @@ from optimization.config import OptimizationConfig
 from optimization.constraints import RateParameters
 from optimization.fast_path import PairedForward
 from optimization.network import SpikeProbability
+from optimization.objective import Objective
 from optimization.runtime import MicroBatcher
 from optimization.sampler import SpikeSampler
 from optimization.step import NonFiniteGuard, PairedStep
@@ -51,19 +52,23 @@ def make_optimizer(parameters: RateParameters, config: OptimizationConfig):
 class RateOptimizer:
     """Optimizes `parameters` so that the paired stimulus makes the model spike only in the stimulated copy."""
 
-    def __init__(self, parameters: RateParameters, model: SpikeProbability, sampler: SpikeSampler,
+    def __init__(self, parameters: RateParameters, models: Sequence[SpikeProbability], sampler: SpikeSampler,
                  paired: PairedStimulus, config: OptimizationConfig, generator: torch.Generator,
-                 checkpoint_path: Path, signature: dict[str, Any], logger: logging.Logger, progress: ProgressStyle):
+                 checkpoint_path: Path, signature: dict[str, Any], logger: logging.Logger, progress: ProgressStyle,
+                 objective: Optional[Objective] = None):
+        """`models`: the model, then any further ensemble members; `objective`: the configured one without a
+        regime and with a specificity floor of 0 unless given."""
         self.parameters, self.config, self.loop, self.generator = parameters, config, config.loop, generator
         self.logger, self.progress = logger, progress
         self.initial_rates = parameters.rates().detach().clone()
         self.optimizer, self.schedule = make_optimizer(parameters, config)
         self.micro_batcher = MicroBatcher(self.loop.micro_batches, "the optimization step", logger)
         fixed = parameters.moving.inhibitory_fixed  # the fast path then needs no gradient for inhibitory inputs
-        self.forward_pairs = PairedForward(model, paired, self.loop.fast_path, self.loop.precision,
-                                           parameters.num_excitatory if fixed else None, logger)
-        self.step = PairedStep(parameters, self.forward_pairs, sampler, paired, config, self.optimizer, generator,
-                               self.micro_batcher, self.initial_rates)
+        self.forwards = [PairedForward(model, paired, self.loop.fast_path, self.loop.precision,
+                                       parameters.num_excitatory if fixed else None, logger) for model in models]
+        objective = objective or Objective(config.objective, config.constraints.max_rate, parameters.num_excitatory)
+        self.step = PairedStep(parameters, self.forwards, sampler, paired, objective, config, self.optimizer,
+                               generator, self.micro_batcher, self.initial_rates)
         self.guard = NonFiniteGuard(parameters)
         self.non_finite = NonFinite(self.guard.restore)
         self.stoppers = make_stoppers(config)

@@ -1,5 +1,6 @@
 """One optimizer step of the paired objective: sample spike trains from the rates, run both copies through the
-model (optimization.fast_path), the objective's gradient into the rates, penalties, clipping, Adam, projection.
+model (optimization.fast_path; with an ensemble, through each member on the same spikes), the objective's gradient
+into the rates, penalties, clipping, Adam, projection.
 
 Everything stays on the device: the step returns its metrics as one tensor (METRICS order), which the tracker
 sums until the end of the logging interval, and keeps the guard's record of the last finite state.
@@ -13,13 +14,13 @@ import torch
 from optimization.config import OptimizationConfig
 from optimization.constraints import RateParameters
 from optimization.fast_path import PairedForward
-from optimization.objective import PENALTY_TERMS, Objective
+from optimization.objective import PENALTY_TERMS, Objective, outside_window_mask
 from optimization.runtime import MicroBatcher
 from optimization.sampler import SpikeSampler, draw_noise
 from optimization.stimulus import PairedStimulus
 
-METRICS = ("loss_total", "loss_response", *(f"loss_{name}" for name in PENALTY_TERMS), "p_control", "p_stim",
-           "grad_norm")
+METRICS = ("loss_total", "loss_response", "loss_specificity", *(f"loss_{name}" for name in PENALTY_TERMS),
+           "p_control", "p_stim", "grad_norm")
 
 
 class NonFiniteGuard:
@@ -50,11 +51,12 @@ class NonFiniteGuard:
 
 
 class PairedStep:
-    def __init__(self, parameters: RateParameters, forward_pairs: PairedForward, sampler: SpikeSampler,
-                 paired: PairedStimulus, config: OptimizationConfig, optimizer: torch.optim.Optimizer,
-                 generator: torch.Generator, micro_batcher: MicroBatcher, initial_rates: torch.Tensor):
-        self.parameters, self.forward_pairs, self.sampler, self.paired = parameters, forward_pairs, sampler, paired
-        self.objective = Objective(config.objective, config.constraints.max_rate)
+    def __init__(self, parameters: RateParameters, forwards: list[PairedForward], sampler: SpikeSampler,
+                 paired: PairedStimulus, objective: Objective, config: OptimizationConfig,
+                 optimizer: torch.optim.Optimizer, generator: torch.Generator, micro_batcher: MicroBatcher,
+                 initial_rates: torch.Tensor):
+        self.parameters, self.forwards, self.sampler, self.paired = parameters, forwards, sampler, paired
+        self.objective = objective
         self.optimizer, self.generator, self.micro_batcher = optimizer, generator, micro_batcher
         self.initial_rates = initial_rates
         clip = config.loop.grad_clip_norm
@@ -64,22 +66,32 @@ class PairedStep:
                                   // samples)
 
     def _response_gradient(self, rates_leaf: torch.Tensor) -> torch.Tensor:
-        """Backpropagate the response loss into rates_leaf.grad in micro-batches; return its mean and responses."""
+        """Backpropagate the per-pair terms (response, specificity) into rates_leaf.grad in micro-batches; return
+        their means and the mean responses, averaged over the ensemble's members."""
         total, (_, duration, segments) = self.pattern_of_sample.numel(), self.initial_rates.shape
         device = rates_leaf.device
         noise = draw_noise((total, duration, segments), self.generator, device)
         window = self.paired.stimulus.response_window()
-        sums = torch.zeros(3, device=device)
+        outside = outside_window_mask(duration, window, device)
+        specific = bool(self.objective.config.specificity_weight)
+        scale = total * len(self.forwards)
+        sums = torch.zeros(4, device=device)
 
         def work(chunk: slice) -> None:
             spikes = self.sampler.spikes(rates_leaf[self.pattern_of_sample[chunk]], noise[chunk])
-            probability = self.forward_pairs(self.paired.control(spikes))
+            control = self.paired.control(spikes)
             count = spikes.shape[0]
-            control_window, stimulated_window = probability[:count, window], probability[count:, window]
-            losses = self.objective.response_losses(control_window, stimulated_window)
-            control_max, stimulated_max = control_window.amax(dim=1), stimulated_window.amax(dim=1)
-            (losses.sum() / total).backward()
-            sums.add_(torch.stack([losses.sum(), control_max.sum(), stimulated_max.sum()]).detach() / total)
+            loss = torch.zeros((), device=device)
+            for forward in self.forwards:
+                probability = forward(control)
+                control_window, stimulated_window = probability[:count, window], probability[count:, window]
+                response = self.objective.response_losses(control_window, stimulated_window)
+                specificity = (self.objective.specificity_losses(probability, outside) if specific
+                               else torch.zeros_like(response))
+                loss = loss + response.sum() + specificity.sum()
+                sums.add_(torch.stack([response.sum(), specificity.sum(), control_window.amax(dim=1).sum(),
+                                       stimulated_window.amax(dim=1).sum()]).detach() / scale)
+            (loss / scale).backward()
 
         def restart() -> None:
             rates_leaf.grad = None
@@ -93,7 +105,7 @@ class PairedStep:
         self.optimizer.zero_grad(set_to_none=True)
         rates = self.parameters.rates()
         rates_leaf = rates.detach().requires_grad_(True)
-        response_loss, control, stimulated = self._response_gradient(rates_leaf)
+        response_loss, specificity, control, stimulated = self._response_gradient(rates_leaf)
         penalties = self.objective.weighted_penalties(rates, self.initial_rates)
         penalty = sum(penalties.values())
         # Chain rule through the parametrization: the response gradient w.r.t. rates arrives via rates_leaf.grad.
@@ -101,6 +113,6 @@ class PairedStep:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters.parameters(), self.max_norm)
         self.optimizer.step()
         self.parameters.project_()
-        total = response_loss + penalty.detach()
-        return torch.stack([total, response_loss, *(term.detach() for term in penalties.values()), control,
-                            stimulated, grad_norm])
+        total = response_loss + specificity + penalty.detach()
+        return torch.stack([total, response_loss, specificity, *(term.detach() for term in penalties.values()),
+                            control, stimulated, grad_norm])

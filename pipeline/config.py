@@ -6,6 +6,7 @@ key or a wrong type is a ConfigError naming the key and the valid choices.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -32,6 +33,32 @@ class GroundTruthConfig(Section):
 
     enabled: bool = Field(True, description="Run the check when the model's pickle names a simulator configuration.")
     trials: int = Field(MIN_TRIALS, ge=MIN_TRIALS, lt=COUNT_END, description="Simulated control/stimulated trial pairs per optimized pattern.")
+
+
+class RefineConfig(Section):
+    """Closed-loop refinement of the surrogate against the simulated neuron (needs a simulator)."""
+
+    rounds: int = Field(0, ge=0, le=50, description="Rounds of simulate, fine-tune, re-optimize; 0: none.")
+    trials: int = Field(256, ge=1, lt=COUNT_END, description="Control/stimulated trial pairs simulated per round "
+                        "from the current pattern and its perturbations.")
+    perturbed_fraction: float = Field(0.5, ge=0, le=1, description="Share of those pairs drawn from perturbed "
+                                      "patterns (each rate times a log-normal factor).")
+    perturbation: float = Field(0.3, ge=0, le=5, description="Sigma of the log-normal factor of the perturbations.")
+    replay_trials: int = Field(256, ge=0, lt=COUNT_END, description="Trials per round from the training regime "
+                               "(rates drawn from its quantiles, else the initial rates), so the model does not "
+                               "forget.")
+    steps: int = Field(200, ge=1, lt=COUNT_END, description="Fine-tuning steps (Adam) per round.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Simulated trials per fine-tuning step.")
+    learning_rate: float = Field(1e-4, gt=0, le=1, description="Adam learning rate of the fine-tuning.")
+    somatic_weight: float = Field(0.02, ge=0, description="Weight of the somatic MSE next to the spike BCE (the "
+                                  "original training's first stage); used when the pickle records the soma "
+                                  "targets' clip and bias (y_soma_threshold, y_train_soma_bias).")
+    somatic_output_index: int = Field(1, ge=0, le=1000, description="Which model output is the somatic voltage.")
+    max_iterations: Optional[int] = Field(200, ge=0, lt=COUNT_END, description="Optimizer steps of each round's "
+                                          "re-optimization; null: optimization.loop.max_iterations.")
+    trust_weight: float = Field(10.0, ge=0, description="Added to objective.initial_distance_weight in each round's "
+                                "re-optimization (the distance from the round's start): keeps the new pattern where "
+                                "the simulated trials taught the model.")
 
 
 class IntRange(Section):
@@ -110,6 +137,7 @@ class AppConfig(Section):
     conversion: ConversionConfig = Field(default_factory=ConversionConfig)
     optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
     ground_truth: GroundTruthConfig = Field(default_factory=GroundTruthConfig)
+    refine: RefineConfig = Field(default_factory=RefineConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
 
@@ -126,8 +154,12 @@ def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(current.model_fields)
 
 
+# pydantic's names of the alternatives of a union type in an error's location, not config keys
+_UNION_MEMBER = re.compile(r"^(constrained-|literal\[|function-|list\[|dict\[|str$|int$|float$|bool$)")
+
+
 def _describe(error: dict, source: str, overrides: list[str]) -> str:
-    key = ".".join(str(part) for part in error["loc"])
+    key = ".".join(str(part) for part in error["loc"] if not _UNION_MEMBER.match(str(part)))
     for assignment in overrides:  # a value set on the command line: name the override, not the file
         target = assignment.partition("=")[0].strip()
         if key == target or key.startswith(target + ".") or target.startswith(key + "."):

@@ -16,22 +16,31 @@ import pandas as pd
 from torch import nn
 
 from conversion.cache import find_or_convert
-from errors import ConversionError, ModelFileError, OutputError, PickleFileError, SelectionError
+from errors import (ConfigError, ConversionError, ModelFileError, OptimizationError, OutputError, PickleFileError,
+                    SelectionError)
+from models.checkpoint import load_converted_model
 from fileio import write_text_atomic
 from neuron import NeuronConfig
 from optimization import run_activity_optimization
+from optimization.initial import check_background_ranges
 from optimization.network import resolve_layout
-from optimization.run import check_batch_sizes, stimulus_of
+from optimization.objective import Objective
+from optimization.regime import REGIME_KEY, InputRegime, check_layout
+from optimization.run import (check_batch_sizes, check_ensemble, evaluate_on, input_mismatch, stimulus_of,
+                              with_resolved_max_rate)
 from pipeline.config import AppConfig, config_to_yaml
 from pipeline.report_page import write_report_page
 from pipeline.run_folder import RunFiles
 from pipeline.summary import RunSummary, degenerate_warnings, write_report, write_summary
 from pipeline.ground_truth_check import check_ground_truth, ground_truth_check
+from pipeline.refinement import check_refinement, refine, soma_target_settings
 from progress import ProgressStyle
+from safe_pickle import load_pickle
 from selection.table import (Candidate, best_candidate, mark_unusable, ranking_text, table_from_csv,
                              table_from_models_dir, usable_candidates)
 
 log = logging.getLogger(__name__)
+TRANSFER_KEYS = ("p_spike_stim", "p_spike_control", "difference", "p_outside_stim", "p_outside_control")
 # Why a ranked model may turn out unusable only when its files are opened.
 UNUSABLE_MODEL_ERRORS = (ConversionError, ModelFileError, PickleFileError, SelectionError)
 
@@ -50,11 +59,6 @@ class ChosenModel:
     skipped: tuple[dict[str, Any], ...] = ()  # better-ranked models that could not be used: stem, rank, reason
     candidates: int = 0  # rows of the results table
     usable_candidates: int = 0  # of which usable
-
-
-log = logging.getLogger(__name__)
-# Why a ranked model may turn out unusable only when its files are opened.
-UNUSABLE_MODEL_ERRORS = (ConversionError, ModelFileError, PickleFileError, SelectionError)
 
 
 def rank_candidates(config: AppConfig) -> pd.DataFrame:
@@ -116,24 +120,119 @@ def prepare_best_usable_model(table: pd.DataFrame, config: AppConfig) -> tuple[n
 
 
 @dataclass(frozen=True)
+class RelatedModels:
+    """Other rows of the results table a run uses: ensemble members and the models its patterns are evaluated
+    on (transfer), made ready as the chosen model is; plain data, so that sweep workers can receive it."""
+
+    ensemble: tuple[ChosenModel, ...] = ()
+    transfer: tuple[ChosenModel, ...] = ()
+    transfer_skipped: tuple[dict[str, Any], ...] = ()  # stem, rank, reason
+
+
+def _member_candidate(spec: int | str, usable: list[Candidate]) -> Candidate:
+    for candidate in usable:
+        if candidate.rank == spec if isinstance(spec, int) else candidate.stem == spec:
+            return candidate
+    choices = ", ".join(f"{c.rank}: {c.stem}" for c in usable[:10])
+    kind = "rank" if isinstance(spec, int) else "stem"
+    raise ConfigError(f"optimization.ensemble: no usable model of the results table has {kind} {spec!r} "
+                      f"(usable: {choices}).")
+
+
+def prepare_related_models(table: pd.DataFrame, config: AppConfig, chosen: ChosenModel,
+                           model: nn.Module) -> RelatedModels:
+    """The ensemble members named by optimization.ensemble (the chosen `model` itself is always the first; the
+    others must take its input shape) and up to evaluation.transfer_models other usable rows, best first. A
+    transfer model that cannot be used is recorded and skipped; an ensemble member that cannot be used stops
+    the run."""
+    usable = usable_candidates(table)
+    optimization = config.optimization
+    members = [_member_candidate(spec, usable) for spec in optimization.ensemble or ()]
+    ensemble = []
+    for candidate in dict.fromkeys(members):  # in the order given, each once
+        if candidate.stem == chosen.stem:
+            continue
+        try:
+            ensemble.append(prepare_candidate(candidate, config, table)[1])
+        except UNUSABLE_MODEL_ERRORS as exc:
+            raise type(exc)(f"optimization.ensemble: {candidate.stem} (rank {candidate.rank}) cannot be used: "
+                            f"{exc}") from exc
+    check_ensemble(model, [load_converted_model(member.pytorch_path) for member in ensemble],
+                   [f"{member.stem} (rank {member.rank})" for member in ensemble])
+    if ensemble:
+        log.info("ensemble: %s and %s", chosen.stem, ", ".join(member.stem for member in ensemble))
+    transfer, skipped = [], []
+    for candidate in (c for c in usable if c.stem != chosen.stem):
+        if len(transfer) == optimization.evaluation.transfer_models:
+            break
+        try:
+            transfer.append(prepare_candidate(candidate, config, table)[1])
+        except UNUSABLE_MODEL_ERRORS as exc:  # recorded; the next usable row takes its place
+            skipped.append({"stem": candidate.stem, "rank": candidate.rank, "reason": " ".join(str(exc).split())})
+    return RelatedModels(ensemble, tuple(transfer), tuple(skipped))
+
+
+@dataclass(frozen=True)
 class RunCheck:
-    """What check_run found: the simulator of the ground truth (None when the model's pickle names none)."""
+    """What check_run found: the simulator of the ground truth (None when the model's pickle names none), the
+    regime of the model's training inputs (None when unknown), the soma target settings of its training, and the
+    related models."""
 
     neuron: Optional[NeuronConfig]
+    regime: Optional[InputRegime] = None
+    soma_targets: Optional[tuple[float, float]] = None
+    related: RelatedModels = RelatedModels()
+
+    def with_related(self, related: RelatedModels) -> "RunCheck":
+        return replace(self, related=related)
+
+
+def regime_of(params: Any, params_path: Optional[Path], config: AppConfig) -> tuple[Optional[InputRegime], str]:
+    """optimization.input_regime when set, else the params pickle's data_dict['input_regime'], else None; with
+    where it comes from (or why there is none), for messages."""
+    if config.optimization.input_regime is not None:
+        where = "config key optimization.input_regime"
+        return InputRegime.from_dict(config.optimization.input_regime, where), where
+    data = params.get("data_dict") if isinstance(params, dict) else None
+    recorded = data.get(REGIME_KEY) if isinstance(data, dict) else None
+    if recorded is None:
+        why = (f"{params_path} has no data_dict['{REGIME_KEY}']" if params_path is not None
+               else "the model has no params pickle")
+        return None, why
+    where = f"{params_path}: data_dict['{REGIME_KEY}']"
+    return InputRegime.from_dict(recorded, where), where
 
 
 def check_run(model: nn.Module, chosen: ChosenModel, config: AppConfig) -> RunCheck:
-    """Everything a run can refuse before it makes a folder or optimizes anything: the input layout, the sizes
-    of its batches, the stimulus, and the ground truth's simulator against the model and the work budget."""
-    layout = resolve_layout(model, config.optimization, log)
-    check_batch_sizes(config.optimization, layout)
-    stimulus_of(config.optimization, layout, config.seed)
+    """Everything a run can refuse before it converts any other model, makes a folder or optimizes anything: the
+    input layout, the sizes of its batches, the stimulus, the regime settings, the refinement's needs and the
+    ground truth's simulator against the model and the work budget. Its related models come later
+    (prepare_related_models, then RunCheck.with_related)."""
+    optimization = config.optimization
+    params = load_pickle(chosen.params, trust=config.conversion.trust_pickles) if chosen.params else None
+    regime, where = regime_of(params, chosen.params, config)
+    wants_regime = [key for key, wanted in (("optimization.constraints.max_rate=auto",
+                                             optimization.constraints.max_rate == "auto"),
+                                            ("optimization.objective.regime_weight",
+                                             bool(optimization.objective.regime_weight))) if wanted]
+    if regime is None and wants_regime:
+        raise ConfigError(f"{' and '.join(wants_regime)} need the statistics of {chosen.stem}'s training inputs, "
+                          f"but {where}; add it (see demo_models/README.md) or set optimization.input_regime.")
+    resolved = with_resolved_max_rate(optimization, regime)
+    layout = resolve_layout(model, resolved, log)
+    if regime is not None:
+        check_layout(regime, layout.num_excitatory, layout.num_inhibitory, where)
+    check_batch_sizes(resolved, layout)
+    check_background_ranges(resolved.initial_rates, resolved.constraints.max_rate)
+    stimulus_of(resolved, layout, config.seed)
+    Objective(resolved.objective, resolved.constraints.max_rate, layout.num_excitatory, regime)
     neuron = None
     if config.ground_truth.enabled:
-        neuron = check_ground_truth(chosen.params, layout.num_segments, layout.duration_ms,
-                                    config.optimization.num_patterns, config.ground_truth.trials,
-                                    config.conversion.trust_pickles)
-    return RunCheck(neuron)
+        neuron = check_ground_truth(params, chosen.params, layout.num_segments, layout.duration_ms,
+                                    optimization.num_patterns, config.ground_truth.trials)
+    soma = soma_target_settings(params)
+    check_refinement(config, neuron, layout, model, soma)
+    return RunCheck(neuron, regime, soma)
 
 
 def run_lifecycle(files: RunFiles, model: nn.Module, chosen: ChosenModel, config: AppConfig, checked: RunCheck,
@@ -157,18 +256,53 @@ def run_lifecycle(files: RunFiles, model: nn.Module, chosen: ChosenModel, config
 def _optimize_and_report(files: RunFiles, model: nn.Module, chosen: ChosenModel, config: AppConfig,
                          checked: RunCheck, progress: ProgressStyle, started: float, command: str | None
                          ) -> tuple[Path, RunSummary]:
+    members = [load_converted_model(member.pytorch_path) for member in checked.related.ensemble]
     outcome = run_activity_optimization(model, config.optimization, files.folder, device=config.device,
                                         seed=config.seed, logger=logging.getLogger("optimization"),
-                                        progress=progress)
+                                        progress=progress, regime=checked.regime, members=members)
     optimized, initial = outcome.evaluation["optimized"], outcome.evaluation["initial"]
     ground_truth = (ground_truth_check(checked.neuron, outcome, config.ground_truth.trials, config.seed, progress)
                     if config.ground_truth.enabled else {"available": False, "reason": "turned off in the config"})
+    refinement = None
+    if config.refine.rounds:
+        refinement = refine(model, outcome, ground_truth, config, checked.neuron, checked.regime,
+                            checked.soma_targets, chosen.pytorch_path, chosen.stem, files.folder, progress)
+    transfer = transfer_table(model, outcome, checked.related, config, progress)
     summary = RunSummary.of_run(chosen, config, outcome, ground_truth, getattr(model, "metadata", {}) or {},
                                 degenerate_warnings(initial, optimized, config.optimization.evaluation),
-                                command, round(time.monotonic() - started, 2), files.folder)
+                                command, round(time.monotonic() - started, 2), files.folder,
+                                refinement=refinement, transfer=transfer,
+                                ensemble=[member.stem for member in checked.related.ensemble])
     for warning in summary.warnings:
         log.warning("warning: %s", warning)
     written = summary.to_dict()
-    plots = {**outcome.files, "summary": write_summary(files, written)}
+    refined = {f"refined_r{r['round']}": Path(r["model"]) for r in (refinement or {}).get("rounds", [])[1:]}
+    plots = {**outcome.files, **refined, "summary": write_summary(files, written)}
     write_report(files, written, plots)
     return write_report_page(files, written, plots), summary
+
+
+def transfer_table(model: nn.Module, outcome, related: RelatedModels, config: AppConfig,
+                   progress: ProgressStyle) -> list[dict]:
+    """The run's initial and optimized rates evaluated on each transfer model: one row per model (or its reason
+    for being left out: it cannot be used, or takes another input shape than `model`)."""
+    rows: list[dict[str, Any]] = [{"stem": entry["stem"], "rank": entry["rank"], "available": False,
+                                   "reason": entry["reason"]} for entry in related.transfer_skipped]
+    for other in related.transfer:
+        try:
+            other_model = load_converted_model(other.pytorch_path)
+            if (why := input_mismatch(model, other_model)) is not None:
+                raise ConfigError(f"it {why}")
+            summaries = evaluate_on(other_model, outcome, config.optimization, config.seed,
+                                    logging.getLogger("optimization"), progress)
+        except (OptimizationError, ConfigError, ModelFileError) as exc:
+            rows.append({"stem": other.stem, "rank": other.rank, "available": False,
+                         "reason": " ".join(str(exc).split())})
+            continue
+        row = {"stem": other.stem, "rank": other.rank, "available": True}
+        for name, summary in summaries.items():
+            row.update({f"{name}_{key}": summary[key] for key in TRANSFER_KEYS})
+        rows.append(row)
+        log.info("transfer to %s (rank %s): difference initial %.3f, optimized %.3f", other.stem, other.rank,
+                 row["initial_difference"], row["optimized_difference"])
+    return sorted(rows, key=lambda row: row["rank"] if row["rank"] is not None else 10**9)

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 from fileio import write_text_atomic
 from pipeline.run_folder import RunFiles
+from pipeline.summary import extra_tables
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
@@ -153,6 +154,10 @@ def write_report_page(run_files: RunFiles, summary: dict[str, Any], files: dict[
         warnings_block(summary.get("warnings", [])),
         "<h2>Result</h2>" + table(["", "P(spike | stim)", "P(spike | control)", "difference", "trials"],
                                   _result_rows(summary)) + _ground_truth_note(summary),
+        *(f"<h2>{escape(title)}</h2><p class=muted>{escape(note)}</p>"
+          + table(header, [[figure_cell(*cell) if isinstance(cell, tuple) else text_cell(cell) for cell in row]
+                           for row in rows])
+          for title, note, header, rows in extra_tables(summary)),
         _selection_section(summary),
         _conversion_section(summary),
         _run_section(summary),

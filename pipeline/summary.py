@@ -22,6 +22,9 @@ from pipeline.run_folder import RunFiles
 
 EVALUATION_KEYS = ("p_spike_stim", "p_spike_control", "difference", "n_trials")
 CI_KEYS = ("p_spike_stim_ci", "p_spike_control_ci", "difference_ci")
+# the model's own estimates of P(a spike) in the window, and outside it: P(a threshold crossing) and the estimate
+OUTSIDE_KEYS = ("expected_spike_stim", "expected_spike_control", "p_outside_stim", "p_outside_control",
+                "expected_outside_spike_stim", "expected_outside_spike_control")
 
 
 def versions(device: str = "cpu") -> dict[str, str]:
@@ -78,6 +81,11 @@ class RunSummary:
     evaluation_initial: dict[str, Any]
     ground_truth: dict[str, Any]
     warnings: list[str]
+    regime_distance: Optional[dict[str, Any]]
+    refinement: Optional[dict[str, Any]]
+    transfer: list[dict[str, Any]]
+    ensemble: list[str]
+    max_rate: float
     demo_settings_applied: dict[str, Any]
     command: Optional[str]
     seconds: float
@@ -86,9 +94,12 @@ class RunSummary:
 
     @classmethod
     def of_run(cls, chosen, config, outcome, ground_truth: dict[str, Any], metadata: dict[str, Any],
-               warnings: list[str], command: Optional[str], seconds: float, run_dir: Path) -> "RunSummary":
+               warnings: list[str], command: Optional[str], seconds: float, run_dir: Path,
+               refinement: Optional[dict[str, Any]] = None, transfer: Optional[list[dict[str, Any]]] = None,
+               ensemble: Optional[list[str]] = None) -> "RunSummary":
         """The summary of a finished run: the chosen model (pipeline.lifecycle.ChosenModel), its config, the
-        optimization's outcome, the ground truth and the conversion record of the model it used."""
+        optimization's outcome, the ground truth, the refinement rounds, the transfer table and the conversion
+        record of the model it used."""
         optimized, initial = outcome.evaluation["optimized"], outcome.evaluation["initial"]
         return cls(
             selected_model=chosen.source, selection_metric=config.selection.metric,
@@ -101,9 +112,12 @@ class RunSummary:
             final_loss=outcome.final_loss, iterations_run=outcome.iterations_run,
             stopped_because=outcome.stopped_because, stimulus_segments=list(outcome.stimulus_segments),
             stimulus_time_ms=outcome.stimulus_time_ms, response_window_ms=outcome.response_window_ms,
-            evaluation={**{k: optimized[k] for k in EVALUATION_KEYS}, "details": optimized},
-            evaluation_initial={**{k: initial[k] for k in EVALUATION_KEYS}, **{k: initial[k] for k in CI_KEYS}},
+            evaluation={**{k: optimized[k] for k in (*EVALUATION_KEYS, *OUTSIDE_KEYS)}, "details": optimized},
+            evaluation_initial={**{k: initial[k] for k in (*EVALUATION_KEYS, *OUTSIDE_KEYS)},
+                                **{k: initial[k] for k in CI_KEYS}},
             ground_truth=ground_truth, warnings=warnings,
+            regime_distance=outcome.evaluation.get("regime_distance"), refinement=refinement,
+            transfer=transfer or [], ensemble=ensemble or [], max_rate=outcome.max_rate,
             demo_settings_applied={key: config.demo.settings[key] for key in config.demo.applied},
             command=command, seconds=seconds, versions=versions(outcome.device), run_dir=str(run_dir))
 
@@ -186,9 +200,98 @@ def write_report(run_files: RunFiles, summary: dict[str, Any], files: dict[str, 
     if isinstance(ground_truth, dict) and "p_spike_stim" in ground_truth:
         lines.append("| ground truth (simulated neuron, optimized rates) | "
                      + " | ".join(_fmt(ground_truth[k]) for k in EVALUATION_KEYS) + " |")
+    lines += _extra_sections(summary)
     plots = [(name, path) for name, path in files.items() if str(path).endswith(".png")]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({Path(path).name})" for name, path in plots]
     lines += ["", "Files: " + ", ".join(f"`{Path(p).name}`" for p in files.values()) + ", `report.html`", ""]
     write_text_atomic(run_files.report_md, "\n".join(lines))
     return run_files.report_md
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(_fmt(cell[0] if isinstance(cell, tuple) else cell) for cell in row) + " |"
+               for row in rows])
+
+
+def _extra_sections(summary: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for title, note, header, rows in extra_tables(summary):
+        lines += ["", f"## {title}", "", note, "", *_table(header, rows)]
+    return lines
+
+
+def _figure(summary: dict[str, Any], key: str) -> tuple[Any, str] | str:
+    """(value, key) of a summary figure by its dotted key (list items by index), or a dash when absent."""
+    value: Any = summary
+    for part in key.split("."):
+        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
+            return "—"
+    return (value, key)
+
+
+def extra_tables(summary: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any]]]]:
+    """The report's tables beyond the main result, as (title, note, header, rows) for report.md and report.html;
+    a figure cell is (value, its dotted summary key): spike probabilities in and outside the window, distance from
+    the training regime, refinement rounds, transfer to other models."""
+    tables = []
+    rows = []
+    for label, prefix in (("surrogate, initial rates", "evaluation_initial"),
+                          ("surrogate, optimized rates", "evaluation"),
+                          ("ground truth, initial rates", "ground_truth.initial"),
+                          ("ground truth, optimized rates", "ground_truth")):
+        if _figure(summary, f"{prefix}.p_outside_control") == "—":
+            continue
+        if prefix.startswith("ground_truth"):
+            keys = ("p_spike_control", "p_spike_stim", "p_outside_control", "p_outside_stim", None, None)
+        else:
+            keys = ("expected_spike_control", "expected_spike_stim", "expected_outside_spike_control",
+                    "expected_outside_spike_stim", "p_outside_control", "p_outside_stim")
+        rows.append([label, *(_figure(summary, f"{prefix}.{key}") if key else "—" for key in keys)])
+    tables.append(("Spike probability in and outside the window",
+                   "For the simulated neuron, P(any spike); for the surrogate, its own estimate of that, "
+                   "1 - prod(1 - p) over the ms (the result table counts threshold crossings instead, which a "
+                   "model calibrated on jittered spikes rarely reaches), and its threshold crossings outside.",
+                   ["", "window, control", "window, stimulated", "outside, control", "outside, stimulated",
+                    "outside crossings, control", "outside crossings, stimulated"], rows))
+    distance = summary.get("regime_distance")
+    if distance:
+        keys = [key for key, value in distance["optimized"].items() if isinstance(value, (int, float))]
+        tables.append(("Distance from the training regime", f"Regime: {distance['optimized'].get('regime_source', '')}",
+                       ["", *keys], [[name, *(_figure(summary, f"regime_distance.{name}.{key}") for key in keys)]
+                                     for name in distance]))
+    refinement = summary.get("refinement")
+    if refinement:
+        columns = (("surrogate", "p_spike_stim"), ("surrogate", "p_spike_control"),
+                   ("surrogate", "expected_spike_stim"), ("surrogate", "expected_spike_control"),
+                   ("ground_truth", "p_spike_stim"), ("ground_truth", "p_spike_control"),
+                   ("ground_truth", "difference"), ("ground_truth", "p_outside_control"),
+                   ("gap", "expected_spike_stim"), ("gap", "expected_spike_control"))
+        rows = [[(record["round"], f"refinement.rounds.{index}.round"),
+                 *(_figure(summary, f"refinement.rounds.{index}.{part}.{key}") for part, key in columns)]
+                for index, record in enumerate(refinement["rounds"])]
+        tables.append(("Closed-loop refinement", "Round 0: the converted model; round k: optimized again through "
+                       "the model fine-tuned on the simulated neuron's answers (refine_r<k>/). Surrogate: "
+                       "threshold crossings, then its own estimate; the gap is that estimate's.",
+                       ["round", "surrogate P(stim)", "surrogate P(ctrl)", "estimate P(stim)", "estimate P(ctrl)",
+                        "truth P(stim)", "truth P(ctrl)", "truth difference", "truth outside (ctrl)",
+                        "gap P(stim)", "gap P(ctrl)"], rows))
+    transfer = summary.get("transfer")
+    if transfer:
+        rows = []
+        for index, row in enumerate(transfer):
+            keys = ("initial_difference", "optimized_p_spike_stim", "optimized_p_spike_control",
+                    "optimized_difference") if row["available"] else ()
+            rows.append([_figure(summary, f"transfer.{index}.rank"), row["stem"],
+                         *(_figure(summary, f"transfer.{index}.{key}") for key in keys),
+                         *(() if row["available"] else ("—", "—", "—", row["reason"]))])
+        tables.append(("Transfer to other models", "The same initial and optimized rates evaluated through the "
+                       "other usable models of the results table.",
+                       ["rank", "model", "initial difference", "optimized P(stim)", "optimized P(ctrl)",
+                        "optimized difference"], rows))
+    return tables

@@ -25,7 +25,7 @@ from errors import ConfigError, OutputError, SelectionError, SweepError
 from fileio import write_text_atomic
 from limits import MAX_SWEEP_RUNS
 from pipeline.config import AppConfig, IntRange, SweepConfig, config_to_yaml, set_dotted, validate_config
-from pipeline.lifecycle import prepare_candidate
+from pipeline.lifecycle import prepare_candidate, prepare_related_models
 from pipeline.run_folder import RunFiles, attach_run_log, new_folder, short_model_name
 from pipeline.sweep_backends import BACKENDS, check_backend
 from pipeline.sweep_report import write_sweep_report
@@ -215,7 +215,9 @@ def run_sweep(config: AppConfig, table: pd.DataFrame, log_buffer) -> Path:
     attach_run_log(log_buffer, sweep_dir / "sweep.log")
     write_text_atomic(RunFiles(sweep_dir).config, config_to_yaml(config))  # a sweep folder's names, as a run's
     write_text_atomic(RunFiles(sweep_dir).table, table.to_csv(index=False))
-    chosen = {spec: prepare_candidate(candidate, config, table)[1] for spec, candidate in models.items()}  # once, before the runs
+    prepared = {spec: prepare_candidate(candidate, config, table) for spec, candidate in models.items()}  # once
+    chosen = {spec: model for spec, (_, model) in prepared.items()}
+    related = {spec: prepare_related_models(table, config, model, module) for spec, (module, model) in prepared.items()}
     labels = _model_labels([model.stem for model in chosen.values()])
 
     override_keys = list(sweep.overrides or {})
@@ -241,7 +243,7 @@ def run_sweep(config: AppConfig, table: pd.DataFrame, log_buffer) -> Path:
         run_dir = new_folder(sweep_dir, run_id)
         rows[run_id] = {"run_id": run_id, **params, "status": "pending", "folder": run_dir.name,
                         "config_hash": config_hash}
-        tasks.append(RunTask(run_id, run_cfg, model, run_dir))
+        tasks.append(RunTask(run_id, run_cfg, model, run_dir, related[point.model]))
     manifest.write(list(rows.values()))
     log.info("sweep %s: %d run(s), %d done before, %d to run on the %s backend", sweep_dir.name, len(rows),
              len(rows) - len(tasks), len(tasks), sweep.backend)

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from errors import SweepError, ToolError
 from models.checkpoint import load_converted_model
 from pipeline.config import AppConfig
-from pipeline.lifecycle import ChosenModel, check_run, run_lifecycle
+from pipeline.lifecycle import ChosenModel, RelatedModels, check_run, run_lifecycle
 from pipeline.run_folder import RunFiles, claim_run_folder, run_log_handler, setup_logging, working_in
 from pipeline.summary import RunSummary
 from progress import ProgressStyle
@@ -36,6 +36,7 @@ class RunTask:
     config: AppConfig
     model: ChosenModel
     run_dir: Path
+    related: RelatedModels = RelatedModels()
 
 
 def run_task(task: RunTask) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def run_task(task: RunTask) -> dict[str, Any]:
         try:
             with working_in(task.run_dir, claim):
                 model = load_converted_model(task.model.pytorch_path)
-                checked = check_run(model, task.model, task.config)
+                checked = check_run(model, task.model, task.config).with_related(task.related)
                 _, summary = run_lifecycle(files, model, task.model, task.config, checked, ProgressStyle("log"),
                                            started)
         except ToolError as exc:

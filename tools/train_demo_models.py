@@ -6,7 +6,8 @@ Simulates the neuron of ``neuron/`` on Bernoulli inputs whose rates change every
 (balanced, quiet, disinhibited and primed-compartment periods, plus synchronous volleys of 2-5 spikes and short
 excitatory silences), trains Beniaguev-style Keras TCNs of different depth and width on it (spikes: binary
 cross-entropy; soma and dendrites: MSE), and saves each as ``.h5`` (Keras 3 legacy HDF5, no optimizer state) +
-``.pickle`` (protocol 2, plain Python types only) named like the originals. Held-out spike AUC and soma RMSE go to
+``.pickle`` (protocol 2, plain Python types only, with the statistics of the training inputs under
+``data_dict['input_regime']``, optimization/regime.py) named like the originals. Held-out spike AUC and soma RMSE go to
 stdout and to ``<out-dir>/training_report.json``. Everything random is drawn from ``--seed`` and TensorFlow runs
 with op determinism, so a rerun reproduces the files; the date in the file names is fixed (MODEL_DATE) so that names
 do not depend on when the script ran. Takes about 9 minutes on 2 CPU cores.
@@ -34,13 +35,14 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from fileio import atomic_paths, write_atomically, write_text_atomic  # noqa: E402
 from neuron import NeuronConfig, compartment_of_segments, simulate  # noqa: E402
+from optimization.regime import REGIME_KEY, InputRegime, RegimeAccumulator  # noqa: E402
 
 DEFAULT_SEED = 20261126
 MODEL_TYPE = "SIMNMDA"
 MODEL_DATE = "2026-11-26__12_00"  # fixed, so that the file names are reproducible
 INPUT_WINDOW_MS = 200
 TRIAL_DURATION_MS = 3000
-NUM_TRIALS = {"train": 2048, "valid": 64, "test": 64}
+NUM_TRIALS = {"train": 2048, "valid": 64, "test": 64}  # drawn in this order from data_generator(seed)
 SIMULATION_CHUNK = 128  # trials simulated at once (bounds memory)
 
 # Input statistics of the training data (spikes/ms per segment). Each trial is a sequence of periods with constant
@@ -162,22 +164,58 @@ def add_gaps(exc_spikes: np.ndarray, rng: np.random.Generator) -> None:
         exc_spikes[start:start + rng.integers(*GAP_DURATION_RANGE_MS, endpoint=True)] = 0
 
 
+def data_generator(seed: int) -> np.random.Generator:
+    """The generator of all training data: the splits of NUM_TRIALS are drawn from it one after another."""
+    return np.random.default_rng([seed, 0])
+
+
+def draw_trial_inputs(config: NeuronConfig, rng: np.random.Generator):
+    """One trial (T, segments) each: generator rates (excitatory, inhibitory) and input spikes (uint8, same order).
+
+    The excitatory spikes include the volleys and gaps, which the rates do not describe.
+    """
+    exc_rates, inh_rates = draw_trial_rates(config, TRIAL_DURATION_MS, rng)
+    exc_spikes = (rng.random(exc_rates.shape) < exc_rates).astype(np.uint8)
+    inh_spikes = (rng.random(inh_rates.shape) < inh_rates).astype(np.uint8)
+    add_volleys(exc_spikes, config, rng)
+    add_gaps(exc_spikes, rng)
+    return exc_rates, inh_rates, exc_spikes, inh_spikes
+
+
 def simulate_dataset(config: NeuronConfig, num_trials: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Inputs (N, T, segments) uint8 with excitatory first, and the neuron's spikes, soma and dendritic voltages."""
+    """Inputs (N, T, segments) uint8 with excitatory first, and the neuron's spikes, soma and dendritic voltages.
+
+    Only the inputs consume `rng`; the simulation is deterministic.
+    """
     n_exc = config.num_excitatory_segments
     inputs = np.empty((num_trials, TRIAL_DURATION_MS, config.num_segments), dtype=np.uint8)
     for trial in range(num_trials):
-        exc_rates, inh_rates = draw_trial_rates(config, TRIAL_DURATION_MS, rng)
-        inputs[trial, :, :n_exc] = rng.random(exc_rates.shape) < exc_rates
-        inputs[trial, :, n_exc:] = rng.random(inh_rates.shape) < inh_rates
-        add_volleys(inputs[trial, :, :n_exc], config, rng)
-        add_gaps(inputs[trial, :, :n_exc], rng)
+        _, _, exc_spikes, inh_spikes = draw_trial_inputs(config, rng)
+        inputs[trial, :, :n_exc] = exc_spikes
+        inputs[trial, :, n_exc:] = inh_spikes
     chunks = [simulate(inputs[chunk, :, :n_exc], inputs[chunk, :, n_exc:], config)
               for chunk in np.array_split(np.arange(num_trials), max(1, num_trials // SIMULATION_CHUNK))]
     return {"inputs": inputs,
             "spikes": np.concatenate([chunk.spikes for chunk in chunks]),
             "soma_v": np.concatenate([chunk.soma_v for chunk in chunks]),
             "dend_v": np.concatenate([chunk.dend_v for chunk in chunks])}
+
+
+def training_input_regime(config: NeuronConfig, seed: int) -> InputRegime:
+    """The statistics of the train split's inputs (optimization/regime.py), redrawn from the seed trial by trial.
+
+    The train split is the first one drawn from data_generator(seed) and only the inputs consume the generator,
+    so drawing NUM_TRIALS["train"] trials' inputs reproduces the training inputs without simulating the neuron.
+    """
+    rng = data_generator(seed)
+    accumulator = RegimeAccumulator()
+    for _ in range(NUM_TRIALS["train"]):
+        exc_rates, inh_rates, exc_spikes, _ = draw_trial_inputs(config, rng)
+        accumulator.add(exc_rates[None], inh_rates[None], exc_spikes[None])
+    return accumulator.result(
+        "tools/train_demo_models.py --seed %d: the %d train trials of %d ms; rates are the generator's "
+        "(without the volleys and gaps), synchrony counts the input spikes (volleys and gaps included)"
+        % (seed, NUM_TRIALS["train"], TRIAL_DURATION_MS))
 
 
 def soma_targets(soma_v: np.ndarray) -> np.ndarray:
@@ -373,15 +411,16 @@ def learning_schedule_dict() -> dict:
             "num_keras_epochs": num_epochs}
 
 
-def data_dict(config: NeuronConfig, seed: int, dendritic: DendriticTargets, output_rates_hz: dict,
-              metrics: dict) -> dict:
-    def description(split: str) -> list[str]:
-        return ["simulated:%s:trials_%d:duration_ms_%d:seed_%d"
-                % (split, NUM_TRIALS[split], TRIAL_DURATION_MS, seed)]
+def split_description(split: str, seed: int) -> list[str]:
+    """data_dict's `<split>_files`: the original's list of data files, here a description of the simulated split."""
+    return ["simulated:%s:trials_%d:duration_ms_%d:seed_%d" % (split, NUM_TRIALS[split], TRIAL_DURATION_MS, seed)]
 
-    return {"train_files": description("train"),
-            "valid_files": description("valid"),
-            "test_files": description("test"),
+
+def data_dict(config: NeuronConfig, seed: int, dendritic: DendriticTargets, output_rates_hz: dict,
+              metrics: dict, regime: InputRegime) -> dict:
+    return {"train_files": split_description("train", seed),
+            "valid_files": split_description("valid", seed),
+            "test_files": split_description("test", seed),
             "simulator_config": config.to_dict(),
             "num_excitatory_segments": config.num_excitatory_segments,
             "num_inhibitory_segments": config.num_inhibitory_segments,
@@ -393,6 +432,7 @@ def data_dict(config: NeuronConfig, seed: int, dendritic: DendriticTargets, outp
             "y_train_soma_bias": SOMA_BIAS_MV,
             **dendritic.as_plain_dict(),
             **metrics,
+            REGIME_KEY: regime.to_dict(),
             "training_script": "tools/train_demo_models.py"}
 
 
@@ -427,9 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     tf.get_logger().setLevel("ERROR")
     tf.config.experimental.enable_op_determinism()
     config = NeuronConfig()
-    data_rng = np.random.default_rng([args.seed, 0])
+    data_rng = data_generator(args.seed)
     print("simulating %s trials of %d ms ..." % (NUM_TRIALS, TRIAL_DURATION_MS), flush=True)
     raw = {split: simulate_dataset(config, count, data_rng) for split, count in NUM_TRIALS.items()}
+    regime = training_input_regime(config, args.seed)
     output_rates_hz = {split: float(raw[split]["spikes"].mean() * 1000) for split in raw}
     print("  output rate (Hz): %s   [%.0f s]" % ({k: round(v, 1) for k, v in output_rates_hz.items()},
                                                 time.time() - started), flush=True)
@@ -456,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         # Without optimizer state: a third of the size, and Keras 3 reloads it without compile=False.
         with atomic_paths(h5_path) as (temporary,):
             model.save(str(temporary), include_optimizer=False)
-        auxiliary = {"data_dict": data_dict(config, args.seed, dendritic, output_rates_hz, metrics),
+        auxiliary = {"data_dict": data_dict(config, args.seed, dendritic, output_rates_hz, metrics, regime),
                      "architecture_dict": architecture_dict(architecture),
                      "learning_schedule_dict": learning_schedule_dict(),
                      "training_history_dict": history}

@@ -63,3 +63,19 @@ def test_invalid_arguments_are_refused(kwargs, message):
                  "response_window": 10, "n_trials": 200, **kwargs}
     with pytest.raises(ValueError, match=message):
         ground_truth_response(**arguments)
+
+
+def test_firing_outside_the_window_is_counted_per_copy_and_leaves_the_window_figures_alone():
+    """A burst after the window fires every trial there, in both copies; a silent pattern fires nowhere; the
+    in-window figures equal those of the pattern cut at the window's end (its ms are drawn first, same seed)."""
+    window_end = 110
+    rates = np.concatenate([nmda_tail_rates(), constant_rates(0.0, 0.0, 40)], axis=1)
+    bursting = rates.copy()
+    bursting[:N_EXC, 125:135] = 0.5
+    cut = ground_truth_response(rates[:, :window_end], [0, 1, 2], 100, 10, n_trials=200, seed=3)
+    burst = ground_truth_response(bursting, [0, 1, 2], 100, 10, n_trials=200, seed=3)
+    for key in ("p_spike_stim", "p_spike_control", "difference"):
+        assert burst[key] == cut[key]
+    assert burst["p_outside_stim"] == burst["p_outside_control"] == 1.0
+    silent = ground_truth_response(constant_rates(0.0, 0.0, 150), [0, 1, 2], 100, 10, n_trials=200, seed=3)
+    assert silent["p_outside_stim"] == silent["p_outside_control"] == silent["p_spike_control"] == 0.0

@@ -72,3 +72,36 @@ def test_evaluation_matches_hand_computed_probabilities():
     assert control_mean[stimulus.time_ms] == 0.0
     assert result.traces["stimulated"][0][stimulus.time_ms] == 1.0
     assert result.example["stimulated_spikes"].shape == (20, 3)
+    # Outside the window (16 of the 20 ms) the echo model fires iff segment 0 spikes there; the copies agree there.
+    assert silent["p_outside_stim"] == silent["p_outside_control"] == 0.0
+    assert silent["expected_outside_spike_control"] == 0.0
+    outside_expected = 1 - (1 - rate) ** 16
+    low, high = noisy["p_outside_control_ci"]
+    assert low < outside_expected < high
+    assert noisy["p_outside_stim"] == noisy["p_outside_control"]
+    # with probabilities of 0 or 1, the model's own estimates 1 - prod(1 - p) equal the threshold counts
+    assert noisy["expected_outside_spike_control"] == pytest.approx(noisy["p_outside_control"], abs=1e-6)
+    for copy in ("stim", "control"):
+        assert noisy[f"expected_spike_{copy}"] == pytest.approx(noisy[f"p_spike_{copy}"], abs=1e-6)
+
+
+class _ConstantProbability(torch.nn.Module):
+    """Spike probability 0.2 in every ms, whatever the input: no ms crosses 0.5, yet a spike is likely."""
+
+    def forward(self, inputs):
+        return torch.full_like(inputs[..., :1], 0.2), inputs
+
+
+def test_the_models_own_spike_estimate_counts_what_no_threshold_sees():
+    layout = InputLayout(num_excitatory=2, num_inhibitory=1, duration_ms=20)
+    stimulus = Stimulus(segments=(0,), time_ms=8, window_ms=4)
+    result = evaluate_rates(
+        SpikeProbability(_ConstantProbability(), 0), torch.full((1, 20, 3), 0.05), make_sampler(SamplerConfig()),
+        PairedStimulus(stimulus, layout, torch.device("cpu")), EvaluationConfig(trials_per_pattern=50, chunk_size=50),
+        seed=0, micro_batcher=MicroBatcher(1, "the evaluation", logging.getLogger("tests.optimization")),
+        progress=Progress(100, "evaluating", "trial pair", NO_PROGRESS, logging.getLogger("tests.optimization")),
+    ).summary
+    assert result["p_spike_stim"] == result["p_spike_control"] == result["p_outside_control"] == 0.0
+    assert result["expected_spike_stim"] == pytest.approx(1 - 0.8 ** 4)
+    assert result["expected_spike_control"] == pytest.approx(1 - 0.8 ** 4)
+    assert result["expected_outside_spike_control"] == pytest.approx(1 - 0.8 ** 16)

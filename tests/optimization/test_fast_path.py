@@ -87,12 +87,12 @@ def one_step(model, make_config, fast_path: str, loop: dict | None = None, setti
     stimulus = choose_stimulus(config.stimulus, layout, seed=1)
     rates = initial_rates(config.initial_rates, layout, config.num_patterns, config.constraints.max_rate, seed=2)
     optimizer = RateOptimizer(
-        RateParameters(rates, layout.num_excitatory, config.constraints), spike_model, make_sampler(config.sampler),
+        RateParameters(rates, layout.num_excitatory, config.constraints), [spike_model], make_sampler(config.sampler),
         PairedStimulus(stimulus, layout, device), config, make_generator(0, device), Path("unused.pt"), {}, LOGGER,
         progress=NO_PROGRESS,
     )
     if setting is not None:
-        optimizer.forward_pairs.precision, optimizer.forward_pairs.first_layer = setting
+        optimizer.forwards[0].precision, optimizer.forwards[0].first_layer = setting
     optimizer.take_step()
     return optimizer
 
@@ -107,7 +107,7 @@ def one_step(model, make_config, fast_path: str, loop: dict | None = None, setti
 def test_fast_path_equals_plain_path(model_files, small_config, name, overrides):
     fast = one_step(converted(model_files, name), small_config, "auto", **overrides)
     plain = one_step(converted(model_files, name), small_config, "off", **overrides)
-    assert fast.forward_pairs.fast and not plain.forward_pairs.fast
+    assert fast.forwards[0].fast and not plain.forwards[0].fast
     fast_gradient, plain_gradient = fast.parameters.free.grad, plain.parameters.free.grad
     assert plain_gradient.abs().max() > 0
     assert (fast_gradient - plain_gradient).abs().max() <= RELATIVE_TOLERANCE * plain_gradient.abs().max()
@@ -121,9 +121,9 @@ def test_models_without_a_single_first_conv_take_the_plain_path(model_files, sma
     assert index is None and "not a converted Keras graph" in reason
     with caplog.at_level(logging.INFO, logger=LOGGER.name):
         optimizer = one_step(converted(model_files, "two_branches"), small_config, "auto")
-    assert not optimizer.forward_pairs.fast
+    assert not optimizer.forwards[0].fast
     assert "plain path" in caplog.text and "feeds 2 layers" in caplog.text
-    assert optimizer.forward_pairs.precision == "fp32"  # auto is fp32 off CUDA
+    assert optimizer.forwards[0].precision == "fp32"  # auto is fp32 off CUDA
     assert torch.isfinite(optimizer.parameters.free.grad).all()
 
 
@@ -144,7 +144,7 @@ def test_bf16_settings_stay_close_to_fp32(model_files, small_config, setting, ov
 
 def test_precision_measurement_keeps_bf16_only_when_accurate(model_files, small_config, monkeypatch):
     """The comparison behind `precision: auto` (run on CUDA only; here its logic on the CPU)."""
-    forward = one_step(converted(model_files, "causal_tcn"), small_config, "auto").forward_pairs
+    forward = one_step(converted(model_files, "causal_tcn"), small_config, "auto").forwards[0]
     control = (torch.rand(4, 60, 16, generator=torch.Generator().manual_seed(0)) < 0.1).float()
     assert fast_path._compare_settings(forward, control, LOGGER) in [
         ("fp32", "conv"), ("bf16", "conv"), ("fp32", "matmul"), ("bf16", "matmul")]
@@ -154,11 +154,11 @@ def test_precision_measurement_keeps_bf16_only_when_accurate(model_files, small_
 
 def test_the_precision_cache_tells_apart_models_of_one_architecture(model_files, small_config):
     """The cached choice of `precision: auto` rests on an accuracy check, which depends on the weights."""
-    first = one_step(converted(model_files, "causal_tcn"), small_config, "auto").forward_pairs
-    same = one_step(converted(model_files, "causal_tcn"), small_config, "auto").forward_pairs
+    first = one_step(converted(model_files, "causal_tcn"), small_config, "auto").forwards[0]
+    same = one_step(converted(model_files, "causal_tcn"), small_config, "auto").forwards[0]
     assert first.signature() == same.signature()
     other = converted(model_files, "causal_tcn")
     with torch.no_grad():
         other.layers["layer_2"].weight.mul_(1.5)
-    changed = one_step(other, small_config, "auto").forward_pairs
+    changed = one_step(other, small_config, "auto").forwards[0]
     assert changed.signature() != first.signature()

@@ -197,7 +197,7 @@ class ReportPage(HTMLParser):
 def summary_value(summary: dict, key: str):
     value = summary
     for part in key.split("."):
-        value = value[part]
+        value = value[int(part)] if isinstance(value, list) else value[part]
     return value
 
 

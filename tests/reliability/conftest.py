@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.model_folders import build_models_folder
+from tests.pipeline.model_folders import build_converted_models_folder, workspace_with
 from tests.subprocesses import run_cli
 
 # main.py settings that keep a run to a few seconds on a CPU.
@@ -66,18 +66,13 @@ def tcn_folder(converted_tcn, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def converted_models(tmp_path_factory) -> Path:
     """A models folder with one real neuron TCN ('alpha': .h5, .pickle) already converted by main.py's rules."""
-    folder = build_models_folder(tmp_path_factory.mktemp("reliability_models"), {"alpha": [0.5, 0.2]})
-    result = run_cli(["model_converter.py", str(folder / "alpha.h5"), str(folder / "alpha.pickle")])
-    assert result.returncode == 0, result.stderr
-    return folder
+    return build_converted_models_folder(tmp_path_factory.mktemp("reliability_models"), {"alpha": [0.5, 0.2]})
 
 
 @pytest.fixture
 def workspace(converted_models, tmp_path) -> Path:
     """tmp_path with `models/` (a copy of converted_models) and a config.yaml that points at it."""
-    shutil.copytree(converted_models, tmp_path / "models")
-    (tmp_path / "config.yaml").write_text("models_dir: models\noutput_dir: runs\n")
-    return tmp_path
+    return workspace_with(converted_models, tmp_path)
 
 
 def run_main(workspace: Path, *overrides: str, **kwargs):
