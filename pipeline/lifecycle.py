@@ -24,7 +24,6 @@ from neuron import NeuronConfig
 from optimization import run_activity_optimization
 from optimization.initial import check_background_ranges
 from optimization.network import resolve_layout
-from optimization.objective import Objective
 from optimization.regime import REGIME_KEY, InputRegime, check_layout
 from optimization.run import (check_batch_sizes, check_ensemble, evaluate_on, input_mismatch, stimulus_of,
                               with_resolved_max_rate)
@@ -225,7 +224,6 @@ def check_run(model: nn.Module, chosen: ChosenModel, config: AppConfig) -> RunCh
     check_batch_sizes(resolved, layout)
     check_background_ranges(resolved.initial_rates, resolved.constraints.max_rate)
     stimulus_of(resolved, layout, config.seed)
-    Objective(resolved.objective, resolved.constraints.max_rate, layout.num_excitatory, regime)
     neuron = None
     if config.ground_truth.enabled:
         neuron = check_ground_truth(params, chosen.params, layout.num_segments, layout.duration_ms,

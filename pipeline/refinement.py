@@ -18,9 +18,9 @@ loads finished rounds instead of repeating them.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from conversion.keras_file import file_sha256
 from errors import ConfigError, OptimizationError
 from fileio import write_atomically, write_text_atomic
 from limits import MAX_BATCH_BYTES, MAX_SIMULATION_STEPS
@@ -172,16 +173,19 @@ def fine_tune(model: nn.Module, data: dict[str, np.ndarray], new: slice, refine:
             return float(sum(loss_of(b) * len(b) for b in new_trials.split(256)) / len(new_trials))
 
     before = new_loss()
+    finite = torch.ones((), dtype=torch.bool, device=device)  # checked once at the end: no sync per step
     for _ in range(refine.steps):
         index = torch.randint(len(inputs), (min(refine.batch_size, len(inputs)),), generator=generator).to(device)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_of(index)
-        if not torch.isfinite(loss):
-            raise OptimizationError("refinement: the fine-tuning loss became NaN/Inf; lower refine.learning_rate.")
+        finite &= torch.isfinite(loss)
         loss.backward()
         optimizer.step()
     model.requires_grad_(False)
-    return {"loss_before": before, "loss_after": new_loss(), "new_trials": int(len(new_trials)),
+    after = new_loss()
+    if not (bool(finite) and math.isfinite(after)):
+        raise OptimizationError("refinement: the fine-tuning loss became NaN/Inf; lower refine.learning_rate.")
+    return {"loss_before": before, "loss_after": after, "new_trials": int(len(new_trials)),
             "trials": int(len(inputs))}
 
 
@@ -198,14 +202,6 @@ def load_trials(path: Path) -> dict[str, np.ndarray]:
         segments = int(stored["segments"])
         return {"inputs": np.unpackbits(stored["inputs"], axis=-1, count=segments).astype(bool),
                 "spikes": stored["spikes"], "soma_v": stored["soma_v"]}
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 FIGURES = ("p_spike_stim", "p_spike_control", "difference", "p_outside_stim", "p_outside_control",
@@ -249,7 +245,7 @@ def finished_round(k: int, round_dir: Path, model_path: Path, parent_sha: str, r
             raise ValueError(f"{ROUND_RECORD} is not round {k}'s record")
         paths = (model_path, round_dir / "simulated_trials.npz", round_dir / ROUND_RATES)
         for path in paths:
-            if record["files"].get(path.name) != sha256_of(path):
+            if record["files"].get(path.name) != file_sha256(path):
                 raise ValueError(f"{path.name} is not the file round {k} wrote (its sha256 differs)")
         surrogate = load_converted_model(model_path, device)
         refined = (getattr(surrogate, "metadata", {}) or {}).get("refined", {})
@@ -285,7 +281,7 @@ def refine(model: nn.Module, outcome: OptimizationOutcome, ground_truth: dict[st
     if soma is None and refine_config.somatic_weight:
         log.info("refinement: the params pickle records no soma target settings; fine-tuning on spikes only")
     device = next(model.parameters()).device
-    base_sha = parent_sha = sha256_of(base_path)
+    base_sha = parent_sha = file_sha256(base_path)
     current, surrogate = outcome.optimized_rates, model
     simulated: list[dict[str, np.ndarray]] = []  # every round's trials: each fine-tuning learns from all of them
     stimulus = {"segments": list(outcome.stimulus_segments), "time_ms": outcome.stimulus_time_ms}
@@ -329,7 +325,7 @@ def refine(model: nn.Module, outcome: OptimizationOutcome, ground_truth: dict[st
                   "regime_distance": round_outcome.evaluation.get("regime_distance", {}).get("optimized")}
         save_trials(trials_path, simulated[-1])
         write_atomically(model_path, lambda handle: torch.save(checkpoint_payload(surrogate, metadata), handle))
-        record["files"] = {path.name: sha256_of(path) for path in
+        record["files"] = {path.name: file_sha256(path) for path in
                            (model_path, trials_path, round_dir / ROUND_RATES)}
         write_text_atomic(round_dir / ROUND_RECORD, json.dumps(record, indent=2) + "\n")  # last: the round is done
         parent_sha = record["files"][model_path.name]
