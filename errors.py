@@ -65,6 +65,13 @@ class SweepError(ToolError):
     exit_code = 11
 
 
+class SimulatorError(ToolError):
+    """The ground-truth simulator cannot be set up or failed: a cell NEURON rejects, mechanisms that do not compile,
+    a simulator function that raises or returns something else than spike times, a worker that died."""
+
+    exit_code = 13
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler ending a job, `kill`): handled like Ctrl-C, so the optimization saves its state."""
 

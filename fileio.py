@@ -8,6 +8,7 @@ declare. Pickles: safe_pickle.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import stat
@@ -100,6 +101,19 @@ def regular_file_size(path: str | Path, error: type[ToolError], what: str = "fil
         raise error(f"{path}: cannot be read: it is {file_kind(status.st_mode)}, not a regular {what} (it is never opened: reading "
                     "it could block).")
     return status.st_size
+
+
+def file_sha256(path: str | Path, error: type[ToolError]) -> str:
+    """The sha256 of a regular file, read in blocks (a FIFO or device is refused with `error`, never opened)."""
+    regular_file_size(path, error)
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+    return digest.hexdigest()
 
 
 def read_zip_member(archive: zipfile.ZipFile, member: str | zipfile.ZipInfo, limit: Limit, subject: str,

@@ -80,12 +80,14 @@ MAX_LAYERS = Limit("max_layers", 100_000, "layers of one model")
 MAX_BATCH_BYTES = Limit("max_batch_bytes", 16 * GiB, "one optimization or evaluation batch of spike trains")
 MAX_SIMULATION_STEPS = Limit("max_simulation_steps", 2e9, "integration steps × compartments × trials of one "
                                                           "ground-truth check")
+MAX_SIMULATED_MS = Limit("max_simulated_ms", 1e8, "simulated milliseconds (trials × (window + warm-up)) of one "
+                         "ground-truth check or refinement in NEURON or a simulator function")
 MAX_SWEEP_RUNS = Limit("max_sweep_runs", 10_000, "runs of one sweep")
 
 ALL = (COMPRESSION_RATIO, SMALL_DATA_BYTES, MAX_WEIGHT_BYTES, MAX_MEMBER_BYTES, MAX_JSON_BYTES, MAX_JSON_DEPTH,
        MAX_HDF5_OBJECTS, MAX_HDF5_DEPTH, MAX_PICKLE_BYTES, MAX_PICKLE_OBJECT_BYTES, MAX_PICKLE_DEPTH,
        MAX_PICKLE_STEPS, MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_INPUT_LENGTH, MAX_LAYERS, MAX_BATCH_BYTES,
-       MAX_SIMULATION_STEPS, MAX_SWEEP_RUNS)
+       MAX_SIMULATION_STEPS, MAX_SIMULATED_MS, MAX_SWEEP_RUNS)
 
 
 def check_stored_size(declared: float, stored: float, subject: str, error: type[ToolError]) -> None:

@@ -6,7 +6,6 @@ long lists may be split into numbered attributes (`layer_names0`, `layer_names1`
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,22 +17,15 @@ import numpy as np
 
 from conversion.json_config import parse_config_json
 from errors import ConversionError, listed
+import fileio
 from fileio import regular_file_size
 from limits import (COMPRESSION_RATIO, MAX_HDF5_DEPTH, MAX_HDF5_OBJECTS, MAX_WEIGHT_BYTES, SMALL_DATA_BYTES,
                     check_stored_size)
 
 
 def file_sha256(path: str | Path) -> str:
-    """The sha256 of a regular file (a FIFO or device is refused, never opened)."""
-    regular_file_size(path, ConversionError)
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise ConversionError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
-    return digest.hexdigest()
+    """The sha256 of a regular model file; a ConversionError for anything else."""
+    return fileio.file_sha256(path, ConversionError)
 
 
 class ItemProblem(ValueError):

@@ -18,7 +18,8 @@ from conversion.config import ConversionConfig
 from errors import ConfigError
 from fileio import real_path, regular_file_size
 from limits import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_SWEEP_RUNS
-from neuron.ground_truth import MIN_TRIALS
+from ground_truth.neuron_backend.config import NeuronBackendConfig
+from ground_truth.trials import MIN_TRIALS
 from optimization import OptimizationConfig
 from selection.config import SelectionConfig
 
@@ -29,14 +30,25 @@ SHIPPED_DEMO_MODELS = Path(__file__).resolve().parents[1] / "demo_models"
 
 
 class GroundTruthConfig(Section):
-    """Check optimized rates on the simulated neuron a demo model was trained on."""
+    """Check optimized rates in the neuron the model imitates: the demo neuron, the user's NEURON cell, or a
+    simulator function of the user's."""
 
-    enabled: bool = Field(True, description="Run the check when the model's pickle names a simulator configuration.")
+    enabled: bool = Field(True, description="Run the check (with simulator demo: when the model's pickle names a "
+                          "demo simulator configuration).")
     trials: int = Field(MIN_TRIALS, ge=MIN_TRIALS, lt=COUNT_END, description="Simulated control/stimulated trial pairs per optimized pattern.")
+    simulator: str = Field("demo", max_length=1000, description="demo (the pickle's data_dict['simulator_config']), "
+                           "neuron (ground_truth.neuron), or module:function / path/to/file.py:function: a function "
+                           "of spikes (trials, segments, time) returning each trial's somatic spike times (ms).")
+    workers: Optional[int] = Field(None, ge=1, le=64, description="Worker processes that simulate trials (a NEURON "
+                                   "worker holds about 170 MB); null: one per core (at most 8) for neuron and "
+                                   "functions, none (this process) for demo.")
+    stall_timeout_s: float = Field(1800, gt=0, le=86400, description="Stop with an error when no chunk of trials "
+                                   "has finished for this long (a hanging simulator).")
+    neuron: NeuronBackendConfig = Field(default_factory=NeuronBackendConfig)
 
 
 class RefineConfig(Section):
-    """Closed-loop refinement of the surrogate against the simulated neuron (needs a simulator)."""
+    """Closed-loop refinement of the surrogate against the neuron it imitates (the ground_truth simulator)."""
 
     rounds: int = Field(0, ge=0, le=50, description="Rounds of simulate, fine-tune, re-optimize; 0: none.")
     trials: int = Field(256, ge=1, lt=COUNT_END, description="Control/stimulated trial pairs simulated per round "
@@ -320,6 +332,12 @@ def _resolve_paths(config: AppConfig, base: Path) -> AppConfig:
     config.selection.results_table = resolve(config.selection.results_table)
     config.optimization.initial_rates.path = resolve(config.optimization.initial_rates.path)
     config.optimization.loop.resume_from = resolve(config.optimization.loop.resume_from)
+    neuron = config.ground_truth.neuron
+    for name in ("cell", "synapse_map", "mechanisms", "mechanisms_cache"):
+        setattr(neuron, name, resolve(getattr(neuron, name)))
+    module, colon, function = config.ground_truth.simulator.rpartition(":")
+    if colon and module.endswith(".py"):  # a simulator file, not a module on the Python path
+        config.ground_truth.simulator = f"{resolve(Path(module))}:{function}"
     return config
 
 

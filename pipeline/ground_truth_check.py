@@ -1,27 +1,32 @@
-"""Ground truth for models trained on the demo neuron: simulate the neuron itself under the optimized rates.
+"""Ground truth: run the optimized (and the initial) rates through the neuron the model imitates.
 
-The model's parameters pickle names the simulator configuration it was trained on
-(`data_dict['simulator_config']`); user models have none, and the check is then reported as not available.
+`ground_truth.simulator` chooses it: `demo` (the simulator configuration a demo model's params pickle records in
+`data_dict['simulator_config']`; models without one have no ground truth), `neuron` (the user's cell in NEURON,
+ground_truth.neuron) or a simulator function of the user's (`module:function`, `path/to/file.py:function`).
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from errors import ConfigError
-from limits import MAX_SIMULATION_STEPS
-from neuron import NeuronConfig, ground_truth_response
+from ground_truth.demo import DemoSimulator, NeuronConfig
+from ground_truth.interface import Simulator
+from ground_truth.neuron_backend.simulator import NeuronSimulator
+from ground_truth.python_function import FunctionSimulator
+from ground_truth.runner import TrialRunner
+from ground_truth.trials import ground_truth_response
 from progress import Progress, ProgressStyle
 
 log = logging.getLogger(__name__)
 
 
 def simulator_config_of(params: Any, params_path: Path | None) -> NeuronConfig | None:
-    """The simulator configuration recorded in a model's (loaded) params pickle, or None when it records none; a
-    ConfigError naming the pickle when it is not a valid one."""
+    """The demo simulator configuration recorded in a model's (loaded) params pickle, or None when it records none;
+    a ConfigError naming the pickle when it is not a valid one."""
     data = params.get("data_dict") if isinstance(params, dict) else None
     recorded = data.get("simulator_config") if isinstance(data, dict) else None
     if not isinstance(recorded, dict):
@@ -33,34 +38,55 @@ def simulator_config_of(params: Any, params_path: Path | None) -> NeuronConfig |
                           f"configuration: {exc}.") from None
 
 
-def check_ground_truth(params: Any, params_path: Path | None, channels: int | None, window_ms: int, patterns: int,
-                       trials: int) -> NeuronConfig | None:
-    """Before a run optimizes anything: the recorded simulator fits the model (its segment count is the model's
-    input channels) and the check's work (steps × compartments × trials) fits MAX_SIMULATION_STEPS; so that a run
-    never fails only at its end. None when the pickle names no simulator."""
+def simulator_of(config, params: Any, params_path: Path | None, num_excitatory: int,
+                 num_inhibitory: int) -> Optional[Simulator]:
+    """The run's simulator (None: a demo simulator the pickle does not name), checked against the model's input
+    channels as far as this process can (NEURON's cell is built in a worker: see check_ground_truth)."""
+    chosen = config.ground_truth.simulator
+    if chosen == "neuron":
+        return NeuronSimulator.resolve(config.ground_truth.neuron, num_excitatory, num_inhibitory)
+    if chosen != "demo":
+        return FunctionSimulator.resolve(chosen, Path.cwd())
     neuron = simulator_config_of(params, params_path)
     if neuron is None:
         return None
-    if channels is not None and neuron.num_segments != channels:
+    channels = num_excitatory + num_inhibitory
+    if neuron.num_segments != channels:
         raise ConfigError(f"{params_path}: data_dict['simulator_config'] has {neuron.num_excitatory_segments} + "
                           f"{neuron.num_inhibitory_segments} = {neuron.num_segments} segments, but the model takes "
                           f"{channels} input channels; the ground truth cannot be simulated for it.")
-    # control and stimulated copies of the initial and the optimized rates
-    steps = 4 * trials * patterns * window_ms * round(1 / neuron.dt_ms) * (neuron.num_compartments + 1)
-    MAX_SIMULATION_STEPS.check(steps, f"{params_path}: the ground-truth check (ground_truth.trials={trials})",
-                               ConfigError, " compartment-steps")
-    return neuron
+    return DemoSimulator(neuron)
 
 
-def simulated_response(neuron: NeuronConfig, outcome, trials: int, seed: int, progress: ProgressStyle,
+def check_ground_truth(config, params: Any, params_path: Path | None, num_excitatory: int, num_inhibitory: int,
+                       window_ms: int, patterns: int) -> Optional[Simulator]:
+    """Before a run optimizes anything: the simulator exists, fits the model, answers one silent trial correctly
+    (NEURON: the cell builds and has one synapse per channel; a function: imports and returns spike times), and
+    the check's work (control and stimulated copies of the initial and the optimized rates) fits the budget; so
+    that a run never fails only at its end. None when there is no simulator (a demo one the pickle does not name)."""
+    simulator = simulator_of(config, params, params_path, num_excitatory, num_inhibitory)
+    if simulator is None:
+        return None
+    trials = config.ground_truth.trials
+    simulator.check_work(4 * trials * patterns, window_ms,
+                         f"the ground-truth check (ground_truth.trials={trials})", ConfigError)
+    if not simulator.in_process:
+        log.info("ground truth: checking %s on one silent trial", simulator.name)
+        with TrialRunner(simulator, workers=1, stall_timeout_s=config.ground_truth.stall_timeout_s) as run:
+            run(np.zeros((1, window_ms, num_excitatory + num_inhibitory), dtype=bool))
+    return simulator
+
+
+def simulated_response(run: TrialRunner, outcome, trials: int, seed: int, progress: ProgressStyle,
                        rates: np.ndarray | None = None) -> dict[str, Any]:
-    """The simulated neuron under an outcome's optimized rates (or `rates`, same layout), pooled over patterns:
+    """The neuron under an outcome's optimized rates (or `rates`, same layout), pooled over patterns:
     P(spike | stim), P(spike | control) in the response window and each copy's P(spike) outside it."""
     rates = outcome.optimized_rates if rates is None else rates
-    with Progress(trials * len(rates), "ground truth: simulating", "trial pair", progress, log) as bar:
+    with Progress(2 * trials * len(rates), f"ground truth, {run.simulator.name}", "trial", progress,
+                  log) as bar:
         per_pattern = [ground_truth_response(pattern, outcome.stimulus_segments, outcome.stimulus_time_ms,
-                                             outcome.response_window_ms, n_trials=trials, seed=seed + index,
-                                             config=neuron, on_simulated=bar.advance)
+                                             outcome.response_window_ms, run, outcome.num_excitatory,
+                                             n_trials=trials, seed=seed + index, on_simulated=bar.advance)
                        for index, pattern in enumerate(rates)]
     pooled = {key: float(np.mean([r[key] for r in per_pattern]))
               for key in ("p_spike_stim", "p_spike_control", "p_outside_stim", "p_outside_control")}
@@ -71,13 +97,15 @@ def simulated_response(neuron: NeuronConfig, outcome, trials: int, seed: int, pr
             "n_trials": trials * len(per_pattern), "per_pattern": per_pattern}
 
 
-def ground_truth_check(neuron: NeuronConfig | None, outcome, trials: int, seed: int,
+def ground_truth_check(run: Optional[TrialRunner], outcome, trials: int, seed: int,
                        progress: ProgressStyle) -> dict[str, Any]:
-    """The ground truth of a run's optimized rates, or why there is none."""
-    if neuron is None:
+    """The ground truth of a run's optimized and initial rates, or why there is none."""
+    if run is None:
         log.info("ground truth: not available (the model's pickle names no simulator configuration)")
         return {"available": False, "reason": "the model's parameters pickle names no simulator configuration"}
-    log.info("ground truth: simulating the neuron on %d trials per pattern, initial and optimized rates", trials)
-    initial = simulated_response(neuron, outcome, trials, seed, progress, rates=outcome.initial_rates)
-    optimized = simulated_response(neuron, outcome, trials, seed, progress)
-    return {**optimized, "initial": {key: value for key, value in initial.items() if key != "available"}}
+    log.info("ground truth: simulating %s on %d trial pairs per pattern, initial and optimized rates (%d worker%s)",
+             run.simulator.name, trials, run.workers, "" if run.workers == 1 else "s")
+    initial = simulated_response(run, outcome, trials, seed, progress, rates=outcome.initial_rates)
+    optimized = simulated_response(run, outcome, trials, seed, progress)
+    return {**optimized, "simulator": run.simulator.name,
+            "initial": {key: value for key, value in initial.items() if key != "available"}}

@@ -20,7 +20,8 @@ from errors import (ConfigError, ConversionError, ModelFileError, OptimizationEr
                     SelectionError)
 from models.checkpoint import load_converted_model
 from fileio import write_text_atomic
-from neuron import NeuronConfig
+from ground_truth.interface import Simulator
+from ground_truth.runner import TrialRunner
 from optimization import run_activity_optimization
 from optimization.initial import check_background_ranges
 from optimization.network import resolve_layout
@@ -177,7 +178,7 @@ class RunCheck:
     regime of the model's training inputs (None when unknown), the soma target settings of its training, and the
     related models."""
 
-    neuron: Optional[NeuronConfig]
+    simulator: Optional[Simulator]
     regime: Optional[InputRegime] = None
     soma_targets: Optional[tuple[float, float]] = None
     related: RelatedModels = RelatedModels()
@@ -224,13 +225,13 @@ def check_run(model: nn.Module, chosen: ChosenModel, config: AppConfig) -> RunCh
     check_batch_sizes(resolved, layout)
     check_background_ranges(resolved.initial_rates, resolved.constraints.max_rate)
     stimulus_of(resolved, layout, config.seed)
-    neuron = None
+    simulator = None
     if config.ground_truth.enabled:
-        neuron = check_ground_truth(params, chosen.params, layout.num_segments, layout.duration_ms,
-                                    optimization.num_patterns, config.ground_truth.trials)
+        simulator = check_ground_truth(config, params, chosen.params, layout.num_excitatory, layout.num_inhibitory,
+                                       layout.duration_ms, optimization.num_patterns)
     soma = soma_target_settings(params)
-    check_refinement(config, neuron, layout, model, soma)
-    return RunCheck(neuron, regime, soma)
+    check_refinement(config, simulator, layout, model, soma)
+    return RunCheck(simulator, regime, soma)
 
 
 def run_lifecycle(files: RunFiles, model: nn.Module, chosen: ChosenModel, config: AppConfig, checked: RunCheck,
@@ -259,12 +260,16 @@ def _optimize_and_report(files: RunFiles, model: nn.Module, chosen: ChosenModel,
                                         seed=config.seed, logger=logging.getLogger("optimization"),
                                         progress=progress, regime=checked.regime, members=members)
     optimized, initial = outcome.evaluation["optimized"], outcome.evaluation["initial"]
-    ground_truth = (ground_truth_check(checked.neuron, outcome, config.ground_truth.trials, config.seed, progress)
-                    if config.ground_truth.enabled else {"available": False, "reason": "turned off in the config"})
-    refinement = None
-    if config.refine.rounds:
-        refinement = refine(model, outcome, ground_truth, config, checked.neuron, checked.regime,
-                            checked.soma_targets, chosen.pytorch_path, chosen.stem, files.folder, progress)
+    with contextlib.ExitStack() as stack:
+        run = None if checked.simulator is None else stack.enter_context(TrialRunner(
+            checked.simulator, config.ground_truth.workers, cache_dir=files.simulations,
+            stall_timeout_s=config.ground_truth.stall_timeout_s))
+        ground_truth = (ground_truth_check(run, outcome, config.ground_truth.trials, config.seed, progress)
+                        if config.ground_truth.enabled else {"available": False, "reason": "turned off in the config"})
+        refinement = None
+        if config.refine.rounds and run is not None:
+            refinement = refine(model, outcome, ground_truth, config, run, checked.regime, checked.soma_targets,
+                                chosen.pytorch_path, chosen.stem, files.folder, progress)
     transfer = transfer_table(model, outcome, checked.related, config, progress)
     summary = RunSummary.of_run(chosen, config, outcome, ground_truth, getattr(model, "metadata", {}) or {},
                                 degenerate_warnings(initial, optimized, config.optimization.evaluation),

@@ -1,12 +1,14 @@
 """Closed-loop refinement: ask the simulated neuron about the optimized pattern, teach the surrogate its answer,
 optimize again through the taught surrogate; `refine.rounds` times.
 
-An optimizer finds the inputs on which the surrogate errs in its favour; the simulator says where. Round k:
+An optimizer finds the inputs on which the surrogate errs in its favour; the simulator (the ground truth's: the
+demo neuron, the user's NEURON cell or simulator function) says where. Round k:
   1. trials sampled from the current pattern (and from perturbations of it: the pattern's neighbourhood),
      each as a control/stimulated pair, plus trials from the training regime (so that the surrogate does not
      forget what it knew), are simulated over the whole window;
   2. a copy of the surrogate (the previous round's, the converted model in round 1) is fine-tuned on them with
-     the original training's losses: spike BCE + somatic MSE (soma clipped and shifted as in training);
+     the original training's losses: spike BCE + somatic MSE (soma clipped and shifted as in training; spikes only
+     when the simulator reports no somatic voltage);
   3. the rates are optimized again, from the current pattern, through the fine-tuned model;
   4. surrogate and ground-truth figures of the new pattern, and their gap, are recorded.
 Fine-tuning learns from every round's trials so far (the surrogate must stay right where it was right), and each
@@ -31,9 +33,11 @@ from torch import nn
 from conversion.keras_file import file_sha256
 from errors import ConfigError, OptimizationError
 from fileio import write_atomically, write_text_atomic
-from limits import MAX_BATCH_BYTES, MAX_SIMULATION_STEPS
+from limits import MAX_BATCH_BYTES
 from models.checkpoint import checkpoint_payload, load_converted_model
-from neuron import NeuronConfig, sample_spike_trains, simulate
+from ground_truth.interface import Simulator
+from ground_truth.runner import TrialRunner
+from ground_truth.trials import sample_spike_trains
 from optimization import OptimizationOutcome, run_activity_optimization
 from optimization.network import InputLayout
 from optimization.objective import binary_cross_entropy
@@ -45,7 +49,7 @@ from progress import Progress, ProgressStyle
 log = logging.getLogger(__name__)
 
 
-def check_refinement(config, neuron: Optional[NeuronConfig], layout: InputLayout, model: nn.Module,
+def check_refinement(config, simulator: Optional[Simulator], layout: InputLayout, model: nn.Module,
                      soma: Optional[tuple[float, float]]) -> None:
     """Refusals before a run starts: refinement needs the simulator, refines one model that has the somatic
     output it is told of (when the somatic term is used), and its simulations and fine-tuning data fit the
@@ -64,9 +68,11 @@ def check_refinement(config, neuron: Optional[NeuronConfig], layout: InputLayout
             raise ConfigError(f"refine.somatic_output_index={index}: the model's outputs have shapes {shapes}; "
                               f"the somatic voltage must be one of shape (batch, time, 1); set the index, or "
                               f"refine.somatic_weight=0 to fine-tune on spikes only.")
-    if neuron is None:
-        raise ConfigError("refine.rounds needs a simulator of the neuron the model imitates: the model's params "
-                          "pickle names none (data_dict['simulator_config']), or ground_truth.enabled is false.")
+    if simulator is None:
+        raise ConfigError("refine.rounds needs a simulator of the neuron the model imitates: ground_truth.enabled is "
+                          "false, or ground_truth.simulator is demo and the model's params pickle names no demo "
+                          "simulator (data_dict['simulator_config']); set ground_truth.simulator to neuron or a "
+                          "function.")
     if config.optimization.ensemble:
         raise ConfigError("refine.rounds refines one model; it cannot be combined with optimization.ensemble.")
     trials = 2 * refine_config.trials + refine_config.replay_trials
@@ -76,11 +82,9 @@ def check_refinement(config, neuron: Optional[NeuronConfig], layout: InputLayout
                           f"the simulated trials of refine.rounds={refine_config.rounds} rounds of (2 x "
                           f"refine.trials + refine.replay_trials) = {trials} trials of {layout.duration_ms} ms x "
                           f"{layout.num_segments} segments, all kept for the fine-tuning", ConfigError, "bytes")
-    per_trial = layout.duration_ms * round(1 / neuron.dt_ms) * (neuron.num_compartments + 1)
     gt_trials = 2 * config.ground_truth.trials * config.optimization.num_patterns
-    MAX_SIMULATION_STEPS.check(refine_config.rounds * (trials + gt_trials) * per_trial,
-                               f"the simulations of refine.rounds={refine_config.rounds}", ConfigError,
-                               " compartment-steps")
+    simulator.check_work(refine_config.rounds * (trials + gt_trials), layout.duration_ms,
+                         f"the simulations of refine.rounds={refine_config.rounds}", ConfigError)
 
 
 def soma_target_settings(params: Optional[dict]) -> Optional[tuple[float, float]]:
@@ -110,10 +114,11 @@ def regime_rates(regime: Optional[InputRegime], fallback: np.ndarray, trials: in
     return np.broadcast_to(out, (trials, segments, duration))
 
 
-def simulated_trials(neuron: NeuronConfig, rates: np.ndarray, stimulus: dict, refine: RefineConfig,
-                     regime: Optional[InputRegime], initial: np.ndarray, rng: np.random.Generator,
-                     progress: ProgressStyle) -> dict[str, np.ndarray]:
-    """Inputs (n, time, segments) and the simulated neuron's spikes and soma voltage (n, time) for one round."""
+def simulated_trials(run: TrialRunner, rates: np.ndarray, stimulus: dict, refine: RefineConfig,
+                     regime: Optional[InputRegime], initial: np.ndarray, num_excitatory: int,
+                     rng: np.random.Generator, progress: ProgressStyle) -> dict[str, np.ndarray]:
+    """Inputs (n, time, segments) and the simulated neuron's spikes and, when the simulator reports it, soma
+    voltage (n, time) for one round."""
     patterns = rates.shape[0]
     perturbed = int(round(refine.trials * refine.perturbed_fraction))
     sources = rates[np.arange(refine.trials) % patterns].astype(np.float64)
@@ -125,20 +130,15 @@ def simulated_trials(neuron: NeuronConfig, rates: np.ndarray, stimulus: dict, re
     stimulated = spikes
     stimulated[:, stimulus["time_ms"], stimulus["segments"]] = True
     replay = np.stack([sample_spike_trains(pattern, 1, rng)[0] for pattern in
-                       regime_rates(regime, initial, refine.replay_trials, neuron.num_excitatory_segments, rng)]) \
+                       regime_rates(regime, initial, refine.replay_trials, num_excitatory, rng)]) \
         if refine.replay_trials else np.zeros((0, *control.shape[1:]), dtype=bool)
     inputs = np.concatenate([control, stimulated, replay])
-    n_exc = neuron.num_excitatory_segments
-    spikes, soma_v = [], []
-    chunk = 64
-    with Progress(len(inputs), "refinement: simulating", "trial", progress, log) as bar:
-        for start in range(0, len(inputs), chunk):
-            part = inputs[start:start + chunk]
-            result = simulate(part[..., :n_exc], part[..., n_exc:], neuron)
-            spikes.append(result.spikes)
-            soma_v.append(result.soma_v)  # the dendritic traces are not used: not kept
-            bar.advance(len(part))
-    return {"inputs": inputs, "spikes": np.concatenate(spikes), "soma_v": np.concatenate(soma_v)}
+    with Progress(len(inputs), f"refinement, {run.simulator.name}", "trial", progress, log) as bar:
+        answer = run(inputs, bar.advance)
+    data = {"inputs": inputs, "spikes": answer.spike_bins(inputs.shape[1])}
+    if answer.soma_v is not None:
+        data["soma_v"] = answer.soma_v
+    return data
 
 
 def fine_tune(model: nn.Module, data: dict[str, np.ndarray], new: slice, refine: RefineConfig, spike_index: int,
@@ -148,7 +148,7 @@ def fine_tune(model: nn.Module, data: dict[str, np.ndarray], new: slice, refine:
     inputs = torch.as_tensor(data["inputs"], dtype=torch.uint8, device=device)  # float32 per batch only
     spikes = torch.as_tensor(data["spikes"], dtype=torch.float32, device=device)
     somatic = None
-    if soma is not None and refine.somatic_weight:
+    if soma is not None and refine.somatic_weight and "soma_v" in data:
         clip, bias = soma
         somatic = torch.as_tensor(np.minimum(data["soma_v"], clip) - bias, dtype=torch.float32, device=device)
     new_trials = torch.arange(len(inputs), device=device)[new]
@@ -192,16 +192,20 @@ def fine_tune(model: nn.Module, data: dict[str, np.ndarray], new: slice, refine:
 def save_trials(path: Path, data: dict[str, np.ndarray]) -> None:
     """A round's simulated trials (inputs bit-packed), so that a resumed run fine-tunes on them again."""
     def write(handle) -> None:
+        voltage = {"soma_v": data["soma_v"]} if "soma_v" in data else {}
         np.savez_compressed(handle, inputs=np.packbits(data["inputs"], axis=-1), segments=data["inputs"].shape[-1],
-                            spikes=data["spikes"], soma_v=data["soma_v"])
+                            spikes=data["spikes"], **voltage)
     write_atomically(path, write)
 
 
 def load_trials(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as stored:
         segments = int(stored["segments"])
-        return {"inputs": np.unpackbits(stored["inputs"], axis=-1, count=segments).astype(bool),
-                "spikes": stored["spikes"], "soma_v": stored["soma_v"]}
+        data = {"inputs": np.unpackbits(stored["inputs"], axis=-1, count=segments).astype(bool),
+                "spikes": stored["spikes"]}
+        if "soma_v" in stored.files:
+            data["soma_v"] = stored["soma_v"]
+        return data
 
 
 FIGURES = ("p_spike_stim", "p_spike_control", "difference", "p_outside_stim", "p_outside_control",
@@ -263,7 +267,7 @@ def finished_round(k: int, round_dir: Path, model_path: Path, parent_sha: str, r
 
 
 def refine(model: nn.Module, outcome: OptimizationOutcome, ground_truth: dict[str, Any], run_config,
-           neuron: NeuronConfig, regime: Optional[InputRegime], soma: Optional[tuple[float, float]], base_path: Path,
+           run: TrialRunner, regime: Optional[InputRegime], soma: Optional[tuple[float, float]], base_path: Path,
            stem: str, folder: Path, progress: ProgressStyle) -> dict[str, Any]:
     """Run the refinement rounds after the main optimization; returns the record for the summary: the base
     figures (round 0) and one entry per round, and the outcome of the last round."""
@@ -299,10 +303,13 @@ def refine(model: nn.Module, outcome: OptimizationOutcome, ground_truth: dict[st
             continue
         log.info("refinement round %d of %d", k, refine_config.rounds)
         rng = np.random.default_rng([run_config.seed, 16, k])
-        simulated.append(simulated_trials(neuron, current, stimulus, refine_config, regime, outcome.initial_rates,
-                                          rng, progress))
-        data = {key: np.concatenate([trials[key] for trials in simulated]) for key in simulated[0]}
+        simulated.append(simulated_trials(run, current, stimulus, refine_config, regime, outcome.initial_rates,
+                                          outcome.num_excitatory, rng, progress))
+        kept = set.intersection(*(set(trials) for trials in simulated))  # soma_v: when every round has it
+        data = {key: np.concatenate([trials[key] for trials in simulated]) for key in sorted(kept)}
         new = slice(len(data["inputs"]) - len(simulated[-1]["inputs"]), None)
+        if soma is not None and refine_config.somatic_weight and "soma_v" not in data:
+            log.info("refinement: %s reports no somatic voltage; fine-tuning on spikes only", run.simulator.name)
         surrogate = copy.deepcopy(surrogate)
         tuning = fine_tune(surrogate, data, new, refine_config, optimization.spike_output_index, soma,
                            run_config.seed + k, device)
@@ -317,7 +324,7 @@ def refine(model: nn.Module, outcome: OptimizationOutcome, ground_truth: dict[st
             surrogate, round_config, round_dir, device=device, seed=run_config.seed,
             logger=logging.getLogger("optimization"), progress=progress, regime=regime, start_rates=current)
         current = round_outcome.optimized_rates
-        truth = simulated_response(neuron, round_outcome, run_config.ground_truth.trials, run_config.seed, progress)
+        truth = simulated_response(run, round_outcome, run_config.ground_truth.trials, run_config.seed, progress)
         surrogate_figures = figures(round_outcome.evaluation["optimized"])
         record = {"round": k, "model": str(model_path), "fine_tuning": tuning, "surrogate": surrogate_figures,
                   "ground_truth": figures(truth), "gap": gap(surrogate_figures, truth),

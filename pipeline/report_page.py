@@ -139,8 +139,9 @@ def _run_section(summary: dict[str, Any]) -> str:
 def _ground_truth_note(summary: dict[str, Any]) -> str:
     truth = summary.get("ground_truth", {})
     if truth.get("available"):
-        return ("<p class=muted>Ground truth: the simulated neuron the model was trained on, driven by trials "
-                "sampled from the optimized rates (control and stimulated copies share every other spike).</p>")
+        return (f"<p class=muted>Ground truth: {escape(truth.get('simulator', 'the simulated neuron'))}, the neuron "
+                "the model imitates, driven by trials sampled from the initial and optimized rates (control and "
+                "stimulated copies share every other spike).</p>")
     return f"<p class=muted>Ground truth: not available ({escape(truth.get('reason', 'unknown'))}).</p>"
 
 

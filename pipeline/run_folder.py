@@ -38,6 +38,7 @@ class RunFiles:
 RUN_FILE_NAMES = {
     "config": "config.yaml", "table": "results_table.csv", "log": "run.log", "summary": "summary.json",
     "report_md": "report.md", "report_html": "report.html", "failed": "failed.txt", "lock": ".running.lock",
+    "simulations": "simulations",  # the ground truth's and the refinement's simulated trials (ground_truth.runner)
     **FILE_NAMES,
 }
 

@@ -198,7 +198,7 @@ def write_report(run_files: RunFiles, summary: dict[str, Any], files: dict[str, 
             lines.append(f"| {label} | " + " | ".join(_fmt(figures[k]) for k in EVALUATION_KEYS) + " |")
     ground_truth = summary.get("ground_truth")
     if isinstance(ground_truth, dict) and "p_spike_stim" in ground_truth:
-        lines.append("| ground truth (simulated neuron, optimized rates) | "
+        lines.append(f"| ground truth ({ground_truth.get('simulator', 'simulated neuron')}, optimized rates) | "
                      + " | ".join(_fmt(ground_truth[k]) for k in EVALUATION_KEYS) + " |")
     lines += _extra_sections(summary)
     plots = [(name, path) for name, path in files.items() if str(path).endswith(".png")]

@@ -2,7 +2,7 @@
 within its own package), and no module imports itself back through others.
 
     base (errors, limits, config_base, named_parts, fileio, safe_pickle, progress) < models < conversion < selection
-    < optimization, neuron (side by side, apart) < pipeline < the entry scripts main.py, model_converter.py
+    < optimization, ground_truth (side by side, apart) < pipeline < the entry scripts main.py, model_converter.py
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from tests.subprocesses import REPO
 
 BASE = {"errors", "limits", "config_base", "named_parts", "fileio", "safe_pickle", "progress"}
 LAYERS = {**{name: 0 for name in BASE}, "models": 1, "conversion": 2, "selection": 3, "optimization": 4,
-          "neuron": 4, "pipeline": 5, "main": 6, "model_converter": 6}
-LIBRARY = ["conversion", "models", "selection", "optimization", "neuron", "pipeline"]
+          "ground_truth": 4, "pipeline": 5, "main": 6, "model_converter": 6}
+LIBRARY = ["conversion", "models", "selection", "optimization", "ground_truth", "pipeline"]
 
 
 def project_modules() -> dict[str, Path]:

@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/probe_neuron_regime.py [--trials 1000] [--seed 0]
 
-Checks the design goal of neuron/: the rate optimization must be able to find backgrounds under which the
+Checks the design goal of ground_truth/demo/: the rate optimization must be able to find backgrounds under which the
 stimulus fires the neuron while the control stays silent. Prints ground-truth P(spike in [t, t+10) | stim / control)
 for a clustered stimulus (segments 0, 1, 2: all on compartment 0) and a spread one (0, 10, 20: three compartments).
 """
@@ -17,7 +17,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from neuron import NeuronConfig, ground_truth_response, sample_spike_trains, simulate  # noqa: E402
+from ground_truth.demo import DemoSimulator, NeuronConfig, simulate  # noqa: E402
+from ground_truth.runner import TrialRunner  # noqa: E402
+from ground_truth.trials import ground_truth_response, sample_spike_trains  # noqa: E402
 
 WINDOW_MS = 200
 STIMULUS_TIME = 100
@@ -66,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     for title, rates in scenarios(config).items():
         print(title)
         for name, segments in STIMULI.items():
-            result = ground_truth_response(rates, segments, STIMULUS_TIME, RESPONSE_WINDOW, args.trials,
-                                           args.seed, config)
+            result = ground_truth_response(rates, segments, STIMULUS_TIME, RESPONSE_WINDOW,
+                                           TrialRunner(DemoSimulator(config)), config.num_excitatory_segments,
+                                           args.trials, args.seed)
             print("  %-16s P(stim) %.3f  P(control) %.3f  difference %+.3f"
                   % (name, result["p_spike_stim"], result["p_spike_control"], result["difference"]))
     return 0

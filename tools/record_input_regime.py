@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from errors import ConfigError  # noqa: E402
 from fileio import write_atomically  # noqa: E402
-from neuron import NeuronConfig  # noqa: E402
+from ground_truth.demo import NeuronConfig  # noqa: E402
 from optimization.regime import REGIME_KEY, InputRegime  # noqa: E402
 from safe_pickle import load_pickle  # noqa: E402
 from tools.train_demo_models import (  # noqa: E402

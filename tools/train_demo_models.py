@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/train_demo_models.py [--seed 20261126] [--out-dir demo_models]
 
-Simulates the neuron of ``neuron/`` on Bernoulli inputs whose rates change every 10-300 ms and differ per compartment
+Simulates the neuron of ``ground_truth/demo/`` on Bernoulli inputs whose rates change every 10-300 ms and differ per compartment
 (balanced, quiet, disinhibited and primed-compartment periods, plus synchronous volleys of 2-5 spikes and short
 excitatory silences), trains Beniaguev-style Keras TCNs of different depth and width on it (spikes: binary
 cross-entropy; soma and dendrites: MSE), and saves each as ``.h5`` (Keras 3 legacy HDF5, no optimizer state) +
@@ -34,7 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from fileio import atomic_paths, write_atomically, write_text_atomic  # noqa: E402
-from neuron import NeuronConfig, compartment_of_segments, simulate  # noqa: E402
+from ground_truth.demo import NeuronConfig, compartment_of_segments, simulate  # noqa: E402
 from optimization.regime import REGIME_KEY, InputRegime, RegimeAccumulator  # noqa: E402
 
 DEFAULT_SEED = 20261126

@@ -61,3 +61,12 @@ def test_optimization_loop_benchmark_quick():
     for row in rows:
         assert float(row[5]) > 0 and float(row[6]) > 0  # ms/iteration, effective TFLOP/s
     assert rows[0][8] == "1.00"  # the prior against itself
+
+
+def test_ground_truth_benchmark_quick():
+    result = run_cli(["benchmarks/ground_truth.py", "--quick", "--workers", "1,2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = table_rows(result.stdout)
+    assert [row[0] for row in rows] == ["1", "2"] and rows[0][3] == "1.00"
+    assert float(rows[1][1].split()[0]) > 0
+    assert "figures identical for every worker count: True" in result.stdout

@@ -15,14 +15,13 @@ import torch
 from conversion.cache import current_conversion
 from models.checkpoint import load_converted_model
 from pipeline.refinement import finished_round
-from neuron import NeuronConfig
 from optimization.regime import regime_statistics
 from tests.pipeline.model_folders import (EXCITATORY, INHIBITORY, WINDOW, build_converted_models_folder,
                                           build_models_folder, workspace_with)
+from tests.ground_truth.simulators import small_neuron
 from tests.subprocesses import run_cli
 
-NEURON = NeuronConfig(num_excitatory_segments=EXCITATORY, num_inhibitory_segments=INHIBITORY, num_compartments=2,
-                      ampa_weight_ns=12.0, nmda_weight_ns=6.0, gaba_weight_ns=10.0)
+NEURON = small_neuron(EXCITATORY, INHIBITORY)
 QUICK = ["device=cpu", "optimization.loop.max_iterations=6", "optimization.loop.log_every=3",
          "optimization.loop.checkpoint_every=3", "optimization.sampler.samples_per_pattern=4",
          "optimization.evaluation.trials_per_pattern=40", "optimization.report.plots=false",
@@ -198,6 +197,38 @@ def test_a_resumed_run_does_not_repeat_finished_rounds(workspace):
     assert sha256(run_dir / "alpha_refined_r1.pth") == refined_r1
     rounds = only_summary(workspace)["refinement"]["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2] and (run_dir / "refine_r2" / "round.json").is_file()
+    # the ground truth of the main optimization (initial and optimized rates) was simulated before the
+    # interruption: the resumed run takes it from the run folder
+    assert (run_dir / "run.log").read_text().count("400 of 400 trials answered from the simulations stored") >= 2
+
+
+SPIKE_TIMES_ONLY = "ground_truth.simulator=tests.ground_truth.simulators:small_neuron_spike_times"
+
+
+def test_a_simulator_function_gives_the_ground_truth_of_the_built_in_simulator(refined_run, workspace):
+    """The same neuron behind the function interface (in worker processes): the same figures, and the run says
+    which simulator answered."""
+    result = run_main(workspace, SPIKE_TIMES_ONLY, "ground_truth.workers=2",
+                      "optimization.evaluation.transfer_models=0")
+    assert result.returncode == 0, result.stderr
+    truth, built_in = only_summary(workspace)["ground_truth"], refined_run[1]["ground_truth"]
+    for key in ("p_spike_stim", "p_spike_control", "p_outside_stim", "p_outside_control"):
+        assert truth[key] == built_in[key] and truth["initial"][key] == built_in["initial"][key]
+    assert truth["simulator"] == "the simulator function tests.ground_truth.simulators:small_neuron_spike_times"
+    assert built_in["simulator"] == "the demo neuron"
+
+
+def test_refinement_through_a_function_without_soma_voltage_fine_tunes_on_spikes(workspace):
+    result = run_main(workspace, SPIKE_TIMES_ONLY, "refine.rounds=1", *REFINE,
+                      "optimization.evaluation.transfer_models=0")
+    assert result.returncode == 0, result.stderr
+    summary = only_summary(workspace)
+    rounds = summary["refinement"]["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["fine_tuning"]["loss_after"] < \
+        rounds[1]["fine_tuning"]["loss_before"]
+    with np.load(Path(summary["run_dir"]) / "refine_r1" / "simulated_trials.npz") as stored:
+        assert "soma_v" not in stored.files and stored["spikes"].shape[0] == 2 * 24 + 16
+    assert "fine-tuning on spikes only" in (Path(summary["run_dir"]) / "run.log").read_text()
 
 
 def test_transfer_table_evaluates_the_patterns_on_the_other_models(workspace):

@@ -1,4 +1,4 @@
-"""Numerical integration of the demo neuron, vectorized over trials (equations in neuron/README.md)."""
+"""Numerical integration of the demo neuron, vectorized over trials (equations in ground_truth/demo/README.md)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neuron.config import NeuronConfig
+from ground_truth.demo.config import NeuronConfig
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from neuron import NeuronConfig
+from ground_truth.demo import NeuronConfig
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "demo_models"
 NAME_PATTERN = re.compile(r"^SIMNMDA_TCN__DxWxT_(\d+)x(\d+)x(\d+)__\d{4}-\d{2}-\d{2}__\d{2}_\d{2}__samples_(\d+)"

@@ -26,7 +26,7 @@ MAX_TIME_MS = 1e6       # time constants and the refractory period
 
 @dataclass(frozen=True)
 class NeuronConfig:
-    """Soma + passive dendritic compartments with AMPA, NMDA and GABA-A synapses (see neuron/README.md)."""
+    """Soma + passive dendritic compartments with AMPA, NMDA and GABA-A synapses (see ground_truth/demo/README.md)."""
 
     # Presynaptic inputs: segment i of a type sits on compartment i * num_compartments // num_segments_of_that_type.
     num_excitatory_segments: int = 80

@@ -1,12 +1,20 @@
-"""ground_truth_response: paired control/stimulus sampling, its checks, and the stimulus regime the demo relies on."""
+"""ground_truth_response on the demo neuron: paired control/stimulus sampling, its checks, and the stimulus regime the demo relies on."""
 
 import numpy as np
 import pytest
 
-from neuron import NeuronConfig, ground_truth_response, sample_spike_trains
+from errors import SimulatorError
+from ground_truth.demo import DemoSimulator, NeuronConfig
+from ground_truth.runner import TrialRunner
+from ground_truth.trials import ground_truth_response, sample_spike_trains
 
 CONFIG = NeuronConfig()
 N_EXC = CONFIG.num_excitatory_segments
+DEMO = TrialRunner(DemoSimulator(CONFIG))
+
+
+def response(rates, stimulus_segments, stimulus_time, response_window, **options):
+    return ground_truth_response(rates, stimulus_segments, stimulus_time, response_window, DEMO, N_EXC, **options)
 
 
 def constant_rates(exc_rate: float, inh_rate: float, duration_ms: int = 120) -> np.ndarray:
@@ -31,28 +39,28 @@ def test_sampling_follows_rates_and_seed():
 
 
 def test_result_layout_and_reproducibility():
-    first = ground_truth_response(constant_rates(0.0125, 0.02), [0, 1, 2], 100, 10, n_trials=200, seed=5)
+    first = response(constant_rates(0.0125, 0.02), [0, 1, 2], 100, 10, n_trials=200, seed=5)
     assert set(first) >= {"p_spike_stim", "p_spike_control", "difference", "n_trials"}
     assert first["n_trials"] == 200 and 0.0 <= first["p_spike_control"] <= 1.0
     assert first["difference"] == pytest.approx(first["p_spike_stim"] - first["p_spike_control"])
-    assert ground_truth_response(constant_rates(0.0125, 0.02), [0, 1, 2], 100, 10, n_trials=200, seed=5) == first
+    assert response(constant_rates(0.0125, 0.02), [0, 1, 2], 100, 10, n_trials=200, seed=5) == first
 
 
 def test_silent_background_stays_silent_even_with_stimulus():
-    result = ground_truth_response(constant_rates(0.0, 0.0), [0, 1, 2], 100, 10, n_trials=200)
+    result = response(constant_rates(0.0, 0.0), [0, 1, 2], 100, 10, n_trials=200)
     assert result["p_spike_control"] == 0.0 and result["p_spike_stim"] == 0.0
 
 
 def test_three_coincident_spikes_fire_the_neuron_after_an_nmda_tail():
     # The design goal behind the demo: some background lets one spike on 3 segments fire the neuron while the
     # control stays mostly silent (tools/probe_neuron_regime.py prints this and more).
-    result = ground_truth_response(nmda_tail_rates(), [0, 1, 2], 100, 10, n_trials=400, seed=0)
+    result = response(nmda_tail_rates(), [0, 1, 2], 100, 10, n_trials=400, seed=0)
     assert result["p_spike_control"] <= 0.25
     assert result["difference"] >= 0.4
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"rates": np.zeros((10, 120))}, "rates"),
+    ({"rates": np.zeros(120)}, "rates"),
     ({"stimulus_segments": [N_EXC]}, "excitatory"),
     ({"stimulus_segments": []}, "excitatory"),
     ({"stimulus_time": 115}, "fit"),
@@ -62,7 +70,12 @@ def test_invalid_arguments_are_refused(kwargs, message):
     arguments = {"rates": constant_rates(0.01, 0.02), "stimulus_segments": [0, 1, 2], "stimulus_time": 100,
                  "response_window": 10, "n_trials": 200, **kwargs}
     with pytest.raises(ValueError, match=message):
-        ground_truth_response(**arguments)
+        response(**arguments)
+
+
+def test_the_simulator_refuses_rates_for_another_number_of_segments():
+    with pytest.raises(SimulatorError, match="160 input segments, got 10"):
+        response(np.zeros((10, 120)), [0, 1, 2], 100, 10, n_trials=200)
 
 
 def test_firing_outside_the_window_is_counted_per_copy_and_leaves_the_window_figures_alone():
@@ -72,10 +85,10 @@ def test_firing_outside_the_window_is_counted_per_copy_and_leaves_the_window_fig
     rates = np.concatenate([nmda_tail_rates(), constant_rates(0.0, 0.0, 40)], axis=1)
     bursting = rates.copy()
     bursting[:N_EXC, 125:135] = 0.5
-    cut = ground_truth_response(rates[:, :window_end], [0, 1, 2], 100, 10, n_trials=200, seed=3)
-    burst = ground_truth_response(bursting, [0, 1, 2], 100, 10, n_trials=200, seed=3)
+    cut = response(rates[:, :window_end], [0, 1, 2], 100, 10, n_trials=200, seed=3)
+    burst = response(bursting, [0, 1, 2], 100, 10, n_trials=200, seed=3)
     for key in ("p_spike_stim", "p_spike_control", "difference"):
         assert burst[key] == cut[key]
     assert burst["p_outside_stim"] == burst["p_outside_control"] == 1.0
-    silent = ground_truth_response(constant_rates(0.0, 0.0, 150), [0, 1, 2], 100, 10, n_trials=200, seed=3)
+    silent = response(constant_rates(0.0, 0.0, 150), [0, 1, 2], 100, 10, n_trials=200, seed=3)
     assert silent["p_outside_stim"] == silent["p_outside_control"] == silent["p_spike_control"] == 0.0

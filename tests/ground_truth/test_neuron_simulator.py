@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from errors import ConfigError
-from neuron import NeuronConfig, compartment_of_segments, nmda_magnesium_block, sample_spike_trains, simulate
+from ground_truth.demo import NeuronConfig, compartment_of_segments, nmda_magnesium_block, simulate
+from ground_truth.trials import sample_spike_trains
 
 CONFIG = NeuronConfig()
 N_EXC = CONFIG.num_excitatory_segments
