@@ -1,15 +1,23 @@
 #!/usr/bin/env python
 """Convert Keras neuron TCNs to PyTorch exactly, or refuse with a clear message.
 
-    python model_converter.py model.h5 [model_params.pickle] [out.pth] [--verify] [--dtype float16] [--force]
-    python model_converter.py MODELS_DIR [--output-dir DIR] [--jobs N] [--verify] [--dtype ...] [--force]
+    python model_converter.py model.h5 [model_params.pickle] [out.pth] [--verify] [--force] [EXPORT OPTIONS]
+    python model_converter.py MODELS_DIR [--output-dir DIR] [--jobs N] [--verify] [--force] [EXPORT OPTIONS]
+    EXPORT OPTIONS: [--dtype float16|bfloat16] [--quantize int8] [--prune FRACTION [--prune-scope global]]
+                    [--max-error BOUND]
 
 Writes `<stem>_converted.pth` beside the input (or OUT.pth, or in --output-dir) and
 `<stem>_converted_info.pickle` with the conversion record. Without PARAMS.pickle, the `<stem>.pickle` beside the
 model is used when there is one. Reading needs neither TensorFlow nor Keras; `--verify` compares with Keras when
 installed. A model whose converted file is current (it records the source's sha256, this format version and the
-requested dtype) is not converted again unless --force. A folder: every *.h5 and *.keras in it (with its
+requested export) is not converted again unless --force. A folder: every *.h5 and *.keras in it (with its
 sibling <stem>.pickle), in parallel processes.
+
+The export options store a smaller model: half-precision floats, int8 weights with a scale per output channel,
+pruned (sparse) weights. Each is made from the exact float32 conversion (verified first with --verify), and its
+cost against it — per output max/mean abs diff, and for a spike output the AUC and the trials crossing 0.5 — is
+measured on a fixed input set, printed and recorded in the info pickle; --max-error refuses an export whose
+error (max abs diff ÷ max(1, largest |output|)) exceeds the bound.
 """
 from __future__ import annotations
 
@@ -26,7 +34,10 @@ with quiet_interrupts_while_importing(__name__ == "__main__"):
     from torch import nn
 
     from conversion.batch import BatchRow, batch_convert, batch_table
+    from pydantic import ValidationError
+
     from conversion.cache import ConversionOutcome, convert_or_reuse
+    from conversion.config import ExportConfig
     from conversion.converter import DEFAULT_TRACE_LENGTH, convert_model, read_params
     from conversion.messages import outcome_lines
     from conversion.model_file import read_model_file
@@ -36,7 +47,7 @@ with quiet_interrupts_while_importing(__name__ == "__main__"):
     from progress import ProgressStyle
 
 __all__ = ["TCNModelConverter", "convert_or_reuse", "batch_convert", "load_converted_model", "default_output_path",
-           "BatchRow", "ConversionOutcome"]
+           "BatchRow", "ConversionOutcome", "ExportConfig"]
 
 
 class TCNModelConverter:
@@ -48,12 +59,12 @@ class TCNModelConverter:
         self.model_params_path = Path(model_params_path) if model_params_path else None
         self.params = read_params(self.model_params_path, trust_pickles)
 
-    def convert(self, output_path: str | Path | None = None, verify: bool = False, dtype: str = "float32"
-                ) -> nn.Module:
+    def convert(self, output_path: str | Path | None = None, verify: bool = False, **export: Any) -> nn.Module:
         """Convert, optionally verify against Keras (a failed check refuses), write `.pth` + info; return the
-        model (conversion.converter.convert_model)."""
+        model (conversion.converter.convert_model). `export`: the fields of ExportConfig (dtype, quantize,
+        prune, prune_scope, max_error)."""
         return convert_model(self.tf_model_path, self.model_params_path, output_path, params=self.params,
-                             verify=verify, dtype=dtype).model
+                             verify=verify, export=ExportConfig(**export)).model
 
     def test_conversion(self, pytorch_model: nn.Module, test_input: Sequence[np.ndarray] | np.ndarray | None = None
                         ) -> dict[str, Any]:
@@ -81,8 +92,18 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="optional training parameters pickle and/or output path (.pth/.pt), in this order")
     parser.add_argument("--verify", action="store_true", help="compare with the Keras model on a realistic input "
                         "(needs TensorFlow); a failed comparison refuses the conversion")
-    parser.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="float32", help="precision of the stored "
-                        "weights (default float32; the loaded model computes in float32 either way)")
+    export = parser.add_argument_group("export (a smaller model; its measured cost is printed and recorded)")
+    export.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="float32", help="precision of the stored "
+                        "floating-point weights (default float32; the loaded model computes in float32 either way)")
+    export.add_argument("--quantize", choices=["int8"], help="int8 conv/dense weights, one float32 scale per "
+                        "output channel (BatchNorm folded first where exact); dequantized once at load")
+    export.add_argument("--prune", type=float, metavar="FRACTION", help="zero this fraction of the conv/dense "
+                        "weights (smallest magnitude first, e.g. 0.5) and store them sparse")
+    export.add_argument("--prune-scope", choices=["layer", "global"], default="layer", help="layer (default): "
+                        "each weight tensor loses the fraction; global: one threshold for all")
+    export.add_argument("--max-error", type=float, metavar="BOUND", help="refuse the export when an output's "
+                        "error against the float32 conversion exceeds BOUND (max abs diff ÷ max(1, largest "
+                        "|output|); e.g. 0.01)")
     parser.add_argument("--force", action="store_true", help="convert even when the converted file is up to date")
     parser.add_argument("--output-dir", type=Path, help="write <stem>_converted.pth here instead of beside the model")
     parser.add_argument("--jobs", type=_positive_int, help="parallel processes for a folder (default: one per core)")
@@ -103,6 +124,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"unexpected argument {item!r}: give PARAMS.pickle then OUT.pth")
     if args.output and args.output_dir:
         parser.error("give either OUT.pth or --output-dir, not both")
+    try:
+        args.export = ExportConfig(dtype=args.dtype, quantize=args.quantize, prune=args.prune,
+                                   prune_scope=args.prune_scope, max_error=args.max_error)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        parser.error(problems)
+    if args.export.exact and args.max_error is not None:
+        parser.error("--max-error bounds the cost of an export (--dtype float16|bfloat16, --quantize, --prune); "
+                     "the float32 conversion is exact")
+    if args.prune is None and args.prune_scope != "layer":
+        parser.error("--prune-scope needs --prune")
     return args
 
 
@@ -113,14 +145,14 @@ def _convert_file(args: argparse.Namespace) -> int:
     params = args.params or params_pickle_for(source)  # the pairing rule of folders and main.py
     if params is not None and not args.params:
         print(f"using the parameters pickle beside the model: {params}")
-    outcome = convert_or_reuse(source, params, output, verify=args.verify, dtype=args.dtype, force=args.force,
+    outcome = convert_or_reuse(source, params, output, verify=args.verify, export=args.export, force=args.force,
                                trust_pickles=args.trust_pickles)
     print("\n".join(outcome_lines(outcome, source)))
     return 0
 
 
 def _convert_folder(args: argparse.Namespace) -> int:
-    rows = batch_convert(args.model, args.output_dir, verify=args.verify, dtype=args.dtype, force=args.force,
+    rows = batch_convert(args.model, args.output_dir, verify=args.verify, export=args.export, force=args.force,
                          trust_pickles=args.trust_pickles, jobs=args.jobs, progress=ProgressStyle.for_console())
     print(batch_table(rows))
     return 0 if all(row.status != "failed" for row in rows) else ConversionError.exit_code

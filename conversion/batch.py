@@ -22,6 +22,8 @@ from typing import Callable
 import torch
 
 from conversion.cache import ConversionOutcome, convert_or_reuse
+from conversion.config import ExportConfig
+from conversion.messages import stored_as
 from conversion.pairing import KERAS_SUFFIXES, default_output_path, find_keras_models, info_path_for, params_pickle_for
 from conversion.record import ConversionRecord
 from errors import ConversionError, ToolError
@@ -49,11 +51,12 @@ class BatchRow:
     model: str
     status: str  # converted / cached / failed
     output: str | None
-    dtype: str | None
+    stored: str | None  # how the weights are stored (conversion.config.ExportConfig.describe): float32, int8, ...
     max_abs_diff: float | None  # worst output's difference to Keras, when the conversion was verified
     seconds: float
     worker_pid: int  # NO_WORKER when the worker died before reporting
     error: str | None = None
+    export_error: float | None = None  # worst output's error against the float32 conversion, for a compressed one
 
 
 def plan_jobs(folder: str | Path, output_dir: str | Path | None = None) -> list[BatchJob]:
@@ -85,7 +88,7 @@ def plan_jobs(folder: str | Path, output_dir: str | Path | None = None) -> list[
 def run_job(convert: ConvertOne, job: BatchJob) -> BatchRow:
     """One model in a worker process: its row, never an exception, so that the other models go on."""
     started = time.perf_counter()
-    row = BatchRow(model=str(job.source), status="failed", output=None, dtype=None, max_abs_diff=None,
+    row = BatchRow(model=str(job.source), status="failed", output=None, stored=None, max_abs_diff=None,
                    seconds=0.0, worker_pid=os.getpid())
     try:
         outcome = convert(job.source, job.params, job.output)
@@ -97,9 +100,11 @@ def run_job(convert: ConvertOne, job: BatchJob) -> BatchRow:
         record = ConversionRecord.from_dict(outcome.model.metadata)
         row.status = "cached" if outcome.cached else "converted"
         row.output = str(outcome.path)
-        row.dtype = record.dtype
+        row.stored = stored_as(record, short=True)
         worst = record.verification.worst() if record.verification is not None else None
         row.max_abs_diff = worst[1] if worst is not None else None
+        cost = record.export.worst() if record.export is not None else None
+        row.export_error = cost[1] if cost is not None else None
     row.seconds = time.perf_counter() - started
     return row
 
@@ -131,7 +136,7 @@ def run_batch(jobs: list[BatchJob], convert: ConvertOne, n_jobs: int | None = No
             try:
                 rows[i] = future.result()
             except BrokenProcessPool as exc:  # a worker killed (out of memory, signal): its jobs cannot finish
-                rows[i] = BatchRow(model=str(jobs[i].source), status="failed", output=None, dtype=None,
+                rows[i] = BatchRow(model=str(jobs[i].source), status="failed", output=None, stored=None,
                                    max_abs_diff=None, seconds=0.0, worker_pid=NO_WORKER,
                                    error=f"{jobs[i].source}: the worker process died ({exc}).")
             bar.show(last=f"{jobs[i].source.name} {rows[i].status}")
@@ -140,23 +145,24 @@ def run_batch(jobs: list[BatchJob], convert: ConvertOne, n_jobs: int | None = No
 
 
 def batch_convert(model_dir: str | Path, output_dir: str | Path | None = None, *, verify: bool = False,
-                  dtype: str = "float32", force: bool = False, trust_pickles: bool = False,
+                  export: ExportConfig | None = None, force: bool = False, trust_pickles: bool = False,
                   jobs: int | None = None, progress: ProgressStyle = NO_PROGRESS) -> list[BatchRow]:
     """Convert (or find current) every Keras model file in `model_dir`, with its sibling `<stem>.pickle`, into
     `output_dir` (default: beside each model), in `jobs` processes (default: one per core).
 
     One failing model does not stop the others; each row says what happened (converted / cached / failed).
     """
-    convert = functools.partial(convert_or_reuse, verify=verify, dtype=dtype, force=force,
+    convert = functools.partial(convert_or_reuse, verify=verify, export=export, force=force,
                                 trust_pickles=trust_pickles)
     return run_batch(plan_jobs(model_dir, output_dir), convert, jobs, progress)
 
 
 def batch_table(rows: list[BatchRow]) -> str:
     """The final report: one line per model, the failures' messages below, and the counts."""
-    header = ("model", "status", "dtype", "max diff", "seconds", "worker")
-    lines = [header] + [(Path(r.model).name, r.status, r.dtype or "-",
+    header = ("model", "status", "stored", "max diff", "export error", "seconds", "worker")
+    lines = [header] + [(Path(r.model).name, r.status, r.stored or "-",
                          f"{r.max_abs_diff:.2g}" if r.max_abs_diff is not None else "-",
+                         f"{r.export_error:.2g}" if r.export_error is not None else "-",
                          f"{r.seconds:.1f}", str(r.worker_pid) if r.worker_pid != NO_WORKER else "-")
                         for r in rows]
     widths = [max(len(line[c]) for line in lines) for c in range(len(header))]

@@ -2,7 +2,7 @@
 main.py's rule for finding or making the PyTorch file of a selected model.
 
 A converted `.pth` is current for a Keras file when it loads with `weights_only=True` as a model of this
-converter (same format version), records the Keras file's sha256 and stores the requested dtype; when a
+converter (same format version), records the Keras file's sha256 and stores the requested export; when a
 verified conversion is asked for, it must also record a verification that passed. Conversions run under an
 exclusive lock per output file (fcntl) and are written through atomic renames, so jobs converting the same
 model at the same time leave exactly one valid file: the first converts, the others find its result.
@@ -20,9 +20,10 @@ from typing import Iterator
 
 from torch import nn
 
-from conversion.config import DEFAULT_LOCK_TIMEOUT_S
+from conversion.config import DEFAULT_LOCK_TIMEOUT_S, ExportConfig
 from conversion.converter import convert_model
 from conversion.keras_file import file_sha256
+from conversion.messages import export_cost_lines
 from conversion.output import sync_info
 from conversion.pairing import default_output_path, info_path_for, pytorch_candidates
 from conversion.record import ConversionRecord
@@ -95,7 +96,7 @@ def _names_same_file(path: Path, handle) -> bool:
         return False
 
 
-def current_conversion(pth: Path, source_sha256: str | None, dtype: str = "float32",
+def current_conversion(pth: Path, source_sha256: str | None, export: ExportConfig | None = None,
                        verified: bool = False, params_sha256: str | None = None) -> tuple[nn.Module | None, str]:
     """(model, "") when `pth` is a current conversion (see the module doc); (None, why not) otherwise.
 
@@ -120,18 +121,37 @@ def current_conversion(pth: Path, source_sha256: str | None, dtype: str = "float
                       f"the Keras file has {source_sha256[:12]}…")
     if record.needs_params and record.params_sha256 != params_sha256:
         return None, f"{pth.name} was built with the architecture_dict of another (or no) params pickle"
-    if record.dtype != dtype:
-        return None, f"{pth.name} stores {record.dtype} weights, {dtype} was asked for"
+    why_not = _export_differs(record, export or ExportConfig())
+    if why_not:
+        return None, f"{pth.name} {why_not}"
     if verified and not (record.verification is not None and record.verification.passed):
         return None, f"{pth.name} records no passed verification against Keras"
     return model, ""
 
 
+def _export_differs(record: ConversionRecord, export: ExportConfig) -> str:
+    """Why the stored form is not the one asked for ('' when it is): the same dtype, quantization and pruning,
+    and a recorded cost within max_error."""
+    try:
+        stored = ExportConfig(**{**(record.export.options if record.export else {}), "dtype": record.dtype,
+                                 "max_error": None})
+    except (TypeError, ValueError):  # a record written by something else
+        return f"records a storage form this converter does not know ({record.dtype!r}, {record.export!r:.200})"
+    if stored != export.model_copy(update={"max_error": None}):
+        return f"is stored as {stored.describe()}, {export.describe()} was asked for"
+    worst = record.export.worst() if record.export else None
+    if export.max_error is not None and worst is not None and worst[1] > export.max_error:
+        return f"records an error of {worst[1]:.3g} on '{worst[0]}', more than max_error {export.max_error:g}"
+    return ""
+
+
 def convert_or_reuse(source: str | Path, params: str | Path | None = None, output: str | Path | None = None, *,
-                     verify: bool = False, dtype: str = "float32", force: bool = False, trust_pickles: bool = False,
+                     verify: bool = False, export: ExportConfig | None = None, force: bool = False,
+                     trust_pickles: bool = False,
                      lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> ConversionOutcome:
     """The model converted into `output` (default `<stem>_converted.pth`), or the current conversion already
-    there: same source sha256, format version and dtype, and a passed verification when `verify`.
+    there: same source sha256, format version and export (dtype, quantization, pruning, within max_error), and
+    a passed verification when `verify`.
 
     Under the output's lock, where the check is repeated: a job that waited finds what the job before it
     converted. `force` converts regardless.
@@ -144,7 +164,7 @@ def convert_or_reuse(source: str | Path, params: str | Path | None = None, outpu
     params_sha256 = file_sha256(params) if params is not None else None
 
     def reused(locked: bool) -> ConversionOutcome | None:
-        model, why_not = current_conversion(output, source_sha256, dtype, verify, params_sha256)
+        model, why_not = current_conversion(output, source_sha256, export, verify, params_sha256)
         if model is None:
             if locked and output.exists():  # said once, by the check that decides
                 log.info("converting again: %s", why_not)
@@ -157,7 +177,7 @@ def convert_or_reuse(source: str | Path, params: str | Path | None = None, outpu
     with conversion_lock(output, lock_timeout_s):
         if not force and (outcome := reused(locked=True)) is not None:
             return outcome
-        conversion = convert_model(source, params, output, verify=verify, dtype=dtype, trust_pickles=trust_pickles)
+        conversion = convert_model(source, params, output, verify=verify, export=export, trust_pickles=trust_pickles)
         return ConversionOutcome(conversion.model, output, cached=False)
 
 
@@ -168,12 +188,13 @@ class PyTorchModel:
     converted: bool  # True when this call converted the Keras file
 
 
-def _reuse(stem_path: Path, keras_sha256: str | None, params_sha256: str | None) -> PyTorchModel | None:
-    """The first current conversion beside the model. A verification is not required here (main.py reuses
-    unverified files, see README); a conversion that took part of its model from a params pickle must come
-    from this one."""
+def _reuse(stem_path: Path, keras_sha256: str | None, params_sha256: str | None,
+           export: ExportConfig) -> PyTorchModel | None:
+    """The first current conversion beside the model, stored as `export` asks. A verification is not required
+    here (main.py reuses unverified files, see README); a conversion that took part of its model from a params
+    pickle must come from this one."""
     for candidate in pytorch_candidates(stem_path):
-        model, why_not = current_conversion(candidate, keras_sha256, params_sha256=params_sha256)
+        model, why_not = current_conversion(candidate, keras_sha256, export, params_sha256=params_sha256)
         if model is not None:
             log.info("using existing PyTorch model %s", candidate)
             sync_info(candidate, model.metadata)
@@ -183,20 +204,26 @@ def _reuse(stem_path: Path, keras_sha256: str | None, params_sha256: str | None)
 
 
 def find_or_convert(stem_path: Path, keras_file: Path | None, params: Path | None, verify: bool,
-                    trust_pickles: bool = False, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> PyTorchModel:
+                    trust_pickles: bool = False, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+                    export: ExportConfig | None = None) -> PyTorchModel:
     """main.py's rule for a selected model: a current PyTorch file beside it (`<stem>.pth`, `<stem>.pt`,
-    `<stem>_converted.pth`), else its Keras file converted now into `<stem>_converted.pth`."""
+    `<stem>_converted.pth`) stored as `export` asks, else its Keras file converted now into
+    `<stem>_converted.pth`."""
+    export = export or ExportConfig()
     params_sha256 = file_sha256(params) if params is not None and params.is_file() else None
     if keras_file is None:
-        found = _reuse(stem_path, None, params_sha256)
+        found = _reuse(stem_path, None, params_sha256, export)
         if found is None:
-            raise SelectionError(f"{stem_path}: no Keras file to convert and no usable PyTorch file beside it.")
+            raise SelectionError(f"{stem_path}: no Keras file to convert and no usable PyTorch file beside it"
+                                 + ("" if export.exact else f" stored as {export.describe()} (conversion.export)")
+                                 + ".")
         return found
-    found = _reuse(stem_path, file_sha256(keras_file), params_sha256)
+    found = _reuse(stem_path, file_sha256(keras_file), params_sha256, export)
     if found is not None:
         return found
-    log.info("converting %s%s", keras_file.name, " (verifying against Keras)" if verify else "")
-    outcome = convert_or_reuse(keras_file, params, verify=verify, trust_pickles=trust_pickles,
+    log.info("converting %s%s%s", keras_file.name, " (verifying against Keras)" if verify else "",
+             "" if export.exact else f", stored as {export.describe()}")
+    outcome = convert_or_reuse(keras_file, params, verify=verify, export=export, trust_pickles=trust_pickles,
                                lock_timeout_s=lock_timeout_s)
     if outcome.cached:  # another job converted it while we waited for the lock
         log.info("using %s, converted meanwhile by another job", outcome.path)
@@ -207,4 +234,6 @@ def find_or_convert(stem_path: Path, keras_file: Path | None, params: Path | Non
         log.info("verified against %s: max abs diff %.2g", verification.keras, worst[1])
     elif verify:
         log.warning("conversion not verified: %s", verification.skipped if verification else "unknown reason")
+    for line in export_cost_lines(outcome.model.metadata):
+        log.info("%s", line)
     return PyTorchModel(outcome.model, outcome.path, converted=True)

@@ -22,17 +22,19 @@ import torch
 import conversion.families  # noqa: F401  (registers the layer converters)
 from conversion import CONVERTER_VERSION
 from conversion.graph import ModelGraph, parse_model_config
+from conversion.config import ExportConfig
+from conversion.export import export_model, measure_cost
 from conversion.keras_file import KerasModelFile, file_sha256
 from conversion.model_file import read_model_file
 from conversion.output import write_conversion
 from conversion.pairing import default_output_path, info_path_for
-from conversion.record import ConversionRecord, plain
+from conversion.record import ConversionRecord, ExportRecord, plain
 from conversion.registry import KerasLayer, LayerProblem, WeightBag, find_converter
-from conversion.verify import verify_model
+from conversion.verify import is_neuron_model, verify_model
 from errors import ConversionError, listed
 from fileio import outputs_apart_from_inputs, real_path
 from limits import MAX_INPUT_LENGTH
-from models.checkpoint import FORMAT_VERSION, STORAGE_DTYPES, round_to_storage
+from models.checkpoint import FORMAT_VERSION
 from models.graph import KerasGraphModule
 from safe_pickle import load_pickle
 
@@ -59,18 +61,18 @@ def read_params(path: str | Path | None, trust: bool = False) -> dict[str, Any] 
 
 
 def convert_model(source: str | Path, params_path: str | Path | None = None, output: str | Path | None = None, *,
-                  params: dict[str, Any] | None = None, verify: bool = False, dtype: str = "float32",
+                  params: dict[str, Any] | None = None, verify: bool = False, export: ExportConfig | None = None,
                   trust_pickles: bool = False) -> Conversion:
     """Convert `source` (with its params pickle) into `output` (default `<stem>_converted.pth`) and its info pickle.
 
-    `verify` compares with Keras on the file already read (a failed comparison refuses; no Keras here is
-    recorded as skipped); `dtype` float16 / bfloat16 stores the weights in half precision after the float32
-    conversion was verified, and the returned module holds the rounded weights, as loaded. `params` may be
-    given already read (from `params_path`).
+    `verify` compares the float32 conversion with Keras on the file already read (a failed comparison refuses;
+    no Keras here is recorded as skipped). An `export` other than float32 (half precision, int8, pruning) is
+    made from the float32 conversion after that, its cost against it measured and recorded (conversion.export),
+    and refused beyond `export.max_error`; the returned module holds the weights as loaded from the file.
+    `params` may be given already read (from `params_path`).
     """
     source = Path(source)
-    if dtype not in STORAGE_DTYPES:
-        raise ConversionError(f"{source}: dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}.")
+    export = export or ExportConfig()
     output = Path(output) if output else default_output_path(source)
     outputs_apart_from_inputs([output, info_path_for(output)], [source, params_path], ConversionError)
     params = read_params(params_path, trust_pickles) if params is None else params
@@ -85,14 +87,32 @@ def convert_model(source: str | Path, params_path: str | Path | None = None, out
                                   f"'{worst[0]}': max abs diff {worst[1]:.3g}). Nothing was written.")
     record.params_pickle = str(params_path) if params_path else None
     record.params_sha256 = file_sha256(params_path) if params_path else None
-    overflowed = round_to_storage(conversion.model, dtype)
-    if overflowed:
-        raise ConversionError(f"{source}: weights beyond the range of {dtype} ({listed(overflowed)}); store them "
-                              "as bfloat16 or float32. Nothing was written.")
-    record.dtype = dtype
-    conversion.model.metadata = record.to_dict()
-    write_conversion(conversion.model, output)
-    return conversion
+    model, packed = conversion.model, {}
+    if not export.exact:
+        model, packed, record.export = exported_with_cost(source, conversion.model, export, record, params)
+    record.dtype = export.dtype
+    model.metadata = record.to_dict()
+    write_conversion(model, output, packed)
+    return Conversion(model=model, record=record)
+
+
+def exported_with_cost(source: Path, model: KerasGraphModule, export: ExportConfig, record: ConversionRecord,
+                       params: dict[str, Any] | None) -> tuple[KerasGraphModule, dict[str, Any], ExportRecord]:
+    """The export of the float32 `model` with its measured cost; refused when it overflows or exceeds max_error."""
+    exported, packed, export_record = export_model(model, export)
+    if export_record.overflowed:
+        raise ConversionError(f"{source}: weights beyond the range of {export.dtype} "
+                              f"({listed(export_record.overflowed)}); store them as bfloat16 or float32. "
+                              "Nothing was written.")
+    measure_cost(model, exported, record.shapes_traced_with_length, is_neuron_model(model, params), export_record)
+    beyond = {name: cost.error for name, cost in export_record.outputs.items()
+              if export.max_error is not None and cost.error > export.max_error}
+    if beyond:
+        figures = ", ".join(f"{name} {error:.3g}" for name, error in beyond.items())
+        raise ConversionError(f"{source}: the {export.describe()} export changes output(s) {figures} by more than "
+                              f"max_error {export.max_error:g} (max abs diff to the float32 conversion ÷ max(1, "
+                              f"largest |output|), on {export_record.input}). Nothing was written.")
+    return exported, packed, export_record
 
 
 def module_key(name: str, taken: set[str]) -> str:

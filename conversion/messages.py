@@ -3,9 +3,13 @@ the conversion itself)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from conversion.cache import ConversionOutcome
+from conversion.config import ExportConfig
 from conversion.record import ConversionRecord
+
+if TYPE_CHECKING:
+    from conversion.cache import ConversionOutcome
 
 
 def parameter_counts(model) -> tuple[int, int]:
@@ -14,14 +18,14 @@ def parameter_counts(model) -> tuple[int, int]:
     return trainable + sum(b.numel() for b in model.buffers()), trainable
 
 
-def outcome_lines(outcome: ConversionOutcome, source: Path) -> list[str]:
+def outcome_lines(outcome: "ConversionOutcome", source: Path) -> list[str]:
     """`converted X -> Y (...)` or `up to date: ...`, then the verification: its figures, or why it is missing."""
     record = ConversionRecord.from_dict(outcome.model.metadata)
     if outcome.cached:
         lines = [f"up to date: {source} -> {outcome.path} (cached)"]
     else:
         total, trainable = parameter_counts(outcome.model)
-        stored = f", stored as {record.dtype}" if record.dtype != "float32" else ""
+        stored = f", stored as {stored_as(record)}" if record.export is not None else ""
         lines = [f"converted {source} -> {outcome.path} ({len(record.layers)} layers, {total:,} parameters, "
                  f"{trainable:,} trainable{stored})"]
     verification = record.verification
@@ -32,4 +36,36 @@ def outcome_lines(outcome: ConversionOutcome, source: Path) -> list[str]:
                      + (f" (against {rebuilt})" if rebuilt.startswith("a Keras model") else ""))
     elif verification is not None:
         lines.append(f"not verified: {verification.skipped}")
+    return lines + export_cost_lines(outcome.model.metadata)
+
+
+def stored_as(record: ConversionRecord, short: bool = False) -> str:
+    """How the record's weights are stored: 'float32', 'pruned 50 % (layer), int8' (short: 'pruned50%+int8')."""
+    export = ExportConfig(**{**(record.export.options if record.export else {}), "dtype": record.dtype})
+    return export.short() if short else export.describe()
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.3g} MB"
+
+
+def export_cost_lines(metadata: dict[str, Any]) -> list[str]:
+    """The measured cost of a stored form other than float32 (nothing for the float32 conversion itself)."""
+    record = ConversionRecord.from_dict(metadata)
+    export = record.export
+    if export is None:
+        return []
+    figures = ", ".join(f"{name} {cost.max_abs_diff:.2g} (mean {cost.mean_abs_diff:.2g})"
+                        for name, cost in export.outputs.items())
+    lines = [f"{stored_as(record)}: max abs diff to the float32 conversion {figures}, on {export.input}"]
+    spikes = export.spikes
+    if spikes is not None:
+        auc = (f"AUC {spikes.auc_float32:.4f} -> {spikes.auc_export:.4f}; " if spikes.auc_float32 is not None
+               else "")
+        lines.append(f"spikes: {auc}trials reaching {spikes.threshold:g}: {spikes.spiking_float32} -> "
+                     f"{spikes.spiking_export} of {spikes.trials} ({spikes.verdicts_changed} changed)")
+    folded = "; ".join(f"{f['batch_norm']} into {', '.join(f['into'])}" for f in export.folded)
+    lines.append(f"weights {_megabytes(export.float32_weight_bytes)} -> {_megabytes(export.weight_bytes)}"
+                 + (f"; BatchNorm folded: {folded}" if folded else "")
+                 + (f"; {len(export.not_folded)} BatchNorm not folded" if export.not_folded else ""))
     return lines

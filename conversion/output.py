@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,31 +26,39 @@ from models.graph import KerasGraphModule
 from safe_pickle import load_pickle
 
 log = logging.getLogger(__name__)
+LOAD_TIMINGS = 3  # loads back; the fastest is the recorded load time
 
 
-def _loads_back(data: bytes, source: Any) -> None:
+def _loads_back(data: bytes, source: Any) -> float:
+    """Seconds a load of `data` takes (torch.load with weights_only=True, then the module built and filled)."""
     try:
+        started = time.perf_counter()
         model_from_payload(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), "<new conversion>")
+        return time.perf_counter() - started
     except Exception as exc:  # the record holds a type weights_only refuses, or the spec does not rebuild
         raise ConversionError(f"{source}: the conversion cannot be loaded back ({type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:300]}), so it is not written. Nothing was written.") from exc
 
 
-def info_record(metadata: dict[str, Any], pth_bytes: bytes) -> dict[str, Any]:
-    """The info pickle: the `.pth`'s metadata and the sha256 of the `.pth` it belongs to."""
-    return {**metadata, "pth_sha256": hashlib.sha256(pth_bytes).hexdigest()}
+def info_record(metadata: dict[str, Any], pth_bytes: bytes, load_time_s: float | None = None) -> dict[str, Any]:
+    """The info pickle: the `.pth`'s metadata, the sha256 and size of the `.pth` it belongs to, and the seconds
+    its load took when it was written (from memory: torch.load and the module built)."""
+    return {**metadata, "pth_sha256": hashlib.sha256(pth_bytes).hexdigest(), "pth_bytes": len(pth_bytes),
+            "load_time_s": load_time_s}
 
 
-def write_conversion(model: KerasGraphModule, pth_path: str | Path) -> tuple[Path, Path]:
-    """Write `model` (its spec, weights and `metadata`) as `pth_path` and its info pickle, atomically."""
+def write_conversion(model: KerasGraphModule, pth_path: str | Path,
+                     packed: dict[str, dict[str, Any]] | None = None) -> tuple[Path, Path]:
+    """Write `model` (its spec, weights, `packed` weights and `metadata`) as `pth_path` and its info pickle,
+    atomically."""
     pth_path = Path(pth_path)
     info_path = info_path_for(pth_path)
     payload = io.BytesIO()
-    torch.save(checkpoint_payload(model, model.metadata), payload)
+    torch.save(checkpoint_payload(model, model.metadata, packed), payload)
     data = payload.getvalue()
-    _loads_back(data, model.metadata.get("source_path"))
+    load_time_s = min(_loads_back(data, model.metadata.get("source_path")) for _ in range(LOAD_TIMINGS))
     with atomic_paths(info_path, pth_path) as (info_tmp, pth_tmp):
-        info_tmp.write_bytes(pickle.dumps(info_record(model.metadata, data), protocol=4))
+        info_tmp.write_bytes(pickle.dumps(info_record(model.metadata, data, load_time_s), protocol=4))
         pth_tmp.write_bytes(data)
     return pth_path, info_path
 

@@ -86,6 +86,69 @@ class Verification:
 
 
 @dataclass
+class OutputCost:
+    """One output of an export against the float32 conversion; `error` = max_abs_diff / max(1, max_abs_value),
+    what `max_error` bounds."""
+
+    max_abs_diff: float
+    mean_abs_diff: float
+    max_abs_value: float
+    error: float
+
+
+@dataclass
+class SpikeCost:
+    """The spike output of an export against the float32 conversion (conversion.export.spike_cost)."""
+
+    auc_float32: Optional[float]
+    auc_export: Optional[float]
+    auc_change: Optional[float]
+    threshold: float
+    trials: int
+    spiking_float32: int
+    spiking_export: int
+    verdicts_changed: int
+    bins_above_float32: int
+    bins_above_export: int
+
+
+@dataclass
+class ExportRecord:
+    """How a conversion was stored when not as float32 weights (conversion.export), and what that costs."""
+
+    options: dict[str, Any]
+    folded: list[dict[str, Any]] = field(default_factory=list)
+    not_folded: list[dict[str, Any]] = field(default_factory=list)
+    overflowed: list[str] = field(default_factory=list)
+    sparsity: dict[str, float] = field(default_factory=dict)
+    weight_bytes: int = 0
+    float32_weight_bytes: int = 0
+    input: str = ""
+    outputs: dict[str, OutputCost] = field(default_factory=dict)
+    spikes: Optional[SpikeCost] = None
+
+    def worst(self) -> tuple[str, float] | None:
+        """(output, error) of the output the export changed most, relative to its scale."""
+        if not self.outputs:
+            return None
+        name = max(self.outputs, key=lambda output: self.outputs[output].error)
+        return name, self.outputs[name].error
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Optional["ExportRecord"]:
+        if not isinstance(data, dict):
+            return None
+        names = {f.name for f in dataclasses.fields(cls)} - {"outputs", "spikes"}
+        spikes = data.get("spikes")
+        return cls(outputs={str(name): OutputCost(**value) for name, value in (data.get("outputs") or {}).items()},
+                   spikes=SpikeCost(**spikes) if isinstance(spikes, dict) else None,
+                   **{key: data[key] for key in names if key in data})
+
+
+@dataclass
 class ConversionRecord:
     """What a conversion records: its source, the Keras file's facts, the layer table, the verification."""
 
@@ -106,12 +169,14 @@ class ConversionRecord:
     resolved_activations: list[dict[str, Any]] = field(default_factory=list)  # conversion.lambdas
     architecture_dict: Optional[dict[str, Any]] = None
     verification: Optional[Verification] = None
+    export: Optional[ExportRecord] = None  # None: the float32 conversion itself
     params_pickle: Optional[str] = None
     params_sha256: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         record["verification"] = self.verification.to_dict() if self.verification is not None else None
+        record["export"] = self.export.to_dict() if self.export is not None else None
         return plain(record)
 
     @classmethod
@@ -120,6 +185,7 @@ class ConversionRecord:
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {key: value for key, value in data.items() if key in fields}
         values["verification"] = Verification.from_dict(data.get("verification"))
+        values["export"] = ExportRecord.from_dict(data.get("export"))
         return cls(**values)
 
     @property

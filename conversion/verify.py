@@ -121,11 +121,12 @@ def _leaky_relu(keras, slope: float):
     return lambda x: tf.nn.leaky_relu(x, alpha=slope)
 
 
-def realistic_input(shapes: Sequence[tuple], length: int, neuron: bool, seed: int = 0) -> list[np.ndarray]:
+def realistic_input(shapes: Sequence[tuple], length: int, neuron: bool, seed: int = 0,
+                    batch: int = VERIFY_BATCH) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     arrays = []
     for shape in shapes:
-        full = (VERIFY_BATCH, *[length if s is None else s for s in shape])
+        full = (batch, *[length if s is None else s for s in shape])
         arrays.append((rng.random(full) < SPIKE_DENSITY).astype(np.float32) if neuron
                       else rng.standard_normal(full).astype(np.float32))
     return arrays
@@ -156,14 +157,20 @@ def load_keras_model(keras, path: str | Path, rebuild: KerasRebuild | None = Non
                                f"({type(exc).__name__}: {message})") from exc
 
 
+def is_neuron_model(model: torch.nn.Module, params: dict[str, Any] | None) -> bool:
+    """A neuron model (a params pickle with an architecture_dict, or an output named `spikes`) is checked on
+    binary spike trains, any other on standard normal noise."""
+    return bool((params or {}).get("architecture_dict")) or "spikes" in getattr(model, "output_names", [])
+
+
 def verify_model(keras_file: KerasModelFile, model: torch.nn.Module, params: dict[str, Any] | None, *,
                  length: int, test_input: Sequence[np.ndarray] | np.ndarray | None = None) -> Verification:
     """Compare `model` with Keras on the already read `keras_file` (rebuilt by Keras where it cannot load the file
     itself); time axes of `length` steps. A neuron model (a params pickle, or an output named `spikes`) gets
     binary spikes, others standard normal noise. Without a usable Keras the result records why (`skipped`)."""
-    neuron = bool((params or {}).get("architecture_dict")) or "spikes" in getattr(model, "output_names", [])
     try:
-        return compare_with_keras(keras_file.path, model, keras_file.keras_major, length, neuron, test_input,
+        return compare_with_keras(keras_file.path, model, keras_file.keras_major, length,
+                                  is_neuron_model(model, params), test_input,
                                   keras_rebuild(keras_file))
     except KerasUnavailable as exc:
         log.warning("verification skipped: %s", exc)

@@ -1,4 +1,5 @@
-"""The `.pth` format of converted models: spec + state_dict + metadata, plain types and tensors only.
+"""The `.pth` format of converted models: spec + state_dict + metadata (+ packed weights of a compressed export,
+models.packed), plain types and tensors only.
 
 `torch.load(path, weights_only=True)` reads it; `load_converted_model` rebuilds the module without TensorFlow,
 Keras or the converter.
@@ -16,6 +17,7 @@ from errors import ModelFileError, ToolError
 from fileio import read_zip_member, regular_file_size
 from limits import MAX_MEMBER_BYTES, MAX_PICKLE_BYTES, MAX_WEIGHT_BYTES, check_stored_size
 from models.graph import KerasGraphModule
+from models.packed import PackedWeightError, unpack_weight
 from safe_pickle import check_pickle_stream
 
 FORMAT_NAME = "keras-graph-torch"
@@ -26,17 +28,22 @@ FORMAT_VERSION = 1
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def checkpoint_payload(model: KerasGraphModule, metadata: dict[str, Any]) -> dict[str, Any]:
-    """What a `.pth` holds; tensors are cloned to plain CPU tensors, floating ones in metadata["dtype"]."""
+def checkpoint_payload(model: KerasGraphModule, metadata: dict[str, Any],
+                       packed: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What a `.pth` holds; tensors are cloned to plain CPU tensors, floating ones in metadata["dtype"]; the
+    weights in `packed` are stored only there."""
     storage = STORAGE_DTYPES[metadata.get("dtype", "float32")]
-    return {
+    payload = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "spec": model.spec,
         "state_dict": {k: v.detach().cpu().to(storage if v.is_floating_point() else v.dtype, copy=True)
-                       for k, v in model.state_dict().items()},
+                       for k, v in model.state_dict().items() if k not in (packed or {})},
         "metadata": metadata,
     }
+    if packed:
+        payload["packed"] = packed
+    return payload
 
 
 def round_to_storage(model: nn.Module, dtype: str) -> list[str]:
@@ -107,7 +114,9 @@ def model_from_payload(payload: dict[str, Any], source: str | Path = "<memory>")
     """Build the module and load its state strictly (every parameter and buffer, nothing extra)."""
     try:
         model = KerasGraphModule(payload["spec"])
-        model.load_state_dict(payload["state_dict"], strict=True)
+        model.load_state_dict(_with_packed_widened(model, payload), strict=True)
+    except PackedWeightError as exc:
+        raise ModelFileError(f"{source}: a packed weight {exc}.") from exc
     except Exception as exc:  # the spec is data from a file: any failure to build from it is this refusal
         raise ModelFileError(f"{source}: the stored spec and weights do not build a model "
                              f"({type(exc).__name__}: {exc}).") from exc
@@ -121,10 +130,27 @@ def model_from_payload(payload: dict[str, Any], source: str | Path = "<memory>")
     return model.eval()
 
 
+def _with_packed_widened(model: KerasGraphModule, payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The state_dict with each packed weight widened to float32 in the shape its module declares."""
+    state, packed = dict(payload["state_dict"]), payload.get("packed") or {}
+    if not isinstance(packed, dict):
+        raise PackedWeightError("table is not a dict")
+    declared = model.state_dict()
+    for name, entry in packed.items():
+        if name not in declared or name in state:
+            raise PackedWeightError(f"'{name}' is {'stored twice' if name in state else 'not a weight of the model'}")
+        try:
+            state[name] = unpack_weight(entry, declared[name].shape)
+        except PackedWeightError as exc:
+            raise PackedWeightError(f"'{name}': {exc}") from None
+    return state
+
+
 def load_converted_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a converted model from its `.pth` alone, in eval mode, on `device`.
 
     The module computes in float32 whatever precision the file stores its weights in (float16 / bfloat16
-    weights are widened exactly); `.to(torch.bfloat16)` afterwards runs it in half precision.
+    weights are widened exactly, int8 ones multiplied by their scales once, here); `.to(torch.bfloat16)`
+    afterwards runs it in half precision.
     """
     return model_from_payload(read_checkpoint(path), path).to(device)

@@ -80,7 +80,7 @@ def prepare_candidate(candidate: Candidate, config: AppConfig, table: pd.DataFra
     """The PyTorch model of a row of the results `table`, reused or converted now (under the per-model lock)."""
     pytorch = find_or_convert(candidate.stem_path, candidate.keras_file, candidate.params,
                               verify=config.conversion.verify, trust_pickles=config.conversion.trust_pickles,
-                              lock_timeout_s=config.conversion.lock_timeout_s)
+                              lock_timeout_s=config.conversion.lock_timeout_s, export=config.conversion.export)
     chosen = ChosenModel(stem=candidate.stem, source=str(candidate.keras_file or candidate.stem_path),
                          selection_value=candidate.value, params=candidate.params, pytorch_path=pytorch.path,
                          converted=pytorch.converted, rank=candidate.rank, candidates=len(table),

@@ -113,6 +113,10 @@ def _conversion_section(summary: dict[str, Any]) -> str:
                      f" on {escape(conversion.get('input'))}: max abs diff {escape(diffs)}</p>")
     else:
         lines.append(f"<p>not verified: {escape(conversion.get('not_verified_because', 'unknown'))}</p>")
+    if conversion.get("export"):
+        lines.append(f"<p>stored as {escape(conversion['stored'])}, not as the exact float32 conversion; its "
+                     "measured cost:</p><ul>" + "".join(f"<li>{escape(line)}</li>" for line in conversion["export_cost"])
+                     + "</ul>")
     for resolved in conversion.get("resolved_activations", []):
         lines.append(f"<p>layer <code>{escape(resolved['layer'])}</code>: activation stored as a Python function, "
                      f"resolved from the architecture_dict as '{escape(resolved['recorded'])}'</p>")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from conversion import CONVERTER_VERSION
+from conversion.messages import export_cost_lines, stored_as
 from conversion.record import ConversionRecord
 from fileio import write_text_atomic
 from pipeline.run_folder import RunFiles
@@ -45,7 +46,10 @@ def conversion_summary(metadata: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "source_sha256": record.source_sha256 if record else None, "dtype": record.dtype if record else None,
         "converter_version": record.converter_version if record else None,
-        "resolved_activations": record.resolved_activations if record else []}
+        "resolved_activations": record.resolved_activations if record else [],
+        "stored": stored_as(record) if record else None,
+        "export_cost": export_cost_lines(metadata) if record else [],
+        "export": record.export.to_dict() if record and record.export else None}
     if verification is not None and verification.worst() is not None:
         summary.update(verified=True, keras=verification.keras, input=verification.input,
                        compared_with=verification.keras_model,

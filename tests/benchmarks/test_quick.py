@@ -70,3 +70,15 @@ def test_ground_truth_benchmark_quick():
     assert [row[0] for row in rows] == ["1", "2"] and rows[0][3] == "1.00"
     assert float(rows[1][1].split()[0]) > 0
     assert "figures identical for every worker count: True" in result.stdout
+
+
+def test_export_benchmark_quick(tmp_path):
+    result = run_cli(["benchmarks/export.py", "--quick", "--cache", str(tmp_path)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = table_rows(result.stdout)
+    assert [row[1] for row in rows] == ["float32", "int8", "pruned 50 % + int8"]
+    assert rows[0][2].endswith("(1.00)") and rows[0][4] == "exact (the reference)"
+    sizes = [float(row[2].split()[0]) for row in rows]
+    assert max(sizes[1:]) < sizes[0]  # smaller than float32 even where the record dominates a tiny file
+    for row in rows[1:]:
+        assert "spikes" in row[4] and "/" in row[6]

@@ -66,8 +66,9 @@ def parse_table(stdout: str) -> dict[str, dict[str, str]]:
     for line in lines[start + 1:]:
         if not line.strip():
             break
-        name, status, dtype, max_diff, seconds, worker = line.split()
-        rows[name] = {"status": status, "dtype": dtype, "max_diff": max_diff, "seconds": seconds, "worker": worker}
+        name, status, stored, max_diff, export_error, seconds, worker = line.split()
+        rows[name] = {"status": status, "stored": stored, "max_diff": max_diff, "export_error": export_error,
+                      "seconds": seconds, "worker": worker}
     return rows
 
 
@@ -169,9 +170,9 @@ def test_workers_share_the_cores_between_their_torch_threads(tmp_path):
 
 
 def test_rows_of_a_dead_worker_do_not_count_as_a_worker_process():
-    rows = [BatchRow(model="a.h5", status="converted", output="a.pth", dtype="float32", max_abs_diff=None,
+    rows = [BatchRow(model="a.h5", status="converted", output="a.pth", stored="float32", max_abs_diff=None,
                      seconds=1.0, worker_pid=4242),
-            BatchRow(model="b.h5", status="failed", output=None, dtype=None, max_abs_diff=None, seconds=0.0,
+            BatchRow(model="b.h5", status="failed", output=None, stored=None, max_abs_diff=None, seconds=0.0,
                      worker_pid=NO_WORKER, error="b.h5: the worker process died.")]
     table = batch_table(rows)
     assert "2 models: 1 converted, 0 cached, 1 failed (1 worker process)" in table, table

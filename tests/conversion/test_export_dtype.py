@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conversion.config import ExportConfig
 from errors import ConversionError
 from model_converter import TCNModelConverter, convert_or_reuse, load_converted_model
 from models.checkpoint import STORAGE_DTYPES
@@ -48,8 +49,8 @@ def test_half_precision_weights_are_stored_and_load_as_float32(keras_files, tmp_
 def test_dtype_is_part_of_the_cache_rule(keras_files, tmp_path):
     h5 = tmp_path / "tcn.h5"
     shutil.copy(keras_files / "tcn.h5", h5)
-    assert not convert_or_reuse(h5, dtype="float16").cached
-    assert convert_or_reuse(h5, dtype="float16").cached
+    assert not convert_or_reuse(h5, export=ExportConfig(dtype="float16")).cached
+    assert convert_or_reuse(h5, export=ExportConfig(dtype="float16")).cached
     assert not convert_or_reuse(h5).cached  # float32 asked for: converted again
     assert torch.load(tmp_path / "tcn_converted.pth", weights_only=True)["metadata"]["dtype"] == "float32"
 

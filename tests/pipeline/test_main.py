@@ -97,6 +97,29 @@ def test_stale_pth_is_converted_again(workspace, tmp_path):
     assert [s["converted"] for s in summaries(workspace)] == [False, True]
 
 
+def test_compressed_export_is_used_stated_and_reused(workspace):
+    """conversion.export: the run uses the int8/pruned model, its summary and report state the cost; the next
+    run with the same export reuses it, one without converts the exact float32 model again."""
+    export = ["conversion.export.quantize=int8", "conversion.export.prune=0.5", "conversion.export.max_error=0.5"]
+    first = run_main(workspace, *export)
+    assert first.returncode == 0, first.stderr
+    second = run_main(workspace, *export)
+    assert second.returncode == 0, second.stderr
+    exact = run_main(workspace)
+    assert exact.returncode == 0, exact.stderr
+    one, two, three = summaries(workspace)
+    assert [s["converted"] for s in (one, two, three)] == [True, False, True]
+    assert one["conversion"]["stored"] == two["conversion"]["stored"] == "pruned 50 % (layer), int8"
+    assert one["conversion"]["verified"] is True  # the float32 conversion, checked before the export was made
+    cost = one["conversion"]["export"]
+    assert "spikes" in cost["outputs"] and cost["spikes"]["trials"] > 0
+    assert all(output["error"] <= 0.5 for output in cost["outputs"].values())
+    assert any("max abs diff to the float32 conversion" in line for line in one["conversion"]["export_cost"])
+    assert "stored as pruned 50 % (layer), int8" in (Path(one["run_dir"]) / "report.html").read_text()
+    assert "stored as pruned" in first.stderr  # the log says which model the run uses
+    assert three["conversion"]["stored"] == "float32" and three["conversion"]["export"] is None
+
+
 def test_unknown_key_fails_naming_it(workspace):
     result = run_main(workspace, "optimization.loop.max_iters=5")
     assert result.returncode != 0
