@@ -23,7 +23,7 @@ from conversion.record import ExportRecord, OutputCost, SpikeCost
 from conversion.verify import SPIKE_DENSITY, realistic_input
 from models.checkpoint import STORAGE_DTYPES, round_to_storage
 from models.graph import KerasGraphModule
-from models.layers import BatchNorm, Conv1d, Dense
+from models.layers import Conv1d, Dense
 from models.packed import pack_weight, packed_bytes, unpack_weight
 
 COST_SAMPLES = 16
