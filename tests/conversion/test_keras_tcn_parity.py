@@ -220,3 +220,36 @@ def test_verify_says_why_when_keras_cannot_load_the_file(keras_tcn_files, tmp_pa
     assert result.returncode == 0, result.stderr
     assert "not verified:" in result.stdout and f"cannot load {model}" in result.stdout, result.stdout
     assert "Traceback" not in result.stderr
+
+
+EXPORT_CASES = [pytest.param(f, n, id=f"{f}-{n}") for f, n in (
+    ("keras2", "stacked_skip_heads"), ("keras3", "batchnorm_even_kernel_dropout"), ("keras2", "weight_norm"),
+    ("keras3", "archive_batchnorm_stacked"))]
+
+
+@pytest.mark.parametrize("flavour, name", EXPORT_CASES)
+def test_int8_pruned_export_packs_the_convolutions_inside_tcn_blocks(parity, keras_tcn_files, tmp_path, flavour,
+                                                                     name):
+    """Every conv kernel of every residual block is stored int8 + sparse, the file loads into a model that
+    differs from the float32 conversion (it is compressed) and records a cost for every output."""
+    import torch
+
+    h5, arrays = saved_model(keras_tcn_files[flavour], name)
+    pth = tmp_path / "small.pth"
+    with parity.tensorflow_blocked():
+        from model_converter import TCNModelConverter, load_converted_model
+
+        exact = TCNModelConverter(h5).convert(tmp_path / "exact.pth")
+        TCNModelConverter(h5).convert(pth, quantize="int8", prune=0.3)
+        small = load_converted_model(pth)
+    payload = torch.load(pth, weights_only=True)
+    kernels = {k for k in exact.state_dict() if k.endswith(".weight") and exact.state_dict()[k].ndim == 3}
+    assert kernels and kernels <= set(payload["packed"])  # block convs (and the matching 1x1) included
+    assert all(entry["values"].dtype == torch.int8 for entry in payload["packed"].values())
+    (x,) = [arrays["spikes"]]
+    with torch.no_grad():
+        want = exact(torch.from_numpy(x))
+        have = small(torch.from_numpy(x))
+    want, have = (want if isinstance(want, tuple) else (want,)), (have if isinstance(have, tuple) else (have,))
+    assert all(float((a - b).abs().max()) > 0 for a, b in zip(want, have))  # compressed: not the same model
+    assert set(payload["metadata"]["export"]["outputs"]) == set(exact.output_names)

@@ -93,6 +93,22 @@ def test_the_cli_forms_convert_and_verify_reports_a_figure(published, tmp_path, 
     assert "not verified" not in verified.stdout
 
 
+@pytest.mark.parametrize("stem", ["lrelu_k2", "full_k3", "lab_k2"])
+def test_published_files_export_int8_verified_first_with_the_cost_at_the_window(published, tmp_path, stem):
+    """The training code's own files (lambdas, 1278/1279 segments, the lab's two heads): --verify checks the
+    float32 conversion against Keras, then the int8 export's cost is measured at the model's window."""
+    source = own_copy(published, tmp_path, stem)
+    result = run_cli(["model_converter.py", str(source), "--verify", "--quantize", "int8", "--max-error", "0.2"])
+    assert result.returncode == 0, result.stderr
+    verified, cost = result.stdout.index("verified against"), result.stdout.index("max abs diff to the float32")
+    assert verified < cost, result.stdout
+    payload = torch.load(tmp_path / f"{stem}_converted.pth", weights_only=True)
+    spec = next(m for m in MODELS if m.stem == stem)
+    assert payload["metadata"]["verification"]["passed"] is True
+    assert f"× {spec.window} steps of binary spikes" in payload["metadata"]["export"]["input"]
+    assert set(payload["metadata"]["export"]["outputs"]) == set(spec.heads)
+
+
 def test_folder_conversion_uses_each_sibling_pickle(published, tmp_path):
     for stem in ("lrelu_k3", "lrelu_k2", "string_k3"):
         own_copy(published, tmp_path, stem)
