@@ -99,7 +99,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "output channel (BatchNorm folded first where exact); dequantized once at load")
     export.add_argument("--prune", type=float, metavar="FRACTION", help="zero this fraction of the conv/dense "
                         "weights (smallest magnitude first, e.g. 0.5) and store them sparse")
-    export.add_argument("--prune-scope", choices=["layer", "global"], default="layer", help="layer (default): "
+    export.add_argument("--prune-scope", choices=["layer", "global"], default="layer", help="with --prune: layer (default): "
                         "each weight tensor loses the fraction; global: one threshold for all")
     export.add_argument("--max-error", type=float, metavar="BOUND", help="refuse the export when an output's "
                         "error against the float32 conversion exceeds BOUND (max abs diff ÷ max(1, largest "
@@ -127,14 +127,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     try:
         args.export = ExportConfig(dtype=args.dtype, quantize=args.quantize, prune=args.prune,
                                    prune_scope=args.prune_scope, max_error=args.max_error)
-    except ValidationError as exc:
-        problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
-        parser.error(problems)
-    if args.export.exact and args.max_error is not None:
-        parser.error("--max-error bounds the cost of an export (--dtype float16|bfloat16, --quantize, --prune); "
-                     "the float32 conversion is exact")
-    if args.prune is None and args.prune_scope != "layer":
-        parser.error("--prune-scope needs --prune")
+    except ValidationError as exc:  # the rules of ExportConfig, which the API and main.py's config follow too
+        parser.error("; ".join((f"--{e['loc'][0].replace('_', '-')}: " if e["loc"] else "")
+                               + e["msg"].removeprefix("Value error, ") for e in exc.errors()))
     return args
 
 

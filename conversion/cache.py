@@ -29,7 +29,7 @@ from conversion.pairing import default_output_path, info_path_for, pytorch_candi
 from conversion.record import ConversionRecord
 from errors import ConversionError, ModelFileError, OutputError, SelectionError
 from fileio import open_lock_file, outputs_apart_from_inputs
-from models.checkpoint import model_from_payload, read_checkpoint
+from models.checkpoint import STORAGE_DTYPES, model_from_payload, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def current_conversion(pth: Path, source_sha256: str | None, export: ExportConfi
                       f"the Keras file has {source_sha256[:12]}…")
     if record.needs_params and record.params_sha256 != params_sha256:
         return None, f"{pth.name} was built with the architecture_dict of another (or no) params pickle"
-    why_not = _export_differs(record, export or ExportConfig())
+    why_not = _weights_disagree(payload, record) or _export_differs(record, export or ExportConfig())
     if why_not:
         return None, f"{pth.name} {why_not}"
     if verified and not (record.verification is not None and record.verification.passed):
@@ -129,18 +129,37 @@ def current_conversion(pth: Path, source_sha256: str | None, export: ExportConfi
     return model, ""
 
 
+def _weights_disagree(payload: dict, record: ConversionRecord) -> str:
+    """'' when the tensors are stored as the record says (its dtype; int8 and/or sparse entries exactly for the
+    quantization and pruning it records), else what disagrees: the form asked for is judged on the weights."""
+    options = record.export.options if record.export else {}
+    storage = STORAGE_DTYPES.get(record.dtype)
+    floats = {str(t.dtype) for t in payload["state_dict"].values() if t.is_floating_point()}
+    if storage is None or floats - {str(storage)}:
+        return f"stores {', '.join(sorted(floats))} tensors, and its record says {str(record.dtype)[:40]}"
+    packed = payload.get("packed", {})
+    kinds = {("scales" in entry, "mask" in entry) for entry in packed.values()}
+    expected = {(options.get("quantize") == "int8", bool(options.get("prune")))} if packed or any(
+        options.get(key) for key in ("quantize", "prune")) else set()
+    if kinds != expected:
+        return "stores its weights otherwise than its record says (int8, sparse or plain)"
+    if record.export is None and record.dtype != "float32":
+        return f"records no measured cost for its {record.dtype} weights"
+    return ""
+
+
 def _export_differs(record: ConversionRecord, export: ExportConfig) -> str:
     """Why the stored form is not the one asked for ('' when it is): the same dtype, quantization and pruning,
-    and a recorded cost within max_error."""
+    and a recorded cost within max_error (a cost that is not a number is beyond every bound)."""
     try:
         stored = ExportConfig(**{**(record.export.options if record.export else {}), "dtype": record.dtype,
                                  "max_error": None})
     except (TypeError, ValueError):  # a record written by something else
-        return f"records a storage form this converter does not know ({record.dtype!r}, {record.export!r:.200})"
+        return "records a storage form this converter does not know"
     if stored != export.model_copy(update={"max_error": None}):
-        return f"is stored as {stored.describe()}, {export.describe()} was asked for"
+        return f"is stored as '{stored.describe()}', and '{export.describe()}' was asked for"
     worst = record.export.worst() if record.export else None
-    if export.max_error is not None and worst is not None and worst[1] > export.max_error:
+    if export.max_error is not None and worst is not None and not worst[1] <= export.max_error:
         return f"records an error of {worst[1]:.3g} on '{worst[0]}', more than max_error {export.max_error:g}"
     return ""
 

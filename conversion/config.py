@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from config_base import Section
 
@@ -29,6 +29,15 @@ class ExportConfig(Section):
         None, gt=0, description="Refuse the export when an output's error (max abs diff to the float32 conversion "
         "÷ max(1, its largest |value|)) exceeds this.")
 
+    @model_validator(mode="after")
+    def _options_that_apply(self) -> "ExportConfig":
+        if self.exact and self.max_error is not None:
+            raise ValueError("max_error bounds the cost of an export (dtype float16/bfloat16, quantize, prune); the "
+                             "float32 conversion is exact")
+        if self.prune is None and self.prune_scope != "layer":
+            raise ValueError("prune_scope applies to pruning: give prune too")
+        return self
+
     @property
     def exact(self) -> bool:
         """The float32 conversion itself: nothing to measure."""
@@ -36,15 +45,15 @@ class ExportConfig(Section):
 
     def describe(self) -> str:
         """A short name: 'float32', 'int8', 'pruned 50 % (layer), int8', 'float16'."""
-        parts = [f"pruned {self.prune:.0%} ({self.prune_scope})"] if self.prune else []
+        parts = [f"pruned {self.prune * 100:.10g} % ({self.prune_scope})"] if self.prune else []
         parts += [self.quantize] if self.quantize else []
         if self.dtype != "float32" or not parts:
             parts.append(self.dtype)
-        return ", ".join(parts).replace("%", " %")
+        return ", ".join(parts)
 
     def short(self) -> str:
         """The same in one word, for tables: 'float32', 'int8', 'pruned50%+int8', 'pruned30%global+float16'."""
-        parts = [f"pruned{self.prune:.0%}" + ("global" if self.prune_scope == "global" else "")] if self.prune else []
+        parts = [f"pruned{self.prune * 100:.10g}%" + ("global" if self.prune_scope == "global" else "")] if self.prune else []
         parts += [self.quantize] if self.quantize else []
         return "+".join(parts + ([self.dtype] if self.dtype != "float32" or not parts else []))
 

@@ -23,7 +23,7 @@ import conversion.families  # noqa: F401  (registers the layer converters)
 from conversion import CONVERTER_VERSION
 from conversion.graph import ModelGraph, parse_model_config
 from conversion.config import ExportConfig
-from conversion.export import export_model, measure_cost
+from conversion.export import ExportRefused, export_model
 from conversion.keras_file import KerasModelFile, file_sha256
 from conversion.model_file import read_model_file
 from conversion.output import write_conversion
@@ -36,6 +36,7 @@ from fileio import outputs_apart_from_inputs, real_path
 from limits import MAX_INPUT_LENGTH
 from models.checkpoint import FORMAT_VERSION
 from models.graph import KerasGraphModule
+from models.layers import unusable_normalizations
 from safe_pickle import load_pickle
 
 log = logging.getLogger(__name__)
@@ -98,15 +99,19 @@ def convert_model(source: str | Path, params_path: str | Path | None = None, out
 
 def exported_with_cost(source: Path, model: KerasGraphModule, export: ExportConfig, record: ConversionRecord,
                        params: dict[str, Any] | None) -> tuple[KerasGraphModule, dict[str, Any], ExportRecord]:
-    """The export of the float32 `model` with its measured cost; refused when it overflows or exceeds max_error."""
-    exported, packed, export_record = export_model(model, export)
+    """The export of the float32 `model` with its measured cost; refused when it cannot be made or measured, when
+    it overflows, or beyond max_error (a NaN error is beyond every bound)."""
+    try:
+        exported, packed, export_record = export_model(model, export, record.shapes_traced_with_length,
+                                                       is_neuron_model(model, params))
+    except ExportRefused as exc:
+        raise ConversionError(f"{source}: cannot be exported as {export.describe()}: {exc}. Nothing was written.") from exc
     if export_record.overflowed:
         raise ConversionError(f"{source}: weights beyond the range of {export.dtype} "
                               f"({listed(export_record.overflowed)}); store them as bfloat16 or float32. "
                               "Nothing was written.")
-    measure_cost(model, exported, record.shapes_traced_with_length, is_neuron_model(model, params), export_record)
     beyond = {name: cost.error for name, cost in export_record.outputs.items()
-              if export.max_error is not None and cost.error > export.max_error}
+              if export.max_error is not None and not cost.error <= export.max_error}
     if beyond:
         figures = ", ".join(f"{name} {error:.3g}" for name, error in beyond.items())
         raise ConversionError(f"{source}: the {export.describe()} export changes output(s) {figures} by more than "
@@ -218,6 +223,10 @@ def _build_module(keras_file: KerasModelFile, spec: dict[str, Any], state: dict[
         model = KerasGraphModule(spec)
     with _refusal(keras_file, "the weights do not fit the layers they belong to"):
         model.load_state_dict(state, strict=True)
+    unusable = unusable_normalizations(model)
+    if unusable:
+        raise ConversionError(f"{keras_file.path}: {unusable}, in Keras too; the model cannot be used. Nothing was "
+                              "written.")
     return model.eval()
 
 

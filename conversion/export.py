@@ -6,7 +6,9 @@ The cost is measured here, against the float32 conversion, on a fixed input set 
 verification's density for neuron models, standard normal noise for others, at the traced window), and
 recorded with the export: per output max/mean abs diff and the scaled error `max_error` bounds; for a `spikes`
 output also the ROC AUC against spikes drawn from the float32 model's own probabilities, and the trials whose
-spike verdict (max probability ≥ 0.5, as the evaluation counts one) changes.
+spike verdict (max probability ≥ 0.5, as the evaluation counts one) changes. Folding is exact in real arithmetic;
+where float32 rounding of the folded weights moves the outputs beyond the conversion's own tolerance (a large
+mean cancelling a large bias), nothing is folded and the record says so.
 """
 from __future__ import annotations
 
@@ -16,15 +18,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from conversion.config import ExportConfig
 from conversion.record import ExportRecord, OutputCost, SpikeCost
-from conversion.verify import SPIKE_DENSITY, realistic_input
+from conversion.verify import ATOL, RTOL, SPIKE_DENSITY, realistic_input
 from models.checkpoint import STORAGE_DTYPES, round_to_storage
 from models.graph import KerasGraphModule
-from models.layers import Conv1d, Dense
-from models.packed import pack_weight, packed_bytes, unpack_weight
+from models.packed import pack_weight, packable_weights, packed_bytes, unpack_weight
 
 COST_SAMPLES = 16
 COST_SEED = 20240601
@@ -33,32 +33,80 @@ SPIKE_THRESHOLD = 0.5  # a trial spikes when its max probability reaches this (o
 WEIGHT_TYPES = ("conv1d", "dense")
 
 
-def export_model(model: KerasGraphModule, options: ExportConfig) -> tuple[KerasGraphModule, dict[str, Any],
-                                                                           ExportRecord]:
-    """(the exported module, its packed weights, the record without the cost) from the float32 `model`, which
-    stays as it is. The module holds exactly the weights a load of the `.pth` gives."""
-    spec, state = copy.deepcopy(model.spec), {k: v.clone() for k, v in model.state_dict().items()}
-    folded, not_folded = fold_batch_norms(spec, state) if options.quantize or options.prune else ([], [])
-    exported = KerasGraphModule(spec)
-    exported.load_state_dict(state, strict=True)
-    names = prunable_weights(exported)
+class ExportRefused(ValueError):
+    """The export cannot be made, or its cost cannot be measured (the converter names the file)."""
+
+
+def export_model(model: KerasGraphModule, options: ExportConfig, length: int, neuron: bool
+                 ) -> tuple[KerasGraphModule, dict[str, Any], ExportRecord]:
+    """(the exported module, its packed weights, its record with the cost) from the float32 `model`, which stays
+    as it is. The module holds exactly the weights a load of the `.pth` gives. `length`: time steps of the cost's
+    input set; `neuron`: binary spikes (else standard normal noise)."""
+    compress = bool(options.quantize or options.prune)
+    if compress and not packable_weights(model):
+        raise ExportRefused("the model has no conv or dense weights to quantize or prune")
+    inputs = cost_input(model, length, neuron)
+    reference = _outputs(model, inputs)
+    if not all(np.isfinite(out).all() for out in reference):
+        raise ExportRefused(f"the float32 conversion's outputs on {describe_input(inputs, length, neuron)} are not "
+                            "finite, so no export's cost can be measured")
+    record = ExportRecord(options=options.model_dump(), input=describe_input(inputs, length, neuron),
+                          float32_weight_bytes=_state_bytes(model, {}, "float32"))
+    exported = _folded(model, options, inputs, reference, record) if compress else copy.deepcopy(model)
+    names = packable_weights(exported)
     if options.prune:
         prune_by_magnitude(exported, names, options.prune, options.prune_scope)
-    overflowed = round_to_storage(exported, options.dtype)
+    quantized = set(names) if options.quantize else set()
+    record.overflowed = round_to_storage(exported, options.dtype, skip=quantized)  # int8 is made from float32
     packed = {}
-    if options.quantize or options.prune:
+    if compress:
         declared = exported.state_dict()
-        packed = {name: pack_weight(declared[name], options.quantize == "int8", bool(options.prune),
-                                    STORAGE_DTYPES[options.dtype]) for name in names}
+        storage = STORAGE_DTYPES[options.dtype]
+        packed = {name: pack_weight(declared[name], name in quantized, bool(options.prune), storage)
+                  for name in names}
         with torch.no_grad():
             for name, entry in packed.items():
-                declared[name].copy_(unpack_weight(entry, declared[name].shape))
-    record = ExportRecord(
-        options=options.model_dump(), folded=folded, not_folded=not_folded, overflowed=overflowed,
-        sparsity={name: float((exported.state_dict()[name] == 0).float().mean()) for name in names},
-        weight_bytes=_state_bytes(exported, packed, options.dtype), float32_weight_bytes=_state_bytes(model, {}, "float32"))
+                declared[name].copy_(unpack_weight(entry, declared[name].shape, storage))
+    record.sparsity = {name: float((exported.state_dict()[name] == 0).float().mean()) for name in names}
+    record.weight_bytes = _state_bytes(exported, packed, options.dtype)
+    if not record.overflowed:
+        measure_cost(reference, _outputs(exported, inputs), exported.output_names, record)
     exported.metadata = dict(model.metadata)
     return exported.eval(), packed, record
+
+
+def _folded(model: KerasGraphModule, options: ExportConfig, inputs: list[np.ndarray], reference: list[np.ndarray],
+            record: ExportRecord) -> KerasGraphModule:
+    """The model with its BatchNorms folded where exact and where the folded weights still fit how they are
+    stored; the unfolded copy when float32 rounding makes the folded outputs differ beyond the conversion's
+    tolerance. Folds (and their absence, with why) go into `record`."""
+    spec, state = copy.deepcopy(model.spec), {k: v.clone() for k, v in model.state_dict().items()}
+    ranks = tensor_ranks(model, inputs)
+    storage = STORAGE_DTYPES[options.dtype]
+    folded, not_folded = fold_batch_norms(spec, state, ranks, None if options.quantize else storage, storage)
+    candidate = KerasGraphModule(spec)
+    candidate.load_state_dict(state, strict=True)
+    candidate.eval()
+    moved = max((float(np.abs(have - want).max() - (ATOL + RTOL * np.abs(want).max()))
+                 for want, have in zip(reference, _outputs(candidate, inputs))), default=0.0)
+    if folded and not moved <= 0:
+        why = (f"folding moves the outputs beyond the float32 tolerance ({ATOL:g} + {RTOL:g}·max|output|) on the "
+               "cost's input set: float32 rounding of the folded weights (e.g. a large moving mean cancelling a "
+               "large bias)")
+        record.not_folded = not_folded + [{"batch_norm": f["batch_norm"], "why": why} for f in folded]
+        return copy.deepcopy(model)
+    record.folded, record.not_folded = folded, not_folded
+    return candidate
+
+
+def tensor_ranks(model: KerasGraphModule, inputs: list[np.ndarray]) -> dict[str, int]:
+    """Rank of every named tensor of the graph, from one traced pass over the first sample."""
+    first = [torch.from_numpy(a[:1]) for a in inputs]
+    ranks = {inp["tensor"]: a.ndim for inp, a in zip(model.spec["inputs"], first)}
+    with torch.no_grad():
+        shapes = model.trace(*first)
+    ranks.update({call["output"]: len(shape) for call, (_, shape) in zip(model.spec["calls"], shapes)})
+    return ranks
 
 
 def _state_bytes(model: KerasGraphModule, packed: dict[str, Any], dtype: str) -> int:
@@ -66,11 +114,6 @@ def _state_bytes(model: KerasGraphModule, packed: dict[str, Any], dtype: str) ->
     plain = sum(v.numel() * (size if v.is_floating_point() else v.element_size())
                 for k, v in model.state_dict().items() if k not in packed)
     return plain + sum(packed_bytes(entry) for entry in packed.values())
-
-
-def prunable_weights(model: KerasGraphModule) -> list[str]:
-    """The state_dict names of every conv and dense kernel, nested ones (keras-tcn blocks) included."""
-    return [f"{name}.weight" for name, module in model.named_modules() if isinstance(module, (Conv1d, Dense))]
 
 
 def prune_by_magnitude(model: KerasGraphModule, names: list[str], sparsity: float, scope: str) -> None:
@@ -91,18 +134,22 @@ def prune_by_magnitude(model: KerasGraphModule, names: list[str], sparsity: floa
                 start += count
 
 
-def fold_batch_norms(spec: dict[str, Any], state: dict[str, torch.Tensor]
+def fold_batch_norms(spec: dict[str, Any], state: dict[str, torch.Tensor], ranks: dict[str, int],
+                     weight_storage: torch.dtype | None = None, bias_storage: torch.dtype = torch.float32
                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Fold each top-level BatchNorm into a neighbour where that is exact, editing `spec` and `state`:
-    into the conv/dense before it when that one's activation is linear and the BN is its only consumer, or
-    else into the conv/dense layers after it when it feeds only them and they add no zero padding (1×1 or
-    'valid' convolutions: zeros padded after the normalization would not be normalized in the folded model).
+    """Fold each top-level BatchNorm over the channel axis into a neighbour where that is exact, editing `spec`
+    and `state`: into the conv/dense before it when that one's activation is linear and the BN is its only
+    consumer, or else into the conv/dense layers after it when it feeds only them and they add no zero padding
+    (1×1 or 'valid' convolutions: zeros padded after the normalization would not be normalized in the folded
+    model). A fold whose weights (stored in `weight_storage`, None: int8 with scales) or biases (in
+    `bias_storage`) would not be finite is not made. `ranks`: the rank of each tensor (tensor_ranks).
     Returns (what was folded, what was not and why)."""
     folded, not_folded = [], []
     for bn in [layer for layer in spec["layers"] if layer["type"] == "batch_norm"]:
         before = _producer_name(spec, bn)
-        why_not = _fold_into_previous(spec, state, bn)
-        consumers = _fold_into_next(spec, state, bn) if why_not is not None else [before]
+        fits = _storable(weight_storage, bias_storage)
+        why_not = _fold_into_previous(spec, state, bn, ranks, fits)
+        consumers = _fold_into_next(spec, state, bn, ranks, fits) if why_not is not None else [before]
         if isinstance(consumers, list):
             folded.append({"batch_norm": bn["name"], "into": consumers,
                            "side": "before" if why_not is None else "after"})
@@ -111,6 +158,15 @@ def fold_batch_norms(spec: dict[str, Any], state: dict[str, torch.Tensor]
             why = why_not if consumers == why_not else f"{why_not}; {consumers}"
             not_folded.append({"batch_norm": bn["name"], "why": why})
     return folded, not_folded
+
+
+def _storable(weight_storage: torch.dtype | None, bias_storage: torch.dtype):
+    """A check that folded (weight, bias) tensors stay finite in float32 and in the dtypes they are stored in."""
+    def fits(weight: torch.Tensor, bias: torch.Tensor) -> bool:
+        checks = [(weight, torch.float32), (bias, torch.float32), (bias, bias_storage)]
+        checks += [(weight, weight_storage)] if weight_storage is not None else []
+        return all(bool(torch.isfinite(t.to(dtype)).all()) for t, dtype in checks)
+    return fits
 
 
 def _calls_of(spec: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -140,17 +196,20 @@ def _bn_affine(state: dict[str, torch.Tensor], key: str, config: dict[str, Any])
     return scale, shift
 
 
-def _single_bn_call(spec: dict[str, Any], bn: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+def _single_bn_call(spec: dict[str, Any], bn: dict[str, Any], ranks: dict[str, int]
+                    ) -> tuple[dict[str, Any] | None, str]:
     calls = _calls_of(spec, bn["key"])
     if len(calls) != 1 or len(calls[0]["inputs"]) != 1:
         return None, f"'{bn['name']}' is called {len(calls)} times"
-    if bn["config"].get("axis", -1) != -1:
-        return None, f"'{bn['name']}' normalizes axis {bn['config'].get('axis')}, not the channels"
+    axis, rank = bn["config"].get("axis", -1), ranks.get(calls[0]["inputs"][0], 0)
+    if not isinstance(axis, int) or rank < 2 or axis % rank != rank - 1:
+        return None, f"'{bn['name']}' normalizes axis {axis} of a rank-{rank} tensor, not its last (the channels)"
     return calls[0], ""
 
 
-def _fold_into_previous(spec: dict[str, Any], state: dict[str, torch.Tensor], bn: dict[str, Any]) -> str | None:
-    call, why = _single_bn_call(spec, bn)
+def _fold_into_previous(spec: dict[str, Any], state: dict[str, torch.Tensor], bn: dict[str, Any],
+                        ranks: dict[str, int], fits) -> str | None:
+    call, why = _single_bn_call(spec, bn, ranks)
     if call is None:
         return why
     source = call["inputs"][0]
@@ -167,10 +226,12 @@ def _fold_into_previous(spec: dict[str, Any], state: dict[str, torch.Tensor], bn
         return f"the output of '{layer['name']}' is used elsewhere too"
     scale, shift = _bn_affine(state, bn["key"], bn["config"])
     prefix = f"layers.{layer['key']}."
-    weight = state[prefix + "weight"].double()
-    state[prefix + "weight"] = (weight * scale.reshape(-1, *[1] * (weight.ndim - 1))).float()
-    bias = state.get(prefix + "bias")
-    state[prefix + "bias"] = ((bias.double() if bias is not None else 0.0) * scale + shift).float()
+    weight, bias = state[prefix + "weight"].double(), state.get(prefix + "bias")
+    new_weight = (weight * scale.reshape(-1, *[1] * (weight.ndim - 1))).float()
+    new_bias = ((bias.double() if bias is not None else 0.0) * scale + shift).float()
+    if not fits(new_weight, new_bias):
+        return f"folded into '{layer['name']}', its weights would overflow how they are stored"
+    state[prefix + "weight"], state[prefix + "bias"] = new_weight, new_bias
     layer["config"]["bias"] = True
     producers[0]["output"] = call["output"]  # the BN's call is removed with its layer
     return None
@@ -184,8 +245,9 @@ def _zero_padding_free(layer: dict[str, Any]) -> bool:
             and (config["kernel_size"] == 1 or config.get("padding", "valid") == "valid"))
 
 
-def _fold_into_next(spec: dict[str, Any], state: dict[str, torch.Tensor], bn: dict[str, Any]) -> list[str] | str:
-    call, why = _single_bn_call(spec, bn)
+def _fold_into_next(spec: dict[str, Any], state: dict[str, torch.Tensor], bn: dict[str, Any],
+                    ranks: dict[str, int], fits) -> list[str] | str:
+    call, why = _single_bn_call(spec, bn, ranks)
     if call is None:
         return why
     output = call["output"]
@@ -198,14 +260,19 @@ def _fold_into_next(spec: dict[str, Any], state: dict[str, torch.Tensor], bn: di
             return (f"it feeds '{layer['name']}' ({layer['class_name']}), not only 1×1 or unpadded convolutions "
                     "and dense layers called once")
     scale, shift = _bn_affine(state, bn["key"], bn["config"])
+    updates = {}
+    for layer in layers:
+        prefix = f"layers.{layer['key']}."
+        weight, bias = state[prefix + "weight"].double(), state.get(prefix + "bias")  # weight: (out, in[, kernel])
+        in_view = [1, -1, *[1] * (weight.ndim - 2)]
+        added = (weight * shift.reshape(in_view)).sum(dim=tuple(range(1, weight.ndim)))
+        updates[prefix] = ((weight * scale.reshape(in_view)).float(),
+                           ((bias.double() if bias is not None else 0.0) + added).float())
+        if not fits(*updates[prefix]):
+            return f"folded into '{layer['name']}', its weights would overflow how they are stored"
     for user, layer in zip(users, layers):
         prefix = f"layers.{layer['key']}."
-        weight = state[prefix + "weight"].double()  # (out, in[, kernel])
-        in_view = scale.reshape(1, -1, *[1] * (weight.ndim - 2))
-        added = (weight * shift.reshape(1, -1, *[1] * (weight.ndim - 2))).sum(dim=tuple(range(1, weight.ndim)))
-        bias = state.get(prefix + "bias")
-        state[prefix + "weight"] = (weight * in_view).float()
-        state[prefix + "bias"] = ((bias.double() if bias is not None else 0.0) + added).float()
+        state[prefix + "weight"], state[prefix + "bias"] = updates[prefix]
         layer["config"]["bias"] = True
         user["inputs"] = [call["inputs"][0]]
     return [layer["name"] for layer in layers]
@@ -231,22 +298,41 @@ def _outputs(model: torch.nn.Module, inputs: list[np.ndarray]) -> list[np.ndarra
     return [t.cpu().numpy().astype(np.float64) for t in (got if isinstance(got, tuple) else (got,))]
 
 
-def measure_cost(reference: KerasGraphModule, exported: KerasGraphModule, length: int, neuron: bool,
-                 record: ExportRecord) -> None:
-    """Fill `record`'s cost: `exported` against the float32 `reference` on the fixed input set."""
-    inputs = cost_input(reference, length, neuron)
-    expected, got = _outputs(reference, inputs), _outputs(exported, inputs)
-    record.input = (f"{inputs[0].shape[0]} samples × {length} steps of "
-                    + (f"binary spikes at {SPIKE_DENSITY:.0%} density" if neuron else "standard normal noise")
-                    + f" (seed {COST_SEED})")
-    for name, want, have in zip(reference.output_names, expected, got):
+def describe_input(inputs: list[np.ndarray], length: int, neuron: bool) -> str:
+    """'16 samples × 200 steps of binary spikes at 3% density (seed …)', as the record states the input set."""
+    kind = f"binary spikes at {SPIKE_DENSITY:.0%} density" if neuron else "standard normal noise"
+    samples = inputs[0].shape[0]
+    extent = f"{samples} samples × {length} steps" if inputs[0].ndim > 2 else f"{samples} samples"
+    return f"{extent} of {kind} (seed {COST_SEED})"
+
+
+def measure_cost(expected: list[np.ndarray], got: list[np.ndarray], names: list[str], record: ExportRecord) -> None:
+    """Fill `record`'s cost: the export's outputs `got` against the float32 conversion's `expected`, on the
+    fixed input set; an export whose outputs are not finite where the float32 conversion's are is refused."""
+    broken = [name for name, have in zip(names, got) if not np.isfinite(have).all()]
+    if broken:
+        raise ExportRefused(f"the export's output(s) {', '.join(broken)} are not finite on {record.input}, where "
+                            "the float32 conversion's are")
+    for name, want, have in zip(names, expected, got):
         diff = np.abs(have - want)
         largest = float(np.max(np.abs(want)))
         record.outputs[name] = OutputCost(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
                                           max_abs_value=largest, error=float(diff.max()) / max(1.0, largest))
-    if "spikes" in reference.output_names:
-        index = reference.output_names.index("spikes")
+    if "spikes" in names:
+        index = names.index("spikes")
         record.spikes = spike_cost(expected[index], got[index])
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic: the probability that a positive scores above a negative, ties
+    counting half (average ranks)."""
+    order = np.argsort(scores, kind="stable")
+    _, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(scores))
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)  # 1-based average rank of each tied group
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def spike_cost(reference: np.ndarray, exported: np.ndarray) -> SpikeCost:
@@ -256,8 +342,8 @@ def spike_cost(reference: np.ndarray, exported: np.ndarray) -> SpikeCost:
     changed = np.clip(exported.reshape(exported.shape[0], -1), 0.0, 1.0)
     drawn = np.random.default_rng(COST_SEED).random(probabilities.shape) < probabilities
     both = drawn.any() and not drawn.all()
-    auc_reference = float(roc_auc_score(drawn.ravel(), probabilities.ravel())) if both else None
-    auc_export = float(roc_auc_score(drawn.ravel(), changed.ravel())) if both else None
+    auc_reference = roc_auc(drawn.ravel(), probabilities.ravel()) if both else None
+    auc_export = roc_auc(drawn.ravel(), changed.ravel()) if both else None
     spiking_reference = probabilities.max(axis=1) >= SPIKE_THRESHOLD
     spiking_export = changed.max(axis=1) >= SPIKE_THRESHOLD
     return SpikeCost(auc_float32=auc_reference, auc_export=auc_export,

@@ -3,13 +3,10 @@ the conversion itself)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from conversion.config import ExportConfig
 from conversion.record import ConversionRecord
-
-if TYPE_CHECKING:
-    from conversion.cache import ConversionOutcome
 
 
 def parameter_counts(model) -> tuple[int, int]:
@@ -18,16 +15,19 @@ def parameter_counts(model) -> tuple[int, int]:
     return trainable + sum(b.numel() for b in model.buffers()), trainable
 
 
-def outcome_lines(outcome: "ConversionOutcome", source: Path) -> list[str]:
+def outcome_lines(outcome: Any, source: Path) -> list[str]:  # a conversion.cache.ConversionOutcome
     """`converted X -> Y (...)` or `up to date: ...`, then the verification: its figures, or why it is missing."""
     record = ConversionRecord.from_dict(outcome.model.metadata)
     if outcome.cached:
         lines = [f"up to date: {source} -> {outcome.path} (cached)"]
     else:
-        total, trainable = parameter_counts(outcome.model)
+        if record.export is None:
+            total, trainable = parameter_counts(outcome.model)
+            counts = f"{total:,} parameters, {trainable:,} trainable"
+        else:  # the exported module may have fewer (folded BatchNorms): the count of the Keras model
+            counts = f"{sum(layer['parameters'] for layer in record.layers):,} parameters in Keras"
         stored = f", stored as {stored_as(record)}" if record.export is not None else ""
-        lines = [f"converted {source} -> {outcome.path} ({len(record.layers)} layers, {total:,} parameters, "
-                 f"{trainable:,} trainable{stored})"]
+        lines = [f"converted {source} -> {outcome.path} ({len(record.layers)} layers, {counts}{stored})"]
     verification = record.verification
     if verification is not None and verification.skipped is None:
         figures = ", ".join(f"{name} {o.max_abs_diff:.2g}" for name, o in verification.outputs.items())

@@ -8,6 +8,7 @@ classes (`ConversionRecord.from_dict(model.metadata)`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -112,6 +113,13 @@ class SpikeCost:
     bins_above_export: int
 
 
+def _figure(entry: dict[str, Any], key: str) -> float:
+    value = entry[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"the export record's {key} is {value!r:.40}, not a finite number ≥ 0")
+    return float(value)
+
+
 @dataclass
 class ExportRecord:
     """How a conversion was stored when not as float32 weights (conversion.export), and what that costs."""
@@ -139,13 +147,25 @@ class ExportRecord:
 
     @classmethod
     def from_dict(cls, data: Any) -> Optional["ExportRecord"]:
-        if not isinstance(data, dict):
+        """The record's `export` entry (None for the float32 conversion); TypeError/ValueError when it is not one
+        this converter writes: a cost for at least one output, every figure a finite number ≥ 0."""
+        if data is None:
             return None
+        if not isinstance(data, dict) or not isinstance(data.get("options"), dict):
+            raise TypeError(f"the export record is not a dict with options ({type(data).__name__})")
+        outputs, spikes = data.get("outputs"), data.get("spikes")
+        if not isinstance(outputs, dict) or not outputs or not all(isinstance(v, dict) for v in outputs.values()):
+            raise ValueError("the export record holds no cost per output")
+        costs = {str(name): OutputCost(**{key: _figure(value, key) for key in _FIELDS[OutputCost]})
+                 for name, value in outputs.items()}
+        if spikes is not None and not isinstance(spikes, dict):
+            raise TypeError("the export record's spike cost is not a dict")
         names = {f.name for f in dataclasses.fields(cls)} - {"outputs", "spikes"}
-        spikes = data.get("spikes")
-        return cls(outputs={str(name): OutputCost(**value) for name, value in (data.get("outputs") or {}).items()},
-                   spikes=SpikeCost(**spikes) if isinstance(spikes, dict) else None,
-                   **{key: data[key] for key in names if key in data})
+        return cls(outputs=costs, spikes=SpikeCost(**{key: spikes[key] for key in _FIELDS[SpikeCost]})
+                   if spikes is not None else None, **{key: data[key] for key in names if key in data})
+
+
+_FIELDS = {kind: [f.name for f in dataclasses.fields(kind)] for kind in (OutputCost, SpikeCost)}
 
 
 @dataclass

@@ -17,7 +17,8 @@ from errors import ModelFileError, ToolError
 from fileio import read_zip_member, regular_file_size
 from limits import MAX_MEMBER_BYTES, MAX_PICKLE_BYTES, MAX_WEIGHT_BYTES, check_stored_size
 from models.graph import KerasGraphModule
-from models.packed import PackedWeightError, unpack_weight
+from models.layers import unusable_normalizations
+from models.packed import PackedWeightError, packable_weights, unpack_weight
 from safe_pickle import check_pickle_stream
 
 FORMAT_NAME = "keras-graph-torch"
@@ -46,15 +47,15 @@ def checkpoint_payload(model: KerasGraphModule, metadata: dict[str, Any],
     return payload
 
 
-def round_to_storage(model: nn.Module, dtype: str) -> list[str]:
-    """Round the model's floating tensors in place to what a `.pth` in `dtype` stores (computation stays in
-    float32), so that the module in memory equals the one loaded from the file; returns the names of tensors
-    that do not fit the dtype's range (they would become inf)."""
+def round_to_storage(model: nn.Module, dtype: str, skip: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Round the model's floating tensors (but those in `skip`: stored another way) in place to what a `.pth` in
+    `dtype` stores (computation stays in float32), so that the module in memory equals the one loaded from the
+    file; returns the names of tensors that do not fit the dtype's range (they would become inf)."""
     storage = STORAGE_DTYPES[dtype]
     overflowed = []
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point():
+            if tensor.is_floating_point() and name not in skip:
                 rounded = tensor.to(storage)
                 if not torch.isfinite(rounded).all() and torch.isfinite(tensor).all():
                     overflowed.append(name)
@@ -110,13 +111,25 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def declared_weight_bytes(spec: dict[str, Any]) -> int:
+    """Bytes of float32 parameters and buffers the spec's layers declare, found without allocating them."""
+    with torch.device("meta"):
+        model = KerasGraphModule(spec)
+    return sum(t.numel() * 4 for t in model.state_dict().values())
+
+
 def model_from_payload(payload: dict[str, Any], source: str | Path = "<memory>") -> KerasGraphModule:
-    """Build the module and load its state strictly (every parameter and buffer, nothing extra)."""
+    """Build the module (its declared size checked against the weight budget first: a small file may declare
+    huge layers) and load its state strictly (every parameter and buffer, nothing extra)."""
     try:
+        MAX_WEIGHT_BYTES.check(declared_weight_bytes(payload["spec"]), f"{source}: the layers its spec declares",
+                               ModelFileError, "bytes")
         model = KerasGraphModule(payload["spec"])
         model.load_state_dict(_with_packed_widened(model, payload), strict=True)
     except PackedWeightError as exc:
         raise ModelFileError(f"{source}: a packed weight {exc}.") from exc
+    except ModelFileError:
+        raise
     except Exception as exc:  # the spec is data from a file: any failure to build from it is this refusal
         raise ModelFileError(f"{source}: the stored spec and weights do not build a model "
                              f"({type(exc).__name__}: {exc}).") from exc
@@ -126,23 +139,33 @@ def model_from_payload(payload: dict[str, Any], source: str | Path = "<memory>")
         raise ModelFileError(f"{source}: the weights are not finite (NaN/Inf in {', '.join(not_finite[:5])}"
                              f"{', ...' if len(not_finite) > 5 else ''}), as a diverged training run leaves "
                              "them; this model cannot be used.")
+    unusable = unusable_normalizations(model)
+    if unusable:
+        raise ModelFileError(f"{source}: {unusable}; this model cannot be used.")
     model.metadata = payload.get("metadata", {})
     return model.eval()
 
 
 def _with_packed_widened(model: KerasGraphModule, payload: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The state_dict with each packed weight widened to float32 in the shape its module declares."""
-    state, packed = dict(payload["state_dict"]), payload.get("packed") or {}
+    """The state_dict with each packed weight widened to float32 in the shape its module declares; only conv and
+    dense kernels may be packed, their unscaled values in the file's dtype."""
+    state, packed = dict(payload["state_dict"]), payload.get("packed", {})
     if not isinstance(packed, dict):
-        raise PackedWeightError("table is not a dict")
-    declared = model.state_dict()
+        raise PackedWeightError(f"table is a {type(packed).__name__}, not a dict")
+    metadata = payload.get("metadata")
+    dtype = metadata.get("dtype", "float32") if isinstance(metadata, dict) else "float32"
+    if packed and dtype not in STORAGE_DTYPES:
+        raise PackedWeightError(f"table belongs to a file of dtype {str(dtype)[:40]!r}, not one of "
+                                f"{', '.join(STORAGE_DTYPES)}")
+    declared, packable = model.state_dict(), set(packable_weights(model))
     for name, entry in packed.items():
-        if name not in declared or name in state:
-            raise PackedWeightError(f"'{name}' is {'stored twice' if name in state else 'not a weight of the model'}")
+        if name not in packable or name in state:
+            raise PackedWeightError(f"{str(name)[:100]!r} is " + ("stored twice" if name in state else
+                                                                 "not a conv or dense kernel of the model"))
         try:
-            state[name] = unpack_weight(entry, declared[name].shape)
+            state[name] = unpack_weight(entry, declared[name].shape, STORAGE_DTYPES[dtype])
         except PackedWeightError as exc:
-            raise PackedWeightError(f"'{name}': {exc}") from None
+            raise PackedWeightError(f"'{name}' {exc}") from None
     return state
 
 

@@ -284,6 +284,17 @@ for _module_class, _name in ((Activation, "activation"), (Conv1d, "conv1d"), (De
     MODULE_TYPES.add(_name, _module_class)
 
 
+def unusable_normalizations(model: nn.Module) -> str:
+    """'' or which BatchNorm layers have a moving variance + epsilon that is not positive: every output through
+    them is NaN (in Keras too), so such a model is refused rather than run."""
+    bad = [name for name, module in model.named_modules() if isinstance(module, BatchNorm)
+           and not bool((module.running_var + module.epsilon > 0).all())]
+    if not bad:
+        return ""
+    return (f"the moving variance + epsilon is not positive in BatchNorm {', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''} (its outputs would be NaN)")
+
+
 def register_module_type(name: str, module_class: type[nn.Module], replace: bool = False) -> None:
     """Make a module class available to specs (used by custom-layer converters); a taken name is refused
     unless `replace=True`."""

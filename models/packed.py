@@ -12,7 +12,9 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from models.layers import Conv1d, Dense
 
 INT8_LIMIT = 127  # symmetric: -127 … 127, so that the scale maps max |w| to 127 exactly
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
@@ -22,10 +24,17 @@ class PackedWeightError(ValueError):
     """A packed entry that does not describe the tensor it replaces."""
 
 
+def packable_weights(model: nn.Module) -> list[str]:
+    """The state_dict names of every conv and dense kernel, nested ones (keras-tcn blocks) included: the only
+    tensors a file may store packed."""
+    return [f"{name}.weight" for name, module in model.named_modules() if isinstance(module, (Conv1d, Dense))]
+
+
 def channel_scales(weight: Tensor) -> Tensor:
-    """Per output channel (axis 0): max |w| / 127 in float32; 1 for a channel that is all zeros."""
+    """Per output channel (axis 0): max |w| / 127 in float32, at least the smallest normal float32 (a channel of
+    zeros, or of weights so small that their scale would underflow, is stored as zeros)."""
     largest = weight.detach().abs().reshape(weight.shape[0], -1).amax(dim=1).to(torch.float32)
-    return torch.where(largest > 0, largest / INT8_LIMIT, torch.ones_like(largest))
+    return torch.clamp(largest / INT8_LIMIT, min=torch.finfo(torch.float32).tiny)
 
 
 def _pack_bits(mask: Tensor) -> Tensor:
@@ -39,8 +48,9 @@ def _unpack_bits(bits: Tensor, count: int) -> Tensor:
 
 
 def pack_weight(weight: Tensor, quantize: bool, sparse: bool, storage: torch.dtype) -> dict[str, Any]:
-    """The entry storing `weight` (a conv/dense weight, output channels on axis 0): int8 values with scales when
-    `quantize`, else values in `storage`; only the nonzero ones and their mask when `sparse`."""
+    """The entry storing `weight` (a finite conv/dense weight in float32, output channels on axis 0): int8 values
+    with float32 scales when `quantize`, else values in `storage`; only the nonzero ones and their mask when
+    `sparse`."""
     weight = weight.detach().cpu().to(torch.float32)
     entry: dict[str, Any] = {}
     if quantize:
@@ -58,38 +68,41 @@ def pack_weight(weight: Tensor, quantize: bool, sparse: bool, storage: torch.dty
     return entry
 
 
-def unpack_weight(entry: Any, shape: torch.Size) -> Tensor:
-    """The float32 tensor of `shape` an entry stores; PackedWeightError when the entry does not describe one."""
+def unpack_weight(entry: Any, shape: torch.Size, storage: torch.dtype) -> Tensor:
+    """The float32 tensor of `shape` an entry stores (unscaled values in `storage`, the file's dtype);
+    PackedWeightError when the entry does not describe one."""
     if not isinstance(entry, dict) or not isinstance(entry.get("values"), Tensor):
-        raise PackedWeightError("not a packed weight (a dict with a 'values' tensor)")
+        raise PackedWeightError("is not a packed weight (a dict with a 'values' tensor)")
     unknown = set(entry) - {"values", "scales", "mask"}
     if unknown:
-        raise PackedWeightError(f"unknown keys {sorted(unknown)}")
+        raise PackedWeightError(f"has unknown keys {sorted(map(str, unknown))[:5]}")
     count = math.prod(shape)
     values = entry["values"]
-    if values.ndim != 1 or values.numel() > count:
-        raise PackedWeightError(f"{values.numel()} values for a tensor of {count}")
+    if values.ndim != 1:
+        raise PackedWeightError(f"has values of shape {tuple(values.shape)}, not one flat tensor")
+    if values.numel() > count:
+        raise PackedWeightError(f"has {values.numel()} values for a tensor of {count}")
     mask = entry.get("mask")
     if mask is not None:
         if not isinstance(mask, Tensor) or mask.dtype != torch.uint8 or mask.shape != ((count + 7) // 8,):
-            raise PackedWeightError(f"the mask is not {(count + 7) // 8} bytes of bits")
+            raise PackedWeightError(f"has a mask that is not {(count + 7) // 8} bytes of bits")
         where = _unpack_bits(mask, count)
         if int(where.sum()) != values.numel():
-            raise PackedWeightError(f"the mask marks {int(where.sum())} values, {values.numel()} are stored")
+            raise PackedWeightError(f"has a mask marking {int(where.sum())} values, and {values.numel()} values")
     elif values.numel() != count:
-        raise PackedWeightError(f"{values.numel()} values for a dense tensor of {count}")
+        raise PackedWeightError(f"has {values.numel()} values for a dense tensor of {count}")
     scales = entry.get("scales")
     if scales is not None:
         if values.dtype != torch.int8:
-            raise PackedWeightError(f"scaled values must be int8, not {values.dtype}")
+            raise PackedWeightError(f"has scaled values of {values.dtype}, not int8")
         if (not isinstance(scales, Tensor) or scales.dtype != torch.float32 or scales.shape != (shape[0],)
                 or not bool(torch.isfinite(scales).all()) or not bool((scales > 0).all())):
-            raise PackedWeightError(f"the scales are not {shape[0]} finite positive float32 numbers")
+            raise PackedWeightError(f"has scales that are not {shape[0]} finite positive float32 numbers")
         widened = values.to(torch.float32)
-    elif values.is_floating_point():
+    elif values.dtype == storage:
         widened = values.to(torch.float32)
     else:
-        raise PackedWeightError(f"values of {values.dtype} need scales")
+        raise PackedWeightError(f"has unscaled values of {values.dtype}; this file stores {storage}")
     if mask is not None:
         dense = torch.zeros(count, dtype=torch.float32)
         dense[where] = widened

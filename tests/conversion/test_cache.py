@@ -32,9 +32,9 @@ def test_current_conversion_rule(model_copy, tmp_path):
     sha = file_sha256(model_copy)
     assert current_conversion(pth, sha)[0] is not None
     assert "stale or foreign" in current_conversion(pth, "0" * 64)[1]
-    assert "is stored as float32, float16 was asked for" in current_conversion(
+    assert "is stored as 'float32', and 'float16' was asked for" in current_conversion(
         pth, sha, ExportConfig(dtype="float16"))[1]
-    assert "is stored as float32, int8 was asked for" in current_conversion(pth, sha, ExportConfig(quantize="int8"))[1]
+    assert "'int8' was asked for" in current_conversion(pth, sha, ExportConfig(quantize="int8"))[1]
     assert "no passed verification" in current_conversion(pth, sha, verified=True)[1]
     payload = torch.load(pth, weights_only=True)
     payload["metadata"]["verification"] = {"passed": True, "outputs": {"spikes": {
