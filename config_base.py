@@ -1,5 +1,6 @@
 """The base of every config section (a pydantic model in which an unknown key is an error, not ignored) and the
 bounds the sections share."""
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict

@@ -4,8 +4,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
 
 
 class ToolError(Exception):
@@ -89,8 +89,10 @@ def listed(items: Iterable[str], most: int = 5, separator: str = ", ") -> str:
 
 def raise_terminated_on_sigterm() -> None:
     """Entry points call this once: SIGTERM then raises Terminated in the main thread."""
+
     def handler(signum, frame):
         raise Terminated()
+
     signal.signal(signal.SIGTERM, handler)
 
 
@@ -122,16 +124,26 @@ def failure_report(exc: BaseException, doing: str) -> tuple[str, int]:
     if isinstance(exc, KeyboardInterrupt):
         return "error: interrupted; files being written were left as they were before.", INTERRUPTED_EXIT
     if isinstance(exc, MemoryError):
-        return (f"error: out of memory while {doing}: the input needs more memory than this process may use. "
-                "Use a machine with more memory, or lower the limits of limits.py (NEURON_TCN_<NAME>) so that such "
-                "an input is refused before it is read; no result was written.", OUT_OF_MEMORY_EXIT)
-    return (f"error: unexpected {type(exc).__name__} while {doing}: {' '.join(str(exc).split())[:500]}. This is "
-            "a fault of the tool (please report it with the output of --verbose, which shows the traceback); no "
-            "result was written.", UNEXPECTED_EXIT)
+        return (
+            f"error: out of memory while {doing}: the input needs more memory than this process may use. "
+            "Use a machine with more memory, or lower the limits of limits.py (NEURON_TCN_<NAME>) so that such "
+            "an input is refused before it is read; no result was written.",
+            OUT_OF_MEMORY_EXIT,
+        )
+    return (
+        f"error: unexpected {type(exc).__name__} while {doing}: {' '.join(str(exc).split())[:500]}. This is "
+        "a fault of the tool (please report it with the output of --verbose, which shows the traceback); no "
+        "result was written.",
+        UNEXPECTED_EXIT,
+    )
 
 
-def run_entry_point(work: Callable[[], int], doing: str, verbose: bool,
-                    report: Callable[[str, BaseException | None], None] | None = None) -> int:
+def run_entry_point(
+    work: Callable[[], int],
+    doing: str,
+    verbose: bool,
+    report: Callable[[str, BaseException | None], None] | None = None,
+) -> int:
     """The one error boundary of an entry point: run `work`; whatever stops it becomes one `error:` paragraph
     (through `report(message, traceback_or_None)`, by default stderr) and its exit code. SIGTERM is turned into
     Terminated first; --verbose shows tracebacks and TensorFlow's own logging."""

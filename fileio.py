@@ -5,6 +5,7 @@ any moment leaves either the old file or the new one, never half of one; no outp
 regular files (a FIFO or device would block or never end); zip members in bounded chunks, never more than they
 declare. Pickles: safe_pickle.
 """
+
 from __future__ import annotations
 
 import errno
@@ -15,12 +16,13 @@ import stat
 import uuid
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, BinaryIO, Callable, Iterator
+from typing import IO, BinaryIO
 
 from errors import OutputError, ToolError
-from limits import MiB, Limit, format_bytes
+from limits import Limit, MiB, format_bytes
 
 ZIP_CHUNK_BYTES = 1 * MiB
 
@@ -45,8 +47,10 @@ def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
         for temporary, target in zip(temporaries, targets):
             os.replace(temporary, target)
     except OSError as exc:
-        raise OutputError(f"{', '.join(map(str, targets))}: cannot be written ({exc.strerror or exc}); "
-                          "any previous version is left unchanged.") from exc
+        raise OutputError(
+            f"{', '.join(map(str, targets))}: cannot be written ({exc.strerror or exc}); "
+            "any previous version is left unchanged."
+        ) from exc
     finally:
         for temporary in temporaries:
             with suppress(OSError):  # e.g. a folder that could not be created
@@ -61,8 +65,17 @@ def real_path(path: str | Path) -> Path:
 
 def file_kind(mode: int) -> str:
     """What a file that is not a regular file is, in words."""
-    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "a symbolic link" if stat.S_ISLNK(mode) else "a device")
+    return (
+        "a folder"
+        if stat.S_ISDIR(mode)
+        else "a FIFO (named pipe)"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a symbolic link"
+        if stat.S_ISLNK(mode)
+        else "a device"
+    )
 
 
 def open_lock_file(path: str | Path) -> IO:
@@ -98,8 +111,10 @@ def regular_file_size(path: str | Path, error: type[ToolError], what: str = "fil
     except OSError as exc:
         raise error(f"{path}: cannot be read ({exc.strerror or exc}).") from None
     if not stat.S_ISREG(status.st_mode):
-        raise error(f"{path}: cannot be read: it is {file_kind(status.st_mode)}, not a regular {what} (it is never opened: reading "
-                    "it could block).")
+        raise error(
+            f"{path}: cannot be read: it is {file_kind(status.st_mode)}, not a regular {what} (it is never opened: reading "
+            "it could block)."
+        )
     return status.st_size
 
 
@@ -116,8 +131,9 @@ def file_sha256(path: str | Path, error: type[ToolError]) -> str:
     return digest.hexdigest()
 
 
-def read_zip_member(archive: zipfile.ZipFile, member: str | zipfile.ZipInfo, limit: Limit, subject: str,
-                    error: type[ToolError]) -> bytes:
+def read_zip_member(
+    archive: zipfile.ZipFile, member: str | zipfile.ZipInfo, limit: Limit, subject: str, error: type[ToolError]
+) -> bytes:
     """A zip member's bytes, inflated ZIP_CHUNK_BYTES at a time and counted as they come, against the size its
     header declares and against `limit`: a member that declares 19 kB can inflate to gigabytes, and reading it
     whole asks zlib for up to 2 GB in one call. Stops at the first byte past either; a member that holds more or
@@ -133,17 +149,23 @@ def read_zip_member(archive: zipfile.ZipFile, member: str | zipfile.ZipInfo, lim
             while chunk := handle.read(ZIP_CHUNK_BYTES):
                 count += len(chunk)
                 if count > allowed:
-                    raise error(f"{subject}: inflates to more than the {format_bytes(allowed)} it may hold (it "
-                                f"declares {format_bytes(info.file_size)}, {limit.what}); it is forged or damaged. "
-                                "Reading stopped there.")
+                    raise error(
+                        f"{subject}: inflates to more than the {format_bytes(allowed)} it may hold (it "
+                        f"declares {format_bytes(info.file_size)}, {limit.what}); it is forged or damaged. "
+                        "Reading stopped there."
+                    )
                 chunks.append(chunk)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as exc:
         kind = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
-        raise error(f"{subject} cannot be read ({kind}: {exc}); it is damaged, or inflates to more or less than "
-                    f"the {format_bytes(info.file_size)} it declares.") from exc
+        raise error(
+            f"{subject} cannot be read ({kind}: {exc}); it is damaged, or inflates to more or less than "
+            f"the {format_bytes(info.file_size)} it declares."
+        ) from exc
     if count != info.file_size:
-        raise error(f"{subject}: holds {format_bytes(count)}, not the {format_bytes(info.file_size)} it declares; it "
-                    "is damaged.")
+        raise error(
+            f"{subject}: holds {format_bytes(count)}, not the {format_bytes(info.file_size)} it declares; it "
+            "is damaged."
+        )
     return b"".join(chunks)
 
 
@@ -151,20 +173,26 @@ def outputs_apart_from_inputs(outputs: list[Path], inputs: list[Path | None], er
     """No output may be an input (or the same file under another name), nor two outputs one file: writing it
     would destroy what is being read. The message names the first input (the file being processed)."""
     subject = next((Path(p) for p in inputs if p is not None), outputs[0])
+
     def same(a: Path, b: Path) -> bool:
         try:
             return real_path(a) == real_path(b) or (a.exists() and b.exists() and os.path.samefile(a, b))
         except OSError:
             return False
+
     for i, output in enumerate(outputs):
         for source in [p for p in inputs if p is not None]:
             if same(output, Path(source)):
-                raise error(f"{subject}: its output {output} would overwrite the input {source}; give another "
-                            "output path. Nothing was written.")
-        for other in outputs[i + 1:]:
+                raise error(
+                    f"{subject}: its output {output} would overwrite the input {source}; give another "
+                    "output path. Nothing was written."
+                )
+        for other in outputs[i + 1 :]:
             if same(output, other):
-                raise error(f"{subject}: two of its outputs would be one file ({output}, {other}); give another "
-                            "output path. Nothing was written.")
+                raise error(
+                    f"{subject}: two of its outputs would be one file ({output}, {other}); give another "
+                    "output path. Nothing was written."
+                )
 
 
 def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:

@@ -19,23 +19,24 @@ cost against it — per output max/mean abs diff, and for a spike output the AUC
 measured on a fixed input set, printed and recorded in the info pickle; --max-error refuses an export whose
 error (max abs diff ÷ max(1, largest |output|)) exceeds the bound.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from errors import ConversionError, quiet_interrupts_while_importing, run_entry_point
 
 with quiet_interrupts_while_importing(__name__ == "__main__"):
     import numpy as np
+    from pydantic import ValidationError
     from torch import nn
 
     from conversion.batch import BatchRow, batch_convert, batch_table
-    from pydantic import ValidationError
-
     from conversion.cache import ConversionOutcome, convert_or_reuse
     from conversion.config import ExportConfig
     from conversion.converter import DEFAULT_TRACE_LENGTH, convert_model, read_params
@@ -46,15 +47,24 @@ with quiet_interrupts_while_importing(__name__ == "__main__"):
     from models.checkpoint import STORAGE_DTYPES, load_converted_model
     from progress import ProgressStyle
 
-__all__ = ["TCNModelConverter", "convert_or_reuse", "batch_convert", "load_converted_model", "default_output_path",
-           "BatchRow", "ConversionOutcome", "ExportConfig"]
+__all__ = [
+    "TCNModelConverter",
+    "convert_or_reuse",
+    "batch_convert",
+    "load_converted_model",
+    "default_output_path",
+    "BatchRow",
+    "ConversionOutcome",
+    "ExportConfig",
+]
 
 
 class TCNModelConverter:
     """Convert one Keras model file; `model_params_path` is the training `.pickle` (architecture, history)."""
 
-    def __init__(self, tf_model_path: str | Path, model_params_path: str | Path | None = None,
-                 trust_pickles: bool = False):
+    def __init__(
+        self, tf_model_path: str | Path, model_params_path: str | Path | None = None, trust_pickles: bool = False
+    ):
         self.tf_model_path = Path(tf_model_path)
         self.model_params_path = Path(model_params_path) if model_params_path else None
         self.params = read_params(self.model_params_path, trust_pickles)
@@ -63,11 +73,18 @@ class TCNModelConverter:
         """Convert, optionally verify against Keras (a failed check refuses), write `.pth` + info; return the
         model (conversion.converter.convert_model). `export`: the fields of ExportConfig (dtype, quantize,
         prune, prune_scope, max_error)."""
-        return convert_model(self.tf_model_path, self.model_params_path, output_path, params=self.params,
-                             verify=verify, export=ExportConfig(**export)).model
+        return convert_model(
+            self.tf_model_path,
+            self.model_params_path,
+            output_path,
+            params=self.params,
+            verify=verify,
+            export=ExportConfig(**export),
+        ).model
 
-    def test_conversion(self, pytorch_model: nn.Module, test_input: Sequence[np.ndarray] | np.ndarray | None = None
-                        ) -> dict[str, Any]:
+    def test_conversion(
+        self, pytorch_model: nn.Module, test_input: Sequence[np.ndarray] | np.ndarray | None = None
+    ) -> dict[str, Any]:
         """Per-output max/mean abs diff against Keras and pass/fail (see conversion.verify for the tolerance)."""
         keras_file = read_model_file(self.tf_model_path, self.params, self.model_params_path)
         length = pytorch_model.metadata.get("shapes_traced_with_length") or DEFAULT_TRACE_LENGTH
@@ -82,39 +99,78 @@ def _positive_int(text: str) -> int:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="model_converter.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="model_converter.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Exit status: 0 converted or up to date; non-zero when the file is refused (the message names the "
-               "file, the layer(s) and the problem; nothing is written): 8 a refused model, 6 a refused pickle, "
-               "10 an output that cannot be written, 130 Ctrl-C, 143 SIGTERM, 1 a fault of the tool; for a "
-               "folder 0 when every model succeeded, else 8. Supported layers and the .pth format: README.md.")
+        "file, the layer(s) and the problem; nothing is written): 8 a refused model, 6 a refused pickle, "
+        "10 an output that cannot be written, 130 Ctrl-C, 143 SIGTERM, 1 a fault of the tool; for a "
+        "folder 0 when every model succeeded, else 8. Supported layers and the .pth format: README.md.",
+    )
     parser.add_argument("model", help="Keras model file (.h5 Keras 2 or 3, .keras) or a folder of them")
-    parser.add_argument("extra", nargs="*", metavar="PARAMS.pickle|OUT.pth",
-                        help="optional training parameters pickle and/or output path (.pth/.pt), in this order")
-    parser.add_argument("--verify", action="store_true", help="compare with the Keras model on a realistic input "
-                        "(needs TensorFlow); a failed comparison refuses the conversion")
+    parser.add_argument(
+        "extra",
+        nargs="*",
+        metavar="PARAMS.pickle|OUT.pth",
+        help="optional training parameters pickle and/or output path (.pth/.pt), in this order",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare with the Keras model on a realistic input "
+        "(needs TensorFlow); a failed comparison refuses the conversion",
+    )
     export = parser.add_argument_group("export (a smaller model; its measured cost is printed and recorded)")
-    export.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="float32", help="precision of the stored "
-                        "floating-point weights (default float32; the loaded model computes in float32 either way)")
-    export.add_argument("--quantize", choices=["int8"], help="int8 conv/dense weights, one float32 scale per "
-                        "output channel (BatchNorm folded first where exact); dequantized once at load")
-    export.add_argument("--prune", type=float, metavar="FRACTION", help="zero this fraction of the conv/dense "
-                        "weights (smallest magnitude first, e.g. 0.5) and store them sparse")
-    export.add_argument("--prune-scope", choices=["layer", "global"], default="layer", help="with --prune: layer (default): "
-                        "each weight tensor loses the fraction; global: one threshold for all")
-    export.add_argument("--max-error", type=float, metavar="BOUND", help="refuse the export when an output's "
-                        "error against the float32 conversion exceeds BOUND (max abs diff ÷ max(1, largest "
-                        "|output|); e.g. 0.01)")
+    export.add_argument(
+        "--dtype",
+        choices=list(STORAGE_DTYPES),
+        default="float32",
+        help="precision of the stored "
+        "floating-point weights (default float32; the loaded model computes in float32 either way)",
+    )
+    export.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="int8 conv/dense weights, one float32 scale per "
+        "output channel (BatchNorm folded first where exact); dequantized once at load",
+    )
+    export.add_argument(
+        "--prune",
+        type=float,
+        metavar="FRACTION",
+        help="zero this fraction of the conv/dense weights (smallest magnitude first, e.g. 0.5) and store them sparse",
+    )
+    export.add_argument(
+        "--prune-scope",
+        choices=["layer", "global"],
+        default="layer",
+        help="with --prune: layer (default): each weight tensor loses the fraction; global: one threshold for all",
+    )
+    export.add_argument(
+        "--max-error",
+        type=float,
+        metavar="BOUND",
+        help="refuse the export when an output's "
+        "error against the float32 conversion exceeds BOUND (max abs diff ÷ max(1, largest "
+        "|output|); e.g. 0.01)",
+    )
     parser.add_argument("--force", action="store_true", help="convert even when the converted file is up to date")
     parser.add_argument("--output-dir", type=Path, help="write <stem>_converted.pth here instead of beside the model")
     parser.add_argument("--jobs", type=_positive_int, help="parallel processes for a folder (default: one per core)")
-    parser.add_argument("--trust-pickles", action="store_true", help="load the parameters pickle with the "
-                        "unrestricted unpickler (runs code in the pickle: only for files you trust)")
+    parser.add_argument(
+        "--trust-pickles",
+        action="store_true",
+        help="load the parameters pickle with the "
+        "unrestricted unpickler (runs code in the pickle: only for files you trust)",
+    )
     parser.add_argument("--verbose", action="store_true", help="show tracebacks and debug logs")
     args = parser.parse_args(argv)
     args.params, args.output = None, None
     if Path(args.model).is_dir() and args.extra:
-        parser.error(f"a folder takes no PARAMS.pickle or OUT.pth (got {' '.join(args.extra)}): each model's "
-                     "<stem>.pickle is used, and --output-dir chooses where the outputs go")
+        parser.error(
+            f"a folder takes no PARAMS.pickle or OUT.pth (got {' '.join(args.extra)}): each model's "
+            "<stem>.pickle is used, and --output-dir chooses where the outputs go"
+        )
     for item in args.extra:
         if Path(item).suffix in (".pth", ".pt") and args.output is None:
             args.output = item
@@ -125,30 +181,59 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.output and args.output_dir:
         parser.error("give either OUT.pth or --output-dir, not both")
     try:
-        args.export = ExportConfig(dtype=args.dtype, quantize=args.quantize, prune=args.prune,
-                                   prune_scope=args.prune_scope, max_error=args.max_error)
+        args.export = ExportConfig(
+            dtype=args.dtype,
+            quantize=args.quantize,
+            prune=args.prune,
+            prune_scope=args.prune_scope,
+            max_error=args.max_error,
+        )
     except ValidationError as exc:  # the rules of ExportConfig, which the API and main.py's config follow too
-        parser.error("; ".join((f"--{e['loc'][0].replace('_', '-')}: " if e["loc"] else "")
-                               + e["msg"].removeprefix("Value error, ") for e in exc.errors()))
+        parser.error(
+            "; ".join(
+                (f"--{e['loc'][0].replace('_', '-')}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+                for e in exc.errors()
+            )
+        )
     return args
 
 
 def _convert_file(args: argparse.Namespace) -> int:
     source = Path(args.model)
-    output = (Path(args.output) if args.output else
-              args.output_dir / default_output_path(source).name if args.output_dir else default_output_path(source))
+    output = (
+        Path(args.output)
+        if args.output
+        else args.output_dir / default_output_path(source).name
+        if args.output_dir
+        else default_output_path(source)
+    )
     params = args.params or params_pickle_for(source)  # the pairing rule of folders and main.py
     if params is not None and not args.params:
         print(f"using the parameters pickle beside the model: {params}")
-    outcome = convert_or_reuse(source, params, output, verify=args.verify, export=args.export, force=args.force,
-                               trust_pickles=args.trust_pickles)
+    outcome = convert_or_reuse(
+        source,
+        params,
+        output,
+        verify=args.verify,
+        export=args.export,
+        force=args.force,
+        trust_pickles=args.trust_pickles,
+    )
     print("\n".join(outcome_lines(outcome, source)))
     return 0
 
 
 def _convert_folder(args: argparse.Namespace) -> int:
-    rows = batch_convert(args.model, args.output_dir, verify=args.verify, export=args.export, force=args.force,
-                         trust_pickles=args.trust_pickles, jobs=args.jobs, progress=ProgressStyle.for_console())
+    rows = batch_convert(
+        args.model,
+        args.output_dir,
+        verify=args.verify,
+        export=args.export,
+        force=args.force,
+        trust_pickles=args.trust_pickles,
+        jobs=args.jobs,
+        progress=ProgressStyle.for_console(),
+    )
     print(batch_table(rows))
     return 0 if all(row.status != "failed" for row in rows) else ConversionError.exit_code
 
@@ -156,8 +241,11 @@ def _convert_folder(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    return run_entry_point(lambda: _convert_folder(args) if Path(args.model).is_dir() else _convert_file(args),
-                           f"converting {args.model}", args.verbose)
+    return run_entry_point(
+        lambda: _convert_folder(args) if Path(args.model).is_dir() else _convert_file(args),
+        f"converting {args.model}",
+        args.verbose,
+    )
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ A registry maps the name a config (or a Keras file) uses to the part; each name 
 second registration of a name is refused unless it asks to replace the first (so that a plug-in cannot shadow a
 built-in part by accident).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

@@ -8,6 +8,7 @@ nesting depth and for the number of values and references they build, before the
 references to one string. Constructors that allocate what their arguments declare are checked against
 MAX_PICKLE_OBJECT_BYTES first, and the result is checked for cycles and depth (limits.py).
 """
+
 from __future__ import annotations
 
 import _compat_pickle
@@ -16,8 +17,9 @@ import math
 import pickle
 import pickletools
 from array import array
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -26,16 +28,33 @@ from fileio import regular_file_size
 from limits import MAX_PICKLE_BYTES, MAX_PICKLE_DEPTH, MAX_PICKLE_OBJECT_BYTES, MAX_PICKLE_STEPS, format_bytes
 
 SAFE_PICKLE_GLOBALS = {
-    ("builtins", name) for name in
-    ("dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int", "float", "bool", "complex")
+    ("builtins", name)
+    for name in (
+        "dict",
+        "list",
+        "tuple",
+        "set",
+        "frozenset",
+        "str",
+        "bytes",
+        "bytearray",
+        "int",
+        "float",
+        "bool",
+        "complex",
+    )
 } | {
     ("collections", "OrderedDict"),
     # Python 3 writes bytes (numpy array and scalar payloads) in protocol 2 as _codecs.encode(text, "latin1").
     ("_codecs", "encode"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
 }
 
 
@@ -73,15 +92,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self.constructed += declared
         limit = MAX_PICKLE_OBJECT_BYTES.value
         if declared > limit or self.constructed > limit:
-            raise _TooLarge(f"it asks to construct {what} of {format_bytes(declared)} "
-                            f"({format_bytes(self.constructed)} in total), more than the limit of "
-                            f"{format_bytes(limit)}; raise {MAX_PICKLE_OBJECT_BYTES.env} for a real pickle this big")
+            raise _TooLarge(
+                f"it asks to construct {what} of {format_bytes(declared)} "
+                f"({format_bytes(self.constructed)} in total), more than the limit of "
+                f"{format_bytes(limit)}; raise {MAX_PICKLE_OBJECT_BYTES.env} for a real pickle this big"
+            )
 
     def _sized(self, constructor: Callable, what: str) -> Callable:
         def checked(*args, **kwargs):
             if args and isinstance(args[0], int) and not isinstance(args[0], bool):
                 self._allocate(args[0], what)
             return constructor(*args, **kwargs)
+
         return checked
 
     def _check_shape(self, shape: Any, dtype: Any) -> None:
@@ -94,6 +116,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         def checked(subtype, shape, dtype, *args):
             self._check_shape(shape, dtype)
             return reconstruct(np.ndarray if subtype is self.checked_array else subtype, shape, dtype, *args)
+
         return checked
 
     def find_class(self, module: str, name: str):
@@ -115,8 +138,23 @@ class _RestrictedUnpickler(pickle.Unpickler):
 # ---- the opcode scan ----------------------------------------------------------------------------------------
 # What each opcode does to the values on the unpickler's stack, as far as their nesting goes. A container is one
 # level deeper than its deepest item (a leaf is 0, `[]` is 1, `[[]]` is 2), as check_plain_structure counts.
-(_NEW, _NEW_FROM_MARK, _FILL, _FILL_FROM_MARK, _STATE, _CALL, _MARK, _POP_MARK, _DUP, _PUT, _MEMOIZE, _GET,
- _STOP, _DROP, _OTHER) = range(15)
+(
+    _NEW,
+    _NEW_FROM_MARK,
+    _FILL,
+    _FILL_FROM_MARK,
+    _STATE,
+    _CALL,
+    _MARK,
+    _POP_MARK,
+    _DUP,
+    _PUT,
+    _MEMOIZE,
+    _GET,
+    _STOP,
+    _DROP,
+    _OTHER,
+) = range(15)
 _KIND_OF = {
     # a new container holding the top n values (EMPTY_*: none)
     **dict.fromkeys(("EMPTY_LIST", "EMPTY_TUPLE", "EMPTY_DICT", "EMPTY_SET", "TUPLE1", "TUPLE2", "TUPLE3"), _NEW),
@@ -129,7 +167,11 @@ _KIND_OF = {
     "BUILD": _STATE,  # what the state on top holds becomes the contents of the object below it
     # callable(*arguments): the result holds what the argument tuple holds, one level less deep than the tuple
     **dict.fromkeys(("REDUCE", "NEWOBJ", "NEWOBJ_EX"), _CALL),
-    "MARK": _MARK, "POP_MARK": _POP_MARK, "DUP": _DUP, "MEMOIZE": _MEMOIZE, "STOP": _STOP,
+    "MARK": _MARK,
+    "POP_MARK": _POP_MARK,
+    "DUP": _DUP,
+    "MEMOIZE": _MEMOIZE,
+    "STOP": _STOP,
     **dict.fromkeys(("PUT", "BINPUT", "LONG_BINPUT"), _PUT),
     **dict.fromkeys(("GET", "BINGET", "LONG_BINGET"), _GET),
 }
@@ -180,16 +222,18 @@ def _scan(data: bytes, max_depth: float, max_steps: float) -> None:
 
     def push(depth: int, position: int) -> None:
         if depth > allowed:
-            raise _StreamProblem(f"its data nests more than {max_depth:.0f} levels deep (at byte {position})",
-                                 MAX_PICKLE_DEPTH)
+            raise _StreamProblem(
+                f"its data nests more than {max_depth:.0f} levels deep (at byte {position})", MAX_PICKLE_DEPTH
+            )
         depths.append(depth)
         stack.append(len(depths) - 1)
 
     for opcode, arg, position in pickletools.genops(data):
         steps += 1
         if steps > max_steps:
-            raise _StreamProblem(f"it takes more than {max_steps:,.0f} steps to build (at byte {position})",
-                                 MAX_PICKLE_STEPS)
+            raise _StreamProblem(
+                f"it takes more than {max_steps:,.0f} steps to build (at byte {position})", MAX_PICKLE_STEPS
+            )
         kind, taken = _PLAN[opcode.code]
         floor = marks[-1] if marks else 0
         if len(stack) - floor < taken or (kind == _PUT and len(stack) == floor):
@@ -199,8 +243,9 @@ def _scan(data: bytes, max_depth: float, max_steps: float) -> None:
             stack.append(len(depths) - 1)
         elif kind == _GET:
             if arg not in memo:
-                raise _StreamProblem(f"{opcode.name} at byte {position} fetches memo entry {arg}, which was never "
-                                     "stored")
+                raise _StreamProblem(
+                    f"{opcode.name} at byte {position} fetches memo entry {arg}, which was never stored"
+                )
             stack.append(memo[arg])
         elif kind == _PUT:
             memo[arg] = stack[-1]
@@ -213,11 +258,11 @@ def _scan(data: bytes, max_depth: float, max_steps: float) -> None:
         elif kind == _STOP:
             return
         elif kind == _DROP:  # POP; PROTO and FRAME take nothing
-            del stack[len(stack) - taken:]
+            del stack[len(stack) - taken :]
         elif kind in (_NEW_FROM_MARK, _FILL_FROM_MARK, _POP_MARK) and not marks:
             raise _StreamProblem(f"{opcode.name} at byte {position} has no mark to work from")
         elif kind == _POP_MARK:
-            del stack[marks.pop():]
+            del stack[marks.pop() :]
         elif kind in (_FILL, _FILL_FROM_MARK, _STATE):
             start = marks.pop() if kind == _FILL_FROM_MARK else len(stack) - taken + 1
             if start - (marks[-1] if marks else 0) < 1:
@@ -228,8 +273,9 @@ def _scan(data: bytes, max_depth: float, max_steps: float) -> None:
             if items:
                 depth = max(items) - 1 if kind == _STATE else 1 + max(items)
                 if depth > allowed:
-                    raise _StreamProblem(f"its data nests more than {max_depth:.0f} levels deep (at byte "
-                                         f"{position})", MAX_PICKLE_DEPTH)
+                    raise _StreamProblem(
+                        f"its data nests more than {max_depth:.0f} levels deep (at byte {position})", MAX_PICKLE_DEPTH
+                    )
                 depths[target] = max(depths[target], depth)
         else:  # a new value from values on the stack
             start = marks.pop() if kind == _NEW_FROM_MARK else len(stack) - taken
@@ -252,11 +298,14 @@ def check_pickle_stream(data: bytes, subject: str, error: type[ToolError]) -> No
     except _StreamProblem as exc:
         if exc.limit is None:
             raise error(f"{subject}: cannot be read as a pickle ({exc}); nothing of it was built.") from None
-        raise error(f"{subject}: refused to load: {exc}, beyond the limit on {exc.limit.what}; nothing of it was "
-                    f"built. Raise {exc.limit.env} if the file is real.") from None
+        raise error(
+            f"{subject}: refused to load: {exc}, beyond the limit on {exc.limit.what}; nothing of it was "
+            f"built. Raise {exc.limit.env} if the file is real."
+        ) from None
     except Exception as exc:  # genops: unknown opcodes, truncated arguments, undecodable text, no STOP
-        raise error(f"{subject}: cannot be read as a pickle ({type(exc).__name__}: {exc}); nothing of it was "
-                    "built.") from None
+        raise error(
+            f"{subject}: cannot be read as a pickle ({type(exc).__name__}: {exc}); nothing of it was built."
+        ) from None
 
 
 def check_plain_structure(value: Any, path: Path) -> None:
@@ -278,13 +327,16 @@ def check_plain_structure(value: Any, path: Path) -> None:
         else:
             continue
         if id(item) in on_path:
-            raise PickleFileError(f"{path}: holds a container that contains itself; a parameters pickle is plain "
-                                  "data without cycles.")
+            raise PickleFileError(
+                f"{path}: holds a container that contains itself; a parameters pickle is plain data without cycles."
+            )
         if id(item) in visited:
             continue
         if depth > depth_limit:
-            raise PickleFileError(f"{path}: its data nests more than {depth_limit:.0f} levels deep; raise "
-                                  f"{MAX_PICKLE_DEPTH.env} if that is real.")
+            raise PickleFileError(
+                f"{path}: its data nests more than {depth_limit:.0f} levels deep; raise "
+                f"{MAX_PICKLE_DEPTH.env} if that is real."
+            )
         visited.add(id(item))
         on_path.add(id(item))
         stack.append((item, depth, True))
@@ -312,8 +364,9 @@ def load_pickle(path: str | Path, trust: bool = False) -> Any:
         unpickler = (pickle.Unpickler if trust else _RestrictedUnpickler)(io.BytesIO(data), encoding="latin1")
         value = unpickler.load()
     except _RefusedClass as exc:
-        raise PickleFileError(f"{path}: refused to load: {exc}. Pass --trust-pickles only if you trust its "
-                              "origin.") from exc
+        raise PickleFileError(
+            f"{path}: refused to load: {exc}. Pass --trust-pickles only if you trust its origin."
+        ) from exc
     except _TooLarge as exc:
         raise PickleFileError(f"{path}: refused to load: {exc}.") from exc
     except RecursionError:

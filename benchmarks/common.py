@@ -1,4 +1,5 @@
 """What both benchmarks share: the model sizes, the machine description, child processes and tables."""
+
 from __future__ import annotations
 
 import os
@@ -77,8 +78,9 @@ def run_child(code: str, extra_path: list[Path] | None = None, timeout: float = 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), TF_CPP_MIN_LOG_LEVEL="3")
     with tempfile.TemporaryFile(mode="w+") as stderr:
         started = time.perf_counter()
-        process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=stderr)
+        process = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
         deadline = threading.Timer(timeout, process.kill)
         deadline.start()
         _, status, usage = os.wait4(process.pid, 0)  # the rusage of this child alone (ru_maxrss in KiB)

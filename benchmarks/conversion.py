@@ -14,6 +14,7 @@ start to exit, memory is the child's own peak resident set (ru_maxrss from wait4
 The models (Keras 2 .h5 files as the published ones, random weights) are generated once into
 benchmarks/.cache/. --quick: one small model, one repetition (checks that the script runs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,8 +87,14 @@ def generate(size: TCNSize, cache: Path) -> Path:
     if not path.exists():
         cache.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.h5")
-        code = GENERATE.format(window=size.window, segments=size.segments, filters=list(size.filters),
-                               kernels=list(size.kernels), depth=len(size.filters), path=str(partial))
+        code = GENERATE.format(
+            window=size.window,
+            segments=size.segments,
+            filters=list(size.filters),
+            kernels=list(size.kernels),
+            depth=len(size.filters),
+            path=str(partial),
+        )
         result = run_child(code)
         if result.returncode:
             raise SystemExit(f"generating {path.name} failed:\n{result.stderr[-3000:]}")
@@ -141,31 +148,50 @@ def measure(routes: dict[str, tuple[str, list[Path]]], repeats: int) -> dict[str
             if run.returncode:
                 raise SystemExit(f"{label}: the conversion child failed (exit {run.returncode}):\n{run.stderr[-3000:]}")
             runs[label].append(run)
-    return {label: {"wall_s": statistics.median(r.wall_s for r in results),
-                    "wall_range": (min(r.wall_s for r in results), max(r.wall_s for r in results)),
-                    "peak_mb": statistics.median(r.peak_rss_mb for r in results)}
-            for label, results in runs.items()}
+    return {
+        label: {
+            "wall_s": statistics.median(r.wall_s for r in results),
+            "wall_range": (min(r.wall_s for r in results), max(r.wall_s for r in results)),
+            "peak_mb": statistics.median(r.peak_rss_mb for r in results),
+        }
+        for label, results in runs.items()
+    }
 
 
-def benchmark_model(name: str, path: Path, folder: Path, repeats: int, packages: Path | None,
-                    torch_error: str | None) -> list[list[object]]:
+def benchmark_model(
+    name: str, path: Path, folder: Path, repeats: int, packages: Path | None, torch_error: str | None
+) -> list[list[object]]:
     spec = save_spec(path, folder)
-    routes = {OURS_LABEL: (OURS.format(path=str(path)), []),
-              "Keras load + copy into the same module":
-                  (KERAS.format(path=str(path), spec=str(spec), keras=keras_package(path)), [])}
+    routes = {
+        OURS_LABEL: (OURS.format(path=str(path)), []),
+        "Keras load + copy into the same module": (
+            KERAS.format(path=str(path), spec=str(spec), keras=keras_package(path)),
+            [],
+        ),
+    }
     if packages is not None:
         window, segments = torch_input_shape(spec)
         label = "tf2onnx + onnx2torch" if torch_error is None else "tf2onnx only (lower bound of the ONNX route)"
-        routes[label] = (ONNX.format(path=str(path), window=window, segments=segments,
-                                     with_torch=torch_error is None), [packages])
+        routes[label] = (
+            ONNX.format(path=str(path), window=window, segments=segments, with_torch=torch_error is None),
+            [packages],
+        )
     results = measure(routes, repeats)
     ours, megabytes = results[OURS_LABEL], path.stat().st_size / 2**20
     rows = []
     for label, result in results.items():
         low, high = result["wall_range"]
-        rows.append([name, f"{megabytes:.0f} MB", label, f"{result['wall_s']:.2f} ({low:.2f}-{high:.2f})",
-                     f"{result['peak_mb']:.0f}", f"{ours['wall_s'] / result['wall_s']:.2f}",
-                     f"{ours['peak_mb'] / result['peak_mb']:.2f}"])
+        rows.append(
+            [
+                name,
+                f"{megabytes:.0f} MB",
+                label,
+                f"{result['wall_s']:.2f} ({low:.2f}-{high:.2f})",
+                f"{result['peak_mb']:.0f}",
+                f"{ours['wall_s'] / result['wall_s']:.2f}",
+                f"{ours['peak_mb'] / result['peak_mb']:.2f}",
+            ]
+        )
     return rows
 
 
@@ -173,11 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per route and model (median)")
     parser.add_argument("--quick", action="store_true", help="one small model, one repetition")
-    parser.add_argument("--model", type=Path, action="append",
-                        help="benchmark this .h5 instead of the generated models (repeatable)")
+    parser.add_argument(
+        "--model", type=Path, action="append", help="benchmark this .h5 instead of the generated models (repeatable)"
+    )
     parser.add_argument("--cache", type=Path, default=CACHE, help="folder of the generated models")
-    parser.add_argument("--onnx-packages", type=Path, default=CACHE / "onnx_route",
-                        help="pip --target folder holding tf2onnx, onnx, onnx2torch (and torchvision)")
+    parser.add_argument(
+        "--onnx-packages",
+        type=Path,
+        default=CACHE / "onnx_route",
+        help="pip --target folder holding tf2onnx, onnx, onnx2torch (and torchvision)",
+    )
     args = parser.parse_args(argv)
     sizes, repeats = ((QUICK,), 1) if args.quick else (PUBLISHED, args.repeats)
     models = [(path.stem, path) for path in args.model] if args.model else [(s.name, s) for s in sizes]
@@ -186,18 +217,41 @@ def main(argv: list[str] | None = None) -> int:
     torch_error = onnx2torch_error(packages) if tf2onnx_present else "tf2onnx not installed"
 
     print(f"machine: {cpu_description()}; load average {os.getloadavg()[0]:.1f}")
-    found = versions("torch", "h5py", "numpy", "tensorflow-cpu", "tf_keras", "tf2onnx", "onnx", "onnx2torch",
-                     "torchvision", extra_path=packages)
+    found = versions(
+        "torch",
+        "h5py",
+        "numpy",
+        "tensorflow-cpu",
+        "tf_keras",
+        "tf2onnx",
+        "onnx",
+        "onnx2torch",
+        "torchvision",
+        extra_path=packages,
+    )
     print("versions: " + ", ".join(f"{k} {v}" for k, v in found.items()))
     print(f"fresh process per conversion, median of {repeats}; wall includes interpreter start and imports")
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name, model in models:
             path = model if isinstance(model, Path) else generate(model, args.cache)
-            rows += benchmark_model(name, path, Path(folder), repeats, packages if tf2onnx_present else None,
-                                    torch_error)
-    print(markdown_table(["model", ".h5", "route", "wall s, median (range)", "peak RSS MB", "ours / route wall",
-                          "ours / route memory"], rows))
+            rows += benchmark_model(
+                name, path, Path(folder), repeats, packages if tf2onnx_present else None, torch_error
+            )
+    print(
+        markdown_table(
+            [
+                "model",
+                ".h5",
+                "route",
+                "wall s, median (range)",
+                "peak RSS MB",
+                "ours / route wall",
+                "ours / route memory",
+            ],
+            rows,
+        )
+    )
     if torch_error is not None:
         print(f"ONNX route: onnx2torch not run ({torch_error})")
     return 0

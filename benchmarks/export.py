@@ -13,6 +13,7 @@ call (float32 is the baseline of the ratios). For the demo models, `main.py` the
 (`conversion.export.*`, same seed): the optimized rates' P(spike | stim) and P(spike | control) are compared
 with the float32 run's. --quick: one small model, three forms, no runs (checks that the script works).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,13 @@ from conversion.converter import convert_model  # noqa: E402
 from conversion.pairing import params_pickle_for  # noqa: E402
 from models.checkpoint import load_converted_model  # noqa: E402
 
-FORMS = {"float32": ExportConfig(), "float16": ExportConfig(dtype="float16"), "int8": ExportConfig(quantize="int8"),
-         "pruned 50 %": ExportConfig(prune=0.5), "pruned 50 % + int8": ExportConfig(prune=0.5, quantize="int8")}
+FORMS = {
+    "float32": ExportConfig(),
+    "float16": ExportConfig(dtype="float16"),
+    "int8": ExportConfig(quantize="int8"),
+    "pruned 50 %": ExportConfig(prune=0.5),
+    "pruned 50 % + int8": ExportConfig(prune=0.5, quantize="int8"),
+}
 QUICK_FORMS = ("float32", "int8", "pruned 50 % + int8")
 RUN_FORMS = ("float32", "int8", "pruned 50 %", "pruned 50 % + int8")
 LOADS = 5
@@ -61,10 +67,17 @@ def measure_forms(name: str, h5: Path, folder: Path, forms: list[str]) -> list[d
         record = convert_model(h5, params_pickle_for(h5), pth, export=FORMS[form]).record
         export = record.export
         spikes = export.spikes if export else None
-        rows.append({"model": name, "form": form, "bytes": pth.stat().st_size, "load_s": load_seconds(pth),
-                     "errors": {k: v.error for k, v in export.outputs.items()} if export else {},
-                     "auc_change": spikes.auc_change if spikes else None,
-                     "verdicts": f"{spikes.verdicts_changed}/{spikes.trials}" if spikes else "0"})
+        rows.append(
+            {
+                "model": name,
+                "form": form,
+                "bytes": pth.stat().st_size,
+                "load_s": load_seconds(pth),
+                "errors": {k: v.error for k, v in export.outputs.items()} if export else {},
+                "auc_change": spikes.auc_change if spikes else None,
+                "verdicts": f"{spikes.verdicts_changed}/{spikes.trials}" if spikes else "0",
+            }
+        )
     return rows
 
 
@@ -75,11 +88,23 @@ def demo_run(h5: Path, form: str, folder: Path) -> dict:
     for source in (h5, params_pickle_for(h5)):
         shutil.copy(source, models / source.name)
     export = FORMS[form]
-    overrides = [f"models_dir={models}", f"output_dir={folder / 'runs'}", "demo.apply=always", "conversion.verify=false",
-                 f"conversion.export.dtype={export.dtype}", f"conversion.export.quantize={export.quantize or 'null'}",
-                 f"conversion.export.prune={export.prune or 'null'}", "device=cpu"]
-    result = subprocess.run([sys.executable, "main.py", "--quiet", *overrides], cwd=REPO, capture_output=True,
-                            text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    overrides = [
+        f"models_dir={models}",
+        f"output_dir={folder / 'runs'}",
+        "demo.apply=always",
+        "conversion.verify=false",
+        f"conversion.export.dtype={export.dtype}",
+        f"conversion.export.quantize={export.quantize or 'null'}",
+        f"conversion.export.prune={export.prune or 'null'}",
+        "device=cpu",
+    ]
+    result = subprocess.run(
+        [sys.executable, "main.py", "--quiet", *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     if result.returncode:
         raise SystemExit(f"main.py failed for {h5.name} as {form}:\n{result.stderr[-3000:]}")
     (summary,) = (folder / "runs").glob("*/summary.json")
@@ -92,11 +117,20 @@ def cells(row: dict, baseline: dict, run: dict | None, float_run: dict | None) -
     optimized = "-"
     if run is not None and float_run is not None:
         stim, control = run["evaluation"]["p_spike_stim"], run["evaluation"]["p_spike_control"]
-        optimized = (f"{stim:.3f} / {control:.3f} ({stim - float_run['evaluation']['p_spike_stim']:+.3f} / "
-                     f"{control - float_run['evaluation']['p_spike_control']:+.3f})")
-    return [row["model"], row["form"], f"{row['bytes'] / 1e6:.3g} MB ({row['bytes'] / baseline['bytes']:.2f})",
-            f"{row['load_s'] * 1e3:.3g} ms ({row['load_s'] / baseline['load_s']:.2f})", errors, auc,
-            row["verdicts"], optimized]
+        optimized = (
+            f"{stim:.3f} / {control:.3f} ({stim - float_run['evaluation']['p_spike_stim']:+.3f} / "
+            f"{control - float_run['evaluation']['p_spike_control']:+.3f})"
+        )
+    return [
+        row["model"],
+        row["form"],
+        f"{row['bytes'] / 1e6:.3g} MB ({row['bytes'] / baseline['bytes']:.2f})",
+        f"{row['load_s'] * 1e3:.3g} ms ({row['load_s'] / baseline['load_s']:.2f})",
+        errors,
+        auc,
+        row["verdicts"],
+        optimized,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,9 +159,21 @@ def main(argv: list[str] | None = None) -> int:
             for row in rows:
                 table.append(cells(row, rows[0], summaries.get(row["form"]), summaries.get("float32")))
     print(f"# export cost — {cpu_description()}; {json.dumps(versions('torch', 'numpy'))}")
-    print(markdown_table(["model", "stored as", "file (× float32)", "load (× float32)",
-                          "error per output", "spike AUC change", "verdicts changed",
-                          "optimized P(stim) / P(control) (change)"], table))
+    print(
+        markdown_table(
+            [
+                "model",
+                "stored as",
+                "file (× float32)",
+                "load (× float32)",
+                "error per output",
+                "spike AUC change",
+                "verdicts changed",
+                "optimized P(stim) / P(control) (change)",
+            ],
+            table,
+        )
+    )
     return 0
 
 

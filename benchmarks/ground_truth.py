@@ -9,6 +9,7 @@ worker processes and building the cell in each (as a run pays it once), not comp
 per machine; printed separately). Repetitions alternate between the worker counts, so that a change of load hits
 all alike; the ratio is against one worker in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         compiled_mechanisms(None, Path(cache))
         compile_s = time.perf_counter() - started
-        simulator = NeuronSimulator.resolve(NeuronBackendConfig(cell=CELL, mechanisms_cache=Path(cache)),
-                                            SEGMENTS, SEGMENTS)
+        simulator = NeuronSimulator.resolve(
+            NeuronBackendConfig(cell=CELL, mechanisms_cache=Path(cache)), SEGMENTS, SEGMENTS
+        )
         times: dict[int, list[float]] = {w: [] for w in worker_counts}
         figures: dict[int, dict] = {}
         for _ in range(args.repeats):
@@ -72,15 +74,25 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for workers in worker_counts:
         median = statistics.median(times[workers])
-        rows.append([workers, f"{median:.1f} ({min(times[workers]):.1f}-{max(times[workers]):.1f})",
-                     f"{1000 * median / (2 * args.trials):.0f}", f"{baseline / median:.2f}"])
+        rows.append(
+            [
+                workers,
+                f"{median:.1f} ({min(times[workers]):.1f}-{max(times[workers]):.1f})",
+                f"{1000 * median / (2 * args.trials):.0f}",
+                f"{baseline / median:.2f}",
+            ]
+        )
     print(f"CPU: {cpu_description()}; load average {os.getloadavg()[0]:.1f}; {versions('neuron', 'numpy')}")
     print(f"mechanisms compiled once in {compile_s:.1f} s (not in the times below)")
-    print(f"one check: {args.trials} control/stimulated pairs ({2 * args.trials} simulations) of {args.window} ms "
-          f"on {CELL.name}; median of {args.repeats} (range)\n")
+    print(
+        f"one check: {args.trials} control/stimulated pairs ({2 * args.trials} simulations) of {args.window} ms "
+        f"on {CELL.name}; median of {args.repeats} (range)\n"
+    )
     print(markdown_table(["workers", "wall s", "ms per simulation", "speed-up vs 1 worker"], rows))
-    print(f"\nfigures identical for every worker count: {same}; P(stim) {figures[1]['p_spike_stim']:.3f}, "
-          f"P(control) {figures[1]['p_spike_control']:.3f}")
+    print(
+        f"\nfigures identical for every worker count: {same}; P(stim) {figures[1]['p_spike_stim']:.3f}, "
+        f"P(control) {figures[1]['p_spike_control']:.3f}"
+    )
     return 0 if same else 1
 
 

@@ -12,6 +12,7 @@ only), and that rate as a fraction of this device's bf16 matrix-multiply rate me
 converted-model modules (KerasGraphModule) with random weights, built from a spec without TensorFlow.
 --quick: a tiny shape and 2 timed iterations (checks that the script runs; timings mean nothing).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,19 +50,31 @@ def neuron_tcn(size: TCNSize, seed: int = 0) -> KerasGraphModule:
     layers, calls, previous, channels = [], [], "input:0:0", size.segments
     for index, (filters, kernel) in enumerate(zip(size.filters, size.kernels), start=1):
         conv, norm = f"layer_{index}", f"layer_{index}_BN"
-        layers += [_conv(conv, channels, filters, kernel, "causal", "relu"), {
-            "name": norm, "key": norm, "type": "batch_norm",
-            "config": {"num_features": filters, "axis": 2, "epsilon": 1e-3, "center": True, "scale": True}}]
-        calls += [{"layer": conv, "inputs": [previous], "output": f"{conv}:0:0"},
-                  {"layer": norm, "inputs": [f"{conv}:0:0"], "output": f"{norm}:0:0"}]
+        layers += [
+            _conv(conv, channels, filters, kernel, "causal", "relu"),
+            {
+                "name": norm,
+                "key": norm,
+                "type": "batch_norm",
+                "config": {"num_features": filters, "axis": 2, "epsilon": 1e-3, "center": True, "scale": True},
+            },
+        ]
+        calls += [
+            {"layer": conv, "inputs": [previous], "output": f"{conv}:0:0"},
+            {"layer": norm, "inputs": [f"{conv}:0:0"], "output": f"{norm}:0:0"},
+        ]
         previous, channels = f"{norm}:0:0", filters
     heads = (("spikes", 1, "sigmoid"), ("somatic", 1, "linear"), ("dendritic", 20, "linear"))
     for name, width, activation in heads:
         layers.append(_conv(name, channels, width, 1, "causal", activation))
         calls.append({"layer": name, "inputs": [previous], "output": f"{name}:0:0"})
-    spec = {"inputs": [{"name": "input_layer", "tensor": "input:0:0", "shape": [size.window, size.segments]}],
-            "layers": layers, "calls": calls, "outputs": [f"{name}:0:0" for name, _, _ in heads],
-            "output_names": [name for name, _, _ in heads]}
+    spec = {
+        "inputs": [{"name": "input_layer", "tensor": "input:0:0", "shape": [size.window, size.segments]}],
+        "layers": layers,
+        "calls": calls,
+        "outputs": [f"{name}:0:0" for name, _, _ in heads],
+        "output_names": [name for name, _, _ in heads],
+    }
     module = KerasGraphModule(spec)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -77,9 +90,22 @@ def neuron_tcn(size: TCNSize, seed: int = 0) -> KerasGraphModule:
 
 
 def _conv(name: str, in_channels: int, out_channels: int, kernel: int, padding: str, activation: str) -> dict:
-    return {"name": name, "key": name, "type": "conv1d",
-            "config": {"in_channels": in_channels, "out_channels": out_channels, "kernel_size": kernel, "stride": 1,
-                       "dilation": 1, "groups": 1, "padding": padding, "bias": True, "activation": activation}}
+    return {
+        "name": name,
+        "key": name,
+        "type": "conv1d",
+        "config": {
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "kernel_size": kernel,
+            "stride": 1,
+            "dilation": 1,
+            "groups": 1,
+            "padding": padding,
+            "bias": True,
+            "activation": activation,
+        },
+    }
 
 
 def forward_conv_flops(module: KerasGraphModule, sequences: int, duration: int) -> float:
@@ -110,47 +136,76 @@ def _timed(step, device: torch.device, warmup: int, iterations: int) -> list[flo
     return times
 
 
-def our_optimizer(model: KerasGraphModule, pairs: int, duration: int, device: torch.device, fast_path: str,
-                  precision: str) -> RateOptimizer:
+def our_optimizer(
+    model: KerasGraphModule, pairs: int, duration: int, device: torch.device, fast_path: str, precision: str
+) -> RateOptimizer:
     """Our loop on the prior's problem: `pairs` patterns of one sample each, Poisson spikes, excitatory moving."""
-    config = OptimizationConfig.model_validate({
-        "num_patterns": pairs, "duration_ms": duration, "num_excitatory": model.input_shapes[0][1] // 2,
-        "sampler": {"kind": "poisson", "samples_per_pattern": 1},
-        "loop": {"fast_path": fast_path, "precision": precision, "checkpoint_every": None},
-    })
+    config = OptimizationConfig.model_validate(
+        {
+            "num_patterns": pairs,
+            "duration_ms": duration,
+            "num_excitatory": model.input_shapes[0][1] // 2,
+            "sampler": {"kind": "poisson", "samples_per_pattern": 1},
+            "loop": {"fast_path": fast_path, "precision": precision, "checkpoint_every": None},
+        }
+    )
     layout = resolve_layout(model, config, LOGGER)
     spike_model = prepare_model(model, config, layout, device)
     stimulus = choose_stimulus(config.stimulus, layout, seed=0)
     rates = initial_rates(config.initial_rates, layout, pairs, config.constraints.max_rate, seed=0)
-    return RateOptimizer(RateParameters(rates, layout.num_excitatory, config.constraints).to(device), [spike_model],
-                         make_sampler(config.sampler), PairedStimulus(stimulus, layout, device), config,
-                         make_generator(0, device), Path(os.devnull), {}, LOGGER, progress=NO_PROGRESS)
+    return RateOptimizer(
+        RateParameters(rates, layout.num_excitatory, config.constraints).to(device),
+        [spike_model],
+        make_sampler(config.sampler),
+        PairedStimulus(stimulus, layout, device),
+        config,
+        make_generator(0, device),
+        Path(os.devnull),
+        {},
+        LOGGER,
+        progress=NO_PROGRESS,
+    )
 
 
-def prior_loop(model: KerasGraphModule, size: TCNSize, pairs: int, duration: int,
-               device: torch.device) -> PriorStyleLoop:
+def prior_loop(
+    model: KerasGraphModule, size: TCNSize, pairs: int, duration: int, device: torch.device
+) -> PriorStyleLoop:
     model.to(device).eval().requires_grad_(False)
     excitatory = size.segments // 2
     config = OptimizationConfig(duration_ms=duration, num_excitatory=excitatory)
     stimulus = choose_stimulus(config.stimulus, resolve_layout(model, config, LOGGER), seed=0)
-    return PriorStyleLoop(model, pairs, duration, excitatory, size.segments - excitatory, list(stimulus.segments),
-                          stimulus.time_ms, stimulus.window_ms, device)
+    return PriorStyleLoop(
+        model,
+        pairs,
+        duration,
+        excitatory,
+        size.segments - excitatory,
+        list(stimulus.segments),
+        stimulus.time_ms,
+        stimulus.window_ms,
+        device,
+    )
 
 
-def benchmark_size(size: TCNSize, pairs: int, duration: int, device: torch.device, warmup: int, iterations: int,
-                   peak: float) -> list[list[object]]:
+def benchmark_size(
+    size: TCNSize, pairs: int, duration: int, device: torch.device, warmup: int, iterations: int, peak: float
+) -> list[list[object]]:
     """All variants of one size, their timed iterations interleaved so that load changes hit them alike."""
     model = neuron_tcn(size)
     flops = 2 * forward_conv_flops(model, 2 * pairs, duration)
-    variants = [("ours: plain path, fp32", "off", "fp32"),
-                ("ours: fast path, fp32", "auto", "fp32"),
-                ("ours: fast path, bf16", "auto", "bf16")]
+    variants = [
+        ("ours: plain path, fp32", "off", "fp32"),
+        ("ours: fast path, fp32", "auto", "fp32"),
+        ("ours: fast path, bf16", "auto", "bf16"),
+    ]
     if device.type == "cuda":
         variants.append(("ours: default (fast path, precision auto)", "auto", "auto"))
     # The prior loop keeps PyTorch's cuDNN defaults (no autotuning); ours turns autotuning on, as a run does.
     steps = {PRIOR_LABEL: (prior_loop(model, size, pairs, duration, device).step, False)}
-    optimizers = {label: our_optimizer(model, pairs, duration, device, fast_path, precision)
-                  for label, fast_path, precision in variants}
+    optimizers = {
+        label: our_optimizer(model, pairs, duration, device, fast_path, precision)
+        for label, fast_path, precision in variants
+    }
     steps.update({label: (optimizer.take_step, True) for label, optimizer in optimizers.items()})
     seconds: dict[str, list[float]] = {label: [] for label in steps}
     for round_index in range(warmup + iterations):
@@ -165,10 +220,24 @@ def benchmark_size(size: TCNSize, pairs: int, duration: int, device: torch.devic
         median = statistics.median(times)
         tflops = flops / median / 1e12
         chosen = optimizers[label].forwards[0] if label in optimizers else None
-        setting = f"{chosen.precision}, first layer as {chosen.first_layer}" if chosen and chosen.fast else (
-            chosen.precision if chosen else "fp32")
-        rows.append([size.name, pairs, duration, label, setting, f"{1e3 * median:.1f}", f"{tflops:.3g}",
-                     f"{tflops / peak:.3f}", f"{prior / median:.2f}"])
+        setting = (
+            f"{chosen.precision}, first layer as {chosen.first_layer}"
+            if chosen and chosen.fast
+            else (chosen.precision if chosen else "fp32")
+        )
+        rows.append(
+            [
+                size.name,
+                pairs,
+                duration,
+                label,
+                setting,
+                f"{1e3 * median:.1f}",
+                f"{tflops:.3g}",
+                f"{tflops / peak:.3f}",
+                f"{prior / median:.2f}",
+            ]
+        )
     return rows
 
 
@@ -193,17 +262,42 @@ def main(argv: list[str] | None = None) -> int:
         plan, iterations, warmup, matmul_size = [(CPU_SMALL, 16, CPU_SMALL.window)], args.iterations, args.warmup, 2048
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
     peak = matmul_rate(device, matmul_size)
-    print(f"device: {device} ({name}); torch CPU threads {torch.get_num_threads()}; "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions("torch", "numpy").items())
-          + (f", CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()} (TF32 convolutions "
-             f"{'on' if torch.backends.cudnn.allow_tf32 else 'off'} for fp32)" if device.type == "cuda" else ""))
-    print(f"measured bf16 matmul rate ({matmul_size}^2): {peak:.3g} TFLOP/s; median of {iterations} iterations "
-          f"after {warmup} warm-up")
+    print(
+        f"device: {device} ({name}); torch CPU threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        "versions: "
+        + ", ".join(f"{k} {v}" for k, v in versions("torch", "numpy").items())
+        + (
+            f", CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()} (TF32 convolutions "
+            f"{'on' if torch.backends.cudnn.allow_tf32 else 'off'} for fp32)"
+            if device.type == "cuda"
+            else ""
+        )
+    )
+    print(
+        f"measured bf16 matmul rate ({matmul_size}^2): {peak:.3g} TFLOP/s; median of {iterations} iterations "
+        f"after {warmup} warm-up"
+    )
     for size, pairs, duration in plan:  # a table per size, printed as soon as it is measured
         rows = benchmark_size(size, pairs, duration, device, warmup, iterations, peak)
-        print(markdown_table(["model", "pairs", "ms", "loop", "ran as", "ms/iteration", "effective TFLOP/s",
-                              "of bf16 matmul rate", "speed-up vs prior"], rows), flush=True)
+        print(
+            markdown_table(
+                [
+                    "model",
+                    "pairs",
+                    "ms",
+                    "loop",
+                    "ran as",
+                    "ms/iteration",
+                    "effective TFLOP/s",
+                    "of bf16 matmul rate",
+                    "speed-up vs prior",
+                ],
+                rows,
+            ),
+            flush=True,
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ What it does per step, as described in issue 8 and /work/shared/REFERENCE.md:
 - two host synchronisations per step (the loss and the stimulated response read as Python floats), a host copy
   of the rates and a CUDA cache clear every 5 steps.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,9 +24,21 @@ INHIBITORY_DELAY_MS = 4
 
 
 class PriorStyleLoop:
-    def __init__(self, model: nn.Module, pairs: int, duration_ms: int, num_excitatory: int, num_inhibitory: int,
-                 stimulus_segments: list[int], stimulus_time_ms: int, window_ms: int, device: torch.device,
-                 seed: int = 0, target: float = 0.8, max_rate: float = 0.1):
+    def __init__(
+        self,
+        model: nn.Module,
+        pairs: int,
+        duration_ms: int,
+        num_excitatory: int,
+        num_inhibitory: int,
+        stimulus_segments: list[int],
+        stimulus_time_ms: int,
+        window_ms: int,
+        device: torch.device,
+        seed: int = 0,
+        target: float = 0.8,
+        max_rate: float = 0.1,
+    ):
         generator = torch.Generator().manual_seed(seed)
         initial = 0.005 + 0.015 * torch.rand(pairs, duration_ms, num_excitatory, generator=generator)
         self.excitatory = nn.Parameter(initial.to(device))
@@ -66,8 +79,10 @@ class PriorStyleLoop:
         count = control.shape[0]
         control_max = probability[:count, self.window].amax(dim=1)
         stimulated_max = probability[count:, self.window].amax(dim=1)
-        loss = 0.5 * (F.binary_cross_entropy(stimulated_max, torch.full_like(stimulated_max, self.target))
-                      + F.binary_cross_entropy(control_max, torch.zeros_like(control_max)))
+        loss = 0.5 * (
+            F.binary_cross_entropy(stimulated_max, torch.full_like(stimulated_max, self.target))
+            + F.binary_cross_entropy(control_max, torch.zeros_like(control_max))
+        )
         return loss, stimulated_max.mean()
 
     def step(self) -> None:

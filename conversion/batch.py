@@ -5,6 +5,7 @@ output), in a pool of spawned processes: TensorFlow, when verification loads it,
 process, and each worker's torch threads get an equal share of the cores. A model that fails becomes a
 `failed` row with its message; the others go on.
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,11 +14,11 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -70,15 +71,20 @@ def plan_jobs(folder: str | Path, output_dir: str | Path | None = None) -> list[
     jobs = []
     for source in models:
         output = default_output_path(source)
-        jobs.append(BatchJob(source, params_pickle_for(source),
-                             Path(output_dir) / output.name if output_dir is not None else output))
+        jobs.append(
+            BatchJob(
+                source, params_pickle_for(source), Path(output_dir) / output.name if output_dir is not None else output
+            )
+        )
     by_output: dict[Path, list[str]] = {}
     for job in jobs:
         by_output.setdefault(job.output, []).append(job.source.name)
     clashes = [f"{' and '.join(names)} -> {output.name}" for output, names in by_output.items() if len(names) > 1]
     if clashes:
-        raise ConversionError(f"{folder}: several model files would be converted into the same file "
-                              f"({'; '.join(clashes)}); convert them one by one with explicit output paths.")
+        raise ConversionError(
+            f"{folder}: several model files would be converted into the same file "
+            f"({'; '.join(clashes)}); convert them one by one with explicit output paths."
+        )
     inputs = [path for job in jobs for path in (job.source, job.params)]
     for job in jobs:
         outputs_apart_from_inputs([job.output, info_path_for(job.output)], inputs, ConversionError)
@@ -88,8 +94,15 @@ def plan_jobs(folder: str | Path, output_dir: str | Path | None = None) -> list[
 def run_job(convert: ConvertOne, job: BatchJob) -> BatchRow:
     """One model in a worker process: its row, never an exception, so that the other models go on."""
     started = time.perf_counter()
-    row = BatchRow(model=str(job.source), status="failed", output=None, stored=None, max_abs_diff=None,
-                   seconds=0.0, worker_pid=os.getpid())
+    row = BatchRow(
+        model=str(job.source),
+        status="failed",
+        output=None,
+        stored=None,
+        max_abs_diff=None,
+        seconds=0.0,
+        worker_pid=os.getpid(),
+    )
     try:
         outcome = convert(job.source, job.params, job.output)
     except ToolError as exc:
@@ -120,56 +133,89 @@ def start_worker(threads: int, all_started: threading.Barrier) -> None:
         pass  # a worker slow to start: the others go on without it
 
 
-def run_batch(jobs: list[BatchJob], convert: ConvertOne, n_jobs: int | None = None,
-              progress: ProgressStyle = NO_PROGRESS) -> list[BatchRow]:
+def run_batch(
+    jobs: list[BatchJob], convert: ConvertOne, n_jobs: int | None = None, progress: ProgressStyle = NO_PROGRESS
+) -> list[BatchRow]:
     """Run the jobs in `n_jobs` spawned processes (default: one per core); rows in the order of `jobs`."""
     cores = os.cpu_count() or 1
     n_workers = max(1, min(n_jobs or cores, len(jobs)))
     rows: dict[int, BatchRow] = {}
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(n_workers, mp_context=context, initializer=start_worker,
-                             initargs=(max(1, cores // n_workers), context.Barrier(n_workers))) as pool, \
-            Progress(len(jobs), "converting models", "model", progress, log) as bar:
+    with (
+        ProcessPoolExecutor(
+            n_workers,
+            mp_context=context,
+            initializer=start_worker,
+            initargs=(max(1, cores // n_workers), context.Barrier(n_workers)),
+        ) as pool,
+        Progress(len(jobs), "converting models", "model", progress, log) as bar,
+    ):
         futures = {pool.submit(run_job, convert, job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
             i = futures[future]
             try:
                 rows[i] = future.result()
             except BrokenProcessPool as exc:  # a worker killed (out of memory, signal): its jobs cannot finish
-                rows[i] = BatchRow(model=str(jobs[i].source), status="failed", output=None, stored=None,
-                                   max_abs_diff=None, seconds=0.0, worker_pid=NO_WORKER,
-                                   error=f"{jobs[i].source}: the worker process died ({exc}).")
+                rows[i] = BatchRow(
+                    model=str(jobs[i].source),
+                    status="failed",
+                    output=None,
+                    stored=None,
+                    max_abs_diff=None,
+                    seconds=0.0,
+                    worker_pid=NO_WORKER,
+                    error=f"{jobs[i].source}: the worker process died ({exc}).",
+                )
             bar.show(last=f"{jobs[i].source.name} {rows[i].status}")
             bar.advance()
     return [rows[i] for i in range(len(jobs))]
 
 
-def batch_convert(model_dir: str | Path, output_dir: str | Path | None = None, *, verify: bool = False,
-                  export: ExportConfig | None = None, force: bool = False, trust_pickles: bool = False,
-                  jobs: int | None = None, progress: ProgressStyle = NO_PROGRESS) -> list[BatchRow]:
+def batch_convert(
+    model_dir: str | Path,
+    output_dir: str | Path | None = None,
+    *,
+    verify: bool = False,
+    export: ExportConfig | None = None,
+    force: bool = False,
+    trust_pickles: bool = False,
+    jobs: int | None = None,
+    progress: ProgressStyle = NO_PROGRESS,
+) -> list[BatchRow]:
     """Convert (or find current) every Keras model file in `model_dir`, with its sibling `<stem>.pickle`, into
     `output_dir` (default: beside each model), in `jobs` processes (default: one per core).
 
     One failing model does not stop the others; each row says what happened (converted / cached / failed).
     """
-    convert = functools.partial(convert_or_reuse, verify=verify, export=export, force=force,
-                                trust_pickles=trust_pickles)
+    convert = functools.partial(
+        convert_or_reuse, verify=verify, export=export, force=force, trust_pickles=trust_pickles
+    )
     return run_batch(plan_jobs(model_dir, output_dir), convert, jobs, progress)
 
 
 def batch_table(rows: list[BatchRow]) -> str:
     """The final report: one line per model, the failures' messages below, and the counts."""
     header = ("model", "status", "stored", "max diff", "export error", "seconds", "worker")
-    lines = [header] + [(Path(r.model).name, r.status, r.stored or "-",
-                         f"{r.max_abs_diff:.2g}" if r.max_abs_diff is not None else "-",
-                         f"{r.export_error:.2g}" if r.export_error is not None else "-",
-                         f"{r.seconds:.1f}", str(r.worker_pid) if r.worker_pid != NO_WORKER else "-")
-                        for r in rows]
+    lines = [header] + [
+        (
+            Path(r.model).name,
+            r.status,
+            r.stored or "-",
+            f"{r.max_abs_diff:.2g}" if r.max_abs_diff is not None else "-",
+            f"{r.export_error:.2g}" if r.export_error is not None else "-",
+            f"{r.seconds:.1f}",
+            str(r.worker_pid) if r.worker_pid != NO_WORKER else "-",
+        )
+        for r in rows
+    ]
     widths = [max(len(line[c]) for line in lines) for c in range(len(header))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
     text.extend(f"\nfailed: {r.error}" for r in rows if r.status == "failed")
     counts = {status: sum(r.status == status for r in rows) for status in ("converted", "cached", "failed")}
     workers = len({r.worker_pid for r in rows if r.worker_pid != NO_WORKER})
-    text.append(f"\n{len(rows)} models: " + ", ".join(f"{n} {status}" for status, n in counts.items())
-                + f" ({workers} worker process{'es' if workers != 1 else ''})")
+    text.append(
+        f"\n{len(rows)} models: "
+        + ", ".join(f"{n} {status}" for status, n in counts.items())
+        + f" ({workers} worker process{'es' if workers != 1 else ''})"
+    )
     return "\n".join(text)

@@ -7,16 +7,17 @@ verified conversion is asked for, it must also record a verification that passed
 exclusive lock per output file (fcntl) and are written through atomic renames, so jobs converting the same
 model at the same time leave exactly one valid file: the first converts, the others find its result.
 """
+
 from __future__ import annotations
 
 import fcntl
 import logging
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from torch import nn
 
@@ -63,9 +64,11 @@ def conversion_lock(output: Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> 
             lock_path.parent.mkdir(parents=True, exist_ok=True)
             handle = open_lock_file(lock_path)
         except OSError as exc:
-            raise OutputError(f"{output}: cannot use the conversion lock {lock_path} ({exc.strerror}); the output "
-                              "folder must be writable, and the lock a regular file (remove it when no job is "
-                              "converting this model).") from None
+            raise OutputError(
+                f"{output}: cannot use the conversion lock {lock_path} ({exc.strerror}); the output "
+                "folder must be writable, and the lock a regular file (remove it when no job is "
+                "converting this model)."
+            ) from None
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -73,8 +76,10 @@ def conversion_lock(output: Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> 
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     handle.close()
-                    raise ConversionError(f"{output}: another job has held the conversion lock {lock_path} for "
-                                          f"more than {timeout_s:.0f} s.") from None
+                    raise ConversionError(
+                        f"{output}: another job has held the conversion lock {lock_path} for "
+                        f"more than {timeout_s:.0f} s."
+                    ) from None
                 if not waited:
                     log.info("waiting for another job converting into %s", output.name)
                     waited = True
@@ -96,8 +101,13 @@ def _names_same_file(path: Path, handle) -> bool:
         return False
 
 
-def current_conversion(pth: Path, source_sha256: str | None, export: ExportConfig | None = None,
-                       verified: bool = False, params_sha256: str | None = None) -> tuple[nn.Module | None, str]:
+def current_conversion(
+    pth: Path,
+    source_sha256: str | None,
+    export: ExportConfig | None = None,
+    verified: bool = False,
+    params_sha256: str | None = None,
+) -> tuple[nn.Module | None, str]:
     """(model, "") when `pth` is a current conversion (see the module doc); (None, why not) otherwise.
 
     `source_sha256=None` skips the source check (no Keras file to compare with). Where the params pickle
@@ -109,16 +119,20 @@ def current_conversion(pth: Path, source_sha256: str | None, export: ExportConfi
         model = model_from_payload(payload, pth)
         metadata = payload.get("metadata") or {}
         if isinstance(metadata, dict) and "refined" in metadata:
-            return None, (f"{pth.name} is a model fine-tuned by a refinement round (metadata 'refined'), not a "
-                          "conversion of the Keras file")
+            return None, (
+                f"{pth.name} is a model fine-tuned by a refinement round (metadata 'refined'), not a "
+                "conversion of the Keras file"
+            )
         record = ConversionRecord.from_dict(metadata)
     except ModelFileError as exc:
         return None, str(exc)
     except (KeyError, TypeError, ValueError) as exc:
         return None, f"{pth.name} records no conversion of this converter ({type(exc).__name__}: {exc})"
     if source_sha256 is not None and record.source_sha256 != source_sha256:
-        return None, (f"{pth.name} is stale or foreign: it records source sha256 {str(record.source_sha256)[:12]}…, "
-                      f"the Keras file has {source_sha256[:12]}…")
+        return None, (
+            f"{pth.name} is stale or foreign: it records source sha256 {str(record.source_sha256)[:12]}…, "
+            f"the Keras file has {source_sha256[:12]}…"
+        )
     if record.needs_params and record.params_sha256 != params_sha256:
         return None, f"{pth.name} was built with the architecture_dict of another (or no) params pickle"
     why_not = _weights_disagree(payload, record) or _export_differs(record, export or ExportConfig())
@@ -139,8 +153,11 @@ def _weights_disagree(payload: dict, record: ConversionRecord) -> str:
         return f"stores {', '.join(sorted(floats))} tensors, and its record says {str(record.dtype)[:40]}"
     packed = payload.get("packed", {})
     kinds = {("scales" in entry, "mask" in entry) for entry in packed.values()}
-    expected = {(options.get("quantize") == "int8", bool(options.get("prune")))} if packed or any(
-        options.get(key) for key in ("quantize", "prune")) else set()
+    expected = (
+        {(options.get("quantize") == "int8", bool(options.get("prune")))}
+        if packed or any(options.get(key) for key in ("quantize", "prune"))
+        else set()
+    )
     if kinds != expected:
         return "stores its weights otherwise than its record says (int8, sparse or plain)"
     if record.export is None and record.dtype != "float32":
@@ -152,8 +169,9 @@ def _export_differs(record: ConversionRecord, export: ExportConfig) -> str:
     """Why the stored form is not the one asked for ('' when it is): the same dtype, quantization and pruning,
     and a recorded cost within max_error (a cost that is not a number is beyond every bound)."""
     try:
-        stored = ExportConfig(**{**(record.export.options if record.export else {}), "dtype": record.dtype,
-                                 "max_error": None})
+        stored = ExportConfig(
+            **{**(record.export.options if record.export else {}), "dtype": record.dtype, "max_error": None}
+        )
     except (TypeError, ValueError):  # a record written by something else
         return "records a storage form this converter does not know"
     if stored != export.model_copy(update={"max_error": None}):
@@ -164,10 +182,17 @@ def _export_differs(record: ConversionRecord, export: ExportConfig) -> str:
     return ""
 
 
-def convert_or_reuse(source: str | Path, params: str | Path | None = None, output: str | Path | None = None, *,
-                     verify: bool = False, export: ExportConfig | None = None, force: bool = False,
-                     trust_pickles: bool = False,
-                     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> ConversionOutcome:
+def convert_or_reuse(
+    source: str | Path,
+    params: str | Path | None = None,
+    output: str | Path | None = None,
+    *,
+    verify: bool = False,
+    export: ExportConfig | None = None,
+    force: bool = False,
+    trust_pickles: bool = False,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+) -> ConversionOutcome:
     """The model converted into `output` (default `<stem>_converted.pth`), or the current conversion already
     there: same source sha256, format version and export (dtype, quantization, pruning, within max_error), and
     a passed verification when `verify`.
@@ -207,8 +232,9 @@ class PyTorchModel:
     converted: bool  # True when this call converted the Keras file
 
 
-def _reuse(stem_path: Path, keras_sha256: str | None, params_sha256: str | None,
-           export: ExportConfig) -> PyTorchModel | None:
+def _reuse(
+    stem_path: Path, keras_sha256: str | None, params_sha256: str | None, export: ExportConfig
+) -> PyTorchModel | None:
     """The first current conversion beside the model, stored as `export` asks. A verification is not required
     here (main.py reuses unverified files, see README); a conversion that took part of its model from a params
     pickle must come from this one."""
@@ -222,9 +248,15 @@ def _reuse(stem_path: Path, keras_sha256: str | None, params_sha256: str | None,
     return None
 
 
-def find_or_convert(stem_path: Path, keras_file: Path | None, params: Path | None, verify: bool,
-                    trust_pickles: bool = False, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
-                    export: ExportConfig | None = None) -> PyTorchModel:
+def find_or_convert(
+    stem_path: Path,
+    keras_file: Path | None,
+    params: Path | None,
+    verify: bool,
+    trust_pickles: bool = False,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    export: ExportConfig | None = None,
+) -> PyTorchModel:
     """main.py's rule for a selected model: a current PyTorch file beside it (`<stem>.pth`, `<stem>.pt`,
     `<stem>_converted.pth`) stored as `export` asks, else its Keras file converted now into
     `<stem>_converted.pth`."""
@@ -233,17 +265,24 @@ def find_or_convert(stem_path: Path, keras_file: Path | None, params: Path | Non
     if keras_file is None:
         found = _reuse(stem_path, None, params_sha256, export)
         if found is None:
-            raise SelectionError(f"{stem_path}: no Keras file to convert and no usable PyTorch file beside it"
-                                 + ("" if export.exact else f" stored as {export.describe()} (conversion.export)")
-                                 + ".")
+            raise SelectionError(
+                f"{stem_path}: no Keras file to convert and no usable PyTorch file beside it"
+                + ("" if export.exact else f" stored as {export.describe()} (conversion.export)")
+                + "."
+            )
         return found
     found = _reuse(stem_path, file_sha256(keras_file), params_sha256, export)
     if found is not None:
         return found
-    log.info("converting %s%s%s", keras_file.name, " (verifying against Keras)" if verify else "",
-             "" if export.exact else f", stored as {export.describe()}")
-    outcome = convert_or_reuse(keras_file, params, verify=verify, export=export, trust_pickles=trust_pickles,
-                               lock_timeout_s=lock_timeout_s)
+    log.info(
+        "converting %s%s%s",
+        keras_file.name,
+        " (verifying against Keras)" if verify else "",
+        "" if export.exact else f", stored as {export.describe()}",
+    )
+    outcome = convert_or_reuse(
+        keras_file, params, verify=verify, export=export, trust_pickles=trust_pickles, lock_timeout_s=lock_timeout_s
+    )
     if outcome.cached:  # another job converted it while we waited for the lock
         log.info("using %s, converted meanwhile by another job", outcome.path)
         return PyTorchModel(outcome.model, outcome.path, converted=False)

@@ -5,25 +5,27 @@ folder conversion all call (through conversion.cache, which reuses current conve
 Nothing is guessed: weights are matched by name, every weight must be used and every parameter and buffer
 filled; all problems found are reported together in one ConversionError, and nothing is written.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import math
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 import conversion.families  # noqa: F401  (registers the layer converters)
 from conversion import CONVERTER_VERSION
-from conversion.graph import ModelGraph, parse_model_config
 from conversion.config import ExportConfig
 from conversion.export import ExportRefused, export_model
+from conversion.graph import ModelGraph, parse_model_config
 from conversion.keras_file import KerasModelFile, file_sha256
 from conversion.model_file import read_model_file
 from conversion.output import write_conversion
@@ -56,14 +58,22 @@ def read_params(path: str | Path | None, trust: bool = False) -> dict[str, Any] 
         return None
     params = load_pickle(path, trust=trust)
     if not isinstance(params, dict):
-        raise ConversionError(f"{path}: the parameters pickle holds a {type(params).__name__}, expected a dict with "
-                              "'architecture_dict'.")
+        raise ConversionError(
+            f"{path}: the parameters pickle holds a {type(params).__name__}, expected a dict with 'architecture_dict'."
+        )
     return params
 
 
-def convert_model(source: str | Path, params_path: str | Path | None = None, output: str | Path | None = None, *,
-                  params: dict[str, Any] | None = None, verify: bool = False, export: ExportConfig | None = None,
-                  trust_pickles: bool = False) -> Conversion:
+def convert_model(
+    source: str | Path,
+    params_path: str | Path | None = None,
+    output: str | Path | None = None,
+    *,
+    params: dict[str, Any] | None = None,
+    verify: bool = False,
+    export: ExportConfig | None = None,
+    trust_pickles: bool = False,
+) -> Conversion:
     """Convert `source` (with its params pickle) into `output` (default `<stem>_converted.pth`) and its info pickle.
 
     `verify` compares the float32 conversion with Keras on the file already read (a failed comparison refuses;
@@ -81,11 +91,15 @@ def convert_model(source: str | Path, params_path: str | Path | None = None, out
     conversion = build_conversion(keras_file, params)
     record = conversion.record
     if verify:
-        record.verification = verify_model(keras_file, conversion.model, params, length=record.shapes_traced_with_length)
+        record.verification = verify_model(
+            keras_file, conversion.model, params, length=record.shapes_traced_with_length
+        )
         worst = record.verification.worst()
         if record.verification.skipped is None and not record.verification.passed:
-            raise ConversionError(f"{source}: the converted model differs from Keras beyond the tolerance (output "
-                                  f"'{worst[0]}': max abs diff {worst[1]:.3g}). Nothing was written.")
+            raise ConversionError(
+                f"{source}: the converted model differs from Keras beyond the tolerance (output "
+                f"'{worst[0]}': max abs diff {worst[1]:.3g}). Nothing was written."
+            )
     record.params_pickle = str(params_path) if params_path else None
     record.params_sha256 = file_sha256(params_path) if params_path else None
     model, packed = conversion.model, {}
@@ -97,26 +111,37 @@ def convert_model(source: str | Path, params_path: str | Path | None = None, out
     return Conversion(model=model, record=record)
 
 
-def exported_with_cost(source: Path, model: KerasGraphModule, export: ExportConfig, record: ConversionRecord,
-                       params: dict[str, Any] | None) -> tuple[KerasGraphModule, dict[str, Any], ExportRecord]:
+def exported_with_cost(
+    source: Path, model: KerasGraphModule, export: ExportConfig, record: ConversionRecord, params: dict[str, Any] | None
+) -> tuple[KerasGraphModule, dict[str, Any], ExportRecord]:
     """The export of the float32 `model` with its measured cost; refused when it cannot be made or measured, when
     it overflows, or beyond max_error (a NaN error is beyond every bound)."""
     try:
-        exported, packed, export_record = export_model(model, export, record.shapes_traced_with_length,
-                                                       is_neuron_model(model, params))
+        exported, packed, export_record = export_model(
+            model, export, record.shapes_traced_with_length, is_neuron_model(model, params)
+        )
     except ExportRefused as exc:
-        raise ConversionError(f"{source}: cannot be exported as {export.describe()}: {exc}. Nothing was written.") from exc
+        raise ConversionError(
+            f"{source}: cannot be exported as {export.describe()}: {exc}. Nothing was written."
+        ) from exc
     if export_record.overflowed:
-        raise ConversionError(f"{source}: weights beyond the range of {export.dtype} "
-                              f"({listed(export_record.overflowed)}); store them as bfloat16 or float32. "
-                              "Nothing was written.")
-    beyond = {name: cost.error for name, cost in export_record.outputs.items()
-              if export.max_error is not None and not cost.error <= export.max_error}
+        raise ConversionError(
+            f"{source}: weights beyond the range of {export.dtype} "
+            f"({listed(export_record.overflowed)}); store them as bfloat16 or float32. "
+            "Nothing was written."
+        )
+    beyond = {
+        name: cost.error
+        for name, cost in export_record.outputs.items()
+        if export.max_error is not None and not cost.error <= export.max_error
+    }
     if beyond:
         figures = ", ".join(f"{name} {error:.3g}" for name, error in beyond.items())
-        raise ConversionError(f"{source}: the {export.describe()} export changes output(s) {figures} by more than "
-                              f"max_error {export.max_error:g} (max abs diff to the float32 conversion ÷ max(1, "
-                              f"largest |output|), on {export_record.input}). Nothing was written.")
+        raise ConversionError(
+            f"{source}: the {export.describe()} export changes output(s) {figures} by more than "
+            f"max_error {export.max_error:g} (max abs diff to the float32 conversion ÷ max(1, "
+            f"largest |output|), on {export_record.input}). Nothing was written."
+        )
     return exported, packed, export_record
 
 
@@ -139,8 +164,10 @@ def model_graph(keras_file: KerasModelFile) -> ModelGraph:
     except MemoryError:  # not a property of the config: the entry point reports it as such
         raise
     except Exception as exc:  # the config is untrusted data: any failure to read it is this refusal
-        raise ConversionError(f"{keras_file.path}: the model_config is not a Keras model description we can "
-                              f"read ({type(exc).__name__}: {exc}).") from exc
+        raise ConversionError(
+            f"{keras_file.path}: the model_config is not a Keras model description we can "
+            f"read ({type(exc).__name__}: {exc})."
+        ) from exc
 
 
 def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) -> Conversion:
@@ -153,51 +180,84 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
     for layer in graph.layers:
         converter = find_converter(layer.class_name) if isinstance(layer.class_name, str) else None
         if converter is None:
-            problems.append(f"layer '{layer.name}' ({layer.class_name}): unknown layer class, no converter "
-                            "is registered for it")
+            problems.append(
+                f"layer '{layer.name}' ({layer.class_name}): unknown layer class, no converter is registered for it"
+            )
             continue
         bag = WeightBag(layer.name, keras_file.weights.get(layer.name, {}))
         resolved = keras_file.resolved_activations.get(layer.name)
         try:
-            converted = converter(KerasLayer(layer.name, layer.class_name, layer.config, bag, keras_file.keras_major,
-                                             resolved.module if resolved is not None else None))
+            converted = converter(
+                KerasLayer(
+                    layer.name,
+                    layer.class_name,
+                    layer.config,
+                    bag,
+                    keras_file.keras_major,
+                    resolved.module if resolved is not None else None,
+                )
+            )
         except LayerProblem as exc:
             problems.append(f"layer '{layer.name}' ({layer.class_name}): {exc}")
             continue
         except MemoryError:
             raise
         except Exception as exc:  # a converter reads an untrusted config: any failure is this layer's problem
-            problems.append(f"layer '{layer.name}' ({layer.class_name}): unreadable config ({type(exc).__name__}: {exc})")
+            problems.append(
+                f"layer '{layer.name}' ({layer.class_name}): unreadable config ({type(exc).__name__}: {exc})"
+            )
             continue
         if bag.non_finite:
-            non_finite.append(f"'{layer.name}' (" + ", ".join(f"{name.rsplit('/', 1)[-1]}: {count}"
-                                                           for name, count in bag.non_finite.items()) + ")")
+            non_finite.append(
+                f"'{layer.name}' ("
+                + ", ".join(f"{name.rsplit('/', 1)[-1]}: {count}" for name, count in bag.non_finite.items())
+                + ")"
+            )
         extra = bag.leftovers() + keras_file.unlisted.get(layer.name, [])
         if extra:
             problems.append(f"layer '{layer.name}' ({layer.class_name}): unexpected extra weight(s) {listed(extra)}")
         key = module_key(layer.name, keys)
-        layer_specs.append({"name": layer.name, "key": key, "class_name": layer.class_name,
-                            "type": converted.type, "config": converted.config})
-        state.update({f"layers.{key}.{p}": torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
-                      for p, v in converted.params.items()})
+        layer_specs.append(
+            {
+                "name": layer.name,
+                "key": key,
+                "class_name": layer.class_name,
+                "type": converted.type,
+                "config": converted.config,
+            }
+        )
+        state.update(
+            {
+                f"layers.{key}.{p}": torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+                for p, v in converted.params.items()
+            }
+        )
     for stray in sorted(set(keras_file.weights) - names_in_graph):
         if keras_file.weights[stray]:
             problems.append(f"weights stored for '{stray}', which is not a layer of the model")
     produced = {output for _, _, output in graph.calls}
-    problems += [f"model output '{output}' is produced by no layer call" for output in graph.outputs
-                 if output not in produced]
-    problems += [f"input '{name}' has shape {shape}: dimensions must be positive integers or null"
-                 for name, shape in graph.inputs
-                 if not all(size is None or (type(size) is int and size > 0) for size in shape)]
+    problems += [
+        f"model output '{output}' is produced by no layer call" for output in graph.outputs if output not in produced
+    ]
+    problems += [
+        f"input '{name}' has shape {shape}: dimensions must be positive integers or null"
+        for name, shape in graph.inputs
+        if not all(size is None or (type(size) is int and size > 0) for size in shape)
+    ]
     if non_finite:
         raise ConversionError(
             f"{keras_file.path}: the weights are not finite: NaN/Inf values in layer(s) {listed(non_finite)}. "
             "A training run that diverged saves such weights; the model cannot be used (take a model saved "
-            "before the divergence)" + (f"; also: {listed(problems, separator='; ')}" if problems else "")
-            + ". Nothing was written.")
+            "before the divergence)"
+            + (f"; also: {listed(problems, separator='; ')}" if problems else "")
+            + ". Nothing was written."
+        )
     if problems:
-        raise ConversionError(f"{keras_file.path}: cannot be converted exactly: " + listed(problems, separator="; ")
-                              + ". Nothing was written.")
+        raise ConversionError(
+            f"{keras_file.path}: cannot be converted exactly: "
+            + listed(problems, separator="; ")
+            + ". Nothing was written."
+        )
 
     key_of = {spec["name"]: spec["key"] for spec in layer_specs}
     spec = {
@@ -225,8 +285,9 @@ def _build_module(keras_file: KerasModelFile, spec: dict[str, Any], state: dict[
         model.load_state_dict(state, strict=True)
     unusable = unusable_normalizations(model)
     if unusable:
-        raise ConversionError(f"{keras_file.path}: {unusable}, in Keras too; the model cannot be used. Nothing was "
-                              "written.")
+        raise ConversionError(
+            f"{keras_file.path}: {unusable}, in Keras too; the model cannot be used. Nothing was written."
+        )
     return model.eval()
 
 
@@ -254,12 +315,15 @@ def _check_trace_size(keras_file: KerasModelFile, model: KerasGraphModule, lengt
     """The test input the trace allocates, checked first: a file may declare an input of 1e8 time steps."""
     for name, shape in zip(model.input_names, model.input_shapes):
         dims = [length if s is None else s for s in shape]
-        MAX_INPUT_LENGTH.check(dims[0] if dims else 1, f"{keras_file.path}: input '{name}'", ConversionError,
-                               " time steps")
+        MAX_INPUT_LENGTH.check(
+            dims[0] if dims else 1, f"{keras_file.path}: input '{name}'", ConversionError, " time steps"
+        )
         if math.prod(dims) > MAX_TRACE_ELEMENTS:
-            raise ConversionError(f"{keras_file.path}: input '{name}' has shape {tuple(dims)}, "
-                                  f"{math.prod(dims):.3g} values per sample, more than the {MAX_TRACE_ELEMENTS:.0e} "
-                                  "a model input may have. Nothing was written.")
+            raise ConversionError(
+                f"{keras_file.path}: input '{name}' has shape {tuple(dims)}, "
+                f"{math.prod(dims):.3g} values per sample, more than the {MAX_TRACE_ELEMENTS:.0e} "
+                "a model input may have. Nothing was written."
+            )
 
 
 def _trace(keras_file: KerasModelFile, model: KerasGraphModule, length: int) -> dict[str, tuple[int, ...]]:
@@ -271,15 +335,21 @@ def _trace(keras_file: KerasModelFile, model: KerasGraphModule, length: int) -> 
     except ValueError as exc:
         raise ConversionError(f"{keras_file.path}: shape mismatch: {exc}. Nothing was written.") from exc
     except Exception as exc:  # e.g. a layer called without inputs in the config
-        raise ConversionError(f"{keras_file.path}: the layer graph cannot be run on a test input "
-                              f"({type(exc).__name__}: {exc}). Nothing was written.") from exc
+        raise ConversionError(
+            f"{keras_file.path}: the layer graph cannot be run on a test input "
+            f"({type(exc).__name__}: {exc}). Nothing was written."
+        ) from exc
 
 
 def _record(keras_file, model, layer_specs, state, layer_shapes, trace_length, params) -> ConversionRecord:
-    counts = {spec["key"]: sum(v.numel() for k, v in state.items() if k.startswith(f"layers.{spec['key']}."))
-              for spec in layer_specs}
-    outputs = [layer_shapes[next(c["layer"] for c in model.spec["calls"] if c["output"] == out)]
-               for out in model.spec["outputs"]]
+    counts = {
+        spec["key"]: sum(v.numel() for k, v in state.items() if k.startswith(f"layers.{spec['key']}."))
+        for spec in layer_specs
+    }
+    outputs = [
+        layer_shapes[next(c["layer"] for c in model.spec["calls"] if c["output"] == out)]
+        for out in model.spec["outputs"]
+    ]
     architecture = (params or {}).get("architecture_dict")
     return ConversionRecord(
         converter_version=CONVERTER_VERSION,
@@ -290,15 +360,24 @@ def _record(keras_file, model, layer_specs, state, layer_shapes, trace_length, p
         keras_version=keras_file.keras_version,
         backend=keras_file.backend,
         model_class=keras_file.model_config.get("class_name"),
-        converted_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        converted_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         inputs=[{"name": n, "shape": [None, *s]} for n, s in zip(model.input_names, model.input_shapes)],
         outputs=[{"name": n, "shape": [None, *s[1:]]} for n, s in zip(model.output_names, outputs)],
         shapes_traced_with_length=trace_length,
-        layers=[{"name": spec["name"], "class_name": spec["class_name"], "module": spec["type"],
-                 "parameters": counts[spec["key"]], "output_shape": [None, *layer_shapes[spec["key"]][1:]],
-                 "activation_source": ("architecture_dict" if spec["name"] in keras_file.resolved_activations
-                                       else "file")}
-                for spec in layer_specs if spec["key"] in layer_shapes],
+        layers=[
+            {
+                "name": spec["name"],
+                "class_name": spec["class_name"],
+                "module": spec["type"],
+                "parameters": counts[spec["key"]],
+                "output_shape": [None, *layer_shapes[spec["key"]][1:]],
+                "activation_source": (
+                    "architecture_dict" if spec["name"] in keras_file.resolved_activations else "file"
+                ),
+            }
+            for spec in layer_specs
+            if spec["key"] in layer_shapes
+        ],
         resolved_activations=[r.as_record() for r in keras_file.resolved_activations.values()],
         architecture_dict=plain(architecture) if architecture is not None else None,
     )

@@ -10,6 +10,7 @@ spike verdict (max probability ≥ 0.5, as the evaluation counts one) changes. F
 where float32 rounding of the folded weights moves the outputs beyond the conversion's own tolerance (a large
 mean cancelling a large bias), nothing is folded and the record says so.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,9 @@ class ExportRefused(ValueError):
     """The export cannot be made, or its cost cannot be measured (the converter names the file)."""
 
 
-def export_model(model: KerasGraphModule, options: ExportConfig, length: int, neuron: bool
-                 ) -> tuple[KerasGraphModule, dict[str, Any], ExportRecord]:
+def export_model(
+    model: KerasGraphModule, options: ExportConfig, length: int, neuron: bool
+) -> tuple[KerasGraphModule, dict[str, Any], ExportRecord]:
     """(the exported module, its packed weights, its record with the cost) from the float32 `model`, which stays
     as it is. The module holds exactly the weights a load of the `.pth` gives. `length`: time steps of the cost's
     input set; `neuron`: binary spikes (else standard normal noise)."""
@@ -48,10 +50,15 @@ def export_model(model: KerasGraphModule, options: ExportConfig, length: int, ne
     inputs = cost_input(model, length, neuron)
     reference = _outputs(model, inputs)
     if not all(np.isfinite(out).all() for out in reference):
-        raise ExportRefused(f"the float32 conversion's outputs on {describe_input(inputs, length, neuron)} are not "
-                            "finite, so no export's cost can be measured")
-    record = ExportRecord(options=options.model_dump(), input=describe_input(inputs, length, neuron),
-                          float32_weight_bytes=_state_bytes(model, {}, "float32"))
+        raise ExportRefused(
+            f"the float32 conversion's outputs on {describe_input(inputs, length, neuron)} are not "
+            "finite, so no export's cost can be measured"
+        )
+    record = ExportRecord(
+        options=options.model_dump(),
+        input=describe_input(inputs, length, neuron),
+        float32_weight_bytes=_state_bytes(model, {}, "float32"),
+    )
     exported = _folded(model, options, inputs, reference, record) if compress else copy.deepcopy(model)
     names = packable_weights(exported)
     if options.prune:
@@ -62,8 +69,7 @@ def export_model(model: KerasGraphModule, options: ExportConfig, length: int, ne
     if compress:
         declared = exported.state_dict()
         storage = STORAGE_DTYPES[options.dtype]
-        packed = {name: pack_weight(declared[name], name in quantized, bool(options.prune), storage)
-                  for name in names}
+        packed = {name: pack_weight(declared[name], name in quantized, bool(options.prune), storage) for name in names}
         with torch.no_grad():
             for name, entry in packed.items():
                 declared[name].copy_(unpack_weight(entry, declared[name].shape, storage))
@@ -75,8 +81,13 @@ def export_model(model: KerasGraphModule, options: ExportConfig, length: int, ne
     return exported.eval(), packed, record
 
 
-def _folded(model: KerasGraphModule, options: ExportConfig, inputs: list[np.ndarray], reference: list[np.ndarray],
-            record: ExportRecord) -> KerasGraphModule:
+def _folded(
+    model: KerasGraphModule,
+    options: ExportConfig,
+    inputs: list[np.ndarray],
+    reference: list[np.ndarray],
+    record: ExportRecord,
+) -> KerasGraphModule:
     """The model with its BatchNorms folded where exact and where the folded weights still fit how they are
     stored; the unfolded copy when float32 rounding makes the folded outputs differ beyond the conversion's
     tolerance. Folds (and their absence, with why) go into `record`."""
@@ -87,12 +98,19 @@ def _folded(model: KerasGraphModule, options: ExportConfig, inputs: list[np.ndar
     candidate = KerasGraphModule(spec)
     candidate.load_state_dict(state, strict=True)
     candidate.eval()
-    moved = max((float(np.abs(have - want).max() - (ATOL + RTOL * np.abs(want).max()))
-                 for want, have in zip(reference, _outputs(candidate, inputs))), default=0.0)
+    moved = max(
+        (
+            float(np.abs(have - want).max() - (ATOL + RTOL * np.abs(want).max()))
+            for want, have in zip(reference, _outputs(candidate, inputs))
+        ),
+        default=0.0,
+    )
     if folded and not moved <= 0:
-        why = (f"folding moves the outputs beyond the float32 tolerance ({ATOL:g} + {RTOL:g}·max|output|) on the "
-               "cost's input set: float32 rounding of the folded weights (e.g. a large moving mean cancelling a "
-               "large bias)")
+        why = (
+            f"folding moves the outputs beyond the float32 tolerance ({ATOL:g} + {RTOL:g}·max|output|) on the "
+            "cost's input set: float32 rounding of the folded weights (e.g. a large moving mean cancelling a "
+            "large bias)"
+        )
         record.not_folded = not_folded + [{"batch_norm": f["batch_norm"], "why": why} for f in folded]
         return copy.deepcopy(model)
     record.folded, record.not_folded = folded, not_folded
@@ -111,8 +129,11 @@ def tensor_ranks(model: KerasGraphModule, inputs: list[np.ndarray]) -> dict[str,
 
 def _state_bytes(model: KerasGraphModule, packed: dict[str, Any], dtype: str) -> int:
     size = STORAGE_DTYPES[dtype].itemsize
-    plain = sum(v.numel() * (size if v.is_floating_point() else v.element_size())
-                for k, v in model.state_dict().items() if k not in packed)
+    plain = sum(
+        v.numel() * (size if v.is_floating_point() else v.element_size())
+        for k, v in model.state_dict().items()
+        if k not in packed
+    )
     return plain + sum(packed_bytes(entry) for entry in packed.values())
 
 
@@ -130,13 +151,17 @@ def prune_by_magnitude(model: KerasGraphModule, names: list[str], sparsity: floa
             start = 0
             for name in group:
                 count = state[name].numel()
-                state[name].mul_(keep[start:start + count].reshape(state[name].shape))
+                state[name].mul_(keep[start : start + count].reshape(state[name].shape))
                 start += count
 
 
-def fold_batch_norms(spec: dict[str, Any], state: dict[str, torch.Tensor], ranks: dict[str, int],
-                     weight_storage: torch.dtype | None = None, bias_storage: torch.dtype = torch.float32
-                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def fold_batch_norms(
+    spec: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    ranks: dict[str, int],
+    weight_storage: torch.dtype | None = None,
+    bias_storage: torch.dtype = torch.float32,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Fold each top-level BatchNorm over the channel axis into a neighbour where that is exact, editing `spec`
     and `state`: into the conv/dense before it when that one's activation is linear and the BN is its only
     consumer, or else into the conv/dense layers after it when it feeds only them and they add no zero padding
@@ -151,8 +176,9 @@ def fold_batch_norms(spec: dict[str, Any], state: dict[str, torch.Tensor], ranks
         why_not = _fold_into_previous(spec, state, bn, ranks, fits)
         consumers = _fold_into_next(spec, state, bn, ranks, fits) if why_not is not None else [before]
         if isinstance(consumers, list):
-            folded.append({"batch_norm": bn["name"], "into": consumers,
-                           "side": "before" if why_not is None else "after"})
+            folded.append(
+                {"batch_norm": bn["name"], "into": consumers, "side": "before" if why_not is None else "after"}
+            )
             _remove_layer(spec, state, bn["key"])
         else:
             why = why_not if consumers == why_not else f"{why_not}; {consumers}"
@@ -162,10 +188,12 @@ def fold_batch_norms(spec: dict[str, Any], state: dict[str, torch.Tensor], ranks
 
 def _storable(weight_storage: torch.dtype | None, bias_storage: torch.dtype):
     """A check that folded (weight, bias) tensors stay finite in float32 and in the dtypes they are stored in."""
+
     def fits(weight: torch.Tensor, bias: torch.Tensor) -> bool:
         checks = [(weight, torch.float32), (bias, torch.float32), (bias, bias_storage)]
         checks += [(weight, weight_storage)] if weight_storage is not None else []
         return all(bool(torch.isfinite(t.to(dtype)).all()) for t, dtype in checks)
+
     return fits
 
 
@@ -196,8 +224,9 @@ def _bn_affine(state: dict[str, torch.Tensor], key: str, config: dict[str, Any])
     return scale, shift
 
 
-def _single_bn_call(spec: dict[str, Any], bn: dict[str, Any], ranks: dict[str, int]
-                    ) -> tuple[dict[str, Any] | None, str]:
+def _single_bn_call(
+    spec: dict[str, Any], bn: dict[str, Any], ranks: dict[str, int]
+) -> tuple[dict[str, Any] | None, str]:
     calls = _calls_of(spec, bn["key"])
     if len(calls) != 1 or len(calls[0]["inputs"]) != 1:
         return None, f"'{bn['name']}' is called {len(calls)} times"
@@ -207,8 +236,9 @@ def _single_bn_call(spec: dict[str, Any], bn: dict[str, Any], ranks: dict[str, i
     return calls[0], ""
 
 
-def _fold_into_previous(spec: dict[str, Any], state: dict[str, torch.Tensor], bn: dict[str, Any],
-                        ranks: dict[str, int], fits) -> str | None:
+def _fold_into_previous(
+    spec: dict[str, Any], state: dict[str, torch.Tensor], bn: dict[str, Any], ranks: dict[str, int], fits
+) -> str | None:
     call, why = _single_bn_call(spec, bn, ranks)
     if call is None:
         return why
@@ -241,12 +271,16 @@ def _zero_padding_free(layer: dict[str, Any]) -> bool:
     config = layer["config"]
     if layer["type"] == "dense":
         return True
-    return (layer["type"] == "conv1d" and config.get("groups", 1) == 1
-            and (config["kernel_size"] == 1 or config.get("padding", "valid") == "valid"))
+    return (
+        layer["type"] == "conv1d"
+        and config.get("groups", 1) == 1
+        and (config["kernel_size"] == 1 or config.get("padding", "valid") == "valid")
+    )
 
 
-def _fold_into_next(spec: dict[str, Any], state: dict[str, torch.Tensor], bn: dict[str, Any],
-                    ranks: dict[str, int], fits) -> list[str] | str:
+def _fold_into_next(
+    spec: dict[str, Any], state: dict[str, torch.Tensor], bn: dict[str, Any], ranks: dict[str, int], fits
+) -> list[str] | str:
     call, why = _single_bn_call(spec, bn, ranks)
     if call is None:
         return why
@@ -257,8 +291,10 @@ def _fold_into_next(spec: dict[str, Any], state: dict[str, torch.Tensor], bn: di
         return f"'{bn['name']}' gives a model output"
     for user, layer in zip(users, layers):
         if not _zero_padding_free(layer) or len(user["inputs"]) != 1 or len(_calls_of(spec, layer["key"])) != 1:
-            return (f"it feeds '{layer['name']}' ({layer['class_name']}), not only 1×1 or unpadded convolutions "
-                    "and dense layers called once")
+            return (
+                f"it feeds '{layer['name']}' ({layer['class_name']}), not only 1×1 or unpadded convolutions "
+                "and dense layers called once"
+            )
     scale, shift = _bn_affine(state, bn["key"], bn["config"])
     updates = {}
     for layer in layers:
@@ -266,8 +302,10 @@ def _fold_into_next(spec: dict[str, Any], state: dict[str, torch.Tensor], bn: di
         weight, bias = state[prefix + "weight"].double(), state.get(prefix + "bias")  # weight: (out, in[, kernel])
         in_view = [1, -1, *[1] * (weight.ndim - 2)]
         added = (weight * shift.reshape(in_view)).sum(dim=tuple(range(1, weight.ndim)))
-        updates[prefix] = ((weight * scale.reshape(in_view)).float(),
-                           ((bias.double() if bias is not None else 0.0) + added).float())
+        updates[prefix] = (
+            (weight * scale.reshape(in_view)).float(),
+            ((bias.double() if bias is not None else 0.0) + added).float(),
+        )
         if not fits(*updates[prefix]):
             return f"folded into '{layer['name']}', its weights would overflow how they are stored"
     for user, layer in zip(users, layers):
@@ -311,13 +349,19 @@ def measure_cost(expected: list[np.ndarray], got: list[np.ndarray], names: list[
     fixed input set; an export whose outputs are not finite where the float32 conversion's are is refused."""
     broken = [name for name, have in zip(names, got) if not np.isfinite(have).all()]
     if broken:
-        raise ExportRefused(f"the export's output(s) {', '.join(broken)} are not finite on {record.input}, where "
-                            "the float32 conversion's are")
+        raise ExportRefused(
+            f"the export's output(s) {', '.join(broken)} are not finite on {record.input}, where "
+            "the float32 conversion's are"
+        )
     for name, want, have in zip(names, expected, got):
         diff = np.abs(have - want)
         largest = float(np.max(np.abs(want)))
-        record.outputs[name] = OutputCost(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
-                                          max_abs_value=largest, error=float(diff.max()) / max(1.0, largest))
+        record.outputs[name] = OutputCost(
+            max_abs_diff=float(diff.max()),
+            mean_abs_diff=float(diff.mean()),
+            max_abs_value=largest,
+            error=float(diff.max()) / max(1.0, largest),
+        )
     if "spikes" in names:
         index = names.index("spikes")
         record.spikes = spike_cost(expected[index], got[index])
@@ -346,10 +390,15 @@ def spike_cost(reference: np.ndarray, exported: np.ndarray) -> SpikeCost:
     auc_export = roc_auc(drawn.ravel(), changed.ravel()) if both else None
     spiking_reference = probabilities.max(axis=1) >= SPIKE_THRESHOLD
     spiking_export = changed.max(axis=1) >= SPIKE_THRESHOLD
-    return SpikeCost(auc_float32=auc_reference, auc_export=auc_export,
-                     auc_change=None if auc_reference is None else auc_export - auc_reference,
-                     threshold=SPIKE_THRESHOLD, trials=int(probabilities.shape[0]),
-                     spiking_float32=int(spiking_reference.sum()), spiking_export=int(spiking_export.sum()),
-                     verdicts_changed=int((spiking_reference != spiking_export).sum()),
-                     bins_above_float32=int((probabilities >= SPIKE_THRESHOLD).sum()),
-                     bins_above_export=int((changed >= SPIKE_THRESHOLD).sum()))
+    return SpikeCost(
+        auc_float32=auc_reference,
+        auc_export=auc_export,
+        auc_change=None if auc_reference is None else auc_export - auc_reference,
+        threshold=SPIKE_THRESHOLD,
+        trials=int(probabilities.shape[0]),
+        spiking_float32=int(spiking_reference.sum()),
+        spiking_export=int(spiking_export.sum()),
+        verdicts_changed=int((spiking_reference != spiking_export).sum()),
+        bins_above_float32=int((probabilities >= SPIKE_THRESHOLD).sum()),
+        bins_above_export=int((changed >= SPIKE_THRESHOLD).sum()),
+    )

@@ -4,6 +4,7 @@ Keras 2 writes inbound nodes as nested lists `[[["layer_1", 0, 0, {}]]]`; Keras 
 `__keras_tensor__` entries with a `keras_history` of (layer, node, tensor). Tensors are named
 `"<layer>:<node>:<tensor>"`, where node is the index of the producing layer's call.
 """
+
 from __future__ import annotations
 
 from collections import Counter, deque
@@ -64,8 +65,10 @@ def _history_refs(value: Any) -> list[str]:
 def _node_inputs(node: Any, layer_name: str) -> list[str]:
     if isinstance(node, dict):  # Keras 3
         if _history_refs(node.get("kwargs", {})):
-            raise ConversionError(f"layer {layer_name!r} receives a tensor as a keyword argument; "
-                                  "only positional tensor inputs are supported.")
+            raise ConversionError(
+                f"layer {layer_name!r} receives a tensor as a keyword argument; "
+                "only positional tensor inputs are supported."
+            )
         return _history_refs(node.get("args", []))
     return [tensor_name(entry[0], entry[1], entry[2]) for entry in node]  # Keras 2
 
@@ -84,20 +87,29 @@ def parse_model_config(model_config: dict[str, Any]) -> ModelGraph:
         return _parse_sequential(config)
     if class_name in FUNCTIONAL:
         return _parse_functional(config)
-    raise ConversionError(f"the top-level model is a {class_name!r}; only Functional and Sequential models "
-                          "are supported.")
+    raise ConversionError(
+        f"the top-level model is a {class_name!r}; only Functional and Sequential models are supported."
+    )
 
 
 def _layer_entries(config: dict[str, Any]) -> list[LayerRecord]:
     entries = config.get("layers", [])
     MAX_LAYERS.check(len(entries), "the model config", ConversionError, " layers")
-    records = [LayerRecord(name=entry.get("name") or entry["config"]["name"], class_name=_class_name(entry),
-                           config=entry.get("config", {})) for entry in entries]
+    records = [
+        LayerRecord(
+            name=entry.get("name") or entry["config"]["name"],
+            class_name=_class_name(entry),
+            config=entry.get("config", {}),
+        )
+        for entry in entries
+    ]
     twice = sorted(str(name) for name, count in Counter(record.name for record in records).items() if count > 1)
     if twice:
-        raise ConversionError(f"layer name(s) {listed(map(repr, twice))} occur more than once in the model "
-                              "config; Keras gives every layer its own name, so which weights belong where is "
-                              "not clear.")
+        raise ConversionError(
+            f"layer name(s) {listed(map(repr, twice))} occur more than once in the model "
+            "config; Keras gives every layer its own name, so which weights belong where is "
+            "not clear."
+        )
     return records
 
 
@@ -120,8 +132,13 @@ def _parse_sequential(config: dict[str, Any]) -> ModelGraph:
         layer.calls = [[current]]
         calls.append((layer.name, [current], tensor_name(layer.name)))
         current = tensor_name(layer.name)
-    return ModelGraph(layers=layers, inputs=[(tensor_name(input_name), list(shape[1:]))], outputs=[current],
-                      output_names=[layers[-1].name] if layers else [input_name], calls=calls)
+    return ModelGraph(
+        layers=layers,
+        inputs=[(tensor_name(input_name), list(shape[1:]))],
+        outputs=[current],
+        output_names=[layers[-1].name] if layers else [input_name],
+        calls=calls,
+    )
 
 
 def _parse_functional(config: dict[str, Any]) -> ModelGraph:
@@ -142,12 +159,19 @@ def _parse_functional(config: dict[str, Any]) -> ModelGraph:
     inputs.sort(key=lambda item: input_order.index(item[0]) if item[0] in input_order else len(input_order))
     outputs = _refs(config.get("output_layers", []))
     calls, problems = _topological(pending, {name for name, _ in inputs})
-    return ModelGraph(layers=layers, inputs=inputs, outputs=outputs,
-                      output_names=[name.split(":")[0] for name in outputs], calls=calls, problems=problems)
+    return ModelGraph(
+        layers=layers,
+        inputs=inputs,
+        outputs=outputs,
+        output_names=[name.split(":")[0] for name in outputs],
+        calls=calls,
+        problems=problems,
+    )
 
 
-def _topological(pending: list[tuple[str, list[str], str]], available: set[str]
-                 ) -> tuple[list[tuple[str, list[str], str]], list[str]]:
+def _topological(
+    pending: list[tuple[str, list[str], str]], available: set[str]
+) -> tuple[list[tuple[str, list[str], str]], list[str]]:
     """The calls in an order where every input exists before use (Kahn's algorithm, linear in calls and
     references; ready calls keep the config's order); a problem for references nothing produces, or a cycle."""
     consumers: dict[str, list[int]] = {}
@@ -173,5 +197,6 @@ def _topological(pending: list[tuple[str, list[str], str]], available: set[str]
     missing = sorted({ref for _, refs, _ in stuck for ref in refs if ref not in available and ref not in produced})
     if missing:
         return ordered, [f"the model graph references tensors that no layer produces: {listed(map(repr, missing))}"]
-    return ordered, [f"the model graph has a cycle: layer(s) {listed(sorted({c[0] for c in stuck}))} wait "
-                     "on each other's outputs"]
+    return ordered, [
+        f"the model graph has a cycle: layer(s) {listed(sorted({c[0] for c in stuck}))} wait on each other's outputs"
+    ]

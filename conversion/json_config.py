@@ -3,6 +3,7 @@
 Keras writes configs about 20 levels deep; a forged one nested 100,000 deep would make every recursive walk
 (json's own decoder included) fail with RecursionError, so depth is checked once here and later walks may recurse.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,11 +32,15 @@ def parse_config_json(text: str | bytes, subject: str) -> Any:
     try:
         value = json.loads(text)
     except RecursionError:
-        raise ConversionError(f"{subject}: the JSON is nested too deeply to be a Keras config (more than "
-                              f"{MAX_JSON_DEPTH.value:.0f} levels).") from None
+        raise ConversionError(
+            f"{subject}: the JSON is nested too deeply to be a Keras config (more than "
+            f"{MAX_JSON_DEPTH.value:.0f} levels)."
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConversionError(f"{subject}: is not valid JSON ({exc}).") from exc
     if nesting_depth(value) > MAX_JSON_DEPTH.value:
-        raise ConversionError(f"{subject}: the JSON is nested too deeply to be a Keras config (more than "
-                              f"{MAX_JSON_DEPTH.value:.0f} levels; raise {MAX_JSON_DEPTH.env} if it is real).")
+        raise ConversionError(
+            f"{subject}: the JSON is nested too deeply to be a Keras config (more than "
+            f"{MAX_JSON_DEPTH.value:.0f} levels; raise {MAX_JSON_DEPTH.env} if it is real)."
+        )
     return value

@@ -9,6 +9,7 @@ An archive is a zip of `config.json` (the model config), `metadata.json` (Keras 
 each in creation order, so their Keras names (kernel, bias, gamma, ...) follow from the layer class and config.
 The result is the same KerasModelFile as the `.h5` reader's: weights named `<layer>/<variable>`.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,8 +23,14 @@ import h5py
 import numpy as np
 
 from conversion.json_config import parse_config_json
-from conversion.keras_file import (ItemProblem, KerasModelFile, WeightReader, check_self_contained, file_sha256,
-                                   read_text)
+from conversion.keras_file import (
+    ItemProblem,
+    KerasModelFile,
+    WeightReader,
+    check_self_contained,
+    file_sha256,
+    read_text,
+)
 from conversion.registry import bare_class_name
 from errors import ConversionError, listed
 from fileio import read_zip_member, regular_file_size
@@ -45,14 +52,19 @@ def _batch_norm(config: dict[str, Any]) -> list[str]:
 
 def _layer_norm(config: dict[str, Any]) -> list[str]:
     rms = config.get("rms_scaling", False)
-    return ((["gamma"] if config.get("scale", True) or rms else [])
-            + (["beta"] if config.get("center", True) and not rms else []))
+    return (["gamma"] if config.get("scale", True) or rms else []) + (
+        ["beta"] if config.get("center", True) and not rms else []
+    )
 
 
 # Keras 3 variable order of the layer classes that have variables; other known classes have none.
 VARIABLE_ORDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
-    "Conv1D": _conv_or_dense, "Convolution1D": _conv_or_dense, "Dense": _conv_or_dense,
-    "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm, "PReLU": lambda config: ["alpha"],
+    "Conv1D": _conv_or_dense,
+    "Convolution1D": _conv_or_dense,
+    "Dense": _conv_or_dense,
+    "BatchNormalization": _batch_norm,
+    "LayerNormalization": _layer_norm,
+    "PReLU": lambda config: ["alpha"],
 }
 
 
@@ -117,6 +129,7 @@ def _nested_weights(group: h5py.Group, reader: WeightReader) -> dict[str, np.nda
                         raise ValueError(f"two sublayers store a variable named {name}")
                     found[name] = value
             walk(child, child_path)
+
     walk(group, [])
     return found
 
@@ -155,13 +168,17 @@ def assign_layer_groups(layers_root: h5py.Group, layers: list[tuple[str, str]]) 
         elif by_order in layers_root and stored_layer_name(layers_root[by_order]) in (None, layer_name):
             mapping[layer_name] = by_order
     used = set(mapping.values())
-    problems = [f"group 'layers/{key}' holds weights that belong to no layer of the config"
-                for key in sorted(layers_root) if key not in used and _has_data(layers_root[key])]
+    problems = [
+        f"group 'layers/{key}' holds weights that belong to no layer of the config"
+        for key in sorted(layers_root)
+        if key not in used and _has_data(layers_root[key])
+    ]
     return mapping, problems
 
 
-def read_numbered_weights(source: Path, root: h5py.Group, layers: list[tuple[str, str, dict[str, Any]]],
-                          reader: WeightReader) -> dict[str, dict[str, np.ndarray]]:
+def read_numbered_weights(
+    source: Path, root: h5py.Group, layers: list[tuple[str, str, dict[str, Any]]], reader: WeightReader
+) -> dict[str, dict[str, np.ndarray]]:
     """Weights `{layer name: {"<layer>/<variable>": array}}` of (name, class, config) layers from a Keras 3
     weights file; every mismatch is collected into one ConversionError naming `source`."""
     if "layers" not in root:
@@ -182,22 +199,29 @@ def read_numbered_weights(source: Path, root: h5py.Group, layers: list[tuple[str
             continue
         expected = variable_names(class_name, config, len(values))
         if len(values) != len(expected):
-            problems.append(f"layer '{name}' ({class_name}): layers/{mapping[name]}/vars holds {len(values)} "
-                            f"variable(s), the config implies {len(expected)} ({', '.join(expected) or 'none'})")
+            problems.append(
+                f"layer '{name}' ({class_name}): layers/{mapping[name]}/vars holds {len(values)} "
+                f"variable(s), the config implies {len(expected)} ({', '.join(expected) or 'none'})"
+            )
             continue
         weights[name] = {f"{name}/{var}": value for var, value in zip(expected, values)}
         weights[name].update({f"{name}/{path}": value for path, value in nested.items()})
     if problems:
-        raise ConversionError(f"{source}: the weights do not fit the model config: " + listed(problems, separator="; ")
-                              + ". Nothing was written.")
+        raise ConversionError(
+            f"{source}: the weights do not fit the model config: "
+            + listed(problems, separator="; ")
+            + ". Nothing was written."
+        )
     return weights
 
 
 def config_layers(model_config: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(name, class name, config) of every layer of a Keras 3 model config, in the model's layer order."""
     entries = model_config["config"]["layers"]
-    return [(entry.get("name") or entry["config"]["name"], entry["class_name"], entry.get("config", {}))
-            for entry in entries]
+    return [
+        (entry.get("name") or entry["config"]["name"], entry["class_name"], entry.get("config", {}))
+        for entry in entries
+    ]
 
 
 def _read_member(path: Path, archive: zipfile.ZipFile, member: str, limit) -> bytes:
@@ -215,8 +239,9 @@ def _json_object(path: Path, member: str, text: bytes) -> dict[str, Any]:
     """A member's JSON, which Keras always writes as an object."""
     value = parse_config_json(text, f"{path}: {member} in the Keras archive")
     if not isinstance(value, dict):
-        raise ConversionError(f"{path}: {member} in the Keras archive holds a JSON {type(value).__name__}, "
-                              "not an object.")
+        raise ConversionError(
+            f"{path}: {member} in the Keras archive holds a JSON {type(value).__name__}, not an object."
+        )
     return value
 
 
@@ -225,18 +250,23 @@ def read_keras_archive(path: str | Path) -> KerasModelFile:
     path = Path(path)
     regular_file_size(path, ConversionError, "Keras archive")
     if not zipfile.is_zipfile(path):
-        raise ConversionError(f"{path}: not a Keras archive: a .keras file is a zip archive, this file is not "
-                              "(truncated, or of another format).")
+        raise ConversionError(
+            f"{path}: not a Keras archive: a .keras file is a zip archive, this file is not "
+            "(truncated, or of another format)."
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             members = set(archive.namelist())
             missing = [m for m in (ARCHIVE_CONFIG, ARCHIVE_WEIGHTS) if m not in members]
             if missing:
-                raise ConversionError(f"{path}: the Keras archive lacks {' and '.join(missing)} "
-                                      f"(it holds: {listed(sorted(members)) or 'nothing'}).")
+                raise ConversionError(
+                    f"{path}: the Keras archive lacks {' and '.join(missing)} "
+                    f"(it holds: {listed(sorted(members)) or 'nothing'})."
+                )
             config_text = _read_member(path, archive, ARCHIVE_CONFIG, MAX_JSON_BYTES)
-            metadata_text = (_read_member(path, archive, ARCHIVE_METADATA, MAX_JSON_BYTES)
-                             if ARCHIVE_METADATA in members else b"{}")
+            metadata_text = (
+                _read_member(path, archive, ARCHIVE_METADATA, MAX_JSON_BYTES) if ARCHIVE_METADATA in members else b"{}"
+            )
             weights_bytes = _read_member(path, archive, ARCHIVE_WEIGHTS, MAX_MEMBER_BYTES)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ConversionError(f"{path}: the Keras archive cannot be read ({type(exc).__name__}: {exc}).") from exc
@@ -245,8 +275,9 @@ def read_keras_archive(path: str | Path) -> KerasModelFile:
     try:
         layers = config_layers(model_config)
     except (KeyError, TypeError, AttributeError) as exc:
-        raise ConversionError(f"{path}: {ARCHIVE_CONFIG} is not a Keras model config with a layer list "
-                              f"({type(exc).__name__}: {exc}).") from exc
+        raise ConversionError(
+            f"{path}: {ARCHIVE_CONFIG} is not a Keras model config with a layer list ({type(exc).__name__}: {exc})."
+        ) from exc
     try:
         with h5py.File(io.BytesIO(weights_bytes), "r") as weights_file:
             check_self_contained(path, weights_file)
@@ -254,9 +285,14 @@ def read_keras_archive(path: str | Path) -> KerasModelFile:
     except ItemProblem as exc:
         raise ConversionError(f"{path}: {ARCHIVE_WEIGHTS} in the archive: {exc}. Nothing was written.") from None
     except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise ConversionError(f"{path}: {ARCHIVE_WEIGHTS} in the archive cannot be read as HDF5 weights "
-                              f"({type(exc).__name__}: {exc}).") from exc
-    return KerasModelFile(path=path, sha256=file_sha256(path),
-                          keras_version=str(metadata.get("keras_version") or "3.x"),
-                          backend=str(metadata.get("backend") or "unknown"), model_config=model_config,
-                          weights=weights)
+        raise ConversionError(
+            f"{path}: {ARCHIVE_WEIGHTS} in the archive cannot be read as HDF5 weights ({type(exc).__name__}: {exc})."
+        ) from exc
+    return KerasModelFile(
+        path=path,
+        sha256=file_sha256(path),
+        keras_version=str(metadata.get("keras_version") or "3.x"),
+        backend=str(metadata.get("backend") or "unknown"),
+        model_config=model_config,
+        weights=weights,
+    )

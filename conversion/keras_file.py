@@ -4,6 +4,7 @@ Handles files written by Keras 2 (standalone and tf.keras: `layer/kernel:0` name
 `optimizer_weights`) and Keras 3 (names without `:0`, `top_level_model_weights`). Attributes may be bytes or str;
 long lists may be split into numbered attributes (`layer_names0`, `layer_names1`, ...).
 """
+
 from __future__ import annotations
 
 import math
@@ -15,12 +16,18 @@ from typing import Any
 import h5py
 import numpy as np
 
+import fileio
 from conversion.json_config import parse_config_json
 from errors import ConversionError, listed
-import fileio
 from fileio import regular_file_size
-from limits import (COMPRESSION_RATIO, MAX_HDF5_DEPTH, MAX_HDF5_OBJECTS, MAX_WEIGHT_BYTES, SMALL_DATA_BYTES,
-                    check_stored_size)
+from limits import (
+    COMPRESSION_RATIO,
+    MAX_HDF5_DEPTH,
+    MAX_HDF5_OBJECTS,
+    MAX_WEIGHT_BYTES,
+    SMALL_DATA_BYTES,
+    check_stored_size,
+)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -36,7 +43,7 @@ class ItemProblem(ValueError):
 
 def shown(name: str, most: int = 120) -> str:
     """A name from the file as a message shows it: forged names can be megabytes long."""
-    return name if len(name) <= most else f"{name[:most // 2]}…{name[-most // 3:]} ({len(name):,} characters)"
+    return name if len(name) <= most else f"{name[: most // 2]}…{name[-most // 3 :]} ({len(name):,} characters)"
 
 
 def _text(value: Any) -> str:
@@ -66,8 +73,9 @@ def _attr_text(obj: h5py.HLObject, name: str) -> str | list[str]:
             return _text(items)
         if value.ndim == 1 and all(isinstance(item, (bytes, str)) for item in items):
             return [_text(item) for item in items]
-    raise ItemProblem(f"attribute '{shown(name)}' of '{shown(obj.name)}' holds {_kind(value)}, not text as "
-                      "Keras writes it")
+    raise ItemProblem(
+        f"attribute '{shown(name)}' of '{shown(obj.name)}' holds {_kind(value)}, not text as Keras writes it"
+    )
 
 
 def read_attr(obj: h5py.HLObject, name: str) -> Any:
@@ -80,8 +88,10 @@ def read_attr(obj: h5py.HLObject, name: str) -> Any:
     while f"{name}{index}" in obj.attrs:
         chunk = _attr_text(obj, f"{name}{index}")
         if not isinstance(chunk, list):
-            raise ItemProblem(f"attribute '{name}{index}' of '{shown(obj.name)}' holds one text, not a list of "
-                              "names as Keras writes it")
+            raise ItemProblem(
+                f"attribute '{name}{index}' of '{shown(obj.name)}' holds one text, not a list of "
+                "names as Keras writes it"
+            )
         chunks.extend(chunk)
         index += 1
     return chunks if index else None
@@ -91,8 +101,10 @@ def read_text(obj: h5py.HLObject, name: str) -> str | None:
     """An attribute that Keras writes as one text (model_config, keras_version, backend)."""
     value = read_attr(obj, name)
     if isinstance(value, list):
-        raise ItemProblem(f"attribute '{name}' of '{shown(obj.name)}' holds a list of {len(value)} texts, not one "
-                          "text as Keras writes it")
+        raise ItemProblem(
+            f"attribute '{name}' of '{shown(obj.name)}' holds a list of {len(value)} texts, not one "
+            "text as Keras writes it"
+        )
     return value
 
 
@@ -101,12 +113,14 @@ def read_names(obj: h5py.HLObject, name: str) -> list[str] | None:
     so that no list makes the reader visit one item again and again."""
     value = read_attr(obj, name)
     if isinstance(value, str):
-        raise ItemProblem(f"attribute '{name}' of '{shown(obj.name)}' holds one text, not a list of names as "
-                          "Keras writes it")
+        raise ItemProblem(
+            f"attribute '{name}' of '{shown(obj.name)}' holds one text, not a list of names as Keras writes it"
+        )
     if value is not None and len(set(value)) != len(value):
         twice = sorted(item for item, count in Counter(value).items() if count > 1)
-        raise ItemProblem(f"attribute '{name}' of '{shown(obj.name)}' names {listed([shown(t) for t in twice])} "
-                          "more than once")
+        raise ItemProblem(
+            f"attribute '{name}' of '{shown(obj.name)}' names {listed([shown(t) for t in twice])} more than once"
+        )
     return value
 
 
@@ -140,8 +154,9 @@ def check_self_contained(path: Path, root: h5py.Group) -> None:
                     target = None
                 if not isinstance(target, h5py.Dataset):
                     what = "nothing" if target is None else f"a {type(target).__name__}"
-                    layout.append(f"'{shown(name)}' is a soft link to '{shown(link.path)}', which is {what}, not a "
-                                  "dataset")
+                    layout.append(
+                        f"'{shown(name)}' is a soft link to '{shown(link.path)}', which is {what}, not a dataset"
+                    )
                 continue
             if not isinstance(link, h5py.HardLink):
                 layout.append(f"'{shown(name)}' is a {type(link).__name__}")
@@ -151,8 +166,9 @@ def check_self_contained(path: Path, root: h5py.Group) -> None:
                 layout.append(f"'{shown(name)}' is an object linked from more than one place")
             elif isinstance(child, h5py.Dataset):
                 if child.external:
-                    outside.append(f"dataset '{shown(name)}' keeps its data in another file "
-                                   f"({shown(_text(child.external[0][0]))})")
+                    outside.append(
+                        f"dataset '{shown(name)}' keeps its data in another file ({shown(_text(child.external[0][0]))})"
+                    )
                 if child.is_virtual:
                     outside.append(f"dataset '{shown(name)}' is a virtual dataset, made of data elsewhere")
             elif isinstance(child, h5py.Group):
@@ -162,11 +178,15 @@ def check_self_contained(path: Path, root: h5py.Group) -> None:
                 layout.append(f"'{shown(name)}' is a {type(child).__name__}, neither a group nor a dataset")
     if outside:
         also = f"; it also {_layout_text(layout)}" if layout else ""
-        raise ConversionError(f"{path}: holds data that is not stored in the file itself: {listed(outside)}{also}. "
-                              "Only the file's own bytes can become a model's weights. Nothing was written.")
+        raise ConversionError(
+            f"{path}: holds data that is not stored in the file itself: {listed(outside)}{also}. "
+            "Only the file's own bytes can become a model's weights. Nothing was written."
+        )
     if layout:
-        raise ConversionError(f"{path}: {_layout_text(layout)}; Keras writes each group and dataset once, under "
-                              "one name. Nothing was written.")
+        raise ConversionError(
+            f"{path}: {_layout_text(layout)}; Keras writes each group and dataset once, under "
+            "one name. Nothing was written."
+        )
 
 
 def _layout_text(layout: list[str]) -> str:
@@ -187,11 +207,14 @@ class WeightReader:
     def read(self, dataset: Any, name: str) -> np.ndarray:
         subject = f"{self.path}: weight '{shown(name)}'"
         if not isinstance(dataset, h5py.Dataset):
-            raise ConversionError(f"{subject} is a {type(dataset).__name__}, not a dataset of numbers. "
-                                  "Nothing was written.")
+            raise ConversionError(
+                f"{subject} is a {type(dataset).__name__}, not a dataset of numbers. Nothing was written."
+            )
         if dataset.shape is None:
-            raise ConversionError(f"{subject} holds no data (an HDF5 null dataspace, h5py.Empty), not an array of "
-                                  "numbers. Nothing was written.")
+            raise ConversionError(
+                f"{subject} holds no data (an HDF5 null dataspace, h5py.Empty), not an array of "
+                "numbers. Nothing was written."
+            )
         if dataset.dtype.kind not in "fiub":
             raise ConversionError(f"{subject} is stored as {dataset.dtype}, not as real numbers. Nothing was written.")
         self.count += 1
@@ -199,19 +222,29 @@ class WeightReader:
         declared = math.prod(dataset.shape) * dataset.dtype.itemsize
         offset = dataset.id.get_offset()
         if offset is not None and offset + declared > self.file_bytes:
-            raise ConversionError(f"{subject}: its data would lie beyond the end of the file ({self.file_bytes} "
-                                  "bytes): the file is truncated or forged. Nothing was written.")
+            raise ConversionError(
+                f"{subject}: its data would lie beyond the end of the file ({self.file_bytes} "
+                "bytes): the file is truncated or forged. Nothing was written."
+            )
         stored = dataset.id.get_storage_size()
         check_stored_size(declared, stored, subject, ConversionError)
         if declared > stored * COMPRESSION_RATIO.value:  # allowed because small: the allowance is one per file
             self.compressed += declared
-            SMALL_DATA_BYTES.check(self.compressed, f"{self.path}: its weights stored compressed beyond a ratio of "
-                                   f"{COMPRESSION_RATIO.value:g}, together up to '{shown(name)}'", ConversionError,
-                                   "bytes")
+            SMALL_DATA_BYTES.check(
+                self.compressed,
+                f"{self.path}: its weights stored compressed beyond a ratio of "
+                f"{COMPRESSION_RATIO.value:g}, together up to '{shown(name)}'",
+                ConversionError,
+                "bytes",
+            )
         self.total += declared
         MAX_WEIGHT_BYTES.check(self.total, f"{self.path}: its weights", ConversionError, "bytes")
-        check_stored_size(self.total, self.file_bytes, f"{self.path}: its weights up to '{shown(name)}' together, "
-                          f"against the size of the file", ConversionError)
+        check_stored_size(
+            self.total,
+            self.file_bytes,
+            f"{self.path}: its weights up to '{shown(name)}' together, against the size of the file",
+            ConversionError,
+        )
         return dataset[()]
 
     def datasets_below(self, group: h5py.Group) -> list[str]:
@@ -224,8 +257,9 @@ class WeightReader:
             parent, prefix = pending.pop()
             for key in parent:
                 self.visited += 1
-                MAX_HDF5_OBJECTS.check(self.visited, f"{self.path}: the groups and datasets below its layers",
-                                       ConversionError)
+                MAX_HDF5_OBJECTS.check(
+                    self.visited, f"{self.path}: the groups and datasets below its layers", ConversionError
+                )
                 if not isinstance(parent.get(key, getlink=True), h5py.HardLink):
                     continue
                 child = parent[key]
@@ -278,33 +312,48 @@ def read_keras_h5(path: str | Path) -> KerasModelFile:
     except ItemProblem as exc:
         raise ConversionError(f"{path}: {exc}. Nothing was written.") from None
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:  # h5py's errors on damaged files
-        raise ConversionError(f"{path}: cannot be read as a Keras HDF5 model file ({type(exc).__name__}: {exc}). "
-                              "The file may be truncated, empty or of another format.") from exc
+        raise ConversionError(
+            f"{path}: cannot be read as a Keras HDF5 model file ({type(exc).__name__}: {exc}). "
+            "The file may be truncated, empty or of another format."
+        ) from exc
 
 
 def _read_open_file(path: Path, f: h5py.File) -> KerasModelFile:
     config_text = read_text(f, "model_config")
     if config_text is None:
-        kind = ("a weights-only file (saved with save_weights): it has layer groups but no architecture"
-                if read_names(f, "layer_names") else "an HDF5 file without a Keras model")
-        raise ConversionError(f"{path}: no 'model_config' attribute: this is {kind}. "
-                              "Save the whole model with model.save(...).")
+        kind = (
+            "a weights-only file (saved with save_weights): it has layer groups but no architecture"
+            if read_names(f, "layer_names")
+            else "an HDF5 file without a Keras model"
+        )
+        raise ConversionError(
+            f"{path}: no 'model_config' attribute: this is {kind}. Save the whole model with model.save(...)."
+        )
     model_config = parse_config_json(config_text, f"{path}: the 'model_config' attribute")
     if not isinstance(model_config, dict):
-        raise ConversionError(f"{path}: the 'model_config' attribute holds a JSON {type(model_config).__name__}, "
-                              "not a model description.")
+        raise ConversionError(
+            f"{path}: the 'model_config' attribute holds a JSON {type(model_config).__name__}, not a model description."
+        )
     weights_root = f["model_weights"] if "model_weights" in f else None
     if not isinstance(weights_root, h5py.Group):
         raise ConversionError(f"{path}: has a model_config but no 'model_weights' group; the file is incomplete.")
     keras_version = read_text(f, "keras_version") or read_text(weights_root, "keras_version") or "unknown"
     backend = read_text(f, "backend") or read_text(weights_root, "backend") or "unknown"
     weights, unlisted = read_layer_groups(weights_root, WeightReader(path, path.stat().st_size))
-    return KerasModelFile(path=path, sha256=file_sha256(path), keras_version=keras_version, backend=backend,
-                          model_config=model_config, weights=weights, unlisted=unlisted)
+    return KerasModelFile(
+        path=path,
+        sha256=file_sha256(path),
+        keras_version=keras_version,
+        backend=backend,
+        model_config=model_config,
+        weights=weights,
+        unlisted=unlisted,
+    )
 
 
-def read_layer_groups(weights_root: h5py.Group, reader: WeightReader
-                      ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, list[str]]]:
+def read_layer_groups(
+    weights_root: h5py.Group, reader: WeightReader
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, list[str]]]:
     """The Keras 2 / legacy layout (`layer_names`, one group per layer with `weight_names`): weights by layer
     name, and the datasets stored in a layer's group but not listed in its `weight_names`. A name that leads to
     no group or dataset, or a group listed twice under two spellings, is an ItemProblem."""
@@ -313,15 +362,20 @@ def read_layer_groups(weights_root: h5py.Group, reader: WeightReader
     for layer_name in read_names(weights_root, "layer_names") or []:
         group = _member(weights_root, layer_name, "layer_names")
         if not isinstance(group, h5py.Group):
-            raise ItemProblem(f"'layer_names' of '{weights_root.name}' names '{shown(layer_name)}', which is a "
-                              f"{type(group).__name__}, not a layer's group")
+            raise ItemProblem(
+                f"'layer_names' of '{weights_root.name}' names '{shown(layer_name)}', which is a "
+                f"{type(group).__name__}, not a layer's group"
+            )
         if group.name in groups_seen:  # the file is a tree (check_self_contained): one object, one name
-            raise ItemProblem(f"'layer_names' of '{weights_root.name}' names the group '{shown(group.name)}' twice "
-                              f"(again as '{shown(layer_name)}')")
+            raise ItemProblem(
+                f"'layer_names' of '{weights_root.name}' names the group '{shown(group.name)}' twice "
+                f"(again as '{shown(layer_name)}')"
+            )
         groups_seen.add(group.name)
         names = read_names(group, "weight_names") or []
-        weights[layer_name] = {normalize_weight_name(n): reader.read(_member(group, n, "weight_names"),
-                                                                     f"{layer_name}/{n}") for n in names}
+        weights[layer_name] = {
+            normalize_weight_name(n): reader.read(_member(group, n, "weight_names"), f"{layer_name}/{n}") for n in names
+        }
         extra = sorted(set(reader.datasets_below(group)) - set(names))
         if extra:
             unlisted[layer_name] = extra
@@ -336,6 +390,5 @@ def _member(group: h5py.Group, name: str, listed_in: str) -> Any:
     except (KeyError, ValueError, RuntimeError, OSError):
         found = None
     if found is None:
-        raise ItemProblem(f"'{listed_in}' of '{shown(group.name)}' names '{shown(name)}', which the file does not "
-                          "hold")
+        raise ItemProblem(f"'{listed_in}' of '{shown(group.name)}' names '{shown(name)}', which the file does not hold")
     return found

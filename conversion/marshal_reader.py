@@ -7,6 +7,7 @@ decodes marshal's tagged format into tuples, strings and numbers only. A code ob
 untagged integers whose count depends on the Python version that wrote it, so each known layout is tried and
 the one that reads the whole buffer consistently is taken.
 """
+
 from __future__ import annotations
 
 import struct
@@ -20,12 +21,13 @@ MAX_BYTES = 1 << 20
 # Python versions' code objects: untagged 4-byte fields before the tagged ones, the tagged fields, then where
 # the untagged first-line number sits (index into the tagged list: it comes after that many tagged fields).
 LAYOUTS = {
-    "3.11+": (5, ("code", "consts", "names", "localsplusnames", "localspluskinds", "filename", "name",
-                  "qualname"), ("linetable", "exceptiontable")),
-    "3.8-3.10": (6, ("code", "consts", "names", "varnames", "freevars", "cellvars", "filename", "name"),
-                 ("lnotab",)),
-    "3.0-3.7": (5, ("code", "consts", "names", "varnames", "freevars", "cellvars", "filename", "name"),
-                ("lnotab",)),
+    "3.11+": (
+        5,
+        ("code", "consts", "names", "localsplusnames", "localspluskinds", "filename", "name", "qualname"),
+        ("linetable", "exceptiontable"),
+    ),
+    "3.8-3.10": (6, ("code", "consts", "names", "varnames", "freevars", "cellvars", "filename", "name"), ("lnotab",)),
+    "3.0-3.7": (5, ("code", "consts", "names", "varnames", "freevars", "cellvars", "filename", "name"), ("lnotab",)),
     "2.x": (4, ("code", "consts", "names", "varnames", "freevars", "cellvars", "filename", "name"), ("lnotab",)),
 }
 
@@ -54,7 +56,7 @@ class _Reader:
     def take(self, count: int) -> bytes:
         if self.position + count > len(self.data):
             raise Unreadable("truncated")
-        chunk = self.data[self.position:self.position + count]
+        chunk = self.data[self.position : self.position + count]
         self.position += count
         return chunk
 
@@ -115,7 +117,7 @@ class _Reader:
             return tuple(self.object(depth + 1) for _ in range(self.size()))
         if kind == "{":
             items = []
-            while self.data[self.position:self.position + 1] != b"0":
+            while self.data[self.position : self.position + 1] != b"0":
                 items.append((self.object(depth + 1), self.object(depth + 1)))
             self.take(1)
             return tuple(items)
@@ -130,8 +132,12 @@ class _Reader:
         fields = {name: self.object(depth + 1) for name in before_line}
         self.long()  # the first line number
         fields.update({name: self.object(depth + 1) for name in after_line})
-        if not (isinstance(fields["code"], bytes) and isinstance(fields["consts"], tuple)
-                and isinstance(fields["names"], tuple) and all(isinstance(n, str) for n in fields["names"])):
+        if not (
+            isinstance(fields["code"], bytes)
+            and isinstance(fields["consts"], tuple)
+            and isinstance(fields["names"], tuple)
+            and all(isinstance(n, str) for n in fields["names"])
+        ):
             raise Unreadable("fields of the wrong types for this layout")
         return _Code(fields)
 

@@ -1,5 +1,6 @@
 """What the converter tells its user about one conversion: the lines the CLI prints (reporting kept apart from
 the conversion itself)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,10 @@ def outcome_lines(outcome: Any, source: Path) -> list[str]:  # a conversion.cach
     if verification is not None and verification.skipped is None:
         figures = ", ".join(f"{name} {o.max_abs_diff:.2g}" for name, o in verification.outputs.items())
         rebuilt = verification.keras_model
-        lines.append(f"verified against {verification.keras}: max abs diff {figures}"
-                     + (f" (against {rebuilt})" if rebuilt.startswith("a Keras model") else ""))
+        lines.append(
+            f"verified against {verification.keras}: max abs diff {figures}"
+            + (f" (against {rebuilt})" if rebuilt.startswith("a Keras model") else "")
+        )
     elif verification is not None:
         lines.append(f"not verified: {verification.skipped}")
     return lines + export_cost_lines(outcome.model.metadata)
@@ -55,17 +58,21 @@ def export_cost_lines(metadata: dict[str, Any]) -> list[str]:
     export = record.export
     if export is None:
         return []
-    figures = ", ".join(f"{name} {cost.max_abs_diff:.2g} (mean {cost.mean_abs_diff:.2g})"
-                        for name, cost in export.outputs.items())
+    figures = ", ".join(
+        f"{name} {cost.max_abs_diff:.2g} (mean {cost.mean_abs_diff:.2g})" for name, cost in export.outputs.items()
+    )
     lines = [f"{stored_as(record)}: max abs diff to the float32 conversion {figures}, on {export.input}"]
     spikes = export.spikes
     if spikes is not None:
-        auc = (f"AUC {spikes.auc_float32:.4f} -> {spikes.auc_export:.4f}; " if spikes.auc_float32 is not None
-               else "")
-        lines.append(f"spikes: {auc}trials reaching {spikes.threshold:g}: {spikes.spiking_float32} -> "
-                     f"{spikes.spiking_export} of {spikes.trials} ({spikes.verdicts_changed} changed)")
+        auc = f"AUC {spikes.auc_float32:.4f} -> {spikes.auc_export:.4f}; " if spikes.auc_float32 is not None else ""
+        lines.append(
+            f"spikes: {auc}trials reaching {spikes.threshold:g}: {spikes.spiking_float32} -> "
+            f"{spikes.spiking_export} of {spikes.trials} ({spikes.verdicts_changed} changed)"
+        )
     folded = "; ".join(f"{f['batch_norm']} into {', '.join(f['into'])}" for f in export.folded)
-    lines.append(f"weights {_megabytes(export.float32_weight_bytes)} -> {_megabytes(export.weight_bytes)}"
-                 + (f"; BatchNorm folded: {folded}" if folded else "")
-                 + (f"; {len(export.not_folded)} BatchNorm not folded" if export.not_folded else ""))
+    lines.append(
+        f"weights {_megabytes(export.float32_weight_bytes)} -> {_megabytes(export.weight_bytes)}"
+        + (f"; BatchNorm folded: {folded}" if folded else "")
+        + (f"; {len(export.not_folded)} BatchNorm not folded" if export.not_folded else "")
+    )
     return lines

@@ -6,6 +6,7 @@ always goes to the archive reader, so that a damaged archive is reported as one.
     HDF5 with weights but no config      → `save_weights` file + the params' architecture_dict
                                            (conversion.architecture_dict)
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -27,14 +28,14 @@ ARCHIVE_SUFFIX = ".keras"
 def _is_weights_only(path: Path) -> bool:
     try:
         with h5py.File(path, "r") as f:
-            return read_attr(f, "model_config") is None and (read_attr(f, "layer_names") is not None
-                                                             or "layers" in f)
+            return read_attr(f, "model_config") is None and (read_attr(f, "layer_names") is not None or "layers" in f)
     except (OSError, KeyError, ValueError, TypeError, RuntimeError):  # damaged: read_keras_h5 explains it
         return False
 
 
-def read_model_file(path: str | Path, params: dict[str, Any] | None = None,
-                    params_path: str | Path | None = None) -> KerasModelFile:
+def read_model_file(
+    path: str | Path, params: dict[str, Any] | None = None, params_path: str | Path | None = None
+) -> KerasModelFile:
     """The Keras model in `path` (with `params`' architecture_dict for weights-only files, and for activations
     stored as Python functions) as a KerasModelFile; every failure is a ConversionError naming the file and
     the problem."""
@@ -46,6 +47,7 @@ def read_model_file(path: str | Path, params: dict[str, Any] | None = None,
         return read_weights_only(path, params)
     else:
         keras_file = read_keras_h5(path)
-    keras_file.resolved_activations = resolve_stored_functions(path, keras_file.model_config,
-                                                               keras_file.keras_major, params, params_path)
+    keras_file.resolved_activations = resolve_stored_functions(
+        path, keras_file.model_config, keras_file.keras_major, params, params_path
+    )
     return keras_file

@@ -6,6 +6,7 @@ means loadable. The info pickle is renamed into place first and records the sha2
 commits the pair: a kill in between leaves the old model beside an info pickle that names another `.pth`
 (sync_info repairs it when the model is next reused), never a new model beside old info.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,19 +37,26 @@ def _loads_back(data: bytes, source: Any) -> float:
         model_from_payload(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), "<new conversion>")
         return time.perf_counter() - started
     except Exception as exc:  # the record holds a type weights_only refuses, or the spec does not rebuild
-        raise ConversionError(f"{source}: the conversion cannot be loaded back ({type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())[:300]}), so it is not written. Nothing was written.") from exc
+        raise ConversionError(
+            f"{source}: the conversion cannot be loaded back ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}), so it is not written. Nothing was written."
+        ) from exc
 
 
 def info_record(metadata: dict[str, Any], pth_bytes: bytes, load_time_s: float | None = None) -> dict[str, Any]:
     """The info pickle: the `.pth`'s metadata, the sha256 and size of the `.pth` it belongs to, and the seconds
     its load took when it was written (from memory: torch.load and the module built)."""
-    return {**metadata, "pth_sha256": hashlib.sha256(pth_bytes).hexdigest(), "pth_bytes": len(pth_bytes),
-            "load_time_s": load_time_s}
+    return {
+        **metadata,
+        "pth_sha256": hashlib.sha256(pth_bytes).hexdigest(),
+        "pth_bytes": len(pth_bytes),
+        "load_time_s": load_time_s,
+    }
 
 
-def write_conversion(model: KerasGraphModule, pth_path: str | Path,
-                     packed: dict[str, dict[str, Any]] | None = None) -> tuple[Path, Path]:
+def write_conversion(
+    model: KerasGraphModule, pth_path: str | Path, packed: dict[str, dict[str, Any]] | None = None
+) -> tuple[Path, Path]:
     """Write `model` (its spec, weights, `packed` weights and `metadata`) as `pth_path` and its info pickle,
     atomically."""
     pth_path = Path(pth_path)

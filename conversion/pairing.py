@@ -5,11 +5,12 @@ A model is a stem: `<stem>.h5` (full model, or Keras 2 `save_weights`), `<stem>.
 files `<stem>.pth`, `<stem>.pt` or `<stem>_converted.pth`. Only regular files count (no FIFOs, sockets or
 devices), and hidden files never do (our temporaries and locks).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-KERAS_SUFFIXES = (".h5", ".keras")          # `.weights.h5` ends in `.h5`
+KERAS_SUFFIXES = (".h5", ".keras")  # `.weights.h5` ends in `.h5`
 WEIGHTS_SUFFIX = ".weights"
 PARAMS_SUFFIX = ".pickle"
 CONVERTED_SUFFIX = "_converted"
@@ -32,14 +33,28 @@ def _sibling(stem_path: Path, suffix: str) -> Path:
 
 def keras_files_for(stem_path: Path) -> list[Path]:
     """The Keras files of the model `stem_path` (a folder joined with a stem), in the order they are tried."""
-    return [p for p in (_sibling(stem_path, ".h5"), _sibling(stem_path, ".keras"),
-                        _sibling(stem_path, WEIGHTS_SUFFIX + ".h5")) if is_candidate_file(p)]
+    return [
+        p
+        for p in (
+            _sibling(stem_path, ".h5"),
+            _sibling(stem_path, ".keras"),
+            _sibling(stem_path, WEIGHTS_SUFFIX + ".h5"),
+        )
+        if is_candidate_file(p)
+    ]
 
 
 def pytorch_candidates(stem_path: Path) -> list[Path]:
     """The PyTorch files that may belong to the model, in the order they are tried."""
-    return [p for p in (_sibling(stem_path, ".pth"), _sibling(stem_path, ".pt"),
-                        _sibling(stem_path, CONVERTED_SUFFIX + ".pth")) if is_candidate_file(p)]
+    return [
+        p
+        for p in (
+            _sibling(stem_path, ".pth"),
+            _sibling(stem_path, ".pt"),
+            _sibling(stem_path, CONVERTED_SUFFIX + ".pth"),
+        )
+        if is_candidate_file(p)
+    ]
 
 
 def params_pickle_for(source: Path) -> Path | None:
@@ -66,5 +81,8 @@ def find_keras_models(folder: Path) -> list[Path]:
 
 def find_params_pickles(folder: Path) -> list[Path]:
     """The training parameters pickles in `folder` (converter info pickles excluded), by name."""
-    return sorted(p for p in folder.glob("*" + PARAMS_SUFFIX)
-                  if not p.stem.endswith(CONVERTED_INFO_SUFFIX) and is_candidate_file(p))
+    return sorted(
+        p
+        for p in folder.glob("*" + PARAMS_SUFFIX)
+        if not p.stem.endswith(CONVERTED_INFO_SUFFIX) and is_candidate_file(p)
+    )

@@ -5,12 +5,13 @@ A `.pth` stores the record as a plain dict, so that `torch.load(..., weights_onl
 converted module's `metadata` stays a dict for its users; code that needs the fields reads them through these
 classes (`ConversionRecord.from_dict(model.metadata)`).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class Verification:
     input_shapes: list[list[int]] = field(default_factory=list)
     tolerance: float = 0.0
     rtol: float = 0.0
-    skipped: Optional[str] = None
+    skipped: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -73,15 +74,18 @@ class Verification:
         return {**record, "passed": self.passed}
 
     @classmethod
-    def from_dict(cls, data: Any) -> Optional["Verification"]:
+    def from_dict(cls, data: Any) -> Verification | None:
         """The record's `verification` entry (None when there is none; unknown keys are ignored)."""
         if not isinstance(data, dict):
             return None
         if "skipped" in data:
             return cls(skipped=str(data["skipped"]))
-        outputs = {str(name): OutputParity(**{key: value[key] for key in ("max_abs_diff", "mean_abs_diff",
-                                                                          "max_abs_value", "passed")})
-                   for name, value in (data.get("outputs") or {}).items()}
+        outputs = {
+            str(name): OutputParity(
+                **{key: value[key] for key in ("max_abs_diff", "mean_abs_diff", "max_abs_value", "passed")}
+            )
+            for name, value in (data.get("outputs") or {}).items()
+        }
         names = {f.name for f in dataclasses.fields(cls)} - {"outputs", "skipped"}
         return cls(outputs=outputs, **{key: data[key] for key in names if key in data})
 
@@ -101,9 +105,9 @@ class OutputCost:
 class SpikeCost:
     """The spike output of an export against the float32 conversion (conversion.export.spike_cost)."""
 
-    auc_float32: Optional[float]
-    auc_export: Optional[float]
-    auc_change: Optional[float]
+    auc_float32: float | None
+    auc_export: float | None
+    auc_change: float | None
     threshold: float
     trials: int
     spiking_float32: int
@@ -133,7 +137,7 @@ class ExportRecord:
     float32_weight_bytes: int = 0
     input: str = ""
     outputs: dict[str, OutputCost] = field(default_factory=dict)
-    spikes: Optional[SpikeCost] = None
+    spikes: SpikeCost | None = None
 
     def worst(self) -> tuple[str, float] | None:
         """(output, error) of the output the export changed most, relative to its scale."""
@@ -146,7 +150,7 @@ class ExportRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Any) -> Optional["ExportRecord"]:
+    def from_dict(cls, data: Any) -> ExportRecord | None:
         """The record's `export` entry (None for the float32 conversion); TypeError/ValueError when it is not one
         this converter writes: a cost for at least one output, every figure a finite number ≥ 0."""
         if data is None:
@@ -156,13 +160,18 @@ class ExportRecord:
         outputs, spikes = data.get("outputs"), data.get("spikes")
         if not isinstance(outputs, dict) or not outputs or not all(isinstance(v, dict) for v in outputs.values()):
             raise ValueError("the export record holds no cost per output")
-        costs = {str(name): OutputCost(**{key: _figure(value, key) for key in _FIELDS[OutputCost]})
-                 for name, value in outputs.items()}
+        costs = {
+            str(name): OutputCost(**{key: _figure(value, key) for key in _FIELDS[OutputCost]})
+            for name, value in outputs.items()
+        }
         if spikes is not None and not isinstance(spikes, dict):
             raise TypeError("the export record's spike cost is not a dict")
         names = {f.name for f in dataclasses.fields(cls)} - {"outputs", "spikes"}
-        return cls(outputs=costs, spikes=SpikeCost(**{key: spikes[key] for key in _FIELDS[SpikeCost]})
-                   if spikes is not None else None, **{key: data[key] for key in names if key in data})
+        return cls(
+            outputs=costs,
+            spikes=SpikeCost(**{key: spikes[key] for key in _FIELDS[SpikeCost]}) if spikes is not None else None,
+            **{key: data[key] for key in names if key in data},
+        )
 
 
 _FIELDS = {kind: [f.name for f in dataclasses.fields(kind)] for kind in (OutputCost, SpikeCost)}
@@ -178,7 +187,7 @@ class ConversionRecord:
     source_sha256: str
     keras_version: str
     backend: str
-    model_class: Optional[str]
+    model_class: str | None
     converted_at: str
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
@@ -187,11 +196,11 @@ class ConversionRecord:
     weights_only: bool = False  # the architecture came from the params pickle
     dtype: str = "float32"
     resolved_activations: list[dict[str, Any]] = field(default_factory=list)  # conversion.lambdas
-    architecture_dict: Optional[dict[str, Any]] = None
-    verification: Optional[Verification] = None
-    export: Optional[ExportRecord] = None  # None: the float32 conversion itself
-    params_pickle: Optional[str] = None
-    params_sha256: Optional[str] = None
+    architecture_dict: dict[str, Any] | None = None
+    verification: Verification | None = None
+    export: ExportRecord | None = None  # None: the float32 conversion itself
+    params_pickle: str | None = None
+    params_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -200,7 +209,7 @@ class ConversionRecord:
         return plain(record)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ConversionRecord":
+    def from_dict(cls, data: dict[str, Any]) -> ConversionRecord:
         """A record read back from a `.pth` (KeyError/TypeError when it is not one)."""
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {key: value for key, value in data.items() if key in fields}

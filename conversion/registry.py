@@ -7,10 +7,12 @@ converted exactly; the orchestrator collects all problems before refusing.
 
 Users add converters for their own layer classes with `register_layer_converter` (or the decorator form).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +48,9 @@ class WeightBag:
             raise LayerProblem(f"weight '{suffix}' {what}; weights stored for this layer: {found}")
         name = matches[0]
         stored = np.asarray(self._weights[name])
-        if shape is not None and (len(shape) != stored.ndim
-                                  or any(s is not None and s != v for s, v in zip(shape, stored.shape))):
+        if shape is not None and (
+            len(shape) != stored.ndim or any(s is not None and s != v for s, v in zip(shape, stored.shape))
+        ):
             raise LayerProblem(f"weight '{name}' has shape {stored.shape}, expected {shape_text(shape)}")
         if stored.dtype.kind not in "fiub":  # complex numbers, strings, objects: no float32 equals them
             raise LayerProblem(f"weight '{name}' is stored as {stored.dtype}, not as real numbers")
@@ -57,8 +60,9 @@ class WeightBag:
         if bad.any():
             overflowed = bad & np.isfinite(stored) if stored.dtype.kind == "f" else bad
             if overflowed.any():
-                raise LayerProblem(f"weight '{name}' holds {stored[overflowed].flat[0]:.3g}, beyond the range of "
-                                   "float32")
+                raise LayerProblem(
+                    f"weight '{name}' holds {stored[overflowed].flat[0]:.3g}, beyond the range of float32"
+                )
             self.non_finite[name] = int(bad.sum())
         self._taken.add(name)
         return value
@@ -92,10 +96,12 @@ LAYER_CONVERTERS: Registry[LayerConverter] = Registry("layer converter for Keras
 def register_layer_converter(*class_names: str, converter: LayerConverter | None = None, replace: bool = False):
     """Register `converter` for Keras class names; without `converter`, return a decorator. A class name that
     has a converter already is refused unless `replace=True`."""
+
     def add(fn: LayerConverter) -> LayerConverter:
         for class_name in class_names:
             LAYER_CONVERTERS.add(class_name, fn, replace)
         return fn
+
     return add(converter) if converter is not None else add
 
 

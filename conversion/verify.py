@@ -3,6 +3,7 @@
 Neuron models get binary spike trains at a few percent density, other models standard normal noise.
 A output passes when max |torch − keras| ≤ ATOL + RTOL · max |keras| (float32 rounding only).
 """
+
 from __future__ import annotations
 
 import copy
@@ -11,10 +12,11 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,8 +52,10 @@ def keras_rebuild(keras_file: KerasModelFile) -> KerasRebuild | None:
     architecture_dict, or the file's config with each activation stored as a Python function replaced by the
     one the training record names (conversion.lambdas)."""
     if keras_file.weights_only:
-        return KerasRebuild(keras_file.model_config, "a Keras model built from the architecture_dict, with the "
-                            "weights file loaded into it")
+        return KerasRebuild(
+            keras_file.model_config,
+            "a Keras model built from the architecture_dict, with the weights file loaded into it",
+        )
     if not keras_file.resolved_activations:
         return None
     config = copy.deepcopy(keras_file.model_config)
@@ -64,11 +68,19 @@ def keras_rebuild(keras_file: KerasModelFile) -> KerasRebuild | None:
         if isinstance(resolved.module, dict):
             custom[resolved.recorded] = float(resolved.module["negative_slope"])
             if keras_file.keras_major >= 3:  # how Keras 3 names a custom function (found in the custom objects)
-                entry["config"]["activation"] = {"module": "builtins", "class_name": "function",
-                                                 "config": resolved.recorded, "registered_name": "function"}
+                entry["config"]["activation"] = {
+                    "module": "builtins",
+                    "class_name": "function",
+                    "config": resolved.recorded,
+                    "registered_name": "function",
+                }
     layers = ", ".join(keras_file.resolved_activations)
-    return KerasRebuild(config, f"a Keras model rebuilt from the file's config with the activations of {layers} "
-                        "taken from the architecture_dict (Keras cannot load the file itself)", custom)
+    return KerasRebuild(
+        config,
+        f"a Keras model rebuilt from the file's config with the activations of {layers} "
+        "taken from the architecture_dict (Keras cannot load the file itself)",
+        custom,
+    )
 
 
 def quiet_keras() -> bool:
@@ -118,17 +130,22 @@ def _leaky_relu(keras, slope: float):
     if keras.__name__ == "keras" and int(keras.__version__.split(".")[0]) >= 3:
         return lambda x: keras.ops.leaky_relu(x, negative_slope=slope)
     import tensorflow as tf
+
     return lambda x: tf.nn.leaky_relu(x, alpha=slope)
 
 
-def realistic_input(shapes: Sequence[tuple], length: int, neuron: bool, seed: int = 0,
-                    batch: int = VERIFY_BATCH) -> list[np.ndarray]:
+def realistic_input(
+    shapes: Sequence[tuple], length: int, neuron: bool, seed: int = 0, batch: int = VERIFY_BATCH
+) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     arrays = []
     for shape in shapes:
         full = (batch, *[length if s is None else s for s in shape])
-        arrays.append((rng.random(full) < SPIKE_DENSITY).astype(np.float32) if neuron
-                      else rng.standard_normal(full).astype(np.float32))
+        arrays.append(
+            (rng.random(full) < SPIKE_DENSITY).astype(np.float32)
+            if neuron
+            else rng.standard_normal(full).astype(np.float32)
+        )
     return arrays
 
 
@@ -153,8 +170,9 @@ def load_keras_model(keras, path: str | Path, rebuild: KerasRebuild | None = Non
         return keras_model
     except Exception as exc:  # Keras raises many types for files it cannot rebuild
         message = " ".join(str(exc).split())[:300]
-        raise KerasUnavailable(f"{keras.__name__} {keras.__version__} cannot load {path} "
-                               f"({type(exc).__name__}: {message})") from exc
+        raise KerasUnavailable(
+            f"{keras.__name__} {keras.__version__} cannot load {path} ({type(exc).__name__}: {message})"
+        ) from exc
 
 
 def is_neuron_model(model: torch.nn.Module, params: dict[str, Any] | None) -> bool:
@@ -163,31 +181,51 @@ def is_neuron_model(model: torch.nn.Module, params: dict[str, Any] | None) -> bo
     return bool((params or {}).get("architecture_dict")) or "spikes" in getattr(model, "output_names", [])
 
 
-def verify_model(keras_file: KerasModelFile, model: torch.nn.Module, params: dict[str, Any] | None, *,
-                 length: int, test_input: Sequence[np.ndarray] | np.ndarray | None = None) -> Verification:
+def verify_model(
+    keras_file: KerasModelFile,
+    model: torch.nn.Module,
+    params: dict[str, Any] | None,
+    *,
+    length: int,
+    test_input: Sequence[np.ndarray] | np.ndarray | None = None,
+) -> Verification:
     """Compare `model` with Keras on the already read `keras_file` (rebuilt by Keras where it cannot load the file
     itself); time axes of `length` steps. A neuron model (a params pickle, or an output named `spikes`) gets
     binary spikes, others standard normal noise. Without a usable Keras the result records why (`skipped`)."""
     try:
-        return compare_with_keras(keras_file.path, model, keras_file.keras_major, length,
-                                  is_neuron_model(model, params), test_input,
-                                  keras_rebuild(keras_file))
+        return compare_with_keras(
+            keras_file.path,
+            model,
+            keras_file.keras_major,
+            length,
+            is_neuron_model(model, params),
+            test_input,
+            keras_rebuild(keras_file),
+        )
     except KerasUnavailable as exc:
         log.warning("verification skipped: %s", exc)
         return Verification(skipped=str(exc))
 
 
-def compare_with_keras(path: str | Path, model: torch.nn.Module, keras_major: int, length: int,
-                       neuron: bool, test_input: Sequence[np.ndarray] | np.ndarray | None = None,
-                       rebuild: KerasRebuild | None = None) -> Verification:
+def compare_with_keras(
+    path: str | Path,
+    model: torch.nn.Module,
+    keras_major: int,
+    length: int,
+    neuron: bool,
+    test_input: Sequence[np.ndarray] | np.ndarray | None = None,
+    rebuild: KerasRebuild | None = None,
+) -> Verification:
     """`path`: a model file Keras loads (.h5, .keras), or one whose weights go into the `rebuild` model."""
     keras = _keras_module(keras_major)
     if test_input is None:
         inputs = realistic_input(model.input_shapes, length, neuron)
-        described = (f"binary spikes at {SPIKE_DENSITY:.0%} density" if neuron else "standard normal noise")
+        described = f"binary spikes at {SPIKE_DENSITY:.0%} density" if neuron else "standard normal noise"
     else:
-        inputs = [np.asarray(a, dtype=np.float32) for a in (test_input if isinstance(test_input, (list, tuple))
-                                                             else [test_input])]
+        inputs = [
+            np.asarray(a, dtype=np.float32)
+            for a in (test_input if isinstance(test_input, (list, tuple)) else [test_input])
+        ]
         described = "given by the caller"
     with _stderr_silenced(quiet_keras()):
         keras_model = load_keras_model(keras, path, rebuild)
@@ -201,8 +239,18 @@ def compare_with_keras(path: str | Path, model: torch.nn.Module, keras_major: in
         want = np.asarray(want, dtype=np.float32)
         diff = np.abs(have.cpu().numpy() - want)
         largest = float(np.max(np.abs(want)))
-        outputs[name] = OutputParity(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
-                                     max_abs_value=largest, passed=bool(diff.max() <= ATOL + RTOL * largest))
-    return Verification(outputs=outputs, keras=f"{keras.__name__} {keras.__version__}",
-                        keras_model=rebuild.how if rebuild else "loaded from the file", input=described,
-                        input_shapes=[list(a.shape) for a in inputs], tolerance=ATOL, rtol=RTOL)
+        outputs[name] = OutputParity(
+            max_abs_diff=float(diff.max()),
+            mean_abs_diff=float(diff.mean()),
+            max_abs_value=largest,
+            passed=bool(diff.max() <= ATOL + RTOL * largest),
+        )
+    return Verification(
+        outputs=outputs,
+        keras=f"{keras.__name__} {keras.__version__}",
+        keras_model=rebuild.how if rebuild else "loaded from the file",
+        input=described,
+        input_shapes=[list(a.shape) for a in inputs],
+        tolerance=ATOL,
+        rtol=RTOL,
+    )

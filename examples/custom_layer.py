@@ -8,6 +8,7 @@ things: a torch module with the same computation, registered as a module type, a
 Keras layer (its config and weights, taken by name) to that module. Import this file before converting or
 loading such models: the `.pth` names the module type, so loading needs the registration too.
 """
+
 from __future__ import annotations
 
 import sys
@@ -46,9 +47,11 @@ register_module_type("lab_channel_gain", ChannelGain)
 def convert_channel_gain(layer: KerasLayer) -> ConvertedLayer:
     gain = layer.weights.take("gain", (None,))  # by name; a missing or mis-shaped weight is reported
     shift = layer.weights.take("shift", gain.shape)
-    return ConvertedLayer(type="lab_channel_gain",
-                          config={"channels": int(gain.shape[0]), "min_gain": float(layer.config["min_gain"])},
-                          params={"gain": gain, "shift": shift})
+    return ConvertedLayer(
+        type="lab_channel_gain",
+        config={"channels": int(gain.shape[0]), "min_gain": float(layer.config["min_gain"])},
+        params={"gain": gain, "shift": shift},
+    )
 
 
 def build_keras_model(folder: Path) -> Path:
@@ -74,8 +77,10 @@ def build_keras_model(folder: Path) -> Path:
     inputs = keras.Input((50, 16), name="input")
     x = keras.layers.Conv1D(8, 5, padding="causal", activation="relu", name="layer_1")(inputs)
     x = ChannelGain(min_gain=0.1, name="gain")(x)
-    outputs = [keras.layers.Conv1D(1, 1, activation="sigmoid", name="spikes")(x),
-               keras.layers.Conv1D(1, 1, name="somatic")(x)]
+    outputs = [
+        keras.layers.Conv1D(1, 1, activation="sigmoid", name="spikes")(x),
+        keras.layers.Conv1D(1, 1, name="somatic")(x),
+    ]
     model = keras.Model(inputs, outputs)
     rng = np.random.default_rng(0)
     model.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in model.get_weights()])
@@ -101,8 +106,10 @@ def main(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     build_keras_model(folder)
     diffs = convert_and_compare(folder)
-    print(f"converted {folder / KERAS_FILE}; max abs diff against Keras: "
-          + ", ".join(f"{name} {diff:.2g}" for name, diff in diffs.items()))
+    print(
+        f"converted {folder / KERAS_FILE}; max abs diff against Keras: "
+        + ", ".join(f"{name} {diff:.2g}" for name, diff in diffs.items())
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ The function takes one argument, spikes (trials, segments, time) bool in 1 ms bi
 the model's input channel order), and returns one array of somatic spike times (ms) per trial, or a mapping
 {'spike_times': ..., 'soma_v': (trials, time) mV} (see ground_truth.interface.checked_output).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -12,8 +13,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
-
+from typing import Any
 
 from errors import ConfigError, SimulatorError
 from fileio import file_sha256
@@ -28,7 +28,7 @@ class FunctionSimulator(Simulator):
     hash and its folder's files (folder_fingerprint), so an edited simulator is asked again."""
 
     target: str
-    module_file: Optional[str]
+    module_file: str | None
     module_sha256: str
 
     chunk_trials = 16
@@ -38,13 +38,15 @@ class FunctionSimulator(Simulator):
         return f"the simulator function {self.target}"
 
     @classmethod
-    def resolve(cls, target: str, base: Path) -> "FunctionSimulator":
+    def resolve(cls, target: str, base: Path) -> FunctionSimulator:
         """The simulator named by `target`, its file found now (relative .py paths from `base`); a ConfigError when
         it names nothing that exists."""
         match = TARGET.match(target)
         if match is None:
-            raise ConfigError(f"ground_truth.simulator={target[:200]!r}: expected demo, neuron, module:function or "
-                              "path/to/file.py:function.")
+            raise ConfigError(
+                f"ground_truth.simulator={target[:200]!r}: expected demo, neuron, module:function or "
+                "path/to/file.py:function."
+            )
         module = match["module"]
         if module.endswith(".py"):
             path = Path(module) if Path(module).is_absolute() else base / module
@@ -54,11 +56,15 @@ class FunctionSimulator(Simulator):
         try:
             spec = importlib.util.find_spec(module)
         except (ImportError, ValueError) as exc:
-            raise ConfigError(f"ground_truth.simulator={target!r}: module {module} cannot be found "
-                              f"({' '.join(str(exc).split())[:200]}).") from None
+            raise ConfigError(
+                f"ground_truth.simulator={target!r}: module {module} cannot be found "
+                f"({' '.join(str(exc).split())[:200]})."
+            ) from None
         if spec is None:
-            raise ConfigError(f"ground_truth.simulator={target!r}: no module {module} on the Python path "
-                              f"(run from the folder that holds it, or give path/to/file.py:function).")
+            raise ConfigError(
+                f"ground_truth.simulator={target!r}: no module {module} on the Python path "
+                f"(run from the folder that holds it, or give path/to/file.py:function)."
+            )
         origin = Path(spec.origin) if spec.origin and Path(spec.origin).is_file() else None
         return cls(target, None, file_sha256(origin, ConfigError) + folder_fingerprint(origin.parent) if origin else "")
 

@@ -7,6 +7,7 @@ number of workers. With a cache folder (the run folder's), every chunk's answer 
 simulator's fingerprint and the chunk's spikes: a resumed run, or a refinement round done again, simulates nothing
 twice.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -21,9 +22,9 @@ import threading
 import time
 import traceback
 import zipfile
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -40,7 +41,7 @@ STOP_GRACE_S = 5.0
 _OPENED: dict[str, SimulateFunction] = {}  # per process: the simulators opened there, by fingerprint
 
 
-def auto_workers(simulator: Simulator, requested: Optional[int]) -> int:
+def auto_workers(simulator: Simulator, requested: int | None) -> int:
     """The worker count to use: as requested, else 1 for in-process simulators and one per core (at most 8)."""
     if requested is not None:
         return requested
@@ -69,8 +70,9 @@ def _simulate(simulator: Simulator, spikes: np.ndarray) -> SimulatedTrials:
             raise
         frames = traceback.extract_tb(exc.__traceback__)
         where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-        raise SimulatorError(f"{simulator.name} failed: {type(exc).__name__}: "
-                             f"{' '.join(str(exc).split())[:500]}{where}") from None
+        raise SimulatorError(
+            f"{simulator.name} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}{where}"
+        ) from None
 
 
 def _simulate_packed(simulator: Simulator, packed: np.ndarray, shape: tuple[int, int, int]) -> SimulatedTrials:
@@ -91,22 +93,28 @@ def _start_worker(parent: int) -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
         os._exit(1)
+
     threading.Thread(target=watch, daemon=True).start()
 
 
 class TrialRunner:
     """Runs `simulator` on batches of trials; use as a context manager (the worker processes live inside it)."""
 
-    def __init__(self, simulator: Simulator, workers: Optional[int] = None, cache_dir: Optional[Path] = None,
-                 stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S):
+    def __init__(
+        self,
+        simulator: Simulator,
+        workers: int | None = None,
+        cache_dir: Path | None = None,
+        stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+    ):
         self.simulator = simulator
         self.workers = auto_workers(simulator, workers)
         self.cache_dir = cache_dir
         self.stall_timeout_s = stall_timeout_s
         self._fingerprint = simulator.fingerprint()
-        self._pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
-    def __enter__(self) -> "TrialRunner":
+    def __enter__(self) -> TrialRunner:
         return self
 
     def __exit__(self, exc_type, *_) -> None:
@@ -136,8 +144,11 @@ class TrialRunner:
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker, initargs=(os.getpid(),))
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(os.getpid(),),
+            )
         return self._pool
 
     def __call__(self, spikes: np.ndarray, on_simulated: Callable[[int], None] | None = None) -> SimulatedTrials:
@@ -145,9 +156,11 @@ class TrialRunner:
         each chunk."""
         spikes = np.asarray(spikes, dtype=bool)
         size = self.simulator.chunk_trials
-        chunks = [np.ascontiguousarray(spikes[start:start + size].transpose(0, 2, 1))
-                  for start in range(0, len(spikes), size)]
-        answers: list[Optional[SimulatedTrials]] = [None] * len(chunks)
+        chunks = [
+            np.ascontiguousarray(spikes[start : start + size].transpose(0, 2, 1))
+            for start in range(0, len(spikes), size)
+        ]
+        answers: list[SimulatedTrials | None] = [None] * len(chunks)
         keys = [self._key(chunk) for chunk in chunks]
         for index, chunk in enumerate(chunks):
             answers[index] = self._cached(keys[index], chunk.shape)
@@ -156,8 +169,13 @@ class TrialRunner:
         todo = [index for index, answer in enumerate(answers) if answer is None]
         if len(todo) < len(chunks):
             cached = sum(len(chunk) for index, chunk in enumerate(chunks) if index not in set(todo))
-            log.info("%s: %d of %d trials answered from the simulations stored in %s", self.simulator.name, cached,
-                     len(spikes), self.cache_dir)
+            log.info(
+                "%s: %d of %d trials answered from the simulations stored in %s",
+                self.simulator.name,
+                cached,
+                len(spikes),
+                self.cache_dir,
+            )
 
         def finished(index: int, answer: SimulatedTrials) -> None:
             answers[index] = answer
@@ -170,31 +188,37 @@ class TrialRunner:
                 finished(index, _simulate(self.simulator, chunks[index]))
         elif todo:
             self._in_workers(todo, chunks, finished)
-        return SimulatedTrials.concatenate([answer for answer in answers if answer is not None],
-                                           self.simulator.name)
+        return SimulatedTrials.concatenate([answer for answer in answers if answer is not None], self.simulator.name)
 
-    def _in_workers(self, todo: list[int], chunks: list[np.ndarray],
-                    finished: Callable[[int, SimulatedTrials], None]) -> None:
+    def _in_workers(
+        self, todo: list[int], chunks: list[np.ndarray], finished: Callable[[int, SimulatedTrials], None]
+    ) -> None:
         pool = self._executor()
-        futures = {pool.submit(_simulate_packed, self.simulator, np.packbits(chunks[index]), chunks[index].shape):
-                   index for index in todo}
+        futures = {
+            pool.submit(_simulate_packed, self.simulator, np.packbits(chunks[index]), chunks[index].shape): index
+            for index in todo
+        }
         pending = set(futures)
         try:
             while pending:
-                done, pending = concurrent.futures.wait(pending, timeout=self.stall_timeout_s,
-                                                        return_when=concurrent.futures.FIRST_COMPLETED)
+                done, pending = concurrent.futures.wait(
+                    pending, timeout=self.stall_timeout_s, return_when=concurrent.futures.FIRST_COMPLETED
+                )
                 if not done:
                     raise SimulatorError(
                         f"{self.simulator.name}: no chunk of {self.simulator.chunk_trials} trials finished within "
                         f"{self.stall_timeout_s:g} s (ground_truth.stall_timeout_s): the simulator hangs, or one "
-                        "chunk takes longer than that; the workers were stopped.")
+                        "chunk takes longer than that; the workers were stopped."
+                    )
                 for future in sorted(done, key=futures.get):
                     finished(futures[future], future.result())
         except BrokenProcessPool:
             self.close(abandon=True)
-            raise SimulatorError(f"{self.simulator.name}: a simulator worker process died (crashed or was killed) "
-                                 "while simulating; its output, if any, is above. NEURON ends the process on some "
-                                 "errors in hoc code.") from None
+            raise SimulatorError(
+                f"{self.simulator.name}: a simulator worker process died (crashed or was killed) "
+                "while simulating; its output, if any, is above. NEURON ends the process on some "
+                "errors in hoc code."
+            ) from None
         except BaseException:
             self.close(abandon=True)
             raise
@@ -205,10 +229,10 @@ class TrialRunner:
         digest.update(np.packbits(chunk).tobytes())
         return digest.hexdigest()[:40]
 
-    def _path(self, key: str) -> Optional[Path]:
+    def _path(self, key: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{key}.npz"
 
-    def _cached(self, key: str, shape: tuple[int, ...]) -> Optional[SimulatedTrials]:
+    def _cached(self, key: str, shape: tuple[int, ...]) -> SimulatedTrials | None:
         """A stored answer for this chunk, when there is one that fits it; anything else is simulated again."""
         path = self._path(key)
         if path is None or not path.is_file():
@@ -229,8 +253,11 @@ class TrialRunner:
             split = tuple(np.split(times, np.cumsum(counts)[:-1]))
             return checked_output({"spike_times": split, "soma_v": soma_v}, shape[0], shape[2], str(path))
         except Exception as exc:  # damaged or foreign: never used
-            log.warning("ground truth: the cached simulation %s cannot be used (%s); simulating again", path,
-                        " ".join(str(exc).split())[:200])
+            log.warning(
+                "ground truth: the cached simulation %s cannot be used (%s); simulating again",
+                path,
+                " ".join(str(exc).split())[:200],
+            )
             return None
 
     def _store(self, key: str, answer: SimulatedTrials) -> None:
@@ -238,8 +265,10 @@ class TrialRunner:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {"spike_times": np.concatenate(answer.spike_times) if answer.spike_times else np.zeros(0),
-                  "counts": np.array([len(times) for times in answer.spike_times], dtype=np.int64)}
+        arrays = {
+            "spike_times": np.concatenate(answer.spike_times) if answer.spike_times else np.zeros(0),
+            "counts": np.array([len(times) for times in answer.spike_times], dtype=np.int64),
+        }
         if answer.soma_v is not None:
             arrays["soma_v"] = answer.soma_v
         write_atomically(path, lambda handle: np.savez(handle, **arrays))

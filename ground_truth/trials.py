@@ -3,7 +3,7 @@ control/stimulated trials sampled from the rates, simulated by any simulator of 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -18,8 +18,9 @@ def sample_spike_trains(rates: np.ndarray, n_trials: int, rng: np.random.Generat
     return rng.random((n_trials,) + probabilities.shape) < probabilities
 
 
-def paired_trials(rates: np.ndarray, stimulus_segments: np.ndarray, stimulus_time: int, response_window: int,
-                  n_trials: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def paired_trials(
+    rates: np.ndarray, stimulus_segments: np.ndarray, stimulus_time: int, response_window: int, n_trials: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Control and stimulated rasters (n_trials, T, segments) that share every sampled spike except the stimulus
     segments at t (silent in the control, spiking in the stimulated copy). The first t + w ms of every trial are
     drawn before the rest, so that the in-window figures do not depend on how long the pattern runs on."""
@@ -34,10 +35,17 @@ def paired_trials(rates: np.ndarray, stimulus_segments: np.ndarray, stimulus_tim
     return control, stimulated
 
 
-def ground_truth_response(rates: np.ndarray, stimulus_segments: Sequence[int], stimulus_time: int,
-                          response_window: int, simulate: Callable[..., SimulatedTrials], num_excitatory: int,
-                          n_trials: int = MIN_TRIALS, seed: int = 0,
-                          on_simulated: Callable[[int], None] | None = None) -> dict:
+def ground_truth_response(
+    rates: np.ndarray,
+    stimulus_segments: Sequence[int],
+    stimulus_time: int,
+    response_window: int,
+    simulate: Callable[..., SimulatedTrials],
+    num_excitatory: int,
+    n_trials: int = MIN_TRIALS,
+    seed: int = 0,
+    on_simulated: Callable[[int], None] | None = None,
+) -> dict:
     """P(output spike in [t, t + w)) with and without one spike on each stimulus segment at t, and P(any output
     spike outside that window) for each copy.
 
@@ -51,11 +59,11 @@ def ground_truth_response(rates: np.ndarray, stimulus_segments: Sequence[int], s
     if rates.ndim != 2:
         raise ValueError(f"rates must have shape (segments, time_ms), got {rates.shape}")
     if stimulus_segments.size == 0 or stimulus_segments.min() < 0 or stimulus_segments.max() >= num_excitatory:
-        raise ValueError(f"stimulus segments must be excitatory indices in [0, {num_excitatory}), "
-                         f"got {stimulus_segments.tolist()}")
+        raise ValueError(
+            f"stimulus segments must be excitatory indices in [0, {num_excitatory}), got {stimulus_segments.tolist()}"
+        )
     if not 0 <= stimulus_time < stimulus_time + response_window <= rates.shape[1]:
-        raise ValueError(f"stimulus time {stimulus_time} and window {response_window} must fit in "
-                         f"{rates.shape[1]} ms")
+        raise ValueError(f"stimulus time {stimulus_time} and window {response_window} must fit in {rates.shape[1]} ms")
     if n_trials < MIN_TRIALS:
         raise ValueError(f"n_trials must be at least {MIN_TRIALS}, got {n_trials}")
 

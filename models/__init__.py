@@ -1,4 +1,5 @@
 """Torch modules with Keras semantics and the `.pth` format of converted models."""
+
 from models.checkpoint import load_converted_model
 from models.graph import KerasGraphModule
 

@@ -6,9 +6,11 @@ converter records which one the file needs as `hard_sigmoid_keras2` or `hard_sig
 A spec stores an activation as its name, or as `{"name": ..., <parameters>}` for one with parameters
 (`{"name": "leaky_relu", "negative_slope": 0.25}`: fit_CNN.py's 'lrelu', resolved from a training record).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +58,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 INTERNAL_NAMES = {"hard_sigmoid_keras2"}
 KERAS_NAMES = sorted(set(ACTIVATIONS) - INTERNAL_NAMES)
 
-ActivationSpec = Union[str, dict[str, Any]]
+ActivationSpec = str | dict[str, Any]
 
 
 def leaky_relu_spec(negative_slope: float) -> dict[str, Any]:

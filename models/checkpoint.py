@@ -4,6 +4,7 @@ models.packed), plain types and tensors only.
 `torch.load(path, weights_only=True)` reads it; `load_converted_model` rebuilds the module without TensorFlow,
 Keras or the converter.
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -29,8 +30,9 @@ FORMAT_VERSION = 1
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def checkpoint_payload(model: KerasGraphModule, metadata: dict[str, Any],
-                       packed: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def checkpoint_payload(
+    model: KerasGraphModule, metadata: dict[str, Any], packed: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """What a `.pth` holds; tensors are cloned to plain CPU tensors, floating ones in metadata["dtype"]; the
     weights in `packed` are stored only there."""
     storage = STORAGE_DTYPES[metadata.get("dtype", "float32")]
@@ -38,8 +40,11 @@ def checkpoint_payload(model: KerasGraphModule, metadata: dict[str, Any],
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "spec": model.spec,
-        "state_dict": {k: v.detach().cpu().to(storage if v.is_floating_point() else v.dtype, copy=True)
-                       for k, v in model.state_dict().items() if k not in (packed or {})},
+        "state_dict": {
+            k: v.detach().cpu().to(storage if v.is_floating_point() else v.dtype, copy=True)
+            for k, v in model.state_dict().items()
+            if k not in (packed or {})
+        },
         "metadata": metadata,
     }
     if packed:
@@ -73,8 +78,10 @@ def check_torch_archive(path: str | Path, error: type[ToolError]) -> None:
     path = Path(path)
     regular_file_size(path, error, "PyTorch file")
     if not zipfile.is_zipfile(path):
-        raise error(f"{path}: cannot be read as a PyTorch file: torch.save writes a zip archive and this is none "
-                    "(truncated, or of another format).")
+        raise error(
+            f"{path}: cannot be read as a PyTorch file: torch.save writes a zip archive and this is none "
+            "(truncated, or of another format)."
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
@@ -82,13 +89,15 @@ def check_torch_archive(path: str | Path, error: type[ToolError]) -> None:
                 subject = f"{path}: member {info.filename}"
                 MAX_MEMBER_BYTES.check(info.file_size, subject, error, "bytes")
                 check_stored_size(info.file_size, info.compress_size, subject, error)
-            MAX_WEIGHT_BYTES.check(sum(info.file_size for info in members), f"{path}: its members together", error,
-                                   "bytes")
+            MAX_WEIGHT_BYTES.check(
+                sum(info.file_size for info in members), f"{path}: its members together", error, "bytes"
+            )
             for info in members:
                 if info.filename.endswith(".pkl"):
                     subject = f"{path}: member {info.filename}"
-                    check_pickle_stream(read_zip_member(archive, info, MAX_PICKLE_BYTES, subject, error), subject,
-                                        error)
+                    check_pickle_stream(
+                        read_zip_member(archive, info, MAX_PICKLE_BYTES, subject, error), subject, error
+                    )
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise error(f"{path}: cannot be read as a PyTorch file ({type(exc).__name__}: {exc}).") from exc
 
@@ -100,14 +109,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        raise ModelFileError(f"{path}: cannot be read as a PyTorch file ({type(exc).__name__}: {exc}). "
-                             "It may be truncated or not a converted model; convert the .h5 again.") from exc
+        raise ModelFileError(
+            f"{path}: cannot be read as a PyTorch file ({type(exc).__name__}: {exc}). "
+            "It may be truncated or not a converted model; convert the .h5 again."
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
-        raise ModelFileError(f"{path}: not a model written by this converter (no '{FORMAT_NAME}' format tag); "
-                             "convert the Keras file with model_converter.py.")
+        raise ModelFileError(
+            f"{path}: not a model written by this converter (no '{FORMAT_NAME}' format tag); "
+            "convert the Keras file with model_converter.py."
+        )
     if payload.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(f"{path}: format version {payload.get('format_version')!r} is not the supported "
-                             f"version {FORMAT_VERSION}; convert the Keras file again.")
+        raise ModelFileError(
+            f"{path}: format version {payload.get('format_version')!r} is not the supported "
+            f"version {FORMAT_VERSION}; convert the Keras file again."
+        )
     return payload
 
 
@@ -122,8 +137,9 @@ def model_from_payload(payload: dict[str, Any], source: str | Path = "<memory>")
     """Build the module (its declared size checked against the weight budget first: a small file may declare
     huge layers) and load its state strictly (every parameter and buffer, nothing extra)."""
     try:
-        MAX_WEIGHT_BYTES.check(declared_weight_bytes(payload["spec"]), f"{source}: the layers its spec declares",
-                               ModelFileError, "bytes")
+        MAX_WEIGHT_BYTES.check(
+            declared_weight_bytes(payload["spec"]), f"{source}: the layers its spec declares", ModelFileError, "bytes"
+        )
         model = KerasGraphModule(payload["spec"])
         model.load_state_dict(_with_packed_widened(model, payload), strict=True)
     except PackedWeightError as exc:
@@ -131,14 +147,20 @@ def model_from_payload(payload: dict[str, Any], source: str | Path = "<memory>")
     except ModelFileError:
         raise
     except Exception as exc:  # the spec is data from a file: any failure to build from it is this refusal
-        raise ModelFileError(f"{source}: the stored spec and weights do not build a model "
-                             f"({type(exc).__name__}: {exc}).") from exc
-    not_finite = [name for name, tensor in model.state_dict().items()
-                  if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        raise ModelFileError(
+            f"{source}: the stored spec and weights do not build a model ({type(exc).__name__}: {exc})."
+        ) from exc
+    not_finite = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
     if not_finite:
-        raise ModelFileError(f"{source}: the weights are not finite (NaN/Inf in {', '.join(not_finite[:5])}"
-                             f"{', ...' if len(not_finite) > 5 else ''}), as a diverged training run leaves "
-                             "them; this model cannot be used.")
+        raise ModelFileError(
+            f"{source}: the weights are not finite (NaN/Inf in {', '.join(not_finite[:5])}"
+            f"{', ...' if len(not_finite) > 5 else ''}), as a diverged training run leaves "
+            "them; this model cannot be used."
+        )
     unusable = unusable_normalizations(model)
     if unusable:
         raise ModelFileError(f"{source}: {unusable}; this model cannot be used.")
@@ -155,13 +177,16 @@ def _with_packed_widened(model: KerasGraphModule, payload: dict[str, Any]) -> di
     metadata = payload.get("metadata")
     dtype = metadata.get("dtype", "float32") if isinstance(metadata, dict) else "float32"
     if packed and dtype not in STORAGE_DTYPES:
-        raise PackedWeightError(f"table belongs to a file of dtype {str(dtype)[:40]!r}, not one of "
-                                f"{', '.join(STORAGE_DTYPES)}")
+        raise PackedWeightError(
+            f"table belongs to a file of dtype {str(dtype)[:40]!r}, not one of {', '.join(STORAGE_DTYPES)}"
+        )
     declared, packable = model.state_dict(), set(packable_weights(model))
     for name, entry in packed.items():
         if name not in packable or name in state:
-            raise PackedWeightError(f"{str(name)[:100]!r} is " + ("stored twice" if name in state else
-                                                                 "not a conv or dense kernel of the model"))
+            raise PackedWeightError(
+                f"{str(name)[:100]!r} is "
+                + ("stored twice" if name in state else "not a conv or dense kernel of the model")
+            )
         try:
             state[name] = unpack_weight(entry, declared[name].shape, STORAGE_DTYPES[dtype])
         except PackedWeightError as exc:

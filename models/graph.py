@@ -4,6 +4,7 @@ The spec (stored in every `.pth`) lists the inputs, the layers (module key, type
 topological order; tensors are named by strings. Inputs and outputs keep the Keras layout (batch, time,
 channels) and the Keras order: one output is returned as a tensor, several as a tuple.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -40,8 +41,10 @@ class KerasGraphModule(nn.Module):
         tensors: dict[str, Tensor] = {}
         for name, tensor, shape, x in zip(self.input_names, self._input_tensors, self.input_shapes, inputs):
             if x.shape[-1] != shape[-1]:
-                raise ValueError(f"input {name!r} expects {shape[-1]} channels on its last axis "
-                                 f"(Keras layout: batch, time, channels), got shape {tuple(x.shape)}")
+                raise ValueError(
+                    f"input {name!r} expects {shape[-1]} channels on its last axis "
+                    f"(Keras layout: batch, time, channels), got shape {tuple(x.shape)}"
+                )
             tensors[tensor] = x
         return self.run_calls(tensors)
 

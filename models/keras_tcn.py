@@ -15,6 +15,7 @@ either as a sequence or one step of it: the last step for causal padding, step T
 Dropout is the identity at inference; weight normalization (older keras-tcn) is folded into the conv weights
 by the converter, so this module never sees it.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -38,13 +39,23 @@ def _norm(kind: str | None, channels: int) -> nn.Module:
 class ResidualBlock(nn.Module):
     """One keras-tcn residual block; returns (block output, skip output)."""
 
-    def __init__(self, in_channels: int, filters: int, kernel_size: int, dilation: int, padding: str,
-                 activation: str, norm: str | None):
+    def __init__(
+        self,
+        in_channels: int,
+        filters: int,
+        kernel_size: int,
+        dilation: int,
+        padding: str,
+        activation: str,
+        norm: str | None,
+    ):
         super().__init__()
-        self.convs = nn.ModuleList([
-            Conv1d(in_channels, filters, kernel_size, dilation=dilation, padding=padding),
-            Conv1d(filters, filters, kernel_size, dilation=dilation, padding=padding),
-        ])
+        self.convs = nn.ModuleList(
+            [
+                Conv1d(in_channels, filters, kernel_size, dilation=dilation, padding=padding),
+                Conv1d(filters, filters, kernel_size, dilation=dilation, padding=padding),
+            ]
+        )
         self.norms = nn.ModuleList([_norm(norm, filters), _norm(norm, filters)])
         self.matching = Conv1d(in_channels, filters, 1, padding="same") if in_channels != filters else None
         self.activation = Activation(activation)
@@ -61,10 +72,20 @@ class ResidualBlock(nn.Module):
 class KerasTCN(nn.Module):
     """keras-tcn's TCN layer; input and output in Keras layout (batch, time, channels)."""
 
-    def __init__(self, in_channels: int, nb_filters: list[int], kernel_size: int, nb_stacks: int,
-                 dilations: list[int], padding: str = "causal", use_skip_connections: bool = True,
-                 return_sequences: bool = False, activation: str = "relu", norm: str | None = None,
-                 go_backwards: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        nb_filters: list[int],
+        kernel_size: int,
+        nb_stacks: int,
+        dilations: list[int],
+        padding: str = "causal",
+        use_skip_connections: bool = True,
+        return_sequences: bool = False,
+        activation: str = "relu",
+        norm: str | None = None,
+        go_backwards: bool = False,
+    ):
         super().__init__()
         if padding not in ("causal", "same"):
             raise ValueError(f"keras-tcn padding must be 'causal' or 'same', not {padding!r}")
@@ -73,8 +94,10 @@ class KerasTCN(nn.Module):
         if len(nb_filters) != len(dilations):
             raise ValueError(f"{len(nb_filters)} filter counts for {len(dilations)} dilations")
         if not 1 <= nb_stacks * len(dilations) <= MAX_LAYERS.value:  # a number in a file: checked before building
-            raise ValueError(f"{nb_stacks} stacks of {len(dilations)} blocks: not between 1 and {MAX_LAYERS.env} "
-                             f"({MAX_LAYERS.value:,.0f}) residual blocks")
+            raise ValueError(
+                f"{nb_stacks} stacks of {len(dilations)} blocks: not between 1 and {MAX_LAYERS.env} "
+                f"({MAX_LAYERS.value:,.0f}) residual blocks"
+            )
         self.padding, self.use_skip_connections = padding, use_skip_connections
         self.return_sequences, self.go_backwards = return_sequences, go_backwards
         blocks, channels = [], in_channels

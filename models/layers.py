@@ -3,10 +3,11 @@
 Every module takes and returns tensors in Keras layout (batch, time, channels). `MODULE_TYPES` maps the type
 names stored in a `.pth` spec to these classes, so a converted model is rebuilt without the converter.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,10 @@ def check_time_extent(steps: int, what: str) -> None:
     """A kernel span, padding, crop or pool window is at most MAX_INPUT_LENGTH time steps: a layer's padding is
     allocated for every input, so a dilation of 10⁹ (one number in a small file) would ask for gigabytes."""
     if not 0 <= steps <= MAX_INPUT_LENGTH.value:
-        raise ValueError(f"{what} spans {steps:,} time steps, more than the {MAX_INPUT_LENGTH.value:,.0f} of "
-                         f"{MAX_INPUT_LENGTH.env} ({MAX_INPUT_LENGTH.what})")
+        raise ValueError(
+            f"{what} spans {steps:,} time steps, more than the {MAX_INPUT_LENGTH.value:,.0f} of "
+            f"{MAX_INPUT_LENGTH.env} ({MAX_INPUT_LENGTH.what})"
+        )
 
 
 class Activation(nn.Module):
@@ -45,11 +48,22 @@ class Activation(nn.Module):
 class Conv1d(nn.Module):
     """Keras Conv1D: causal (left pad (k−1)·d), same (TensorFlow's split) or valid padding, then the activation."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 dilation: int = 1, groups: int = 1, padding: str = "valid", bias: bool = True,
-                 activation: ActivationSpec = "linear"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        padding: str = "valid",
+        bias: bool = True,
+        activation: ActivationSpec = "linear",
+    ):
         super().__init__()
-        check_time_extent((kernel_size - 1) * dilation + 1, f"a convolution (kernel {kernel_size}, dilation {dilation})")
+        check_time_extent(
+            (kernel_size - 1) * dilation + 1, f"a convolution (kernel {kernel_size}, dilation {dilation})"
+        )
         check_time_extent(stride, "a convolution's stride")
         self.kernel_size, self.stride, self.dilation, self.groups = kernel_size, stride, dilation, groups
         self.padding = padding
@@ -79,8 +93,7 @@ class Conv1d(nn.Module):
 class Dense(nn.Module):
     """Keras Dense on the last axis of a tensor of any rank."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 activation: ActivationSpec = "linear"):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: ActivationSpec = "linear"):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
@@ -100,8 +113,9 @@ def _broadcast_shape(ndim: int, axes: Sequence[int], sizes: Sequence[int]) -> li
 class BatchNorm(nn.Module):
     """Keras BatchNormalization at inference: moving statistics, the file's epsilon, optional gamma/beta."""
 
-    def __init__(self, num_features: int, axis: int = -1, epsilon: float = 1e-3, center: bool = True,
-                 scale: bool = True):
+    def __init__(
+        self, num_features: int, axis: int = -1, epsilon: float = 1e-3, center: bool = True, scale: bool = True
+    ):
         super().__init__()
         self.axis, self.epsilon = axis, epsilon
         self.weight = nn.Parameter(torch.empty(num_features)) if scale else None
@@ -123,8 +137,15 @@ class BatchNorm(nn.Module):
 class LayerNorm(nn.Module):
     """Keras LayerNormalization over the given axes (gamma/beta shaped like those axes), or RMS scaling."""
 
-    def __init__(self, axes: list[int], shape: list[int], epsilon: float = 1e-3, center: bool = True,
-                 scale: bool = True, rms_scaling: bool = False):
+    def __init__(
+        self,
+        axes: list[int],
+        shape: list[int],
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        rms_scaling: bool = False,
+    ):
         super().__init__()
         self.axes, self.epsilon, self.rms_scaling = list(axes), epsilon, rms_scaling
         self.weight = nn.Parameter(torch.empty(shape)) if scale else None
@@ -276,23 +297,40 @@ class GlobalPool1d(nn.Module):
 
 
 MODULE_TYPES: Registry[type[nn.Module]] = Registry("module type")
-for _module_class, _name in ((Activation, "activation"), (Conv1d, "conv1d"), (Dense, "dense"),
-                             (BatchNorm, "batch_norm"), (LayerNorm, "layer_norm"), (ReLU, "relu"),
-                             (LeakyReLU, "leaky_relu"), (ELU, "elu"), (PReLU, "prelu"), (Identity, "identity"),
-                             (Merge, "merge"), (TimePad, "time_pad"), (Reshape, "reshape"), (Pool1d, "pool1d"),
-                             (GlobalPool1d, "global_pool1d")):
+for _module_class, _name in (
+    (Activation, "activation"),
+    (Conv1d, "conv1d"),
+    (Dense, "dense"),
+    (BatchNorm, "batch_norm"),
+    (LayerNorm, "layer_norm"),
+    (ReLU, "relu"),
+    (LeakyReLU, "leaky_relu"),
+    (ELU, "elu"),
+    (PReLU, "prelu"),
+    (Identity, "identity"),
+    (Merge, "merge"),
+    (TimePad, "time_pad"),
+    (Reshape, "reshape"),
+    (Pool1d, "pool1d"),
+    (GlobalPool1d, "global_pool1d"),
+):
     MODULE_TYPES.add(_name, _module_class)
 
 
 def unusable_normalizations(model: nn.Module) -> str:
     """'' or which BatchNorm layers have a moving variance + epsilon that is not positive: every output through
     them is NaN (in Keras too), so such a model is refused rather than run."""
-    bad = [name for name, module in model.named_modules() if isinstance(module, BatchNorm)
-           and not bool((module.running_var + module.epsilon > 0).all())]
+    bad = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, BatchNorm) and not bool((module.running_var + module.epsilon > 0).all())
+    ]
     if not bad:
         return ""
-    return (f"the moving variance + epsilon is not positive in BatchNorm {', '.join(bad[:5])}"
-            f"{', ...' if len(bad) > 5 else ''} (its outputs would be NaN)")
+    return (
+        f"the moving variance + epsilon is not positive in BatchNorm {', '.join(bad[:5])}"
+        f"{', ...' if len(bad) > 5 else ''} (its outputs would be NaN)"
+    )
 
 
 def register_module_type(name: str, module_class: type[nn.Module], replace: bool = False) -> None:

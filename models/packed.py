@@ -6,6 +6,7 @@ The shape of every packed tensor is the one its module declares (built from the 
 entry, so a forged entry cannot make the loader allocate more than the model itself; every entry is checked
 (dtype, sizes, scales finite and positive, mask and values agreeing) before it is widened.
 """
+
 from __future__ import annotations
 
 import math
@@ -95,8 +96,13 @@ def unpack_weight(entry: Any, shape: torch.Size, storage: torch.dtype) -> Tensor
     if scales is not None:
         if values.dtype != torch.int8:
             raise PackedWeightError(f"has scaled values of {values.dtype}, not int8")
-        if (not isinstance(scales, Tensor) or scales.dtype != torch.float32 or scales.shape != (shape[0],)
-                or not bool(torch.isfinite(scales).all()) or not bool((scales > 0).all())):
+        if (
+            not isinstance(scales, Tensor)
+            or scales.dtype != torch.float32
+            or scales.shape != (shape[0],)
+            or not bool(torch.isfinite(scales).all())
+            or not bool((scales > 0).all())
+        ):
             raise PackedWeightError(f"has scales that are not {shape[0]} finite positive float32 numbers")
         widened = values.to(torch.float32)
     elif values.dtype == storage:

@@ -6,7 +6,7 @@ Time is counted in model time steps, which are milliseconds for the neuron TCNs 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -16,11 +16,13 @@ from config_base import COUNT_END, LONGEST, SEED_END, Section
 class InitialRatesConfig(Section):
     """Where the optimization starts: rates read from a file, or a generated uniform background."""
 
-    path: Optional[Path] = Field(
+    path: Path | None = Field(
         None,
         description="A .npy array (segments x time) of rates in spikes/ms; null generates a uniform background.",
     )
-    start_time_ms: int = Field(0, ge=0, le=LONGEST, description="First time step of the file used; the duration follows it.")
+    start_time_ms: int = Field(
+        0, ge=0, le=LONGEST, description="First time step of the file used; the duration follows it."
+    )
     excitatory_range: tuple[float, float] = Field(
         (0.005, 0.02), description="Generated background: each excitatory rate (per segment and ms) ~ U(low, high)."
     )
@@ -29,7 +31,7 @@ class InitialRatesConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _ranges_are_rates(self) -> "InitialRatesConfig":
+    def _ranges_are_rates(self) -> InitialRatesConfig:
         for name in ("excitatory_range", "inhibitory_range"):
             low, high = getattr(self, name)
             if not 0.0 <= low <= high <= 1.0:
@@ -47,22 +49,27 @@ class SamplerConfig(Section):
     )
     temperature: float = Field(0.5, gt=0, le=1e6, description="Temperature of the relaxed_bernoulli relaxation.")
     samples_per_pattern: int = Field(
-        32, ge=1, lt=COUNT_END, description="Monte-Carlo spike trains (each a control/stimulated pair) per rate pattern and step."
+        32,
+        ge=1,
+        lt=COUNT_END,
+        description="Monte-Carlo spike trains (each a control/stimulated pair) per rate pattern and step.",
     )
 
 
 class StimulusConfig(Section):
     """The fixed stimulus: one spike on each stimulus segment at the stimulus time."""
 
-    segments: Optional[list[Annotated[int, Field(ge=0, lt=LONGEST)]]] = Field(
+    segments: list[Annotated[int, Field(ge=0, lt=LONGEST)]] | None = Field(
         None, description="Stimulus segment indices; null draws them from candidates."
     )
-    candidates: Optional[list[Annotated[int, Field(ge=0, lt=LONGEST)]]] = Field(None, description="Segments to draw from; null means all excitatory ones.")
+    candidates: list[Annotated[int, Field(ge=0, lt=LONGEST)]] | None = Field(
+        None, description="Segments to draw from; null means all excitatory ones."
+    )
     count: int = Field(3, ge=1, le=LONGEST, description="How many segments are drawn when `segments` is null.")
-    selection_seed: Optional[int] = Field(
+    selection_seed: int | None = Field(
         None, ge=0, lt=SEED_END, description="Seed of the draw; null derives it from the run seed."
     )
-    time_ms: Optional[int] = Field(None, ge=0, lt=LONGEST, description="Stimulus time step; null means duration // 2.")
+    time_ms: int | None = Field(None, ge=0, lt=LONGEST, description="Stimulus time step; null means duration // 2.")
     response_window_ms: int = Field(
         10, ge=1, le=LONGEST, description="The response is the max spike probability over [time_ms, time_ms + this)."
     )
@@ -87,32 +94,38 @@ class ObjectiveConfig(Section):
         "any_spike (1 - prod(1 - p) over the window, which also pushes down many moderate probabilities).",
     )
     l1_weight: float = Field(0.0, ge=0, description="Weight of mean(rate / max_rate).")
-    smoothness_weight: float = Field(
-        0.0, ge=0, description="Weight of mean(((rate[t+1] - rate[t]) / max_rate)^2)."
-    )
+    smoothness_weight: float = Field(0.0, ge=0, description="Weight of mean(((rate[t+1] - rate[t]) / max_rate)^2).")
     initial_distance_weight: float = Field(
         0.0, ge=0, description="Weight of mean(((rate - initial rate) / max_rate)^2)."
     )
     specificity_weight: float = Field(
-        0.0, ge=0, description="Weight of the sum over the ms outside the response window of max(0, p - floor), "
-        "averaged over both copies: keeps the model neuron quiet outside the window."
+        0.0,
+        ge=0,
+        description="Weight of the sum over the ms outside the response window of max(0, p - floor), "
+        "averaged over both copies: keeps the model neuron quiet outside the window.",
     )
-    specificity_floor: Optional[float] = Field(
-        None, ge=0, le=1, description="Spike probability tolerated outside the window; null: the highest "
-        "trial-mean probability outside the window under the initial rates (measured before the first step)."
+    specificity_floor: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Spike probability tolerated outside the window; null: the highest "
+        "trial-mean probability outside the window under the initial rates (measured before the first step).",
     )
     regime_weight: float = Field(
-        0.0, ge=0, description="Weight of mean((max(0, population rate - the training regime's p99) / max_rate)^2) "
-        "per ms and segment type: keeps the pattern near the inputs the model was trained on (needs the regime)."
+        0.0,
+        ge=0,
+        description="Weight of mean((max(0, population rate - the training regime's p99) / max_rate)^2) "
+        "per ms and segment type: keeps the pattern near the inputs the model was trained on (needs the regime).",
     )
 
 
 class ConstraintsConfig(Section):
     """Which rates move and how they are kept in [0, max_rate]."""
 
-    max_rate: Union[Annotated[float, Field(gt=0, le=1)], Literal["auto"]] = Field(
-        0.1, description="Upper bound of every rate in spikes/ms; auto: the training regime's 99th percentile rate "
-        "of the moving segments (needs the regime, see optimization.input_regime)."
+    max_rate: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = Field(
+        0.1,
+        description="Upper bound of every rate in spikes/ms; auto: the training regime's 99th percentile rate "
+        "of the moving segments (needs the regime, see optimization.input_regime).",
     )
     method: Literal["projection", "sigmoid"] = Field(
         "projection",
@@ -126,7 +139,7 @@ class ConstraintsConfig(Section):
         "(delay and mean rate below).",
     )
     tied_delay_ms: int = Field(4, ge=0, le=LONGEST, description="tied: inhibition follows excitation after this delay.")
-    tied_inhibitory_mean_rate: Optional[float] = Field(
+    tied_inhibitory_mean_rate: float | None = Field(
         None, ge=0, description="tied: mean inhibitory rate in spikes/ms; null keeps each pattern's initial mean."
     )
 
@@ -134,16 +147,21 @@ class ConstraintsConfig(Section):
 class LoopConfig(Section):
     """The optimizer loop: Adam, learning-rate schedule, stopping, logging, checkpoints, precision."""
 
-    max_iterations: int = Field(500, ge=0, lt=COUNT_END, description="Optimizer steps at most (counted across resumes).")
+    max_iterations: int = Field(
+        500, ge=0, lt=COUNT_END, description="Optimizer steps at most (counted across resumes)."
+    )
     learning_rate: float = Field(0.002, gt=0, description="Adam learning rate (rate units, or logits for sigmoid).")
-    grad_clip_norm: Optional[float] = Field(1.0, gt=0, description="Clip the gradient norm to this; null disables.")
+    grad_clip_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; null disables.")
     lr_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau: multiply the rate by this on a plateau.")
     lr_patience_iterations: int = Field(
         50, ge=0, lt=COUNT_END, description="ReduceLROnPlateau patience, rounded up to whole logging intervals."
     )
     min_learning_rate: float = Field(1e-6, ge=0, description="ReduceLROnPlateau floor.")
-    early_stop_patience_iterations: Optional[int] = Field(
-        150, ge=1, lt=COUNT_END, description="Stop when the interval loss has not improved for this long; null disables."
+    early_stop_patience_iterations: int | None = Field(
+        150,
+        ge=1,
+        lt=COUNT_END,
+        description="Stop when the interval loss has not improved for this long; null disables.",
     )
     early_stop_min_delta: float = Field(1e-4, ge=0, description="Smallest loss decrease that counts as improvement.")
     stop_when_target_reached: bool = Field(
@@ -152,12 +170,16 @@ class LoopConfig(Section):
     target_tolerance: float = Field(
         0.05, ge=0, description="Stimulated >= target - tol and control <= control_target + tol count as reached."
     )
-    log_every: int = Field(10, ge=1, lt=COUNT_END, description="Iterations per logging interval (the only host synchronisations).")
-    checkpoint_every: Optional[int] = Field(
-        100, ge=1, lt=COUNT_END, description="Write checkpoint.pt every this many iterations (a multiple of log_every); null: only "
-        "at the end."
+    log_every: int = Field(
+        10, ge=1, lt=COUNT_END, description="Iterations per logging interval (the only host synchronisations)."
     )
-    resume_from: Optional[Path] = Field(None, description="A checkpoint.pt to continue from.")
+    checkpoint_every: int | None = Field(
+        100,
+        ge=1,
+        lt=COUNT_END,
+        description="Write checkpoint.pt every this many iterations (a multiple of log_every); null: only at the end.",
+    )
+    resume_from: Path | None = Field(None, description="A checkpoint.pt to continue from.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="bf16 autocasts the model during optimization; auto: on CUDA the fastest of fp32 and bf16 "
@@ -171,11 +193,14 @@ class LoopConfig(Section):
     )
     cudnn_benchmark: bool = Field(True, description="Let cuDNN pick the fastest kernels (CUDA only).")
     micro_batches: int = Field(
-        1, ge=1, lt=COUNT_END, description="Split each step's samples into this many forward/backward passes; doubles on OOM."
+        1,
+        ge=1,
+        lt=COUNT_END,
+        description="Split each step's samples into this many forward/backward passes; doubles on OOM.",
     )
 
     @model_validator(mode="after")
-    def _checkpoints_on_log_boundaries(self) -> "LoopConfig":
+    def _checkpoints_on_log_boundaries(self) -> LoopConfig:
         if self.checkpoint_every is not None and self.checkpoint_every % self.log_every:
             raise ValueError(
                 f"checkpoint_every ({self.checkpoint_every}) must be a multiple of log_every ({self.log_every})"
@@ -186,15 +211,20 @@ class LoopConfig(Section):
 class EvaluationConfig(Section):
     """Held-out evaluation of the initial and the optimized rates."""
 
-    trials_per_pattern: int = Field(1000, ge=1, lt=COUNT_END, description="Sampled control/stimulated trial pairs per pattern.")
+    trials_per_pattern: int = Field(
+        1000, ge=1, lt=COUNT_END, description="Sampled control/stimulated trial pairs per pattern."
+    )
     chunk_size: int = Field(250, ge=1, lt=COUNT_END, description="Trial pairs per forward pass (halved on OOM).")
     spike_threshold: float = Field(
         0.5, gt=0, lt=1, description="A trial spikes when its max probability in the window reaches this."
     )
     confidence: float = Field(0.95, gt=0, lt=1, description="Level of the confidence intervals.")
     transfer_models: int = Field(
-        10, ge=0, le=1000, description="Also evaluate the initial and optimized rates on up to this many other usable "
-        "models of the results table (best first; 0: none)."
+        10,
+        ge=0,
+        le=1000,
+        description="Also evaluate the initial and optimized rates on up to this many other usable "
+        "models of the results table (best first; 0: none).",
     )
 
 
@@ -209,17 +239,21 @@ class OptimizationConfig(Section):
     """Optimize presynaptic firing rates so that a small stimulus makes the model neuron spike."""
 
     spike_output_index: int = Field(0, ge=0, lt=COUNT_END, description="Which model output is the spike probability.")
-    num_excitatory: Optional[int] = Field(
+    num_excitatory: int | None = Field(
         None,
         ge=1,
         description="Excitatory segments (the first input channels); null: the channels not inhibitory, or half "
         "the model's channels (rounded down) when both counts are null.",
     )
-    num_inhibitory: Optional[int] = Field(
+    num_inhibitory: int | None = Field(
         None, ge=0, description="Inhibitory segments (the channels after them); null: the remaining channels."
     )
-    duration_ms: Optional[int] = Field(None, ge=1, le=LONGEST, description="Time steps optimized; null: the model's input window.")
-    num_patterns: int = Field(1, ge=1, lt=COUNT_END, description="Independent rate patterns optimized together (batch B).")
+    duration_ms: int | None = Field(
+        None, ge=1, le=LONGEST, description="Time steps optimized; null: the model's input window."
+    )
+    num_patterns: int = Field(
+        1, ge=1, lt=COUNT_END, description="Independent rate patterns optimized together (batch B)."
+    )
     initial_rates: InitialRatesConfig = Field(
         default_factory=InitialRatesConfig, description=InitialRatesConfig.__doc__
     )
@@ -230,13 +264,15 @@ class OptimizationConfig(Section):
     loop: LoopConfig = Field(default_factory=LoopConfig, description=LoopConfig.__doc__)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description=EvaluationConfig.__doc__)
     report: ReportConfig = Field(default_factory=ReportConfig, description=ReportConfig.__doc__)
-    input_regime: Optional[dict[str, Any]] = Field(
-        None, description="Statistics of the inputs the model was trained on, in the layout of a params pickle's "
-        "data_dict['input_regime'] (see demo_models/README.md); null: the pickle's, when it has them."
+    input_regime: dict[str, Any] | None = Field(
+        None,
+        description="Statistics of the inputs the model was trained on, in the layout of a params pickle's "
+        "data_dict['input_regime'] (see demo_models/README.md); null: the pickle's, when it has them.",
     )
-    ensemble: Optional[list[Union[Annotated[int, Field(ge=1, lt=COUNT_END, strict=True)], str]]] = Field(
-        None, description="Optimize through several models of the results table (ranks, 1 = best, or stems) besides "
+    ensemble: list[Annotated[int, Field(ge=1, lt=COUNT_END, strict=True)] | str] | None = Field(
+        None,
+        description="Optimize through several models of the results table (ranks, 1 = best, or stems) besides "
         "the selected model, which is always the first member (naming it, or a model twice, adds nothing): the "
         "loss is the mean of the members' losses on the same sampled spikes, evaluation uses their mean spike "
-        "probability; null: the selected model alone."
+        "probability; null: the selected model alone.",
     )

@@ -14,8 +14,6 @@ rate = max_rate * sigmoid(logit) (initial rates at 0 or max_rate start a hair in
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -64,9 +62,9 @@ class Moving:
     """Which rates move: the excitatory ones, the inhibitory ones staying at their initial values."""
 
     moves_inhibitory = False  # the inhibitory rates are parameters themselves
-    inhibitory_fixed = True   # the inhibitory rates never change (no gradient reaches them)
+    inhibitory_fixed = True  # the inhibitory rates never change (no gradient reaches them)
 
-    def rates(self, parameters: "RateParameters", moving: torch.Tensor) -> torch.Tensor:
+    def rates(self, parameters: RateParameters, moving: torch.Tensor) -> torch.Tensor:
         return torch.cat([moving, parameters.fixed_inhibitory], dim=-1)
 
 
@@ -75,7 +73,7 @@ class MovingAll(Moving):
 
     moves_inhibitory, inhibitory_fixed = True, False
 
-    def rates(self, parameters: "RateParameters", moving: torch.Tensor) -> torch.Tensor:
+    def rates(self, parameters: RateParameters, moving: torch.Tensor) -> torch.Tensor:
         return moving
 
 
@@ -84,7 +82,7 @@ class MovingTied(Moving):
 
     inhibitory_fixed = False
 
-    def rates(self, parameters: "RateParameters", moving: torch.Tensor) -> torch.Tensor:
+    def rates(self, parameters: RateParameters, moving: torch.Tensor) -> torch.Tensor:
         return torch.cat([moving, parameters.tied_inhibitory(moving)], dim=-1)
 
 
@@ -115,7 +113,7 @@ class RateParameters(nn.Module):
     def _tied_sources(self, num_inhibitory: int) -> torch.Tensor:
         return torch.arange(num_inhibitory) * self.num_excitatory // max(num_inhibitory, 1)
 
-    def _tied_mean(self, initial_rates: torch.Tensor, configured: Optional[float]) -> torch.Tensor:
+    def _tied_mean(self, initial_rates: torch.Tensor, configured: float | None) -> torch.Tensor:
         """(patterns,) mean inhibitory rate of the tied mode: configured, or each pattern's initial mean."""
         inhibitory = initial_rates[..., self.num_excitatory :]
         if configured is not None:

@@ -23,19 +23,31 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
-from progress import Progress
-
 from optimization.config import EvaluationConfig
 from optimization.network import SpikeProbability
 from optimization.objective import outside_window_mask, window_max
 from optimization.runtime import MicroBatcher, make_generator
 from optimization.sampler import SpikeSampler, draw_noise
 from optimization.stimulus import PairedStimulus
+from progress import Progress
 
 # Per-pattern sums accumulated on the device, in this order.
-_COUNTS = ("stim_spikes", "control_spikes", "stim_only", "control_only",
-           "stim_prob", "stim_prob_sq", "control_prob", "control_prob_sq", "stim_outside", "control_outside",
-           "stim_outside_any", "control_outside_any", "stim_any", "control_any")
+_COUNTS = (
+    "stim_spikes",
+    "control_spikes",
+    "stim_only",
+    "control_only",
+    "stim_prob",
+    "stim_prob_sq",
+    "control_prob",
+    "control_prob_sq",
+    "stim_outside",
+    "control_outside",
+    "stim_outside_any",
+    "control_outside_any",
+    "stim_any",
+    "control_any",
+)
 
 
 @dataclass
@@ -62,10 +74,22 @@ def paired_difference_interval(both: float, stim_only: float, control_only: floa
     low_control, high_control = wilson_interval(both + control_only, trials, z)
     margins = (both + stim_only) * (control_only + neither) * (both + control_only) * (stim_only + neither)
     phi = (both * neither - stim_only * control_only) / math.sqrt(margins) if margins > 0 else 0.0
-    below = math.sqrt(max(0.0, (p_stim - low_stim) ** 2 - 2 * phi * (p_stim - low_stim) * (high_control - p_control)
-                          + (high_control - p_control) ** 2))
-    above = math.sqrt(max(0.0, (high_stim - p_stim) ** 2 - 2 * phi * (high_stim - p_stim) * (p_control - low_control)
-                          + (p_control - low_control) ** 2))
+    below = math.sqrt(
+        max(
+            0.0,
+            (p_stim - low_stim) ** 2
+            - 2 * phi * (p_stim - low_stim) * (high_control - p_control)
+            + (high_control - p_control) ** 2,
+        )
+    )
+    above = math.sqrt(
+        max(
+            0.0,
+            (high_stim - p_stim) ** 2
+            - 2 * phi * (high_stim - p_stim) * (p_control - low_control)
+            + (p_control - low_control) ** 2,
+        )
+    )
     difference = p_stim - p_control
     return [min(difference, max(-1.0, difference - below)), max(difference, min(1.0, difference + above))]
 
@@ -145,18 +169,44 @@ def evaluate_rates(
         stim_spike = (stimulated_max >= config.spike_threshold).float()
         control_spike = (control_max >= config.spike_threshold).float()
         stim_outside, control_outside = (
-            (copy[:, outside].amax(dim=1) >= config.spike_threshold).float() if has_outside
-            else torch.zeros_like(stim_spike) for copy in (stimulated_probability, control_probability))
+            (copy[:, outside].amax(dim=1) >= config.spike_threshold).float()
+            if has_outside
+            else torch.zeros_like(stim_spike)
+            for copy in (stimulated_probability, control_probability)
+        )
         stim_outside_any, control_outside_any, stim_any, control_any = (
             -torch.expm1(torch.log1p(-copy[:, bins].clamp_max(1 - 1e-7)).sum(dim=1))
-            for bins in (outside, window) for copy in (stimulated_probability, control_probability))
-        values = torch.stack([stim_spike, control_spike, stim_spike * (1 - control_spike),
-                              control_spike * (1 - stim_spike), stimulated_max, stimulated_max.square(),
-                              control_max, control_max.square(), stim_outside, control_outside,
-                              stim_outside_any, control_outside_any, stim_any, control_any], dim=1)
+            for bins in (outside, window)
+            for copy in (stimulated_probability, control_probability)
+        )
+        values = torch.stack(
+            [
+                stim_spike,
+                control_spike,
+                stim_spike * (1 - control_spike),
+                control_spike * (1 - stim_spike),
+                stimulated_max,
+                stimulated_max.square(),
+                control_max,
+                control_max.square(),
+                stim_outside,
+                control_outside,
+                stim_outside_any,
+                control_outside_any,
+                stim_any,
+                control_any,
+            ],
+            dim=1,
+        )
         state["counts"].index_add_(1, pattern_of_trial[chunk], values.T)
-        state["traces"] += torch.stack([control_probability.sum(0), control_probability.square().sum(0),
-                                        stimulated_probability.sum(0), stimulated_probability.square().sum(0)])
+        state["traces"] += torch.stack(
+            [
+                control_probability.sum(0),
+                control_probability.square().sum(0),
+                stimulated_probability.sum(0),
+                stimulated_probability.square().sum(0),
+            ]
+        )
         state["maxima"] = torch.maximum(state["maxima"], torch.stack([stimulated_max.max(), control_max.max()]))
         if state["example"] is None:
             state["example"] = (stimulated[0], control_probability[0], stimulated_probability[0])
@@ -168,14 +218,21 @@ def evaluate_rates(
     z = NormalDist().inv_cdf(0.5 + config.confidence / 2)
     per_pattern = [summarize(dict(zip(_COUNTS, counts[:, p].tolist())), trials, z) for p in range(patterns)]
     highest_stim, highest_control = state["maxima"].tolist()
-    summary = {**summarize(dict(zip(_COUNTS, counts.sum(axis=1).tolist())), total, z),
-               "max_prob_stim": highest_stim, "max_prob_control": highest_control, "per_pattern": per_pattern}
+    summary = {
+        **summarize(dict(zip(_COUNTS, counts.sum(axis=1).tolist())), total, z),
+        "max_prob_stim": highest_stim,
+        "max_prob_control": highest_control,
+        "per_pattern": per_pattern,
+    }
     traces = state["traces"].cpu().double().numpy() / total
     spread = np.sqrt(np.clip(traces[[1, 3]] - traces[[0, 2]] ** 2, 0, None))
     example_spikes, example_control, example_stimulated = (t.cpu().numpy() for t in state["example"])
     return RateEvaluation(
         summary=summary,
         traces={"control": (traces[0], spread[0]), "stimulated": (traces[2], spread[1])},
-        example={"stimulated_spikes": example_spikes.astype(bool), "control_probability": example_control,
-                 "stimulated_probability": example_stimulated},
+        example={
+            "stimulated_spikes": example_spikes.astype(bool),
+            "control_probability": example_control,
+            "stimulated_probability": example_stimulated,
+        },
     )

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,6 @@ from torch import nn
 
 from models.graph import KerasGraphModule
 from models.layers import Conv1d
-
 from optimization.network import SpikeProbability
 from optimization.runtime import autocast
 from optimization.stimulus import PairedStimulus
@@ -43,7 +41,7 @@ _TIMED_PASSES = 3
 _SETTINGS: dict[tuple, tuple[str, str]] = {}
 
 
-def first_conv_call(model: nn.Module) -> tuple[Optional[int], str]:
+def first_conv_call(model: nn.Module) -> tuple[int | None, str]:
     """(index of the call that is the only consumer of the model's single input, '') or (None, why not)."""
     if not isinstance(model, KerasGraphModule):
         return None, f"the model is a {type(model).__name__}, not a converted Keras graph"
@@ -107,8 +105,9 @@ class _ShiftedMatmul(torch.autograd.Function):
     def backward(ctx, grad_output):
         (backward_matrix,) = ctx.saved_tensors
         spread = grad_output.new_zeros(ctx.shape, dtype=backward_matrix.dtype)
-        spread.as_strided(ctx.windows, ctx.strides).copy_(grad_output.transpose(1, 2)[:, :, None, :]
-                                                           .expand(ctx.windows))
+        spread.as_strided(ctx.windows, ctx.strides).copy_(
+            grad_output.transpose(1, 2)[:, :, None, :].expand(ctx.windows)
+        )
         grad = (spread @ backward_matrix.T).transpose(1, 2)
         if grad.shape[1] < ctx.channels:
             grad = F.pad(grad, (0, 0, 0, ctx.channels - grad.shape[1]))
@@ -121,16 +120,23 @@ class PairedForward:
     `grad_channels`: how many leading input channels need a gradient (None: all).
     """
 
-    def __init__(self, model: SpikeProbability, paired: PairedStimulus, fast_path: str, precision: str,
-                 grad_channels: Optional[int], logger: logging.Logger):
+    def __init__(
+        self,
+        model: SpikeProbability,
+        paired: PairedStimulus,
+        fast_path: str,
+        precision: str,
+        grad_channels: int | None,
+        logger: logging.Logger,
+    ):
         self.model = model
         self.paired = paired
         self.requested_precision = precision
-        self.precision: Optional[str] = None  # resolved on the first batch, with first_layer
+        self.precision: str | None = None  # resolved on the first batch, with first_layer
         self.first_layer = "conv"  # or "matmul": _ShiftedMatmul, a candidate of precision auto on CUDA
-        self.matrices: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.matrices: tuple[torch.Tensor, torch.Tensor] | None = None
         self.logger = logger
-        self.first_call: Optional[int] = None
+        self.first_call: int | None = None
         reason = "loop.fast_path is off"
         if fast_path == "auto":
             self.first_call, reason = first_conv_call(model.model)
@@ -144,14 +150,18 @@ class PairedForward:
         mask = paired.mask.T[None]  # (1, segments, time)
         with torch.no_grad():
             # conv(s) - conv(0) removes the bias: the response of the stimulus spikes alone.
-            self.stimulus_response = (self.layer.forward_channels_first(mask)
-                                      - self.layer.forward_channels_first(torch.zeros_like(mask)))
+            self.stimulus_response = self.layer.forward_channels_first(mask) - self.layer.forward_channels_first(
+                torch.zeros_like(mask)
+            )
         self.backward_weight = None
         if self.layer.stride == 1 and self.layer.groups == 1:
             channels = self.layer.weight.shape[1] if grad_channels is None else grad_channels
             self.backward_weight = self.layer.weight[:, :channels].transpose(0, 1).flip(-1).contiguous()
-        logger.info("fast path: first layer %r computed once for both copies%s", call["layer"],
-                    "" if grad_channels is None else f", input gradient for the first {grad_channels} channels")
+        logger.info(
+            "fast path: first layer %r computed once for both copies%s",
+            call["layer"],
+            "" if grad_channels is None else f", input gradient for the first {grad_channels} channels",
+        )
 
     @property
     def fast(self) -> bool:
@@ -159,8 +169,9 @@ class PairedForward:
 
     def __call__(self, control: torch.Tensor) -> torch.Tensor:
         if self.precision is None:
-            self.precision, self.first_layer = choose_setting(self, control.detach(), self.requested_precision,
-                                                              self.logger)
+            self.precision, self.first_layer = choose_setting(
+                self, control.detach(), self.requested_precision, self.logger
+            )
         with autocast(control.device, self.precision):
             if not self.fast:
                 return self.model(torch.cat([control, control + self.paired.mask]))
@@ -182,10 +193,10 @@ class PairedForward:
         padded = F.pad(x, self.layer.time_padding(x.shape[-1]))
         if self.first_layer == "matmul":
             matrix, backward_matrix = self._matrices()
-            return _ShiftedMatmul.apply(padded, matrix, self.layer.bias, self.layer.weight.shape[0],
-                                        self.layer.dilation, backward_matrix)
-        return _FirstConv.apply(padded, self.layer.weight, self.layer.bias, self.layer.dilation,
-                                self.backward_weight)
+            return _ShiftedMatmul.apply(
+                padded, matrix, self.layer.bias, self.layer.weight.shape[0], self.layer.dilation, backward_matrix
+            )
+        return _FirstConv.apply(padded, self.layer.weight, self.layer.bias, self.layer.dilation, self.backward_weight)
 
     def _matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The kernel as a bf16 (channels, kernel * outputs) matrix, and its rows that need a gradient."""
@@ -207,8 +218,9 @@ class PairedForward:
         return self.fast, shapes, sums, grad
 
 
-def choose_setting(forward: PairedForward, control: torch.Tensor, requested: str,
-                   logger: logging.Logger) -> tuple[str, str]:
+def choose_setting(
+    forward: PairedForward, control: torch.Tensor, requested: str, logger: logging.Logger
+) -> tuple[str, str]:
     """(precision, first-layer formulation): as requested with cuDNN's convolution unless precision is auto;
     auto: fp32 off CUDA, else the fastest accurate candidate measured on this batch (cached)."""
     if requested != "auto":
@@ -216,8 +228,12 @@ def choose_setting(forward: PairedForward, control: torch.Tensor, requested: str
     device = control.device
     if device.type != "cuda":
         return "fp32", "conv"
-    key = (torch.cuda.get_device_name(device), torch.backends.cudnn.benchmark, tuple(control.shape),
-           forward.signature())
+    key = (
+        torch.cuda.get_device_name(device),
+        torch.backends.cudnn.benchmark,
+        tuple(control.shape),
+        forward.signature(),
+    )
     if key not in _SETTINGS:
         _SETTINGS[key] = _measure_settings(forward, control, logger)
     return _SETTINGS[key]
@@ -247,16 +263,19 @@ def _compare_settings(forward: PairedForward, control: torch.Tensor, logger: log
         for setting in candidates:
             forward.precision, forward.first_layer = setting
             outputs[setting] = forward(control)
-    deviations = {setting: float((output - outputs[candidates[0]]).abs().max())
-                  for setting, output in outputs.items()}
+    deviations = {setting: float((output - outputs[candidates[0]]).abs().max()) for setting, output in outputs.items()}
     accurate = [setting for setting in candidates if deviations[setting] <= BF16_TOLERANCE]
     milliseconds = {setting: _time_step(forward, control, setting) for setting in accurate}
     chosen = min(milliseconds, key=milliseconds.get)
-    logger.info("precision %s, first layer as %s: forward+backward of %d pairs in ms: %s; rejected as inaccurate "
-                "(max deviation > %g): %s", *chosen, control.shape[0],
-                ", ".join(f"{p}/{f} {t:.1f}" for (p, f), t in milliseconds.items()), BF16_TOLERANCE,
-                ", ".join(f"{p}/{f} ({deviations[(p, f)]:.2g})" for p, f in candidates if (p, f) not in accurate)
-                or "none")
+    logger.info(
+        "precision %s, first layer as %s: forward+backward of %d pairs in ms: %s; rejected as inaccurate "
+        "(max deviation > %g): %s",
+        *chosen,
+        control.shape[0],
+        ", ".join(f"{p}/{f} {t:.1f}" for (p, f), t in milliseconds.items()),
+        BF16_TOLERANCE,
+        ", ".join(f"{p}/{f} ({deviations[(p, f)]:.2g})" for p, f in candidates if (p, f) not in accurate) or "none",
+    )
     return chosen
 
 

@@ -9,7 +9,6 @@ import torch
 
 from errors import OptimizationError
 from fileio import regular_file_size
-
 from optimization.config import InitialRatesConfig
 from optimization.network import InputLayout
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -44,18 +45,31 @@ def make_optimizer(parameters: RateParameters, config: OptimizationConfig):
     loop = config.loop
     optimizer = torch.optim.Adam(parameters.parameters(), lr=loop.learning_rate)
     schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=loop.lr_factor, patience=math.ceil(loop.lr_patience_iterations / loop.log_every),
-        min_lr=loop.min_learning_rate)
+        optimizer,
+        factor=loop.lr_factor,
+        patience=math.ceil(loop.lr_patience_iterations / loop.log_every),
+        min_lr=loop.min_learning_rate,
+    )
     return optimizer, schedule
 
 
 class RateOptimizer:
     """Optimizes `parameters` so that the paired stimulus makes the model spike only in the stimulated copy."""
 
-    def __init__(self, parameters: RateParameters, models: Sequence[SpikeProbability], sampler: SpikeSampler,
-                 paired: PairedStimulus, config: OptimizationConfig, generator: torch.Generator,
-                 checkpoint_path: Path, signature: dict[str, Any], logger: logging.Logger, progress: ProgressStyle,
-                 objective: Optional[Objective] = None):
+    def __init__(
+        self,
+        parameters: RateParameters,
+        models: Sequence[SpikeProbability],
+        sampler: SpikeSampler,
+        paired: PairedStimulus,
+        config: OptimizationConfig,
+        generator: torch.Generator,
+        checkpoint_path: Path,
+        signature: dict[str, Any],
+        logger: logging.Logger,
+        progress: ProgressStyle,
+        objective: Objective | None = None,
+    ):
         """`models`: the model, then any further ensemble members; `objective`: the configured one without a
         regime and with a specificity floor of 0 unless given."""
         self.parameters, self.config, self.loop, self.generator = parameters, config, config.loop, generator
@@ -64,11 +78,30 @@ class RateOptimizer:
         self.optimizer, self.schedule = make_optimizer(parameters, config)
         self.micro_batcher = MicroBatcher(self.loop.micro_batches, "the optimization step", logger)
         fixed = parameters.moving.inhibitory_fixed  # the fast path then needs no gradient for inhibitory inputs
-        self.forwards = [PairedForward(model, paired, self.loop.fast_path, self.loop.precision,
-                                       parameters.num_excitatory if fixed else None, logger) for model in models]
+        self.forwards = [
+            PairedForward(
+                model,
+                paired,
+                self.loop.fast_path,
+                self.loop.precision,
+                parameters.num_excitatory if fixed else None,
+                logger,
+            )
+            for model in models
+        ]
         objective = objective or Objective(config.objective, config.constraints.max_rate, parameters.num_excitatory)
-        self.step = PairedStep(parameters, self.forwards, sampler, paired, objective, config, self.optimizer,
-                               generator, self.micro_batcher, self.initial_rates)
+        self.step = PairedStep(
+            parameters,
+            self.forwards,
+            sampler,
+            paired,
+            objective,
+            config,
+            self.optimizer,
+            generator,
+            self.micro_batcher,
+            self.initial_rates,
+        )
         self.guard = NonFiniteGuard(parameters)
         self.non_finite = NonFinite(self.guard.restore)
         self.stoppers = make_stoppers(config)
@@ -92,8 +125,9 @@ class RateOptimizer:
     def run(self) -> LoopResult:
         """Step until a stopping rule says so; Ctrl-C stops early and keeps what exists."""
         stopped_because = "max_iterations"
-        with Progress(self.loop.max_iterations, "optimizing rates", "step", self.progress, self.logger,
-                      initial=self.iteration) as bar:
+        with Progress(
+            self.loop.max_iterations, "optimizing rates", "step", self.progress, self.logger, initial=self.iteration
+        ) as bar:
             try:
                 while self.iteration < self.loop.max_iterations:
                     self.take_step()
@@ -114,17 +148,20 @@ class RateOptimizer:
                     raise
         self.save_checkpoint()
         final_loss = self.history[-1]["loss_total"] if self.history else math.nan
-        self.logger.info("optimization stopped (%s) after %d iterations, loss %.4g",
-                         stopped_because, self.iteration, final_loss)
+        self.logger.info(
+            "optimization stopped (%s) after %d iterations, loss %.4g", stopped_because, self.iteration, final_loss
+        )
         return LoopResult(self.iteration, stopped_because, final_loss)
 
-    def end_interval(self, bar: Progress) -> Optional[str]:
+    def end_interval(self, bar: Progress) -> str | None:
         """Record the interval's means (the one host synchronisation); the first stop reason, or None."""
         means, first_bad = self.tracker.interval_means(self.guard.first_bad_iteration)
         row = {"iteration": self.iteration, **means, "first_bad_iteration": first_bad}
         self.non_finite.check(row)
-        row = self.tracker.record({key: value for key, value in row.items() if key != "first_bad_iteration"} | {
-            "learning_rate": self.optimizer.param_groups[0]["lr"], "micro_batches": self.micro_batcher.chunks})
+        row = self.tracker.record(
+            {key: value for key, value in row.items() if key != "first_bad_iteration"}
+            | {"learning_rate": self.optimizer.param_groups[0]["lr"], "micro_batches": self.micro_batcher.chunks}
+        )
         bar.show(loss=f"{row['loss_total']:.4f}", p_control=f"{row['p_control']:.3f}", p_stim=f"{row['p_stim']:.3f}")
         self.logger.debug("iteration %d: %s", self.iteration, row)
         self.schedule.step(row["loss_total"])
@@ -140,11 +177,18 @@ class RateOptimizer:
 
     def save_checkpoint(self) -> None:
         plateau = self._plateau()
-        self.tracker.save(self.iteration, {
-            "parameters": self.parameters.state_dict(), "initial_rates": self.initial_rates,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
-            "generator": self.generator.get_state(), "micro_batches": self.micro_batcher.chunks,
-            **(plateau.state_dict() if plateau else {"best_loss": math.inf, "iterations_since_best": 0})})
+        self.tracker.save(
+            self.iteration,
+            {
+                "parameters": self.parameters.state_dict(),
+                "initial_rates": self.initial_rates,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.schedule.state_dict(),
+                "generator": self.generator.get_state(),
+                "micro_batches": self.micro_batcher.chunks,
+                **(plateau.state_dict() if plateau else {"best_loss": math.inf, "iterations_since_best": 0}),
+            },
+        )
 
     def _check_resumable(self, state: dict[str, Any], path: Path) -> None:
         """The numbers a checkpoint sets directly must make sense (a forged or damaged one may say anything):
@@ -152,22 +196,43 @@ class RateOptimizer:
         samples = self.step.pattern_of_sample.numel()
         checks = [
             # beyond max_iterations is fine: a run resumed with a smaller budget stops at once
-            ("iteration", state.get("iteration"), lambda v: isinstance(v, int) and 0 <= v < COUNT_END,
-             f"a whole number from 0 to {COUNT_END:,}"),
-            ("micro_batches", state.get("micro_batches"), lambda v: isinstance(v, int) and 1 <= v <= samples,
-             f"a whole number from 1 to the samples per step ({samples})"),
-            ("initial_rates", state.get("initial_rates"),
-             lambda v: isinstance(v, torch.Tensor) and v.shape == self.initial_rates.shape and bool(v.isfinite().all()),
-             f"finite rates of shape {tuple(self.initial_rates.shape)}"),
-            ("parameters", state.get("parameters"),
-             lambda v: isinstance(v, dict) and all(not isinstance(t, torch.Tensor) or bool(t.isfinite().all())
-                                                   for t in v.values()), "finite values"),
+            (
+                "iteration",
+                state.get("iteration"),
+                lambda v: isinstance(v, int) and 0 <= v < COUNT_END,
+                f"a whole number from 0 to {COUNT_END:,}",
+            ),
+            (
+                "micro_batches",
+                state.get("micro_batches"),
+                lambda v: isinstance(v, int) and 1 <= v <= samples,
+                f"a whole number from 1 to the samples per step ({samples})",
+            ),
+            (
+                "initial_rates",
+                state.get("initial_rates"),
+                lambda v: (
+                    isinstance(v, torch.Tensor) and v.shape == self.initial_rates.shape and bool(v.isfinite().all())
+                ),
+                f"finite rates of shape {tuple(self.initial_rates.shape)}",
+            ),
+            (
+                "parameters",
+                state.get("parameters"),
+                lambda v: (
+                    isinstance(v, dict)
+                    and all(not isinstance(t, torch.Tensor) or bool(t.isfinite().all()) for t in v.values())
+                ),
+                "finite values",
+            ),
         ]
         for key, value, valid, expected in checks:
             if not valid(value):
                 shown = repr(value) if not isinstance(value, (torch.Tensor, dict)) else type(value).__name__
-                raise OptimizationError(f"checkpoint {path} is damaged: '{key}' must be {expected}, got "
-                                        f"{shown[:80]}; start without optimization.loop.resume_from.")
+                raise OptimizationError(
+                    f"checkpoint {path} is damaged: '{key}' must be {expected}, got "
+                    f"{shown[:80]}; start without optimization.loop.resume_from."
+                )
 
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint of the same problem (same signature); its initial rates become ours."""

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
 
 from errors import ConfigError, OptimizationError
-
 from optimization.config import OptimizationConfig
 
 
@@ -27,7 +25,7 @@ class InputLayout:
         return self.num_excitatory + self.num_inhibitory
 
 
-def _model_input_shape(model: nn.Module) -> tuple[Optional[int], Optional[int]]:
+def _model_input_shape(model: nn.Module) -> tuple[int | None, int | None]:
     """(time, channels) from a converted model's `input_shapes`, or (None, None) when it does not carry them."""
     shapes = getattr(model, "input_shapes", None)
     if not shapes:
@@ -90,9 +88,7 @@ class SpikeProbability(nn.Module):
         if isinstance(outputs, (tuple, list)):
             outputs = outputs[self.output_index]
         elif self.output_index != 0:
-            raise OptimizationError(
-                f"spike_output_index is {self.output_index} but the model returns a single tensor"
-            )
+            raise OptimizationError(f"spike_output_index is {self.output_index} but the model returns a single tensor")
         return outputs[..., 0].float()
 
 
@@ -104,8 +100,12 @@ def prepare_model(
     model.requires_grad_(False)
     wrapped = SpikeProbability(model, config.spike_output_index)
     # Silence and saturation: a non-probability output rarely stays inside [0, 1] for both.
-    probe = torch.stack([torch.zeros(layout.duration_ms, layout.num_segments, device=device),
-                         torch.ones(layout.duration_ms, layout.num_segments, device=device)])
+    probe = torch.stack(
+        [
+            torch.zeros(layout.duration_ms, layout.num_segments, device=device),
+            torch.ones(layout.duration_ms, layout.num_segments, device=device),
+        ]
+    )
     try:
         with torch.no_grad():
             outputs = model(probe)

@@ -39,8 +39,9 @@ _PROBABILITY_FLOOR = 1e-12  # keeps the logs and their gradients finite at proba
 # probabilities.
 RESPONSES: Registry = Registry("response (objective.control_response, objective.stimulated_response)")
 RESPONSES.add("max", lambda window: window.amax(dim=1))
-RESPONSES.add("any_spike", lambda window: -torch.expm1(
-    torch.log1p(-window.clamp_max(1 - _PROBABILITY_FLOOR)).sum(dim=1)))
+RESPONSES.add(
+    "any_spike", lambda window: -torch.expm1(torch.log1p(-window.clamp_max(1 - _PROBABILITY_FLOOR)).sum(dim=1))
+)
 
 
 def binary_cross_entropy(probability: torch.Tensor, target: float) -> torch.Tensor:
@@ -63,11 +64,19 @@ def outside_window_mask(duration: int, window: slice, device: torch.device) -> t
 
 
 class Objective:
-    def __init__(self, config: ObjectiveConfig, max_rate: float, num_excitatory: int,
-                 regime: InputRegime | None = None, specificity_floor: float = 0.0):
+    def __init__(
+        self,
+        config: ObjectiveConfig,
+        max_rate: float,
+        num_excitatory: int,
+        regime: InputRegime | None = None,
+        specificity_floor: float = 0.0,
+    ):
         if config.regime_weight and regime is None:
-            raise ConfigError("optimization.objective.regime_weight needs the statistics of the model's training "
-                              "inputs: data_dict['input_regime'] in its params pickle, or optimization.input_regime.")
+            raise ConfigError(
+                "optimization.objective.regime_weight needs the statistics of the model's training "
+                "inputs: data_dict['input_regime'] in its params pickle, or optimization.input_regime."
+            )
         self.config = config
         self.max_rate = max_rate
         self.num_excitatory = num_excitatory
@@ -93,8 +102,7 @@ class Objective:
     def weighted_penalties(self, rates: torch.Tensor, initial: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weighted penalties of rates (patterns, time, segments), keyed by the names in PENALTY_TERMS."""
         config = self.config
-        if not (config.l1_weight or config.smoothness_weight or config.initial_distance_weight
-                or config.regime_weight):
+        if not (config.l1_weight or config.smoothness_weight or config.initial_distance_weight or config.regime_weight):
             return dict.fromkeys(PENALTY_TERMS, rates.new_zeros(()))  # the default: no pass over the rates
         scaled = rates / self.max_rate
         return {
@@ -107,9 +115,14 @@ class Objective:
 
     def _regime_excess(self, rates: torch.Tensor) -> torch.Tensor:
         """mean over patterns, ms and segment type of (max(0, population rate - regime p99) / max_rate)^2."""
-        excitatory, inhibitory = rates[..., :self.num_excitatory], rates[..., self.num_excitatory:]
-        limits = ((excitatory, self.regime.excitatory_population_rate["p99"]),
-                  (inhibitory, self.regime.inhibitory_population_rate["p99"]))
-        terms = [((group.mean(dim=-1) - limit).clamp_min(0) / self.max_rate).square().mean()
-                 for group, limit in limits if group.shape[-1]]
+        excitatory, inhibitory = rates[..., : self.num_excitatory], rates[..., self.num_excitatory :]
+        limits = (
+            (excitatory, self.regime.excitatory_population_rate["p99"]),
+            (inhibitory, self.regime.inhibitory_population_rate["p99"]),
+        )
+        terms = [
+            ((group.mean(dim=-1) - limit).clamp_min(0) / self.max_rate).square().mean()
+            for group, limit in limits
+            if group.shape[-1]
+        ]
         return torch.stack(terms).mean()

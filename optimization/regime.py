@@ -14,14 +14,16 @@ x_(ceil(q n)) (numpy.quantile(..., method="inverted_cdf")), so the figure exceed
 Synchrony (spike counts per ms) is counted exactly: its q-quantile is the smallest count whose cumulative count
 reaches ceil(q * n).
 """
+
 from __future__ import annotations
 
 import math
 import numbers
 import reprlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from fractions import Fraction
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,14 +67,17 @@ class InputRegime:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain floats, ints and str only: safe for a protocol-2 pickle read by a restricted unpickler, and JSON."""
-        values: dict[str, Any] = {name: {quantile: float(getattr(self, name)[quantile]) for quantile in QUANTILE_NAMES}
-                                  for name in QUANTILE_FIELDS}
-        values.update(num_excitatory=int(self.num_excitatory), num_inhibitory=int(self.num_inhibitory),
-                      source=str(self.source))
+        values: dict[str, Any] = {
+            name: {quantile: float(getattr(self, name)[quantile]) for quantile in QUANTILE_NAMES}
+            for name in QUANTILE_FIELDS
+        }
+        values.update(
+            num_excitatory=int(self.num_excitatory), num_inhibitory=int(self.num_inhibitory), source=str(self.source)
+        )
         return values
 
     @classmethod
-    def from_dict(cls, values: Any, where: str) -> "InputRegime":
+    def from_dict(cls, values: Any, where: str) -> InputRegime:
         """Check `values` strictly (it comes from a user's pickle) and build the regime.
 
         ConfigError, one line naming `where` and the bad item, for: not a dict, a missing or unknown key, a missing
@@ -86,8 +91,10 @@ class InputRegime:
         counts = {key: _count(values[key], f"{where}['{key}']") for key in COUNT_FIELDS}
         source = values["source"]
         if not isinstance(source, str) or not source.strip() or len(source) > MAX_SOURCE_CHARS:
-            raise ConfigError(f"{where}['source'] must be a non-empty str of at most {MAX_SOURCE_CHARS} characters "
-                              f"saying where the numbers come from, not {_shown(source)}")
+            raise ConfigError(
+                f"{where}['source'] must be a non-empty str of at most {MAX_SOURCE_CHARS} characters "
+                f"saying where the numbers come from, not {_shown(source)}"
+            )
         limits = {**{name: 1.0 for name in RATE_FIELDS}, "excitatory_synchrony": float(counts["num_excitatory"])}
         quantiles = {name: _quantiles(values[name], f"{where}['{name}']", limits[name]) for name in QUANTILE_FIELDS}
         return cls(**quantiles, **counts, source=source)
@@ -113,30 +120,34 @@ def _shown(value: Any) -> str:
 
 def _count(value: Any, item: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 < value <= MAX_SEGMENTS:
-        raise ConfigError(f"{item} must be a whole number of segments from 1 to {MAX_SEGMENTS}, not "
-                          f"{_shown(value)}")
+        raise ConfigError(f"{item} must be a whole number of segments from 1 to {MAX_SEGMENTS}, not {_shown(value)}")
     return int(value)
 
 
 def _quantiles(value: Any, item: str, upper: float) -> dict[str, float]:
     """One quantile dict, checked: every name, finite numbers in [0, upper], not decreasing."""
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{item} is {type(value).__name__} {_shown(value)}, not a dict of quantiles "
-                          f"({', '.join(QUANTILE_NAMES)})")
+        raise ConfigError(
+            f"{item} is {type(value).__name__} {_shown(value)}, not a dict of quantiles ({', '.join(QUANTILE_NAMES)})"
+        )
     _exact_keys(value, QUANTILE_NAMES, item, "quantile")
     checked = {}
     for name in QUANTILE_NAMES:
         number = value[name]
-        if isinstance(number, bool) or not isinstance(number, numbers.Real) \
-                or (not isinstance(number, numbers.Integral) and not math.isfinite(number)):
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, numbers.Real)
+            or (not isinstance(number, numbers.Integral) and not math.isfinite(number))
+        ):
             raise ConfigError(f"{item}['{name}'] must be a finite number, not {_shown(number)}")
         if not 0 <= number <= upper:  # compared before any float(): an int of 400 digits does not fit one
             raise ConfigError(f"{item}['{name}'] is {_shown(number)}, outside [0, {upper:g}]")
         checked[name] = float(number)
     for lower, higher in zip(QUANTILE_NAMES, QUANTILE_NAMES[1:]):
         if checked[lower] > checked[higher]:
-            raise ConfigError(f"{item}: quantiles decrease ({lower} {checked[lower]!r} > {higher} "
-                              f"{checked[higher]!r}); they must not")
+            raise ConfigError(
+                f"{item}: quantiles decrease ({lower} {checked[lower]!r} > {higher} {checked[higher]!r}); they must not"
+            )
     return checked
 
 
@@ -185,16 +196,20 @@ class RegimeAccumulator:
         inh = _checked("inhibitory_rates", inhibitory_rates)
         spikes = _checked("excitatory_spikes", excitatory_spikes, spikes=True)
         if spikes.shape != exc.shape or inh.shape[:2] != exc.shape[:2]:
-            raise ValueError(f"shapes disagree: excitatory_rates {exc.shape}, inhibitory_rates {inh.shape}, "
-                             f"excitatory_spikes {spikes.shape}")
+            raise ValueError(
+                f"shapes disagree: excitatory_rates {exc.shape}, inhibitory_rates {inh.shape}, "
+                f"excitatory_spikes {spikes.shape}"
+            )
         if exc.shape[2] == 0 or inh.shape[2] == 0:
             raise ValueError("the regime needs excitatory and inhibitory segments")
         if self._synchrony_counts is None:
             self._synchrony_counts = np.zeros(exc.shape[2] + 1, dtype=np.int64)
             self._num_inhibitory = inh.shape[2]
         elif (exc.shape[2], inh.shape[2]) != (self._synchrony_counts.size - 1, self._num_inhibitory):
-            raise ValueError(f"segment counts changed: {exc.shape[2]} + {inh.shape[2]}, earlier chunks "
-                             f"{self._synchrony_counts.size - 1} + {self._num_inhibitory}")
+            raise ValueError(
+                f"segment counts changed: {exc.shape[2]} + {inh.shape[2]}, earlier chunks "
+                f"{self._synchrony_counts.size - 1} + {self._num_inhibitory}"
+            )
         self._rate_counts["excitatory_rate"] += _rate_histogram(exc)
         self._rate_counts["inhibitory_rate"] += _rate_histogram(inh)
         self._rate_counts["excitatory_population_rate"] += _rate_histogram(exc.mean(axis=2))
@@ -205,16 +220,21 @@ class RegimeAccumulator:
         """The regime of everything added so far (quantile rule: the module docstring)."""
         if self._synchrony_counts is None or not self._synchrony_counts.any():
             raise ValueError("no data was added")
-        rates = {name: {quantile: (bin_index + 1) / RATE_BINS
-                        for quantile, bin_index in _quantile_bins(counts).items()}
-                 for name, counts in self._rate_counts.items()}
+        rates = {
+            name: {quantile: (bin_index + 1) / RATE_BINS for quantile, bin_index in _quantile_bins(counts).items()}
+            for name, counts in self._rate_counts.items()
+        }
         synchrony = {quantile: float(count) for quantile, count in _quantile_bins(self._synchrony_counts).items()}
-        return InputRegime(**rates, excitatory_synchrony=synchrony, num_excitatory=self._synchrony_counts.size - 1,
-                           num_inhibitory=self._num_inhibitory, source=source)
+        return InputRegime(
+            **rates,
+            excitatory_synchrony=synchrony,
+            num_excitatory=self._synchrony_counts.size - 1,
+            num_inhibitory=self._num_inhibitory,
+            source=source,
+        )
 
 
-def regime_statistics(excitatory_rates: Any, inhibitory_rates: Any, excitatory_spikes: Any,
-                      source: str) -> InputRegime:
+def regime_statistics(excitatory_rates: Any, inhibitory_rates: Any, excitatory_spikes: Any, source: str) -> InputRegime:
     """The regime of one chunk of data, each array (trials, time, segments); RegimeAccumulator for more."""
     accumulator = RegimeAccumulator()
     accumulator.add(excitatory_rates, inhibitory_rates, excitatory_spikes)
@@ -226,16 +246,19 @@ def _ratio(value: float, reference: float) -> float | None:
     return value / reference if reference > 0 else None
 
 
-def check_layout(regime: InputRegime, num_excitatory: int, num_inhibitory: int,
-                 where: str = "the input regime") -> None:
+def check_layout(
+    regime: InputRegime, num_excitatory: int, num_inhibitory: int, where: str = "the input regime"
+) -> None:
     """ConfigError unless the regime has these segment counts: otherwise it describes another model's inputs.
 
     Worth calling before a long optimization: regime_distance, at its end, refuses such a regime too.
     """
     if (num_excitatory, num_inhibitory) != (regime.num_excitatory, regime.num_inhibitory):
-        raise ConfigError(f"{where} has {regime.num_excitatory} excitatory + "
-                          f"{regime.num_inhibitory} inhibitory segments, the model {num_excitatory} + "
-                          f"{num_inhibitory}: it describes another model's inputs")
+        raise ConfigError(
+            f"{where} has {regime.num_excitatory} excitatory + "
+            f"{regime.num_inhibitory} inhibitory segments, the model {num_excitatory} + "
+            f"{num_inhibitory}: it describes another model's inputs"
+        )
 
 
 def regime_distance(rates: Any, num_excitatory: int, regime: InputRegime) -> dict[str, Any]:
@@ -263,16 +286,18 @@ def regime_distance(rates: Any, num_excitatory: int, regime: InputRegime) -> dic
         for name, key in (("p99", "p99"), ("p99.9", "p99_9")):
             distance[f"regime_{kind}_rate_{key}"] = quantiles[name]
             distance[f"fraction_{kind}_above_{key}"] = float(np.mean(values > quantiles[name]))
-    distance.update({
-        "peak_excitatory_population_rate": peak_population,
-        "regime_excitatory_population_rate_p99": population_p99,
-        "peak_population_rate_over_p99": _ratio(peak_population, population_p99),
-        "fraction_ms_excitatory_population_above_p99": float(np.mean(population > population_p99)),
-        "peak_expected_excitatory_spikes_per_ms": peak_spikes,
-        "regime_excitatory_synchrony_p99_9": synchrony_p99_9,
-        "peak_expected_spikes_over_synchrony_p99_9": _ratio(peak_spikes, synchrony_p99_9),
-        "regime_source": regime.source,
-    })
+    distance.update(
+        {
+            "peak_excitatory_population_rate": peak_population,
+            "regime_excitatory_population_rate_p99": population_p99,
+            "peak_population_rate_over_p99": _ratio(peak_population, population_p99),
+            "fraction_ms_excitatory_population_above_p99": float(np.mean(population > population_p99)),
+            "peak_expected_excitatory_spikes_per_ms": peak_spikes,
+            "regime_excitatory_synchrony_p99_9": synchrony_p99_9,
+            "peak_expected_spikes_over_synchrony_p99_9": _ratio(peak_spikes, synchrony_p99_9),
+            "regime_source": regime.source,
+        }
+    )
     return distance
 
 
@@ -287,9 +312,14 @@ def auto_max_rate(regime: InputRegime, moving_segments: str) -> float:
     """
     if moving_segments not in MOVING_SEGMENTS:
         raise ConfigError(f"moving_segments must be one of {', '.join(MOVING_SEGMENTS)}, not {moving_segments!r}")
-    bound = (max(regime.excitatory_rate["p99"], regime.inhibitory_rate["p99"]) if moving_segments == "all"
-             else regime.excitatory_rate["p99"])
+    bound = (
+        max(regime.excitatory_rate["p99"], regime.inhibitory_rate["p99"])
+        if moving_segments == "all"
+        else regime.excitatory_rate["p99"]
+    )
     if bound <= 0:
-        raise ConfigError(f"constraints.max_rate=auto: the input regime's p99 rate of the moving segments is "
-                          f"{bound:g}, which bounds every rate at 0; give max_rate a number")
+        raise ConfigError(
+            f"constraints.max_rate=auto: the input regime's p99 rate of the moving segments is "
+            f"{bound:g}, which bounds every rate at 0; give max_rate a number"
+        )
     return bound

@@ -17,7 +17,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fileio import write_atomically, write_text_atomic
-
 from optimization.stimulus import Stimulus
 
 FILE_NAMES = {
@@ -60,8 +59,10 @@ def write_json(out_dir: Path, key: str, content: dict[str, Any]) -> Path:
 
 
 # Control and stimulated copies: distinct colour, line style and width, so that overlapping curves stay apart.
-COPY_STYLE = {"control": {"color": "tab:blue", "linestyle": "--", "linewidth": 1.6},
-              "stimulated": {"color": "tab:red", "linestyle": "-", "linewidth": 1.2}}
+COPY_STYLE = {
+    "control": {"color": "tab:blue", "linestyle": "--", "linewidth": 1.6},
+    "stimulated": {"color": "tab:red", "linestyle": "-", "linewidth": 1.2},
+}
 PROBABILITY_LIMITS = (-0.02, 1.02)
 
 
@@ -106,7 +107,10 @@ def plot_loss_curves(history: pd.DataFrame, targets: tuple[float, float], path: 
 
 
 def plot_spike_probability(
-    traces: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], stimulus: Stimulus, threshold: float, path: Path,
+    traces: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+    stimulus: Stimulus,
+    threshold: float,
+    path: Path,
     dpi: int,
 ) -> Path:
     """traces[name][copy] = (mean, std) over time, name in initial/optimized, copy in control/stimulated."""
@@ -117,8 +121,9 @@ def plot_spike_probability(
             mean, std = copies[copy]
             time = np.arange(mean.size)
             axis.plot(time, mean, label=copy, **COPY_STYLE[copy])
-            axis.fill_between(time, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1),
-                              color=COPY_STYLE[copy]["color"], alpha=0.15)
+            axis.fill_between(
+                time, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=COPY_STYLE[copy]["color"], alpha=0.15
+            )
         window = stimulus.response_window()
         axis.axvspan(window.start, window.stop, color="gold", alpha=0.3, label="response window")
         axis.axhline(threshold, color="black", linestyle=":", linewidth=1, label="spike threshold")
@@ -138,16 +143,32 @@ def segment_groups(num_segments: int, num_excitatory: int) -> list[tuple[str, sl
     return groups
 
 
-def draw_rate_panel(figure: Figure, axis, rates: np.ndarray, segments: slice, marks: list[tuple[int, int]],
-                    top: float | None, title: str) -> None:
+def draw_rate_panel(
+    figure: Figure,
+    axis,
+    rates: np.ndarray,
+    segments: slice,
+    marks: list[tuple[int, int]],
+    top: float | None,
+    title: str,
+) -> None:
     """A heatmap of `rates` (segments x time) for the segment range `segments`, with a red x at each stimulus
     spike `(time_ms, segment)` that falls in the range."""
-    image = axis.imshow(rates, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=top,
-                        interpolation="nearest", extent=(0, rates.shape[1], segments.start, segments.stop))
+    image = axis.imshow(
+        rates,
+        aspect="auto",
+        origin="lower",
+        cmap="viridis",
+        vmin=0,
+        vmax=top,
+        interpolation="nearest",
+        extent=(0, rates.shape[1], segments.start, segments.stop),
+    )
     shown = [(time, segment) for time, segment in marks if segments.start <= segment < segments.stop]
     if shown:
-        axis.scatter([time + 0.5 for time, _ in shown], [segment + 0.5 for _, segment in shown], marker="x",
-                     color="red", s=40)
+        axis.scatter(
+            [time + 0.5 for time, _ in shown], [segment + 0.5 for _, segment in shown], marker="x", color="red", s=40
+        )
     axis.set_title(title + ("; red x: stimulus" if shown else ""))
     axis.set_xlabel("time (ms)")
     axis.set_ylabel("segment")
@@ -167,8 +188,15 @@ def plot_rate_heatmaps(
         optimized_mean = optimized[:, segments].mean(axis=0)
         top = max(initial_mean.max(), optimized_mean.max())
         for column, (name, rates) in enumerate((("initial", initial_mean), ("optimized", optimized_mean))):
-            draw_rate_panel(figure, axes[row, column], rates, segments, marks, top,
-                            f"{group}, {name} (mean over {initial.shape[0]} pattern(s))")
+            draw_rate_panel(
+                figure,
+                axes[row, column],
+                rates,
+                segments,
+                marks,
+                top,
+                f"{group}, {name} (mean over {initial.shape[0]} pattern(s))",
+            )
     return save_figure(figure, path, dpi)
 
 
@@ -180,8 +208,14 @@ def plot_raster(example: dict[str, np.ndarray], num_excitatory: int, stimulus: S
     excitatory = segments < num_excitatory
     raster.scatter(times[excitatory], segments[excitatory], s=2, color="tab:red", label="excitatory")
     raster.scatter(times[~excitatory], segments[~excitatory], s=2, color="tab:blue", label="inhibitory")
-    raster.scatter([stimulus.time_ms] * len(stimulus.segments), list(stimulus.segments), s=60, marker="*",
-                   color="black", label="stimulus")
+    raster.scatter(
+        [stimulus.time_ms] * len(stimulus.segments),
+        list(stimulus.segments),
+        s=60,
+        marker="*",
+        color="black",
+        label="stimulus",
+    )
     raster.set_ylabel("segment")
     raster.set_title("one sampled trial of the optimized rates (pattern 0, stimulated copy)")
     raster.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, markerscale=3, fontsize="small")
@@ -208,8 +242,15 @@ def plot_rate_change(
     colors = np.where(segments < num_excitatory, "tab:red", "tab:blue")
     axis.bar(segments, change, width=1.0, color=colors)
     axis.axvline(num_excitatory - 0.5, color="black", linewidth=1, linestyle="--", label="excitatory | inhibitory")
-    axis.scatter(list(stimulus.segments), change[list(stimulus.segments)], marker="*", s=80, color="black",
-                 label="stimulus segments", zorder=3)
+    axis.scatter(
+        list(stimulus.segments),
+        change[list(stimulus.segments)],
+        marker="*",
+        s=80,
+        color="black",
+        label="stimulus segments",
+        zorder=3,
+    )
     axis.axhline(0, color="gray", linewidth=0.8)
     axis.set_xlabel("segment")
     axis.set_ylabel("rate change (spikes/ms)")

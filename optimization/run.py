@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,8 +15,6 @@ from torch import nn
 
 from errors import ConfigError
 from limits import MAX_BATCH_BYTES
-from progress import Progress, ProgressStyle
-
 from optimization import report
 from optimization.config import OptimizationConfig
 from optimization.constraints import RateParameters
@@ -29,6 +27,9 @@ from optimization.regime import InputRegime, auto_max_rate, regime_distance
 from optimization.runtime import MicroBatcher, Seeds, cudnn_benchmark, make_generator, resolve_device
 from optimization.sampler import SpikeSampler, draw_noise, make_sampler
 from optimization.stimulus import PairedStimulus, Stimulus, choose_stimulus
+from progress import Progress, ProgressStyle
+
+LOG_PROGRESS = ProgressStyle()  # frozen: one shared default
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,11 @@ def run_activity_optimization(
     out_dir: Path,
     device: str | torch.device = "auto",
     seed: int = 0,
-    logger: Optional[logging.Logger] = None,
-    progress: ProgressStyle = ProgressStyle(),
-    regime: Optional[InputRegime] = None,
+    logger: logging.Logger | None = None,
+    progress: ProgressStyle = LOG_PROGRESS,
+    regime: InputRegime | None = None,
     members: Sequence[nn.Module] = (),
-    start_rates: Optional[np.ndarray] = None,
+    start_rates: np.ndarray | None = None,
 ) -> OptimizationOutcome:
     """Optimize presynaptic rates through `model` (frozen and moved to the device in place) and write the results.
 
@@ -78,8 +79,11 @@ def run_activity_optimization(
     seeds = Seeds.from_run_seed(seed)
     if config.constraints.max_rate == "auto":
         config = with_resolved_max_rate(config, regime)
-        logger.info("constraints.max_rate auto: %.4g spikes/ms, the p99 rate of the moving segments in the input "
-                    "regime (%s)", config.constraints.max_rate, regime.source[:120])
+        logger.info(
+            "constraints.max_rate auto: %.4g spikes/ms, the p99 rate of the moving segments in the input regime (%s)",
+            config.constraints.max_rate,
+            regime.source[:120],
+        )
     layout = resolve_layout(model, config, logger)
     check_batch_sizes(config, layout)
     check_ensemble(model, members)
@@ -89,20 +93,32 @@ def run_activity_optimization(
     logger.info(
         "optimizing %d pattern(s) of %d excitatory + %d inhibitory segments x %d ms on %s; stimulus segments %s "
         "at %d ms, response window %d ms%s",
-        config.num_patterns, layout.num_excitatory, layout.num_inhibitory, layout.duration_ms, torch_device,
-        list(stimulus.segments), stimulus.time_ms, stimulus.window_ms,
+        config.num_patterns,
+        layout.num_excitatory,
+        layout.num_inhibitory,
+        layout.duration_ms,
+        torch_device,
+        list(stimulus.segments),
+        stimulus.time_ms,
+        stimulus.window_ms,
         f"; through an ensemble of {len(spike_models)} models" if members else "",
     )
-    start = (initial_rates(config.initial_rates, layout, config.num_patterns, config.constraints.max_rate,
-                           seeds.background) if start_rates is None
-             else given_rates(start_rates, layout, config.num_patterns, config.constraints.max_rate))
+    start = (
+        initial_rates(config.initial_rates, layout, config.num_patterns, config.constraints.max_rate, seeds.background)
+        if start_rates is None
+        else given_rates(start_rates, layout, config.num_patterns, config.constraints.max_rate)
+    )
     parameters = RateParameters(start, layout.num_excitatory, config.constraints).to(torch_device)
     sampler = make_sampler(config.sampler)
     paired = PairedStimulus(stimulus, layout, torch_device)
     floor = specificity_floor(config, spike_model, parameters.rates().detach(), sampler, paired, seeds.evaluation)
     objective = Objective(config.objective, config.constraints.max_rate, layout.num_excitatory, regime, floor)
     optimizer = RateOptimizer(
-        parameters, spike_models, sampler, paired, config,
+        parameters,
+        spike_models,
+        sampler,
+        paired,
+        config,
         generator=make_generator(seeds.optimization, torch_device),
         checkpoint_path=out_dir / report.FILE_NAMES["checkpoint"],
         signature=_signature(config, layout, stimulus, seed),
@@ -121,8 +137,17 @@ def run_activity_optimization(
             files = report.write_rates(out_dir, initial_array, optimized_array)
             files["history"] = report.write_history(out_dir, optimizer.history)
             files["checkpoint"] = optimizer.checkpoint_path
-        evaluations = _evaluate(spike_model, optimizer.initial_rates, parameters.rates().detach(), sampler, paired,
-                                config, seeds.evaluation, logger, progress)
+        evaluations = _evaluate(
+            spike_model,
+            optimizer.initial_rates,
+            parameters.rates().detach(),
+            sampler,
+            paired,
+            config,
+            seeds.evaluation,
+            logger,
+            progress,
+        )
     evaluation = {
         "initial": evaluations["initial"].summary,
         "optimized": evaluations["optimized"].summary,
@@ -135,23 +160,34 @@ def run_activity_optimization(
     if regime is not None:
         evaluation["regime_distance"] = {
             name: regime_distance(rates, layout.num_excitatory, regime)
-            for name, rates in (("initial", initial_array), ("optimized", optimized_array))}
+            for name, rates in (("initial", initial_array), ("optimized", optimized_array))
+        }
     setup = {
-        "seed": seed, "device": str(torch_device), "num_patterns": config.num_patterns,
-        "num_excitatory": layout.num_excitatory, "num_inhibitory": layout.num_inhibitory,
-        "duration_ms": layout.duration_ms, "stimulus_segments": list(stimulus.segments),
-        "stimulus_time_ms": stimulus.time_ms, "response_window_ms": stimulus.window_ms,
-        "iterations_run": result.iterations_run, "stopped_because": result.stopped_because,
+        "seed": seed,
+        "device": str(torch_device),
+        "num_patterns": config.num_patterns,
+        "num_excitatory": layout.num_excitatory,
+        "num_inhibitory": layout.num_inhibitory,
+        "duration_ms": layout.duration_ms,
+        "stimulus_segments": list(stimulus.segments),
+        "stimulus_time_ms": stimulus.time_ms,
+        "response_window_ms": stimulus.window_ms,
+        "iterations_run": result.iterations_run,
+        "stopped_because": result.stopped_because,
         "final_loss": result.final_loss if math.isfinite(result.final_loss) else None,
-        "max_rate": config.constraints.max_rate, "specificity_floor": floor, "ensemble_size": len(spike_models),
+        "max_rate": config.constraints.max_rate,
+        "specificity_floor": floor,
+        "ensemble_size": len(spike_models),
     }
     files["evaluation"] = report.write_json(out_dir, "evaluation", {"setup": setup, **evaluation})
     if config.report.plots:
-        files.update(_plot(out_dir, config, optimizer.history, evaluations, initial_array, optimized_array,
-                           layout, stimulus))
+        files.update(
+            _plot(out_dir, config, optimizer.history, evaluations, initial_array, optimized_array, layout, stimulus)
+        )
     logger.info(
         "P(spike|stim) - P(spike|control): initial %.3f, optimized %.3f",
-        evaluation["initial"]["difference"], evaluation["optimized"]["difference"],
+        evaluation["initial"]["difference"],
+        evaluation["optimized"]["difference"],
     )
     return OptimizationOutcome(
         final_loss=result.final_loss,
@@ -171,19 +207,21 @@ def run_activity_optimization(
     )
 
 
-def with_resolved_max_rate(config: OptimizationConfig, regime: Optional[InputRegime]) -> OptimizationConfig:
+def with_resolved_max_rate(config: OptimizationConfig, regime: InputRegime | None) -> OptimizationConfig:
     """`constraints.max_rate: auto` replaced by the regime's number (a ConfigError without a regime)."""
     if config.constraints.max_rate != "auto":
         return config
     if regime is None:
-        raise ConfigError("optimization.constraints.max_rate=auto needs the statistics of the model's training "
-                          "inputs: data_dict['input_regime'] in its params pickle, or optimization.input_regime.")
+        raise ConfigError(
+            "optimization.constraints.max_rate=auto needs the statistics of the model's training "
+            "inputs: data_dict['input_regime'] in its params pickle, or optimization.input_regime."
+        )
     max_rate = auto_max_rate(regime, config.constraints.moving_segments)
     constraints = config.constraints.model_copy(update={"max_rate": max_rate})
     return config.model_copy(update={"constraints": constraints})
 
 
-def input_mismatch(model: nn.Module, other: nn.Module) -> Optional[str]:
+def input_mismatch(model: nn.Module, other: nn.Module) -> str | None:
     """Why `other` cannot judge the same patterns as `model` ((time, channels) of their input_shapes differ), or
     None: one rule for ensemble members and transfer models."""
     expected, shapes = getattr(model, "input_shapes", None), getattr(other, "input_shapes", None)
@@ -198,8 +236,9 @@ def check_ensemble(model: nn.Module, members: Sequence[nn.Module], names: Sequen
         why = input_mismatch(model, member)
         if why is not None:
             name = names[index] if index < len(names) else f"member {index + 2}"
-            raise ConfigError(f"optimization.ensemble: {name} {why}; an ensemble's members must share the input "
-                              "layout.")
+            raise ConfigError(
+                f"optimization.ensemble: {name} {why}; an ensemble's members must share the input layout."
+            )
 
 
 class MeanSpikeProbability(nn.Module):
@@ -214,8 +253,14 @@ class MeanSpikeProbability(nn.Module):
 
 
 @torch.no_grad()
-def specificity_floor(config: OptimizationConfig, model: nn.Module, rates: torch.Tensor, sampler: SpikeSampler,
-                      paired: PairedStimulus, seed: int) -> float:
+def specificity_floor(
+    config: OptimizationConfig,
+    model: nn.Module,
+    rates: torch.Tensor,
+    sampler: SpikeSampler,
+    paired: PairedStimulus,
+    seed: int,
+) -> float:
     """The configured floor, or the highest trial-mean spike probability outside the response window under the
     initial rates (control copies of samples_per_pattern trials per pattern, seeded apart from the optimization);
     0 when the specificity term is off."""
@@ -226,8 +271,7 @@ def specificity_floor(config: OptimizationConfig, model: nn.Module, rates: torch
         return objective.specificity_floor
     patterns, duration, segments = rates.shape
     samples = config.sampler.samples_per_pattern
-    noise = draw_noise((patterns * samples, duration, segments), make_generator(seed + 1, rates.device),
-                       rates.device)
+    noise = draw_noise((patterns * samples, duration, segments), make_generator(seed + 1, rates.device), rates.device)
     spikes = sampler.hard_spikes(rates.repeat_interleave(samples, dim=0), noise)
     probability = model(paired.control(spikes)).float()
     outside = outside_window_mask(duration, paired.stimulus.response_window(), rates.device)
@@ -235,9 +279,14 @@ def specificity_floor(config: OptimizationConfig, model: nn.Module, rates: torch
     return float(trace[:, outside].max()) if bool(outside.any()) else 0.0
 
 
-def evaluate_on(model: nn.Module, outcome: OptimizationOutcome, config: OptimizationConfig,
-                seed: int = 0, logger: Optional[logging.Logger] = None,
-                progress: ProgressStyle = ProgressStyle()) -> dict[str, dict]:
+def evaluate_on(
+    model: nn.Module,
+    outcome: OptimizationOutcome,
+    config: OptimizationConfig,
+    seed: int = 0,
+    logger: logging.Logger | None = None,
+    progress: ProgressStyle = LOG_PROGRESS,
+) -> dict[str, dict]:
     """An outcome's initial and optimized rates evaluated through another model (same stimulus, trials and
     evaluation seed as the run's own evaluation): does the pattern transfer? Summaries keyed initial/optimized."""
     logger = logger or logging.getLogger(__name__)
@@ -246,10 +295,21 @@ def evaluate_on(model: nn.Module, outcome: OptimizationOutcome, config: Optimiza
     spike_model = prepare_model(model, config, layout, device)
     stimulus = Stimulus(tuple(outcome.stimulus_segments), outcome.stimulus_time_ms, outcome.response_window_ms)
     paired = PairedStimulus(stimulus, layout, device)
-    rates = {name: torch.from_numpy(array.transpose(0, 2, 1).copy()).to(device)
-             for name, array in (("initial", outcome.initial_rates), ("optimized", outcome.optimized_rates))}
-    evaluations = _evaluate(spike_model, rates["initial"], rates["optimized"], make_sampler(config.sampler), paired,
-                            config, Seeds.from_run_seed(seed).evaluation, logger, progress)
+    rates = {
+        name: torch.from_numpy(array.transpose(0, 2, 1).copy()).to(device)
+        for name, array in (("initial", outcome.initial_rates), ("optimized", outcome.optimized_rates))
+    }
+    evaluations = _evaluate(
+        spike_model,
+        rates["initial"],
+        rates["optimized"],
+        make_sampler(config.sampler),
+        paired,
+        config,
+        Seeds.from_run_seed(seed).evaluation,
+        logger,
+        progress,
+    )
     return {name: evaluation.summary for name, evaluation in evaluations.items()}
 
 
@@ -257,8 +317,9 @@ def stimulus_of(config: OptimizationConfig, layout: InputLayout, seed: int) -> S
     """The run's stimulus: its segments drawn with stimulus.selection_seed, or with the seed derived from the run
     seed; checked against the layout (ConfigError)."""
     selection_seed = config.stimulus.selection_seed
-    return choose_stimulus(config.stimulus, layout,
-                           Seeds.from_run_seed(seed).stimulus if selection_seed is None else selection_seed)
+    return choose_stimulus(
+        config.stimulus, layout, Seeds.from_run_seed(seed).stimulus if selection_seed is None else selection_seed
+    )
 
 
 def check_batch_sizes(config: OptimizationConfig, layout: InputLayout) -> None:
@@ -266,13 +327,22 @@ def check_batch_sizes(config: OptimizationConfig, layout: InputLayout) -> None:
     trial index, against MAX_BATCH_BYTES before anything is allocated."""
     train = 4 * 2 * layout.duration_ms * layout.num_segments
     samples = config.num_patterns * config.sampler.samples_per_pattern
-    MAX_BATCH_BYTES.check(samples * train, "one optimization step (num_patterns × sampler.samples_per_pattern "
-                          f"= {samples} spike-train pairs of {layout.duration_ms} ms × {layout.num_segments} "
-                          "segments)", ConfigError, "bytes")
+    MAX_BATCH_BYTES.check(
+        samples * train,
+        "one optimization step (num_patterns × sampler.samples_per_pattern "
+        f"= {samples} spike-train pairs of {layout.duration_ms} ms × {layout.num_segments} "
+        "segments)",
+        ConfigError,
+        "bytes",
+    )
     trials = config.num_patterns * config.evaluation.trials_per_pattern
-    MAX_BATCH_BYTES.check(min(trials, config.evaluation.chunk_size) * train + 8 * trials,
-                          f"the evaluation (num_patterns × evaluation.trials_per_pattern = {trials} trial pairs, "
-                          f"{config.evaluation.chunk_size} per chunk)", ConfigError, "bytes")
+    MAX_BATCH_BYTES.check(
+        min(trials, config.evaluation.chunk_size) * train + 8 * trials,
+        f"the evaluation (num_patterns × evaluation.trials_per_pattern = {trials} trial pairs, "
+        f"{config.evaluation.chunk_size} per chunk)",
+        ConfigError,
+        "bytes",
+    )
 
 
 def _signature(config: OptimizationConfig, layout: InputLayout, stimulus: Stimulus, seed: int) -> dict:
@@ -293,8 +363,15 @@ def _signature(config: OptimizationConfig, layout: InputLayout, stimulus: Stimul
 
 
 def _evaluate(
-    model: SpikeProbability, initial: torch.Tensor, optimized: torch.Tensor, sampler: SpikeSampler,
-    paired: PairedStimulus, config: OptimizationConfig, seed: int, logger: logging.Logger, progress: ProgressStyle,
+    model: SpikeProbability,
+    initial: torch.Tensor,
+    optimized: torch.Tensor,
+    sampler: SpikeSampler,
+    paired: PairedStimulus,
+    config: OptimizationConfig,
+    seed: int,
+    logger: logging.Logger,
+    progress: ProgressStyle,
 ) -> dict[str, RateEvaluation]:
     """Both rate sets with the same seed, so that their difference is not sampling noise of the evaluation."""
     trials = initial.shape[0] * config.evaluation.trials_per_pattern
@@ -307,8 +384,13 @@ def _evaluate(
 
 
 def _plot(
-    out_dir: Path, config: OptimizationConfig, history: list[dict[str, float]],
-    evaluations: dict[str, RateEvaluation], initial: np.ndarray, optimized: np.ndarray, layout: InputLayout,
+    out_dir: Path,
+    config: OptimizationConfig,
+    history: list[dict[str, float]],
+    evaluations: dict[str, RateEvaluation],
+    initial: np.ndarray,
+    optimized: np.ndarray,
+    layout: InputLayout,
     stimulus: Stimulus,
 ) -> dict[str, Path]:
     dpi = config.report.dpi

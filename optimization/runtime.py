@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ class Seeds:
     evaluation: int
 
     @classmethod
-    def from_run_seed(cls, seed: int) -> "Seeds":
+    def from_run_seed(cls, seed: int) -> Seeds:
         children = np.random.SeedSequence(seed).spawn(4)
         return cls(*(int(child.generate_state(1)[0]) for child in children))
 

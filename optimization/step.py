@@ -5,6 +5,7 @@ into the rates, penalties, clipping, Adam, projection.
 Everything stays on the device: the step returns its metrics as one tensor (METRICS order), which the tracker
 sums until the end of the logging interval, and keeps the guard's record of the last finite state.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,15 @@ from optimization.runtime import MicroBatcher
 from optimization.sampler import SpikeSampler, draw_noise
 from optimization.stimulus import PairedStimulus
 
-METRICS = ("loss_total", "loss_response", "loss_specificity", *(f"loss_{name}" for name in PENALTY_TERMS),
-           "p_control", "p_stim", "grad_norm")
+METRICS = (
+    "loss_total",
+    "loss_response",
+    "loss_specificity",
+    *(f"loss_{name}" for name in PENALTY_TERMS),
+    "p_control",
+    "p_stim",
+    "grad_norm",
+)
 
 
 class NonFiniteGuard:
@@ -36,9 +44,9 @@ class NonFiniteGuard:
 
     def record(self, iteration: int, total: torch.Tensor, grad_norm: torch.Tensor) -> None:
         finite = torch.isfinite(total) & torch.isfinite(grad_norm)
-        self.first_bad_iteration = torch.where(self.healthy & ~finite,
-                                               torch.full_like(self.first_bad_iteration, iteration),
-                                               self.first_bad_iteration)
+        self.first_bad_iteration = torch.where(
+            self.healthy & ~finite, torch.full_like(self.first_bad_iteration, iteration), self.first_bad_iteration
+        )
         self.healthy &= finite
         self.last_good = torch.where(self.healthy, self.parameters.free.detach(), self.last_good)
 
@@ -51,10 +59,19 @@ class NonFiniteGuard:
 
 
 class PairedStep:
-    def __init__(self, parameters: RateParameters, forwards: list[PairedForward], sampler: SpikeSampler,
-                 paired: PairedStimulus, objective: Objective, config: OptimizationConfig,
-                 optimizer: torch.optim.Optimizer, generator: torch.Generator, micro_batcher: MicroBatcher,
-                 initial_rates: torch.Tensor):
+    def __init__(
+        self,
+        parameters: RateParameters,
+        forwards: list[PairedForward],
+        sampler: SpikeSampler,
+        paired: PairedStimulus,
+        objective: Objective,
+        config: OptimizationConfig,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        micro_batcher: MicroBatcher,
+        initial_rates: torch.Tensor,
+    ):
         self.parameters, self.forwards, self.sampler, self.paired = parameters, forwards, sampler, paired
         self.objective = objective
         self.optimizer, self.generator, self.micro_batcher = optimizer, generator, micro_batcher
@@ -62,8 +79,7 @@ class PairedStep:
         clip = config.loop.grad_clip_norm
         self.max_norm = clip if clip is not None else math.inf
         samples = config.sampler.samples_per_pattern
-        self.pattern_of_sample = (torch.arange(initial_rates.shape[0] * samples, device=initial_rates.device)
-                                  // samples)
+        self.pattern_of_sample = torch.arange(initial_rates.shape[0] * samples, device=initial_rates.device) // samples
 
     def _response_gradient(self, rates_leaf: torch.Tensor) -> torch.Tensor:
         """Backpropagate the per-pair terms (response, specificity) into rates_leaf.grad in micro-batches; return
@@ -86,11 +102,21 @@ class PairedStep:
                 probability = forward(control)
                 control_window, stimulated_window = probability[:count, window], probability[count:, window]
                 response = self.objective.response_losses(control_window, stimulated_window)
-                specificity = (self.objective.specificity_losses(probability, outside) if specific
-                               else torch.zeros_like(response))
+                specificity = (
+                    self.objective.specificity_losses(probability, outside) if specific else torch.zeros_like(response)
+                )
                 loss = loss + response.sum() + specificity.sum()
-                sums.add_(torch.stack([response.sum(), specificity.sum(), control_window.amax(dim=1).sum(),
-                                       stimulated_window.amax(dim=1).sum()]).detach() / scale)
+                sums.add_(
+                    torch.stack(
+                        [
+                            response.sum(),
+                            specificity.sum(),
+                            control_window.amax(dim=1).sum(),
+                            stimulated_window.amax(dim=1).sum(),
+                        ]
+                    ).detach()
+                    / scale
+                )
             (loss / scale).backward()
 
         def restart() -> None:
@@ -114,5 +140,14 @@ class PairedStep:
         self.optimizer.step()
         self.parameters.project_()
         total = response_loss + specificity + penalty.detach()
-        return torch.stack([total, response_loss, specificity, *(term.detach() for term in penalties.values()),
-                            control, stimulated, grad_norm])
+        return torch.stack(
+            [
+                total,
+                response_loss,
+                specificity,
+                *(term.detach() for term in penalties.values()),
+                control,
+                stimulated,
+                grad_norm,
+            ]
+        )

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 
 from errors import ConfigError
-
 from optimization.config import StimulusConfig
 from optimization.network import InputLayout
 

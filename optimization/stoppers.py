@@ -3,10 +3,12 @@
 Each takes the interval's row (its means: `loss_total`, `p_control`, `p_stim`, ...) and returns the reason to stop,
 or None. A rule with memory (the plateau) saves it with the checkpoint.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from errors import OptimizationError
 from optimization.config import OptimizationConfig
@@ -20,7 +22,7 @@ class MaxIterations:
     def __init__(self, max_iterations: int):
         self.max_iterations = max_iterations
 
-    def check(self, row: Row) -> Optional[str]:
+    def check(self, row: Row) -> str | None:
         return "max_iterations" if row["iteration"] >= self.max_iterations else None
 
 
@@ -30,9 +32,11 @@ class TargetReached:
     def __init__(self, stimulated_target: float, control_target: float, tolerance: float):
         self.stimulated_target, self.control_target, self.tolerance = stimulated_target, control_target, tolerance
 
-    def check(self, row: Row) -> Optional[str]:
-        reached = (row["p_stim"] >= self.stimulated_target - self.tolerance
-                   and row["p_control"] <= self.control_target + self.tolerance)
+    def check(self, row: Row) -> str | None:
+        reached = (
+            row["p_stim"] >= self.stimulated_target - self.tolerance
+            and row["p_control"] <= self.control_target + self.tolerance
+        )
         return "target_reached" if reached else None
 
 
@@ -43,7 +47,7 @@ class Plateau:
         self.patience, self.min_delta = patience, min_delta
         self.best_loss, self.iterations_since_best, self.last_iteration = math.inf, 0, 0
 
-    def check(self, row: Row) -> Optional[str]:
+    def check(self, row: Row) -> str | None:
         steps, self.last_iteration = row["iteration"] - self.last_iteration, row["iteration"]
         if row["loss_total"] < self.best_loss - self.min_delta:
             self.best_loss, self.iterations_since_best = row["loss_total"], 0
@@ -66,7 +70,7 @@ class NonFinite:
     def __init__(self, restore: Callable[[], None]):
         self.restore = restore
 
-    def check(self, row: Row) -> Optional[str]:
+    def check(self, row: Row) -> str | None:
         first_bad = int(row["first_bad_iteration"])
         if first_bad < 0:
             return None
@@ -84,8 +88,9 @@ def make_stoppers(config: OptimizationConfig) -> list:
     loop = config.loop
     stoppers: list = []
     if loop.stop_when_target_reached:
-        stoppers.append(TargetReached(config.objective.target_spike_prob, config.objective.control_target,
-                                      loop.target_tolerance))
+        stoppers.append(
+            TargetReached(config.objective.target_spike_prob, config.objective.control_target, loop.target_tolerance)
+        )
     if loop.early_stop_patience_iterations is not None:
         stoppers.append(Plateau(loop.early_stop_patience_iterations, loop.early_stop_min_delta))
     return stoppers + [MaxIterations(loop.max_iterations)]

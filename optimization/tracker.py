@@ -1,5 +1,6 @@
 """What the optimization keeps: the sums of the current logging interval (on the device), one history row per
 interval, and the checkpoint files that let a killed run continue."""
+
 from __future__ import annotations
 
 import time
@@ -45,8 +46,13 @@ class Tracker:
 
     def save(self, iteration: int, state: dict[str, Any]) -> None:
         """A checkpoint of the optimization after `iteration`: the parts' `state` and the history."""
-        checkpoint = {"format": CHECKPOINT_FORMAT, "signature": self.signature, "iteration": iteration,
-                      "history": self.history, **state}
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "signature": self.signature,
+            "iteration": iteration,
+            "history": self.history,
+            **state,
+        }
         write_atomically(self.checkpoint_path, lambda handle: torch.save(checkpoint, handle))
 
     def load(self, path: Path) -> dict[str, Any]:
@@ -59,8 +65,9 @@ class Tracker:
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise OptimizationError(f"checkpoint {path} is not an activity-optimization checkpoint")
         recorded = state.get("signature") if isinstance(state.get("signature"), dict) else {}
-        differences = {key: (recorded.get(key), value) for key, value in self.signature.items()
-                       if recorded.get(key) != value}
+        differences = {
+            key: (recorded.get(key), value) for key, value in self.signature.items() if recorded.get(key) != value
+        }
         if differences:
             listed = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in differences.items())
             raise OptimizationError(f"checkpoint {path} belongs to a different optimization ({listed})")

@@ -1,5 +1,6 @@
 """Run folders and logging: every file name of a run folder (RunFiles), claiming a folder, finding an interrupted
 run, and the logs (console from the start, the run log from the first record once the folder exists)."""
+
 from __future__ import annotations
 
 import copy
@@ -9,10 +10,11 @@ import logging
 import os
 import re
 import sys
-from pathlib import Path
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Iterator
+from pathlib import Path
+from typing import IO
 
 from errors import ConfigError, OutputError
 from fileio import open_lock_file, regular_file_size
@@ -36,8 +38,14 @@ class RunFiles:
 
 # Everything a run folder holds; the optimization's rates, history, evaluation, checkpoint and plots among them.
 RUN_FILE_NAMES = {
-    "config": "config.yaml", "table": "results_table.csv", "log": "run.log", "summary": "summary.json",
-    "report_md": "report.md", "report_html": "report.html", "failed": "failed.txt", "lock": ".running.lock",
+    "config": "config.yaml",
+    "table": "results_table.csv",
+    "log": "run.log",
+    "summary": "summary.json",
+    "report_md": "report.md",
+    "report_html": "report.html",
+    "failed": "failed.txt",
+    "lock": ".running.lock",
     "simulations": "simulations",  # the ground truth's and the refinement's simulated trials (ground_truth.runner)
     **FILE_NAMES,
 }
@@ -89,8 +97,9 @@ class RunLogHandler(logging.FileHandler):
         if not self.failed:
             self.failed = True
             error = sys.exc_info()[1]
-            sys.stderr.write(f"warning: cannot write the log {self.baseFilename} ({error}); it misses the records "
-                             "from here on.\n")
+            sys.stderr.write(
+                f"warning: cannot write the log {self.baseFilename} ({error}); it misses the records from here on.\n"
+            )
 
 
 def run_log_handler(path: Path) -> logging.Handler:
@@ -98,8 +107,9 @@ def run_log_handler(path: Path) -> logging.Handler:
     try:
         handler = RunLogHandler(path)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot create the log ({exc.strerror or exc}); the folder must be "
-                          "writable.") from None
+        raise OutputError(
+            f"{path}: cannot create the log ({exc.strerror or exc}); the folder must be writable."
+        ) from None
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     return handler
@@ -124,8 +134,10 @@ def check_output_dir(output_dir: Path) -> None:
         what = "names" if existing == output_dir else f"would be inside {existing}, which is"
         raise OutputError(f"{output_dir}: output_dir {what} a file, not a folder; choose a folder.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{output_dir}: output_dir cannot be created or written ({existing} is not writable by "
-                          "this user); choose another output_dir.")
+        raise OutputError(
+            f"{output_dir}: output_dir cannot be created or written ({existing} is not writable by "
+            "this user); choose another output_dir."
+        )
 
 
 def create_run_folder(output_dir: Path, model_stem: str) -> Path:
@@ -146,8 +158,9 @@ def new_folder(parent: Path, base: str) -> Path:
             except FileExistsError:
                 continue  # another run's, even if still empty: jobs started in the same second must not share
     except OSError as exc:
-        raise OutputError(f"{parent}: cannot create a run folder there ({exc.strerror or exc}); "
-                          "it must be a writable folder.") from None
+        raise OutputError(
+            f"{parent}: cannot create a run folder there ({exc.strerror or exc}); it must be a writable folder."
+        ) from None
     raise OutputError(f"{parent}: cannot create a new run folder named {base}_*: 999 exist already.")
 
 
@@ -182,8 +195,12 @@ def find_interrupted_run(output_dir: Path, model_stem: str, config: dict) -> tup
     wanted = _resumable_part(config)
     for folder in sorted(output_dir.glob(f"*_{short_model_name(model_stem)}*"), key=lambda f: f.name, reverse=True):
         files = RunFiles(folder)
-        if (files.checkpoint.is_file() and not files.summary.exists() and not files.failed.exists()
-                and _resumable_part(_read_yaml(files.config)) == wanted):
+        if (
+            files.checkpoint.is_file()
+            and not files.summary.exists()
+            and not files.failed.exists()
+            and _resumable_part(_read_yaml(files.config)) == wanted
+        ):
             handle = claim_run_folder(folder)
             if handle is None:
                 continue
@@ -229,8 +246,11 @@ def claimed_run_folder(config: AppConfig, model_stem: str, log_buffer: _Buffer) 
     """The folder a run of `model_stem` works in, claimed for this process and with the run log attached: the
     newest interrupted run of the same job (with `resume_interrupted`; the config yielded then resumes from its
     checkpoint), else a new `output_dir/<timestamp>_<model>/`."""
-    interrupted = (find_interrupted_run(config.output_dir, model_stem, config.model_dump(mode="json"))
-                   if config.resume_interrupted and config.optimization.loop.resume_from is None else None)
+    interrupted = (
+        find_interrupted_run(config.output_dir, model_stem, config.model_dump(mode="json"))
+        if config.resume_interrupted and config.optimization.loop.resume_from is None
+        else None
+    )
     if interrupted is not None:
         folder, claim = interrupted
         config = config.model_copy(deep=True)

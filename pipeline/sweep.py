@@ -7,6 +7,7 @@ workers only load `.pth` files. manifest.csv lists every run with its parameters
 folder, and is rewritten (atomically) whenever a run finishes, so a sweep started again resumes: runs done with
 the same configuration are skipped, failed and unfinished ones run again (in a new folder).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import pandas as pd
 
@@ -46,14 +47,14 @@ RESERVED_OVERRIDES = {
     "sweep": "a sweep does not contain sweeps",
 }
 
-Stimulus = Union[int, list[int], None]  # a selection seed, explicit segments, or the config's own stimulus
+Stimulus = int | list[int] | None  # a selection seed, explicit segments, or the config's own stimulus
 
 
 @dataclass(frozen=True)
 class SweepPoint:
     """One combination of the product, before its model is looked up in the results table."""
 
-    model: Union[int, str]
+    model: int | str
     seed: int
     stimulus: Stimulus
     overrides: tuple[tuple[str, Any], ...]
@@ -67,7 +68,7 @@ class SweepPoint:
         return "seg" + "-".join(map(str, self.stimulus))
 
 
-def _listed(values: Union[list, IntRange, None], default: list, key: str) -> list:
+def _listed(values: list | IntRange | None, default: list, key: str) -> list:
     listed = default if values is None else values.values() if isinstance(values, IntRange) else list(values)
     if not listed:
         raise ConfigError(f"sweep.{key} is empty; give at least one value (or null for the default).")
@@ -80,8 +81,10 @@ def sweep_points(sweep: SweepConfig, base_seed: int) -> list[SweepPoint]:
     """The cartesian product of the sweep's lists, seeds varying fastest."""
     overrides = sweep.overrides or {}
     for key, values in overrides.items():
-        reserved = next((reason for prefix, reason in RESERVED_OVERRIDES.items()
-                         if key == prefix or key.startswith(prefix + ".")), None)
+        reserved = next(
+            (reason for prefix, reason in RESERVED_OVERRIDES.items() if key == prefix or key.startswith(prefix + ".")),
+            None,
+        )
         if reserved:
             raise ConfigError(f"sweep.overrides may not vary '{key}': {reserved}.")
         _listed(values, [], f"overrides '{key}'")
@@ -93,8 +96,10 @@ def sweep_points(sweep: SweepConfig, base_seed: int) -> list[SweepPoint]:
     runs = len(models) * len(stimuli) * len(seeds) * math.prod(len(values) for values in overrides.values())
     MAX_SWEEP_RUNS.check(runs, "the sweep section", ConfigError, " runs")
     axes = [models, stimuli, list(itertools.product(*overrides.values())), seeds]
-    return [SweepPoint(model, seed, stimulus, tuple(zip(overrides, values)))
-            for model, stimulus, values, seed in itertools.product(*axes)]
+    return [
+        SweepPoint(model, seed, stimulus, tuple(zip(overrides, values)))
+        for model, stimulus, values, seed in itertools.product(*axes)
+    ]
 
 
 def run_config(base: AppConfig, point: SweepPoint) -> AppConfig:
@@ -115,21 +120,24 @@ def run_config(base: AppConfig, point: SweepPoint) -> AppConfig:
     return config
 
 
-def resolve_models(table: pd.DataFrame, specs: list[Union[int, str]], source: str) -> dict[Union[int, str], Candidate]:
+def resolve_models(table: pd.DataFrame, specs: list[int | str], source: str) -> dict[int | str, Candidate]:
     """Each model of sweep.models (a rank among the usable rows, or a stem) -> its results-table row."""
     usable = usable_candidates(table)
     chosen = {}
     for spec in specs:
         if isinstance(spec, int):
             if spec > len(usable):
-                raise SelectionError(f"{source}: sweep.models asks for rank {spec}, but only {len(usable)} "
-                                     "model(s) are usable.")
+                raise SelectionError(
+                    f"{source}: sweep.models asks for rank {spec}, but only {len(usable)} model(s) are usable."
+                )
             chosen[spec] = usable[spec - 1]
             continue
         named = table[table["stem"] == spec]
         if named.empty:
-            raise SelectionError(f"{source}: sweep.models names '{spec}', which is not in the results table "
-                                 f"(models: {', '.join(table['stem'])}).")
+            raise SelectionError(
+                f"{source}: sweep.models names '{spec}', which is not in the results table "
+                f"(models: {', '.join(table['stem'])})."
+            )
         candidate = Candidate.from_row(named.iloc[0])
         if not candidate.usable:
             raise SelectionError(f"{source}: sweep.models names '{spec}', which is not usable: {candidate.reason}.")
@@ -166,8 +174,19 @@ class Manifest:
 
     def __init__(self, path: Path, override_keys: list[str]):
         self.path = path
-        self.columns = ["run_id", "model", "seed", "stimulus", *override_keys, "status", *FIGURES, "error",
-                        "failures", "folder", "config_hash"]
+        self.columns = [
+            "run_id",
+            "model",
+            "seed",
+            "stimulus",
+            *override_keys,
+            "status",
+            *FIGURES,
+            "error",
+            "failures",
+            "folder",
+            "config_hash",
+        ]
 
     def previous_rows(self) -> dict[str, dict[str, str]]:
         """The rows an earlier invocation wrote, as text, by run_id (none for a new sweep)."""
@@ -176,8 +195,9 @@ class Manifest:
         try:
             frame = pd.read_csv(self.path, dtype=str, keep_default_na=False)
         except (OSError, ValueError) as exc:
-            raise SweepError(f"{self.path}: cannot read the sweep's manifest ({exc}); move it away to start "
-                             "the sweep afresh.") from None
+            raise SweepError(
+                f"{self.path}: cannot read the sweep's manifest ({exc}); move it away to start the sweep afresh."
+            ) from None
         return {row["run_id"]: row for row in frame.to_dict("records")}
 
     def write(self, rows: list[dict[str, Any]]) -> None:
@@ -185,15 +205,23 @@ class Manifest:
         write_text_atomic(self.path, frame.to_csv(index=False))
 
 
-def _failing_again(row: Optional[dict[str, str]], config_hash: str) -> bool:
+def _failing_again(row: dict[str, str] | None, config_hash: str) -> bool:
     """A run whose last two attempts, with this configuration, failed with the same error."""
-    return (row is not None and row.get("status") == "failed" and row.get("config_hash") == config_hash
-            and int(row.get("failures") or 0) >= 2)
+    return (
+        row is not None
+        and row.get("status") == "failed"
+        and row.get("config_hash") == config_hash
+        and int(row.get("failures") or 0) >= 2
+    )
 
 
-def _finished_before(row: Optional[dict[str, str]], config_hash: str, sweep_dir: Path) -> bool:
-    return (row is not None and row.get("status") == "done" and row.get("config_hash") == config_hash
-            and RunFiles(sweep_dir / row.get("folder", "")).summary.is_file())
+def _finished_before(row: dict[str, str] | None, config_hash: str, sweep_dir: Path) -> bool:
+    return (
+        row is not None
+        and row.get("status") == "done"
+        and row.get("config_hash") == config_hash
+        and RunFiles(sweep_dir / row.get("folder", "")).summary.is_file()
+    )
 
 
 def run_sweep(config: AppConfig, table: pd.DataFrame, log_buffer) -> Path:
@@ -227,45 +255,70 @@ def run_sweep(config: AppConfig, table: pd.DataFrame, log_buffer) -> Path:
     tasks: list[RunTask] = []
     for point, run_cfg in zip(points, configs):
         model = chosen[point.model]
-        params = {"model": model.stem, "seed": point.seed, "stimulus": point.stimulus_label,
-                  **dict(point.overrides)}
-        run_id = "_".join([labels[model.stem], f"seed{point.seed}", point.stimulus_label]
-                          + ([_digest(point.overrides, 6)] if point.overrides else []))
+        params = {"model": model.stem, "seed": point.seed, "stimulus": point.stimulus_label, **dict(point.overrides)}
+        run_id = "_".join(
+            [labels[model.stem], f"seed{point.seed}", point.stimulus_label]
+            + ([_digest(point.overrides, 6)] if point.overrides else [])
+        )
         config_hash = _digest([model.stem, run_cfg.model_dump(mode="json", exclude={"sweep"})], 12)
         if _finished_before(previous.get(run_id), config_hash, sweep_dir):
             rows[run_id] = previous[run_id]
             continue
         if _failing_again(previous.get(run_id), config_hash) and not sweep.retry_failed:
             rows[run_id] = previous[run_id]
-            log.warning("sweep run %s is not retried: it failed twice with the same error (%s); fix the cause, "
-                        "then rerun with sweep.retry_failed=true", run_id, previous[run_id]["error"])
+            log.warning(
+                "sweep run %s is not retried: it failed twice with the same error (%s); fix the cause, "
+                "then rerun with sweep.retry_failed=true",
+                run_id,
+                previous[run_id]["error"],
+            )
             continue
         run_dir = new_folder(sweep_dir, run_id)
-        rows[run_id] = {"run_id": run_id, **params, "status": "pending", "folder": run_dir.name,
-                        "config_hash": config_hash}
+        rows[run_id] = {
+            "run_id": run_id,
+            **params,
+            "status": "pending",
+            "folder": run_dir.name,
+            "config_hash": config_hash,
+        }
         tasks.append(RunTask(run_id, run_cfg, model, run_dir, related[point.model]))
     manifest.write(list(rows.values()))
-    log.info("sweep %s: %d run(s), %d done before, %d to run on the %s backend", sweep_dir.name, len(rows),
-             len(rows) - len(tasks), len(tasks), sweep.backend)
+    log.info(
+        "sweep %s: %d run(s), %d done before, %d to run on the %s backend",
+        sweep_dir.name,
+        len(rows),
+        len(rows) - len(tasks),
+        len(tasks),
+        sweep.backend,
+    )
 
     def finished(task: RunTask, result: dict[str, Any]) -> None:
         before = previous.get(task.run_id) or {}
-        same = (result["status"] == "failed" and before.get("status") == "failed"
-                and before.get("error") == result["error"] and before.get("config_hash") == rows[task.run_id]["config_hash"])
-        result = {**result, "failures": (int(before.get("failures") or 1) + 1 if same else
-                                         1 if result["status"] == "failed" else 0)}
+        same = (
+            result["status"] == "failed"
+            and before.get("status") == "failed"
+            and before.get("error") == result["error"]
+            and before.get("config_hash") == rows[task.run_id]["config_hash"]
+        )
+        result = {
+            **result,
+            "failures": (int(before.get("failures") or 1) + 1 if same else 1 if result["status"] == "failed" else 0),
+        }
         rows[task.run_id].update(result)
         manifest.write(list(rows.values()))
         count = sum(row["status"] in ("done", "failed") for row in rows.values())
-        outcome = (f"difference {result['difference']:.3f}" if result["status"] == "done"
-                   else f"failed: {result['error']}")
+        outcome = (
+            f"difference {result['difference']:.3f}" if result["status"] == "done" else f"failed: {result['error']}"
+        )
         log.info("[%d/%d] %s: %s", count, len(rows), task.run_id, outcome)
 
     BACKENDS[sweep.backend](tasks, config, finished)
     report = write_sweep_report(sweep_dir, manifest.path, ["model", "stimulus", *override_keys], sweep)
     failed = [row for row in rows.values() if row["status"] != "done"]
     if failed:
-        raise SweepError(f"{sweep_dir}: {len(failed)} of {len(rows)} run(s) failed (first: {failed[0]['run_id']}: "
-                         f"{failed[0].get('error') or failed[0]['status']}); {MANIFEST} and report.md list them.")
+        raise SweepError(
+            f"{sweep_dir}: {len(failed)} of {len(rows)} run(s) failed (first: {failed[0]['run_id']}: "
+            f"{failed[0].get('error') or failed[0]['status']}); {MANIFEST} and report.md list them."
+        )
     log.info("sweep %s: all %d run(s) done", sweep_dir.name, len(rows))
     return report

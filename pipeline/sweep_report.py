@@ -4,6 +4,7 @@ Files in the sweep folder: aggregate.csv and aggregate.md (mean and sample s.d. 
 figure, per model, stimulus set and overridden setting), heatmaps/*.png, report.md and report.html (the
 self-contained page: heatmaps embedded, each run linked to its own report.html).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,14 @@ from pipeline.run_folder import RUN_FILE_NAMES, RunFiles, short_model_name
 log = logging.getLogger("sweep")
 
 # Figures averaged across seeds: (manifest column, Markdown heading, where \| is a "|" inside a table cell).
-AGGREGATED = (("difference", "P(spike \\| stim) − P(spike \\| control)"), ("p_spike_stim", "P(spike \\| stim)"),
-              ("p_spike_control", "P(spike \\| control)"), ("initial_difference", "initial difference"),
-              ("ground_truth_difference", "ground-truth difference"), ("final_loss", "final loss"))
+AGGREGATED = (
+    ("difference", "P(spike \\| stim) − P(spike \\| control)"),
+    ("p_spike_stim", "P(spike \\| stim)"),
+    ("p_spike_control", "P(spike \\| control)"),
+    ("initial_difference", "initial difference"),
+    ("ground_truth_difference", "ground-truth difference"),
+    ("final_loss", "final loss"),
+)
 
 
 def aggregate(manifest: pd.DataFrame, group_keys: list[str]) -> pd.DataFrame:
@@ -34,8 +40,12 @@ def aggregate(manifest: pd.DataFrame, group_keys: list[str]) -> pd.DataFrame:
     rows = []
     for key, group in manifest.groupby(group_keys, sort=False, dropna=False):
         done = group[group["status"] == "done"]
-        row = {**dict(zip(group_keys, key)), "runs_done": len(done), "runs_failed": len(group) - len(done),
-               "seeds": " ".join(str(seed) for seed in done["seed"])}
+        row = {
+            **dict(zip(group_keys, key)),
+            "runs_done": len(done),
+            "runs_failed": len(group) - len(done),
+            "seeds": " ".join(str(seed) for seed in done["seed"]),
+        }
         for column, _ in AGGREGATED:
             values = pd.to_numeric(done[column], errors="coerce").dropna()
             row[f"{column}_mean"] = values.mean() if len(values) else math.nan
@@ -68,8 +78,9 @@ def _slug(parts: list) -> str:
 
 def plot_mean_rates(sweep_dir: Path, runs: pd.DataFrame, title: str, path: Path) -> Path:
     """Optimized rates (segments x time), mean over patterns and over the runs (seeds), with the stimulus marked."""
-    rates = np.mean([np.load(RunFiles(sweep_dir / folder).optimized_rates).mean(axis=0)
-                     for folder in runs["folder"]], axis=0)
+    rates = np.mean(
+        [np.load(RunFiles(sweep_dir / folder).optimized_rates).mean(axis=0) for folder in runs["folder"]], axis=0
+    )
     setups = [json.loads(RunFiles(sweep_dir / folder).evaluation.read_text())["setup"] for folder in runs["folder"]]
     marks = sorted({(s["stimulus_time_ms"], segment) for s in setups for segment in s["stimulus_segments"]})
     groups = segment_groups(rates.shape[0], setups[0]["num_excitatory"])
@@ -82,35 +93,66 @@ def plot_mean_rates(sweep_dir: Path, runs: pd.DataFrame, title: str, path: Path)
 
 
 def _html_aggregate(table_frame: pd.DataFrame, group_keys: list[str]) -> str:
-    shown = [(column, heading.replace("\\|", "|")) for column, heading in AGGREGATED
-             if table_frame[f"{column}_mean"].notna().any()]
-    rows = [[text_cell(row[key]) for key in group_keys] + [text_cell(f"{row['runs_done']}/{row['runs_failed']}")]
-            + [f'<td data-key="{escape(column)}_mean" data-value="{escape(row[f"{column}_mean"])}">'
-               f'{escape(_mean_sd(row[f"{column}_mean"], row[f"{column}_sd"]))}</td>' for column, _ in shown]
-            for row in table_frame.to_dict("records")]
+    shown = [
+        (column, heading.replace("\\|", "|"))
+        for column, heading in AGGREGATED
+        if table_frame[f"{column}_mean"].notna().any()
+    ]
+    rows = [
+        [text_cell(row[key]) for key in group_keys]
+        + [text_cell(f"{row['runs_done']}/{row['runs_failed']}")]
+        + [
+            f'<td data-key="{escape(column)}_mean" data-value="{escape(row[f"{column}_mean"])}">'
+            f"{escape(_mean_sd(row[f'{column}_mean'], row[f'{column}_sd']))}</td>"
+            for column, _ in shown
+        ]
+        for row in table_frame.to_dict("records")
+    ]
     return table([*group_keys, "runs (done/failed)", *(heading for _, heading in shown)], rows)
 
 
-def write_sweep_page(sweep_dir: Path, manifest: pd.DataFrame, table_frame: pd.DataFrame, group_keys: list[str],
-                     heatmaps: list[tuple[str, Path]], missing: list[str], overview: list[str]) -> Path:
+def write_sweep_page(
+    sweep_dir: Path,
+    manifest: pd.DataFrame,
+    table_frame: pd.DataFrame,
+    group_keys: list[str],
+    heatmaps: list[tuple[str, Path]],
+    missing: list[str],
+    overview: list[str],
+) -> Path:
     """report.html of a sweep: the overview, the aggregate, the heatmaps embedded, every run linked."""
     run_page = RUN_FILE_NAMES["report_html"]
-    runs = [[text_cell(row["run_id"]), text_cell(row["seed"]), text_cell(row["status"]),
-             text_cell("–" if pd.isna(row["difference"]) else f"{row['difference']:.3f}"),
-             f'<td><a href="{escape(row["folder"])}/{run_page}">{escape(row["folder"])}</a></td>']
-            for row in manifest.to_dict("records")]
+    runs = [
+        [
+            text_cell(row["run_id"]),
+            text_cell(row["seed"]),
+            text_cell(row["status"]),
+            text_cell("–" if pd.isna(row["difference"]) else f"{row['difference']:.3f}"),
+            f'<td><a href="{escape(row["folder"])}/{run_page}">{escape(row["folder"])}</a></td>',
+        ]
+        for row in manifest.to_dict("records")
+    ]
     failed = manifest[manifest["status"] == "failed"]
-    sections = ["<ul>" + "".join(f"<li>{escape(line)}</li>" for line in overview) + "</ul>",
-                "<h2>Evaluation figures, mean ± s.d. across seeds</h2>" + _html_aggregate(table_frame, group_keys),
-                "<h2>Optimized rates, mean over seeds (red x: stimulus segments at the stimulus time)</h2>"
-                + "".join(embedded_png(path, title) for title, path in heatmaps),
-                ("<h2>Heatmaps left out (the files of a done run could not be read)</h2><ul>"
-                 + "".join(f"<li>{escape(line.removeprefix('- '))}</li>" for line in missing) + "</ul>"
-                 if missing else ""),
-                "<h2>Runs</h2>" + table(["run", "seed", "status", "difference", "folder"], runs)]
+    sections = [
+        "<ul>" + "".join(f"<li>{escape(line)}</li>" for line in overview) + "</ul>",
+        "<h2>Evaluation figures, mean ± s.d. across seeds</h2>" + _html_aggregate(table_frame, group_keys),
+        "<h2>Optimized rates, mean over seeds (red x: stimulus segments at the stimulus time)</h2>"
+        + "".join(embedded_png(path, title) for title, path in heatmaps),
+        (
+            "<h2>Heatmaps left out (the files of a done run could not be read)</h2><ul>"
+            + "".join(f"<li>{escape(line.removeprefix('- '))}</li>" for line in missing)
+            + "</ul>"
+            if missing
+            else ""
+        ),
+        "<h2>Runs</h2>" + table(["run", "seed", "status", "difference", "folder"], runs),
+    ]
     if len(failed):
-        sections.append("<h2>Failed runs</h2><ul>" + "".join(
-            f"<li><code>{escape(r.run_id)}</code>: {escape(r.error)}</li>" for r in failed.itertuples()) + "</ul>")
+        sections.append(
+            "<h2>Failed runs</h2><ul>"
+            + "".join(f"<li><code>{escape(r.run_id)}</code>: {escape(r.error)}</li>" for r in failed.itertuples())
+            + "</ul>"
+        )
     path = RunFiles(sweep_dir).report_html
     write_text_atomic(path, page(f"Sweep {sweep_dir.name}", sections))
     return path
@@ -140,14 +182,23 @@ def write_sweep_report(sweep_dir: Path, manifest_path: Path, group_keys: list[st
 
     counts = manifest["status"].value_counts()
     lists = sweep.model_dump(mode="json", include={"seeds", "stimulus_sets", "models", "overrides"})
-    overview = [f"{len(manifest)} run(s): {counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
-                f"{len(manifest) - counts.get('done', 0) - counts.get('failed', 0)} not run; backend {sweep.backend}",
-                "; ".join(f"{key}: {json.dumps(value)}" for key, value in lists.items()),
-                "Files: manifest.csv (every run), aggregate.csv (the table below), config.yaml, sweep.log"]
-    lines = [f"# Sweep {sweep_dir.name}", "", f"- {overview[0]}",
-             "- " + "; ".join(f"{key}: `{json.dumps(value)}`" for key, value in lists.items()),
-             "- Files: `manifest.csv` (every run), `aggregate.csv` (the table below), `config.yaml`, `sweep.log`",
-             "", "## Evaluation figures, mean ± s.d. across seeds", "", summary_table]
+    overview = [
+        f"{len(manifest)} run(s): {counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
+        f"{len(manifest) - counts.get('done', 0) - counts.get('failed', 0)} not run; backend {sweep.backend}",
+        "; ".join(f"{key}: {json.dumps(value)}" for key, value in lists.items()),
+        "Files: manifest.csv (every run), aggregate.csv (the table below), config.yaml, sweep.log",
+    ]
+    lines = [
+        f"# Sweep {sweep_dir.name}",
+        "",
+        f"- {overview[0]}",
+        "- " + "; ".join(f"{key}: `{json.dumps(value)}`" for key, value in lists.items()),
+        "- Files: `manifest.csv` (every run), `aggregate.csv` (the table below), `config.yaml`, `sweep.log`",
+        "",
+        "## Evaluation figures, mean ± s.d. across seeds",
+        "",
+        summary_table,
+    ]
     if heatmaps:
         lines += ["## Optimized rates, mean over seeds (red x: stimulus segments at the stimulus time)", ""]
         lines += [f"### {title}\n\n![{title}]({path.relative_to(sweep_dir)})\n" for title, path in heatmaps]
@@ -156,8 +207,10 @@ def write_sweep_report(sweep_dir: Path, manifest_path: Path, group_keys: list[st
     lines += ["## Runs", "", "| run | seed | status | difference | folder |", "|---|---|---|---|---|"]
     for row in manifest.to_dict("records"):
         difference = "–" if pd.isna(row["difference"]) else f"{row['difference']:.3f}"
-        lines.append(f"| {row['run_id']} | {row['seed']} | {row['status']} | {difference} | "
-                     f"[{row['folder']}]({row['folder']}/{RUN_FILE_NAMES['report_md']}) |")
+        lines.append(
+            f"| {row['run_id']} | {row['seed']} | {row['status']} | {difference} | "
+            f"[{row['folder']}]({row['folder']}/{RUN_FILE_NAMES['report_md']}) |"
+        )
     failed = manifest[manifest["status"] == "failed"]
     if len(failed):
         lines += ["", "## Failed runs", ""] + [f"- `{r.run_id}`: {r.error}" for r in failed.itertuples()]

@@ -3,14 +3,16 @@
 A run never raises: whatever goes wrong is logged into its run.log and comes back as a failed result, so that
 one bad combination never stops the sweep.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from errors import SweepError, ToolError
 from models.checkpoint import load_converted_model
@@ -23,9 +25,20 @@ from progress import ProgressStyle
 log = logging.getLogger("sweep")
 
 # The evaluation figures and facts of a run that the manifest records, in its column order.
-FIGURES = ("difference", "p_spike_stim", "p_spike_control", "n_trials", "initial_difference",
-           "ground_truth_difference", "final_loss", "iterations_run", "stopped_because", "stimulus_segments",
-           "device", "seconds")
+FIGURES = (
+    "difference",
+    "p_spike_stim",
+    "p_spike_control",
+    "n_trials",
+    "initial_difference",
+    "ground_truth_difference",
+    "final_loss",
+    "iterations_run",
+    "stopped_because",
+    "stimulus_segments",
+    "device",
+    "seconds",
+)
 
 
 @dataclass(frozen=True)
@@ -53,8 +66,9 @@ def run_task(task: RunTask) -> dict[str, Any]:
             with working_in(task.run_dir, claim):
                 model = load_converted_model(task.model.pytorch_path)
                 checked = check_run(model, task.model, task.config).with_related(task.related)
-                _, summary = run_lifecycle(files, model, task.model, task.config, checked, ProgressStyle("log"),
-                                           started)
+                _, summary = run_lifecycle(
+                    files, model, task.model, task.config, checked, ProgressStyle("log"), started
+                )
         except ToolError as exc:
             log.error("sweep run %s failed: %s", task.run_id, exc)
             return failed_result(exc)

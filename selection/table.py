@@ -5,6 +5,7 @@ table. Rows without a usable value or model file stay in the table with a reason
 Ranking: by value (ascending when minimizing, descending when maximizing), ties broken by the model stem in
 alphabetical order, so the same table always gives the same choice.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,26 +18,43 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from conversion.pairing import (CONVERTED_INFO_SUFFIX, PARAMS_SUFFIX, find_params_pickles, keras_files_for,
-                               model_stem, pytorch_candidates)
+from conversion.pairing import (
+    CONVERTED_INFO_SUFFIX,
+    PARAMS_SUFFIX,
+    find_params_pickles,
+    keras_files_for,
+    model_stem,
+    pytorch_candidates,
+)
 from errors import PickleFileError, SelectionError, listed
 from fileio import real_path, regular_file_size
 from safe_pickle import load_pickle
 from selection.config import SelectionConfig
 
 log = logging.getLogger(__name__)
-COLUMNS = ["rank", "stem", "value", "usable", "reason", "note", "keras_file", "pth_candidates", "params",
-           "finite_epochs", "stem_path"]
+COLUMNS = [
+    "rank",
+    "stem",
+    "value",
+    "usable",
+    "reason",
+    "note",
+    "keras_file",
+    "pth_candidates",
+    "params",
+    "finite_epochs",
+    "stem_path",
+]
 
 
 @dataclass(frozen=True)
 class MetricValue:
     """A per-epoch metric reduced to the selection value, with what was left out and why."""
 
-    value: float              # NaN when there is no usable value
+    value: float  # NaN when there is no usable value
     finite_epochs: int
     reason: str | None = None  # why the model is unusable
-    note: str = ""             # what was left out (non-finite epochs inside the history)
+    note: str = ""  # what was left out (non-finite epochs inside the history)
 
 
 def _epochs(indices: np.ndarray) -> str:
@@ -51,8 +69,9 @@ def _epoch_values(values: Any) -> np.ndarray | None:
         return values.astype(float) if values.ndim == 1 and values.dtype.kind in "fiu" else None
     if not isinstance(values, (list, tuple)):
         return None
-    if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-               for v in values):
+    if not all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) for v in values
+    ):
         return None
     return np.asarray(values, dtype=float)
 
@@ -68,18 +87,20 @@ def reduce_history(values: Any, metric: str, reduction: str, last_k: int) -> Met
         return MetricValue(math.nan, 0, f"'{metric}' is not a list of numbers (one per epoch)")
     finite = np.isfinite(array)
     if not finite.any():
-        return MetricValue(math.nan, 0, f"'{metric}' has no finite value" + (f" ({reduction})" if array.size else
-                                                                             " (empty history)"))
+        return MetricValue(
+            math.nan, 0, f"'{metric}' has no finite value" + (f" ({reduction})" if array.size else " (empty history)")
+        )
     last_finite = int(np.flatnonzero(finite)[-1])
     if last_finite < array.size - 1:
-        return MetricValue(math.nan, int(finite.sum()),
-                           f"diverged: {metric} non-finite from epoch {last_finite + 2} of {array.size}")
+        return MetricValue(
+            math.nan, int(finite.sum()), f"diverged: {metric} non-finite from epoch {last_finite + 2} of {array.size}"
+        )
     dropped = np.flatnonzero(~finite)
-    note = (f"{dropped.size} non-finite epoch(s) of {metric} dropped (epoch {_epochs(dropped)})"
-            if dropped.size else "")
+    note = f"{dropped.size} non-finite epoch(s) of {metric} dropped (epoch {_epochs(dropped)})" if dropped.size else ""
     kept = array[finite]
-    value = {"min": kept.min, "max": kept.max, "last": lambda: kept[-1],
-             "mean_last_k": lambda: kept[-last_k:].mean()}[reduction]()
+    value = {"min": kept.min, "max": kept.max, "last": lambda: kept[-1], "mean_last_k": lambda: kept[-last_k:].mean()}[
+        reduction
+    ]()
     return MetricValue(float(value), int(kept.size), None, note)
 
 
@@ -104,16 +125,24 @@ class Candidate:
         return not self.reason
 
     def to_row(self) -> dict[str, Any]:
-        return {"rank": self.rank, "stem": self.stem, "value": self.value, "usable": self.usable,
-                "reason": self.reason, "note": self.note,
-                "keras_file": str(self.keras_file) if self.keras_file else "",
-                "pth_candidates": ";".join(str(p) for p in self.pth_candidates),
-                "params": str(self.params) if self.params else "", "finite_epochs": self.finite_epochs,
-                "stem_path": str(self.stem_path)}
+        return {
+            "rank": self.rank,
+            "stem": self.stem,
+            "value": self.value,
+            "usable": self.usable,
+            "reason": self.reason,
+            "note": self.note,
+            "keras_file": str(self.keras_file) if self.keras_file else "",
+            "pth_candidates": ";".join(str(p) for p in self.pth_candidates),
+            "params": str(self.params) if self.params else "",
+            "finite_epochs": self.finite_epochs,
+            "stem_path": str(self.stem_path),
+        }
 
     @classmethod
-    def from_row(cls, row: Any) -> "Candidate":
+    def from_row(cls, row: Any) -> Candidate:
         """From a row of the table, in memory or read back from its CSV (where empty cells are NaN)."""
+
         def text(value: Any) -> str:
             return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
@@ -122,25 +151,44 @@ class Candidate:
 
         def whole(value: Any) -> int | None:
             return None if pd.isna(value) else int(value)
-        return cls(stem=text(row["stem"]), value=float(row["value"]), reason=text(row["reason"]),
-                   stem_path=Path(text(row["stem_path"])), keras_file=path(row["keras_file"]),
-                   pth_candidates=tuple(Path(p) for p in text(row["pth_candidates"]).split(";") if p),
-                   params=path(row["params"]), finite_epochs=whole(row["finite_epochs"]), note=text(row["note"]),
-                   rank=whole(row["rank"]))
+
+        return cls(
+            stem=text(row["stem"]),
+            value=float(row["value"]),
+            reason=text(row["reason"]),
+            stem_path=Path(text(row["stem_path"])),
+            keras_file=path(row["keras_file"]),
+            pth_candidates=tuple(Path(p) for p in text(row["pth_candidates"]).split(";") if p),
+            params=path(row["params"]),
+            finite_epochs=whole(row["finite_epochs"]),
+            note=text(row["note"]),
+            rank=whole(row["rank"]),
+        )
 
 
-def _candidate(stem_path: Path, value: float, reason: str | None, params: Path | None, finite_epochs: int | None,
-               note: str = "") -> Candidate:
+def _candidate(
+    stem_path: Path, value: float, reason: str | None, params: Path | None, finite_epochs: int | None, note: str = ""
+) -> Candidate:
     keras_files = keras_files_for(stem_path)
     pth = pytorch_candidates(stem_path)
     if reason is None and len(keras_files) > 1:
-        reason = (f"several Keras files for one model ({', '.join(p.name for p in keras_files)}): keep one, "
-                  "so that it is clear which one was trained with this pickle")
+        reason = (
+            f"several Keras files for one model ({', '.join(p.name for p in keras_files)}): keep one, "
+            "so that it is clear which one was trained with this pickle"
+        )
     if reason is None and not keras_files and not pth:
         reason = "no model file beside it (.h5, .keras, .weights.h5, .pth or .pt)"
-    return Candidate(stem=stem_path.name, value=value, reason=reason or "", stem_path=stem_path,
-                     keras_file=keras_files[0] if keras_files else None, pth_candidates=tuple(pth), params=params,
-                     finite_epochs=finite_epochs, note=note)
+    return Candidate(
+        stem=stem_path.name,
+        value=value,
+        reason=reason or "",
+        stem_path=stem_path,
+        keras_file=keras_files[0] if keras_files else None,
+        pth_candidates=tuple(pth),
+        params=params,
+        finite_epochs=finite_epochs,
+        note=note,
+    )
 
 
 def _candidate_from_pickle(pickle_path: Path, config: SelectionConfig, trust: bool) -> Candidate:
@@ -160,8 +208,11 @@ def _candidate_from_pickle(pickle_path: Path, config: SelectionConfig, trust: bo
 
 def table_from_models_dir(models_dir: Path, config: SelectionConfig, trust_pickles: bool = False) -> pd.DataFrame:
     if not models_dir.is_dir():
-        problem = ("models_dir names something that is not a folder" if os.path.lexists(models_dir)
-                   else "the models folder does not exist")
+        problem = (
+            "models_dir names something that is not a folder"
+            if os.path.lexists(models_dir)
+            else "the models folder does not exist"
+        )
         raise SelectionError(f"{models_dir}: {problem}.")
     pickles = find_params_pickles(models_dir)
     for other in sorted(set(models_dir.glob("*" + PARAMS_SUFFIX)) - set(pickles)):
@@ -187,8 +238,16 @@ def _candidate_from_csv_row(csv_path: Path, path_text: Any, raw: Any) -> Candida
         return _candidate(stem_path, value, reason, params if params.is_file() else None, None)
     except OSError as exc:
         name = stem_path.name if len(stem_path.name) <= 120 else stem_path.name[:120] + "…"
-        return Candidate(stem=name, value=value, reason=f"the model path cannot be used ({exc.strerror or exc})",
-                         stem_path=stem_path, keras_file=None, pth_candidates=(), params=None, finite_epochs=None)
+        return Candidate(
+            stem=name,
+            value=value,
+            reason=f"the model path cannot be used ({exc.strerror or exc})",
+            stem_path=stem_path,
+            keras_file=None,
+            pth_candidates=(),
+            params=None,
+            finite_epochs=None,
+        )
 
 
 def table_from_csv(csv_path: Path, config: SelectionConfig) -> pd.DataFrame:
@@ -200,8 +259,10 @@ def table_from_csv(csv_path: Path, config: SelectionConfig) -> pd.DataFrame:
     missing = [c for c in (config.csv_model_column, config.csv_metric_column) if c not in frame.columns]
     if missing:
         raise SelectionError(f"{csv_path}: the results table lacks column(s) {missing}; it has {list(frame.columns)}.")
-    rows = [_candidate_from_csv_row(csv_path, path_text, raw)
-            for path_text, raw in zip(frame[config.csv_model_column], frame[config.csv_metric_column])]
+    rows = [
+        _candidate_from_csv_row(csv_path, path_text, raw)
+        for path_text, raw in zip(frame[config.csv_model_column], frame[config.csv_metric_column])
+    ]
     if not rows:
         raise SelectionError(f"{csv_path}: the results table has no rows.")
     return rank(rows, config)
@@ -210,8 +271,15 @@ def table_from_csv(csv_path: Path, config: SelectionConfig) -> pd.DataFrame:
 def rank(candidates: list[Candidate], config: SelectionConfig) -> pd.DataFrame:
     """The results table: usable rows first, best value first, ties by stem; ranks 1, 2, ... on usable rows."""
     direction = 1.0 if config.goal == "minimize" else -1.0
-    ordered = sorted(candidates, key=lambda c: (not c.usable, math.isnan(c.value),
-                                                direction * c.value if not math.isnan(c.value) else 0.0, c.stem))
+    ordered = sorted(
+        candidates,
+        key=lambda c: (
+            not c.usable,
+            math.isnan(c.value),
+            direction * c.value if not math.isnan(c.value) else 0.0,
+            c.stem,
+        ),
+    )
     ranked = [replace(c, rank=i + 1 if c.usable else None) for i, c in enumerate(ordered)]
     frame = pd.DataFrame([c.to_row() for c in ranked], columns=COLUMNS)
     for column in ("rank", "finite_epochs"):  # whole numbers beside gaps
@@ -242,10 +310,15 @@ def ranking_text(frame: pd.DataFrame, top: int) -> str:
     why each unusable row is unusable and what was left out of the others."""
     rows = [("rank", "value", "finite epochs", "model", "unusable because / note")]
     for row in frame.head(top).itertuples():
-        rows.append(("-" if pd.isna(row.rank) else str(int(row.rank)),
-                     "-" if pd.isna(row.value) else f"{row.value:.6g}",
-                     "-" if pd.isna(row.finite_epochs) else str(int(row.finite_epochs)), row.stem,
-                     row.reason or row.note or ""))
+        rows.append(
+            (
+                "-" if pd.isna(row.rank) else str(int(row.rank)),
+                "-" if pd.isna(row.value) else f"{row.value:.6g}",
+                "-" if pd.isna(row.finite_epochs) else str(int(row.finite_epochs)),
+                row.stem,
+                row.reason or row.note or "",
+            )
+        )
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     text = "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(r[:4], widths)), r[4]]).rstrip() for r in rows)
     hidden = len(frame) - (len(rows) - 1)

@@ -1,5 +1,6 @@
 """Fixtures shared across test packages: small real Keras models built in a subprocess (converter CLI,
 refusal and conversion-lock tests)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,6 +10,7 @@ variant has 639 + 640 segments, two heads and the legacy Nadam. Keras's own pred
 saved beside each model (`<stem>.io.npz`: x, then y0, y1, ... in output order), and Keras's parameter counts
 (`<stem>.meta.json`).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,30 +31,37 @@ class PublishedModel:
     """One model file (and pickle) to write; `history` is val_spikes_loss per epoch (NaN allowed)."""
 
     stem: str
-    flavour: str = "keras3"                     # keras3 (Keras 3.x) or keras2 (tf_keras)
+    flavour: str = "keras3"  # keras3 (Keras 3.x) or keras2 (tf_keras)
     window: int = 60
-    segments: int = 20                          # excitatory + inhibitory input channels
+    segments: int = 20  # excitatory + inhibitory input channels
     activations: list[str] = field(default_factory=lambda: ["lrelu", "relu"])
     filter_sizes: list[int] = field(default_factory=lambda: [15, 5])
     filters: list[int] = field(default_factory=lambda: [8, 8])
     dilations: list[int] | None = None
     heads: tuple[str, ...] = HEADS
     num_dvt: int = 3
-    slope: float = 0.25                         # the slope the lambda closes over (fit_CNN.py: 0.25)
+    slope: float = 0.25  # the slope the lambda closes over (fit_CNN.py: 0.25)
     history: list[float] = field(default_factory=lambda: [0.5, 0.3, 0.2])
-    weights: str = "random"                     # random (non-trivial), init (as initialized: untrained), nan
-    save: str = "full"                          # full (model.save .h5) or weights (Keras 3 .weights.h5)
-    lambda_string: bool = False                 # rewrite stored lambdas as the older "<lambda>" string
-    legacy_optimizer: bool = False              # the lab variant's optimizers.legacy.Nadam (tf_keras)
-    lambda_form: str = "closure"                # closure (fit_CNN.py), literal (slope 0.3 in the code), global
+    weights: str = "random"  # random (non-trivial), init (as initialized: untrained), nan
+    save: str = "full"  # full (model.save .h5) or weights (Keras 3 .weights.h5)
+    lambda_string: bool = False  # rewrite stored lambdas as the older "<lambda>" string
+    legacy_optimizer: bool = False  # the lab variant's optimizers.legacy.Nadam (tf_keras)
+    lambda_form: str = "closure"  # closure (fit_CNN.py), literal (slope 0.3 in the code), global
 
     @property
     def architecture_dict(self) -> dict:
         depth = len(self.filters)
-        return {"network_depth": depth, "input_window_size": self.window, "num_filters_per_layer": self.filters,
-                "initializer_per_layer": [0.002] * depth, "filter_sizes_per_layer": self.filter_sizes,
-                "l2_regularization_per_layer": [1e-8] * depth, "activation_function_per_layer": self.activations,
-                "strides_per_layer": [1] * depth, "dilation_rates_per_layer": self.dilations or [1] * depth}
+        return {
+            "network_depth": depth,
+            "input_window_size": self.window,
+            "num_filters_per_layer": self.filters,
+            "initializer_per_layer": [0.002] * depth,
+            "filter_sizes_per_layer": self.filter_sizes,
+            "l2_regularization_per_layer": [1e-8] * depth,
+            "activation_function_per_layer": self.activations,
+            "strides_per_layer": [1] * depth,
+            "dilation_rates_per_layer": self.dilations or [1] * depth,
+        }
 
 
 BUILDER = r"""
@@ -168,8 +176,14 @@ for spec in json.load(open("published_spec.json")):
 def write_published_models(folder: Path, models: list[PublishedModel]) -> Path:
     """Write every model (its Keras file, pickle and Keras predictions) into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    specs = [{**asdict(model), "architecture": model.architecture_dict,
-              "history": [("nan" if math.isnan(v) else v) for v in model.history]} for model in models]
+    specs = [
+        {
+            **asdict(model),
+            "architecture": model.architecture_dict,
+            "history": [("nan" if math.isnan(v) else v) for v in model.history],
+        }
+        for model in models
+    ]
     (folder / "published_spec.json").write_text(json.dumps(specs))
     # Run from a file, as fit_CNN.py runs: Keras reads the lambdas' source when it traces them.
     (folder / "fit_cnn_reproduction.py").write_text(BUILDER)

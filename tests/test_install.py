@@ -1,5 +1,6 @@
 """The project as an installed package: importable and runnable from any folder, with no PYTHONPATH and no
 checkout on sys.path (what `pip install -e .`, run by `make venv`, provides, and what Ray's workers rely on)."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -29,11 +30,13 @@ def run_elsewhere(command: list[str], folder: Path) -> subprocess.CompletedProce
 
 def test_the_project_is_installed_from_this_checkout(tmp_path):
     """As an interpreter started elsewhere sees it (in the checkout, setuptools' egg-info folder would answer)."""
-    code = ("import importlib.metadata, json\n"
-            f"distribution = importlib.metadata.distribution({DISTRIBUTION!r})\n"
-            "print(json.dumps({'origin': json.loads(distribution.read_text('direct_url.json')),\n"
-            "                  'scripts': {e.name: e.value for e in distribution.entry_points\n"
-            "                              if e.group == 'console_scripts'}}))\n")
+    code = (
+        "import importlib.metadata, json\n"
+        f"distribution = importlib.metadata.distribution({DISTRIBUTION!r})\n"
+        "print(json.dumps({'origin': json.loads(distribution.read_text('direct_url.json')),\n"
+        "                  'scripts': {e.name: e.value for e in distribution.entry_points\n"
+        "                              if e.group == 'console_scripts'}}))\n"
+    )
     result = run_elsewhere([sys.executable, "-c", code], tmp_path)
     installed = json.loads(result.stdout)
     assert installed["origin"]["url"] == REPO.as_uri() and installed["origin"]["dir_info"].get("editable") is True
@@ -41,17 +44,18 @@ def test_the_project_is_installed_from_this_checkout(tmp_path):
 
 
 def test_the_public_names_import_from_another_folder(tmp_path):
-    code = ("import main, model_converter\n"
-            "from model_converter import TCNModelConverter, batch_convert, load_converted_model\n"
-            "print(model_converter.__file__)\n"
-            "print(main.__file__)\n")
+    code = (
+        "import main, model_converter\n"
+        "from model_converter import TCNModelConverter, batch_convert, load_converted_model\n"
+        "print(model_converter.__file__)\n"
+        "print(main.__file__)\n"
+    )
     result = run_elsewhere([sys.executable, "-c", code], tmp_path)
     files = [Path(line) for line in result.stdout.splitlines()]
     assert files == [REPO / "model_converter.py", REPO / "main.py"]
 
 
-@pytest.mark.parametrize("command, says", [("neuron-tcn-convert", "model_converter.py"),
-                                           ("neuron-tcn-run", "main.py")])
+@pytest.mark.parametrize("command, says", [("neuron-tcn-convert", "model_converter.py"), ("neuron-tcn-run", "main.py")])
 def test_the_console_commands_run_from_another_folder(tmp_path, command, says):
     executable = Path(sys.executable).parent / command
     result = run_elsewhere([str(executable), "--help"], tmp_path)
@@ -89,8 +93,10 @@ def test_ray_refuses_clearly_without_the_installed_project(monkeypatch, ray_pres
 
 
 def test_ray_refuses_an_install_of_another_checkout(monkeypatch, ray_present, tmp_path):
-    installed = [sweep_backends._installed_location(d)
-                 for d in importlib.metadata.distributions(name=sweep_backends.DISTRIBUTION)]
+    installed = [
+        sweep_backends._installed_location(d)
+        for d in importlib.metadata.distributions(name=sweep_backends.DISTRIBUTION)
+    ]
     checkout = next(path for path in installed if path is not None)  # make venv installs with -e
     assert (checkout / "pyproject.toml").is_file()
     monkeypatch.setattr(sweep_backends, "PROJECT_ROOT", checkout)

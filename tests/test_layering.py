@@ -4,6 +4,7 @@ within its own package), and no module imports itself back through others.
     base (errors, limits, config_base, named_parts, fileio, safe_pickle, progress) < models < conversion < selection
     < optimization, ground_truth (side by side, apart) < pipeline < the entry scripts main.py, model_converter.py
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,8 +17,17 @@ import pytest
 from tests.subprocesses import REPO
 
 BASE = {"errors", "limits", "config_base", "named_parts", "fileio", "safe_pickle", "progress"}
-LAYERS = {**{name: 0 for name in BASE}, "models": 1, "conversion": 2, "selection": 3, "optimization": 4,
-          "ground_truth": 4, "pipeline": 5, "main": 6, "model_converter": 6}
+LAYERS = {
+    **{name: 0 for name in BASE},
+    "models": 1,
+    "conversion": 2,
+    "selection": 3,
+    "optimization": 4,
+    "ground_truth": 4,
+    "pipeline": 5,
+    "main": 6,
+    "model_converter": 6,
+}
 LIBRARY = ["conversion", "models", "selection", "optimization", "ground_truth", "pipeline"]
 
 
@@ -69,7 +79,8 @@ def test_imports_only_look_down(module):
         target_level, target_package = layer_of(target)
         assert target_level < level or target_package == package or (level == 0 and target_level == 0), (
             f"{module} (layer {level}) imports {target} (layer {target_level}): a lower layer may not import a "
-            "higher one, nor a package beside it")
+            "higher one, nor a package beside it"
+        )
 
 
 def test_no_module_imports_itself_back():
@@ -79,7 +90,7 @@ def test_no_module_imports_itself_back():
         state[module] = "open"
         for target in sorted(GRAPH.get(module, ())):
             if state.get(target) == "open":
-                cycle = path[path.index(target):] + [target] if target in path else [module, target]
+                cycle = path[path.index(target) :] + [target] if target in path else [module, target]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if target not in state:
                 visit(target, [*path, target])
@@ -91,7 +102,9 @@ def test_no_module_imports_itself_back():
 
 
 def test_the_results_table_loads_neither_torch_nor_matplotlib():
-    code = ("import sys; import selection.table; "
-            "print(sorted(m for m in ('torch', 'matplotlib', 'tensorflow') if m in sys.modules))")
+    code = (
+        "import sys; import selection.table; "
+        "print(sorted(m for m in ('torch', 'matplotlib', 'tensorflow') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

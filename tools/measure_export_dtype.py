@@ -6,6 +6,7 @@ Each model is converted with float32, float16 and bfloat16 weights, loaded back 
 on binary spike trains (3 % density, the converter's verification input); the table gives the max abs diff
 of each output against Keras's prediction on the same input. Needs TensorFlow (for the Keras side).
 """
+
 from __future__ import annotations
 
 import argparse

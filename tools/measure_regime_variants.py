@@ -14,13 +14,14 @@ spike)).
 The closed-loop variant runs `--rounds` rounds once and reports every round k = 0..rounds from that run (round 0:
 its settings without refinement).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import shutil
+import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +33,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def variants(specificity_weight: float, rounds: int) -> dict[str, list[str]]:
     auto = ["optimization.constraints.max_rate=auto"]
     specificity = [f"optimization.objective.specificity_weight={specificity_weight}"]
-    any_spike = ["optimization.objective.control_response=any_spike",
-                 "optimization.objective.stimulated_response=any_spike"]
+    any_spike = [
+        "optimization.objective.control_response=any_spike",
+        "optimization.objective.stimulated_response=any_spike",
+    ]
     return {
         "baseline": [],
         "auto": auto,
@@ -54,8 +57,16 @@ def run_one(name: str, overrides: list[str], seed: int, out: Path) -> dict:
         return {"variant": name, "seed": seed, "summary": json.loads(finished_before[0].read_text())}
     if folder.exists():
         shutil.rmtree(folder)  # an unfinished run: start it again
-    command = [sys.executable, str(REPO_ROOT / "main.py"), f"output_dir={folder}", f"seed={seed}",
-               "optimization.evaluation.transfer_models=0", "resume_interrupted=false", *overrides, "--quiet"]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "main.py"),
+        f"output_dir={folder}",
+        f"seed={seed}",
+        "optimization.evaluation.transfer_models=0",
+        "resume_interrupted=false",
+        *overrides,
+        "--quiet",
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     finished = subprocess.run(command, capture_output=True, text=True, env=environment)
     if finished.returncode:
@@ -67,12 +78,18 @@ def run_one(name: str, overrides: list[str], seed: int, out: Path) -> dict:
 def figures_of(surrogate: dict, truth: dict) -> dict:
     """The table's columns from a surrogate evaluation (threshold crossings and the model's own estimates
     1 - prod(1 - p)) and the simulated neuron's figures of the same pattern."""
-    row = {"surrogate_p_stim": surrogate["p_spike_stim"], "surrogate_p_ctrl": surrogate["p_spike_control"],
-           "estimate_p_stim": surrogate["expected_spike_stim"], "estimate_p_ctrl": surrogate["expected_spike_control"],
-           "estimate_outside_ctrl": surrogate["expected_outside_spike_control"],
-           "truth_p_stim": truth["p_spike_stim"], "truth_p_ctrl": truth["p_spike_control"],
-           "truth_difference": truth["difference"], "truth_outside_ctrl": truth["p_outside_control"],
-           "truth_outside_stim": truth["p_outside_stim"]}
+    row = {
+        "surrogate_p_stim": surrogate["p_spike_stim"],
+        "surrogate_p_ctrl": surrogate["p_spike_control"],
+        "estimate_p_stim": surrogate["expected_spike_stim"],
+        "estimate_p_ctrl": surrogate["expected_spike_control"],
+        "estimate_outside_ctrl": surrogate["expected_outside_spike_control"],
+        "truth_p_stim": truth["p_spike_stim"],
+        "truth_p_ctrl": truth["p_spike_control"],
+        "truth_difference": truth["difference"],
+        "truth_outside_ctrl": truth["p_outside_control"],
+        "truth_outside_stim": truth["p_outside_stim"],
+    }
     for name in ("p_stim", "p_ctrl"):
         row[f"gap_{name}"] = abs(row[f"surrogate_{name}"] - row[f"truth_{name}"])
         row[f"estimate_gap_{name}"] = abs(row[f"estimate_{name}"] - row[f"truth_{name}"])
@@ -85,8 +102,10 @@ def rows_of(result: dict) -> list[tuple[str, dict]]:
     refinement = summary.get("refinement")
     if not refinement:
         return [(result["variant"], figures_of(summary["evaluation"]["details"], summary["ground_truth"]))]
-    return [(f"{result['variant']} K={record['round']}", figures_of(record["surrogate"], record["ground_truth"]))
-            for record in refinement["rounds"]]
+    return [
+        (f"{result['variant']} K={record['round']}", figures_of(record["surrogate"], record["ground_truth"]))
+        for record in refinement["rounds"]
+    ]
 
 
 def table(results: list[dict]) -> str:

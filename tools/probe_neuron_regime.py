@@ -30,8 +30,8 @@ STIMULI = {"clustered 0,1,2": [0, 1, 2], "spread 0,10,20": [0, 10, 20]}
 def background(config: NeuronConfig, exc_rate: float, inh_rate: float) -> np.ndarray:
     """Constant rates (segments, WINDOW_MS), excitatory rows first."""
     rates = np.empty((config.num_segments, WINDOW_MS))
-    rates[:config.num_excitatory_segments] = exc_rate
-    rates[config.num_excitatory_segments:] = inh_rate
+    rates[: config.num_excitatory_segments] = exc_rate
+    rates[config.num_excitatory_segments :] = inh_rate
     return rates
 
 
@@ -39,11 +39,11 @@ def scenarios(config: NeuronConfig) -> dict[str, np.ndarray]:
     typical = background(config, 0.0125, 0.02)
     primed_compartment = typical.copy()
     segments_per_compartment = config.num_excitatory_segments // config.num_compartments
-    primed_compartment[:segments_per_compartment, STIMULUS_TIME - 60:STIMULUS_TIME] *= 3.0
+    primed_compartment[:segments_per_compartment, STIMULUS_TIME - 60 : STIMULUS_TIME] *= 3.0
     compartment_alone = background(config, 0.0, 0.0)
     compartment_alone[:segments_per_compartment, :STIMULUS_TIME] = 0.02
     nmda_tail = background(config, 0.005, 0.0)
-    nmda_tail[:config.num_excitatory_segments, STIMULUS_TIME - 10:STIMULUS_TIME + RESPONSE_WINDOW] = 0.0
+    nmda_tail[: config.num_excitatory_segments, STIMULUS_TIME - 10 : STIMULUS_TIME + RESPONSE_WINDOW] = 0.0
     return {
         "typical background (exc 0.0125, inh 0.02)": typical,
         "stimulated compartment primed (its exc x3 for 60 ms before t)": primed_compartment,
@@ -61,18 +61,28 @@ def main(argv: list[str] | None = None) -> int:
 
     rates = background(config, 0.0125, 0.02)
     spikes = sample_spike_trains(np.repeat(rates, 5, axis=1), 200, np.random.default_rng(args.seed))
-    fired = simulate(spikes[..., :config.num_excitatory_segments], spikes[..., config.num_excitatory_segments:],
-                     config).spikes
+    fired = simulate(
+        spikes[..., : config.num_excitatory_segments], spikes[..., config.num_excitatory_segments :], config
+    ).spikes
     print("background firing rate at exc 0.0125 / inh 0.02 spikes/ms: %.1f Hz\n" % (fired[:, 100:].mean() * 1000))
 
     for title, rates in scenarios(config).items():
         print(title)
         for name, segments in STIMULI.items():
-            result = ground_truth_response(rates, segments, STIMULUS_TIME, RESPONSE_WINDOW,
-                                           TrialRunner(DemoSimulator(config)), config.num_excitatory_segments,
-                                           args.trials, args.seed)
-            print("  %-16s P(stim) %.3f  P(control) %.3f  difference %+.3f"
-                  % (name, result["p_spike_stim"], result["p_spike_control"], result["difference"]))
+            result = ground_truth_response(
+                rates,
+                segments,
+                STIMULUS_TIME,
+                RESPONSE_WINDOW,
+                TrialRunner(DemoSimulator(config)),
+                config.num_excitatory_segments,
+                args.trials,
+                args.seed,
+            )
+            print(
+                "  %-16s P(stim) %.3f  P(control) %.3f  difference %+.3f"
+                % (name, result["p_spike_stim"], result["p_spike_control"], result["difference"])
+            )
     return 0
 
 

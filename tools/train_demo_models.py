@@ -107,6 +107,7 @@ NUM_VALID_WINDOWS = 256
 # Data
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def draw_trial_rates(config: NeuronConfig, duration_ms: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Piecewise-constant rates (T, segments) for one trial, excitatory and inhibitory."""
     exc_compartment = compartment_of_segments(config.num_excitatory_segments, config.num_compartments)
@@ -161,7 +162,7 @@ def add_gaps(exc_spikes: np.ndarray, rng: np.random.Generator) -> None:
     duration_ms = exc_spikes.shape[0]
     for _ in range(rng.poisson(GAPS_PER_SECOND * duration_ms / 1000.0)):
         start = rng.integers(duration_ms)
-        exc_spikes[start:start + rng.integers(*GAP_DURATION_RANGE_MS, endpoint=True)] = 0
+        exc_spikes[start : start + rng.integers(*GAP_DURATION_RANGE_MS, endpoint=True)] = 0
 
 
 def data_generator(seed: int) -> np.random.Generator:
@@ -193,12 +194,16 @@ def simulate_dataset(config: NeuronConfig, num_trials: int, rng: np.random.Gener
         _, _, exc_spikes, inh_spikes = draw_trial_inputs(config, rng)
         inputs[trial, :, :n_exc] = exc_spikes
         inputs[trial, :, n_exc:] = inh_spikes
-    chunks = [simulate(inputs[chunk, :, :n_exc], inputs[chunk, :, n_exc:], config)
-              for chunk in np.array_split(np.arange(num_trials), max(1, num_trials // SIMULATION_CHUNK))]
-    return {"inputs": inputs,
-            "spikes": np.concatenate([chunk.spikes for chunk in chunks]),
-            "soma_v": np.concatenate([chunk.soma_v for chunk in chunks]),
-            "dend_v": np.concatenate([chunk.dend_v for chunk in chunks])}
+    chunks = [
+        simulate(inputs[chunk, :, :n_exc], inputs[chunk, :, n_exc:], config)
+        for chunk in np.array_split(np.arange(num_trials), max(1, num_trials // SIMULATION_CHUNK))
+    ]
+    return {
+        "inputs": inputs,
+        "spikes": np.concatenate([chunk.spikes for chunk in chunks]),
+        "soma_v": np.concatenate([chunk.soma_v for chunk in chunks]),
+        "dend_v": np.concatenate([chunk.dend_v for chunk in chunks]),
+    }
 
 
 def training_input_regime(config: NeuronConfig, seed: int) -> InputRegime:
@@ -215,7 +220,8 @@ def training_input_regime(config: NeuronConfig, seed: int) -> InputRegime:
     return accumulator.result(
         "tools/train_demo_models.py --seed %d: the %d train trials of %d ms; rates are the generator's "
         "(without the volleys and gaps), synchrony counts the input spikes (volleys and gaps included)"
-        % (seed, NUM_TRIALS["train"], TRIAL_DURATION_MS))
+        % (seed, NUM_TRIALS["train"], TRIAL_DURATION_MS)
+    )
 
 
 def soma_targets(soma_v: np.ndarray) -> np.ndarray:
@@ -238,18 +244,22 @@ class DendriticTargets:
 
     def as_plain_dict(self) -> dict:
         """PCA parameters as lists of floats, so that the pickle needs no numpy to be read."""
-        return {"dendritic_pca_mean": self.pca.mean_.tolist(),
-                "dendritic_pca_components": self.pca.components_.tolist(),
-                "dendritic_pca_explained_variance": self.pca.explained_variance_.tolist(),
-                "dendritic_clip": DENDRITIC_CLIP}
+        return {
+            "dendritic_pca_mean": self.pca.mean_.tolist(),
+            "dendritic_pca_components": self.pca.components_.tolist(),
+            "dendritic_pca_explained_variance": self.pca.explained_variance_.tolist(),
+            "dendritic_clip": DENDRITIC_CLIP,
+        }
 
 
 def prepare_split(data: dict[str, np.ndarray], dendritic: DendriticTargets) -> dict[str, np.ndarray]:
     """Network inputs and the three targets of one split, aligned in time."""
-    return {"inputs": data["inputs"],
-            "spikes": data["spikes"][..., None].astype(np.float32),
-            "somatic": soma_targets(data["soma_v"])[..., None],
-            "dendritic": dendritic(data["dend_v"])}
+    return {
+        "inputs": data["inputs"],
+        "spikes": data["spikes"][..., None].astype(np.float32),
+        "somatic": soma_targets(data["soma_v"])[..., None],
+        "dendritic": dendritic(data["dend_v"]),
+    }
 
 
 def window_batch(split: dict[str, np.ndarray], trials: np.ndarray, starts: np.ndarray):
@@ -273,6 +283,7 @@ def random_windows(split: dict[str, np.ndarray], count: int, rng: np.random.Gene
 # Model
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def build_model(architecture: Architecture, num_segments: int, num_dendritic: int):
     """The Beniaguev TCN: causal Conv1D -> BatchNormalization per layer; heads spikes, somatic, dendritic."""
     import keras
@@ -280,19 +291,37 @@ def build_model(architecture: Architecture, num_segments: int, num_dendritic: in
 
     inputs = keras.Input(shape=(INPUT_WINDOW_MS, num_segments), name="input_layer")
     x = inputs
-    for k, (filters, size) in enumerate(zip(architecture.num_filters_per_layer,
-                                            architecture.filter_sizes_per_layer), start=1):
-        x = layers.Conv1D(filters, size, activation="relu", padding="causal", name="layer_%d" % k,
-                          kernel_initializer=initializers.TruncatedNormal(stddev=0.02),
-                          kernel_regularizer=regularizers.l2(1e-8))(x)
+    for k, (filters, size) in enumerate(
+        zip(architecture.num_filters_per_layer, architecture.filter_sizes_per_layer), start=1
+    ):
+        x = layers.Conv1D(
+            filters,
+            size,
+            activation="relu",
+            padding="causal",
+            name="layer_%d" % k,
+            kernel_initializer=initializers.TruncatedNormal(stddev=0.02),
+            kernel_regularizer=regularizers.l2(1e-8),
+        )(x)
         x = layers.BatchNormalization(name="layer_%d_BN" % k)(x)
-    spikes = layers.Conv1D(1, 1, activation="sigmoid", name="spikes",
-                           kernel_initializer=initializers.TruncatedNormal(stddev=0.001),
-                           bias_initializer=initializers.Constant(-2.0))(x)
-    somatic = layers.Conv1D(1, 1, activation="linear", name="somatic",
-                            kernel_initializer=initializers.TruncatedNormal(stddev=0.03))(x)
-    dendritic = layers.Conv1D(num_dendritic, 1, activation="linear", name="dendritic",
-                              kernel_initializer=initializers.TruncatedNormal(stddev=0.05))(x)
+    spikes = layers.Conv1D(
+        1,
+        1,
+        activation="sigmoid",
+        name="spikes",
+        kernel_initializer=initializers.TruncatedNormal(stddev=0.001),
+        bias_initializer=initializers.Constant(-2.0),
+    )(x)
+    somatic = layers.Conv1D(
+        1, 1, activation="linear", name="somatic", kernel_initializer=initializers.TruncatedNormal(stddev=0.03)
+    )(x)
+    dendritic = layers.Conv1D(
+        num_dendritic,
+        1,
+        activation="linear",
+        name="dendritic",
+        kernel_initializer=initializers.TruncatedNormal(stddev=0.05),
+    )(x)
     return keras.Model(inputs, [spikes, somatic, dendritic])
 
 
@@ -311,25 +340,32 @@ def train(model, train_split, valid_windows, rng: np.random.Generator) -> dict:
 
     history: dict[str, list] = {}
     for stage, (learning_rate, loss_weights) in enumerate(STAGES):
-        model.compile(optimizer=keras.optimizers.Nadam(learning_rate=learning_rate),
-                      loss={"spikes": "binary_crossentropy", "somatic": "mse", "dendritic": "mse"},
-                      loss_weights=dict(zip(("spikes", "somatic", "dendritic"), loss_weights)))
+        model.compile(
+            optimizer=keras.optimizers.Nadam(learning_rate=learning_rate),
+            loss={"spikes": "binary_crossentropy", "somatic": "mse", "dendritic": "mse"},
+            loss_weights=dict(zip(("spikes", "somatic", "dendritic"), loss_weights)),
+        )
         fitted = model.fit(RandomWindows(), epochs=EPOCHS_PER_STAGE, validation_data=valid_windows, verbose=0)
         stage_record = {key: [float(v) for v in values] for key, values in fitted.history.items()}
-        stage_record.update({
-            "learning_schedule": [stage] * EPOCHS_PER_STAGE,
-            "batch_size": [BATCH_SIZE] * EPOCHS_PER_STAGE,
-            "learning_rate": [learning_rate] * EPOCHS_PER_STAGE,
-            "loss_weights": [list(loss_weights)] * EPOCHS_PER_STAGE,
-            "num_train_samples": [BATCH_SIZE * STEPS_PER_EPOCH] * EPOCHS_PER_STAGE,
-            "num_train_steps": [STEPS_PER_EPOCH] * EPOCHS_PER_STAGE,
-            "train_files_histogram": [{"simulated_train_trials": STEPS_PER_EPOCH * EPOCHS_PER_STAGE}],
-            "valid_files_histogram": [{"simulated_valid_trials": EPOCHS_PER_STAGE}],
-        })
+        stage_record.update(
+            {
+                "learning_schedule": [stage] * EPOCHS_PER_STAGE,
+                "batch_size": [BATCH_SIZE] * EPOCHS_PER_STAGE,
+                "learning_rate": [learning_rate] * EPOCHS_PER_STAGE,
+                "loss_weights": [list(loss_weights)] * EPOCHS_PER_STAGE,
+                "num_train_samples": [BATCH_SIZE * STEPS_PER_EPOCH] * EPOCHS_PER_STAGE,
+                "num_train_steps": [STEPS_PER_EPOCH] * EPOCHS_PER_STAGE,
+                "train_files_histogram": [{"simulated_train_trials": STEPS_PER_EPOCH * EPOCHS_PER_STAGE}],
+                "valid_files_histogram": [{"simulated_valid_trials": EPOCHS_PER_STAGE}],
+            }
+        )
         for key, values in stage_record.items():
             history.setdefault(key, []).extend(values)
-        print("    stage %d: lr %.0e  loss %.4f  val_spikes_loss %.4f"
-              % (stage, learning_rate, history["loss"][-1], history["val_spikes_loss"][-1]), flush=True)
+        print(
+            "    stage %d: lr %.0e  loss %.4f  val_spikes_loss %.4f"
+            % (stage, learning_rate, history["loss"][-1], history["val_spikes_loss"][-1]),
+            flush=True,
+        )
     return history
 
 
@@ -344,7 +380,7 @@ def predict_trials(model, inputs: np.ndarray, receptive_field: int) -> tuple[np.
     starts = list(range(0, duration - INPUT_WINDOW_MS + 1, stride))
     if starts[-1] != duration - INPUT_WINDOW_MS:
         starts.append(duration - INPUT_WINDOW_MS)
-    windows = np.stack([inputs[:, s:s + INPUT_WINDOW_MS] for s in starts], axis=1)
+    windows = np.stack([inputs[:, s : s + INPUT_WINDOW_MS] for s in starts], axis=1)
     flat = windows.reshape(-1, INPUT_WINDOW_MS, inputs.shape[2])
     spike_pred, soma_pred, _ = model.predict(flat, batch_size=256, verbose=0)
     spike_pred = spike_pred.reshape(inputs.shape[0], len(starts), INPUT_WINDOW_MS)
@@ -353,8 +389,8 @@ def predict_trials(model, inputs: np.ndarray, receptive_field: int) -> tuple[np.
     soma = np.empty(inputs.shape[:2], dtype=np.float32)
     for index, start in enumerate(starts):
         first_valid = 0 if index == 0 else receptive_field - 1
-        spikes[:, start + first_valid:start + INPUT_WINDOW_MS] = spike_pred[:, index, first_valid:]
-        soma[:, start + first_valid:start + INPUT_WINDOW_MS] = soma_pred[:, index, first_valid:]
+        spikes[:, start + first_valid : start + INPUT_WINDOW_MS] = spike_pred[:, index, first_valid:]
+        soma[:, start + first_valid : start + INPUT_WINDOW_MS] = soma_pred[:, index, first_valid:]
     return spikes, soma
 
 
@@ -364,13 +400,16 @@ def evaluate(model, test_split, receptive_field: int) -> dict[str, float]:
 
     spike_prob, soma_pred = predict_trials(model, test_split["inputs"], receptive_field)
     truth = test_split["spikes"][..., 0]
-    return {"held_out_spike_auc": float(roc_auc_score(truth.ravel(), spike_prob.ravel())),
-            "held_out_soma_rmse_mv": float(np.sqrt(np.mean((soma_pred - test_split["somatic"][..., 0]) ** 2)))}
+    return {
+        "held_out_spike_auc": float(roc_auc_score(truth.ravel(), spike_prob.ravel())),
+        "held_out_soma_rmse_mv": float(np.sqrt(np.mean((soma_pred - test_split["somatic"][..., 0]) ** 2))),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def model_stem(architecture: Architecture, history: dict, num_samples: int, model_id: int) -> str:
     """The original naming pattern: <type>_TCN__DxWxT_<D>x<W>x<T>__<date>__samples_<N>__LogLoss_..__ID_<n>."""
@@ -378,37 +417,49 @@ def model_stem(architecture: Architecture, history: dict, num_samples: int, mode
     train_log_loss = 10000 * np.mean(history["spikes_loss"][last])
     valid_log_loss = 10000 * np.mean(history["val_spikes_loss"][last])
     width = int(np.mean(architecture.num_filters_per_layer))
-    return ("%s_TCN__DxWxT_%dx%dx%d__%s__samples_%d__LogLoss_train_%d_valid_%d__ID_%d"
-            % (MODEL_TYPE, architecture.depth, width, architecture.receptive_field, MODEL_DATE, num_samples,
-               train_log_loss, valid_log_loss, model_id))
+    return "%s_TCN__DxWxT_%dx%dx%d__%s__samples_%d__LogLoss_train_%d_valid_%d__ID_%d" % (
+        MODEL_TYPE,
+        architecture.depth,
+        width,
+        architecture.receptive_field,
+        MODEL_DATE,
+        num_samples,
+        train_log_loss,
+        valid_log_loss,
+        model_id,
+    )
 
 
 def architecture_dict(architecture: Architecture) -> dict:
     depth = architecture.depth
-    return {"network_depth": depth,
-            "input_window_size": INPUT_WINDOW_MS,
-            "num_filters_per_layer": list(architecture.num_filters_per_layer),
-            "initializer_per_layer": [0.02] * depth,
-            "filter_sizes_per_layer": list(architecture.filter_sizes_per_layer),
-            "l2_regularization_per_layer": [1e-8] * depth,
-            "activation_function_per_layer": ["relu"] * depth,
-            "strides_per_layer": [1] * depth,
-            "dilation_rates_per_layer": [1] * depth}
+    return {
+        "network_depth": depth,
+        "input_window_size": INPUT_WINDOW_MS,
+        "num_filters_per_layer": list(architecture.num_filters_per_layer),
+        "initializer_per_layer": [0.02] * depth,
+        "filter_sizes_per_layer": list(architecture.filter_sizes_per_layer),
+        "l2_regularization_per_layer": [1e-8] * depth,
+        "activation_function_per_layer": ["relu"] * depth,
+        "strides_per_layer": [1] * depth,
+        "dilation_rates_per_layer": [1] * depth,
+    }
 
 
 def learning_schedule_dict() -> dict:
     num_epochs = len(STAGES) * EPOCHS_PER_STAGE
     train_ms = NUM_TRIALS["train"] * TRIAL_DURATION_MS
-    return {"train_file_load": STEPS_PER_EPOCH * BATCH_SIZE * INPUT_WINDOW_MS / train_ms,
-            "valid_file_load": NUM_VALID_WINDOWS * INPUT_WINDOW_MS / (NUM_TRIALS["valid"] * TRIAL_DURATION_MS),
-            "validation_fraction": NUM_TRIALS["valid"] / NUM_TRIALS["train"],
-            "num_epochs": len(STAGES),
-            "num_steps_multiplier": EPOCHS_PER_STAGE,
-            "batch_size_per_epoch": [BATCH_SIZE] * len(STAGES),
-            "loss_weights_per_epoch": [list(weights) for _, weights in STAGES],
-            "learning_rate_per_epoch": [rate for rate, _ in STAGES],
-            "num_train_steps_per_epoch": [STEPS_PER_EPOCH] * len(STAGES),
-            "num_keras_epochs": num_epochs}
+    return {
+        "train_file_load": STEPS_PER_EPOCH * BATCH_SIZE * INPUT_WINDOW_MS / train_ms,
+        "valid_file_load": NUM_VALID_WINDOWS * INPUT_WINDOW_MS / (NUM_TRIALS["valid"] * TRIAL_DURATION_MS),
+        "validation_fraction": NUM_TRIALS["valid"] / NUM_TRIALS["train"],
+        "num_epochs": len(STAGES),
+        "num_steps_multiplier": EPOCHS_PER_STAGE,
+        "batch_size_per_epoch": [BATCH_SIZE] * len(STAGES),
+        "loss_weights_per_epoch": [list(weights) for _, weights in STAGES],
+        "learning_rate_per_epoch": [rate for rate, _ in STAGES],
+        "num_train_steps_per_epoch": [STEPS_PER_EPOCH] * len(STAGES),
+        "num_keras_epochs": num_epochs,
+    }
 
 
 def split_description(split: str, seed: int) -> list[str]:
@@ -416,27 +467,35 @@ def split_description(split: str, seed: int) -> list[str]:
     return ["simulated:%s:trials_%d:duration_ms_%d:seed_%d" % (split, NUM_TRIALS[split], TRIAL_DURATION_MS, seed)]
 
 
-def data_dict(config: NeuronConfig, seed: int, dendritic: DendriticTargets, output_rates_hz: dict,
-              metrics: dict, regime: InputRegime) -> dict:
-    return {"train_files": split_description("train", seed),
-            "valid_files": split_description("valid", seed),
-            "test_files": split_description("test", seed),
-            "simulator_config": config.to_dict(),
-            "num_excitatory_segments": config.num_excitatory_segments,
-            "num_inhibitory_segments": config.num_inhibitory_segments,
-            "input_window_size": INPUT_WINDOW_MS,
-            "trial_duration_ms": TRIAL_DURATION_MS,
-            "data_seed": seed,
-            "output_spike_rate_hz": output_rates_hz,
-            "y_soma_threshold": SOMA_CLIP_MV,
-            "y_train_soma_bias": SOMA_BIAS_MV,
-            **dendritic.as_plain_dict(),
-            **metrics,
-            REGIME_KEY: regime.to_dict(),
-            "training_script": "tools/train_demo_models.py"}
+def data_dict(
+    config: NeuronConfig,
+    seed: int,
+    dendritic: DendriticTargets,
+    output_rates_hz: dict,
+    metrics: dict,
+    regime: InputRegime,
+) -> dict:
+    return {
+        "train_files": split_description("train", seed),
+        "valid_files": split_description("valid", seed),
+        "test_files": split_description("test", seed),
+        "simulator_config": config.to_dict(),
+        "num_excitatory_segments": config.num_excitatory_segments,
+        "num_inhibitory_segments": config.num_inhibitory_segments,
+        "input_window_size": INPUT_WINDOW_MS,
+        "trial_duration_ms": TRIAL_DURATION_MS,
+        "data_seed": seed,
+        "output_spike_rate_hz": output_rates_hz,
+        "y_soma_threshold": SOMA_CLIP_MV,
+        "y_train_soma_bias": SOMA_BIAS_MV,
+        **dendritic.as_plain_dict(),
+        **metrics,
+        REGIME_KEY: regime.to_dict(),
+        "training_script": "tools/train_demo_models.py",
+    }
 
 
-MODEL_FILE_PATTERN = re.compile(r"^%s_TCN__DxWxT_\d+x\d+x\d+__.*__ID_\d+\.(h5|pickle)$" % MODEL_TYPE)
+MODEL_FILE_PATTERN = re.compile(rf"^{MODEL_TYPE}_TCN__DxWxT_\d+x\d+x\d+__.*__ID_\d+\.(h5|pickle)$")
 
 
 def remove_previous_models(out_dir: Path) -> None:
@@ -450,6 +509,7 @@ def remove_previous_models(out_dir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -472,8 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     raw = {split: simulate_dataset(config, count, data_rng) for split, count in NUM_TRIALS.items()}
     regime = training_input_regime(config, args.seed)
     output_rates_hz = {split: float(raw[split]["spikes"].mean() * 1000) for split in raw}
-    print("  output rate (Hz): %s   [%.0f s]" % ({k: round(v, 1) for k, v in output_rates_hz.items()},
-                                                time.time() - started), flush=True)
+    print(
+        f"  output rate (Hz): { ({k: round(v, 1) for k, v in output_rates_hz.items()}) }   [{time.time() - started:.0f} s]",
+        flush=True,
+    )
     dendritic = DendriticTargets(raw["train"]["dend_v"])
     splits = {split: prepare_split(raw[split], dendritic) for split in raw}
     valid_windows = random_windows(splits["valid"], NUM_VALID_WINDOWS, np.random.default_rng([args.seed, 1]))
@@ -485,9 +547,18 @@ def main(argv: list[str] | None = None) -> int:
         model_started = time.time()
         keras.utils.set_random_seed(args.seed + index)
         model = build_model(architecture, config.num_segments, config.num_compartments)
-        print("model %d: depth %d, filters %s, kernels %s, T %d, %d parameters"
-              % (index, architecture.depth, architecture.num_filters_per_layer, architecture.filter_sizes_per_layer,
-                 architecture.receptive_field, model.count_params()), flush=True)
+        print(
+            "model %d: depth %d, filters %s, kernels %s, T %d, %d parameters"
+            % (
+                index,
+                architecture.depth,
+                architecture.num_filters_per_layer,
+                architecture.filter_sizes_per_layer,
+                architecture.receptive_field,
+                model.count_params(),
+            ),
+            flush=True,
+        )
         history = train(model, splits["train"], valid_windows, np.random.default_rng([args.seed, 2, index]))
         metrics = evaluate(model, splits["test"], architecture.receptive_field)
         model_id = int(np.random.default_rng([args.seed, 3, index]).integers(100000))
@@ -497,39 +568,64 @@ def main(argv: list[str] | None = None) -> int:
         # Without optimizer state: a third of the size, and Keras 3 reloads it without compile=False.
         with atomic_paths(h5_path) as (temporary,):
             model.save(str(temporary), include_optimizer=False)
-        auxiliary = {"data_dict": data_dict(config, args.seed, dendritic, output_rates_hz, metrics, regime),
-                     "architecture_dict": architecture_dict(architecture),
-                     "learning_schedule_dict": learning_schedule_dict(),
-                     "training_history_dict": history}
-        write_atomically(pickle_path, lambda handle: handle.write(pickle.dumps(auxiliary, protocol=2)))
-        report = {"name": stem, "h5_file": h5_path.name, "pickle_file": pickle_path.name,
-                  "h5_bytes": h5_path.stat().st_size, "pickle_bytes": pickle_path.stat().st_size,
-                  "network_depth": architecture.depth,
-                  "num_filters_per_layer": list(architecture.num_filters_per_layer),
-                  "filter_sizes_per_layer": list(architecture.filter_sizes_per_layer),
-                  "receptive_field_ms": architecture.receptive_field, "num_parameters": int(model.count_params()),
-                  **metrics, "final_val_spikes_loss": history["val_spikes_loss"][-1],
-                  "training_seconds": round(time.time() - model_started, 1)}
+        auxiliary = {
+            "data_dict": data_dict(config, args.seed, dendritic, output_rates_hz, metrics, regime),
+            "architecture_dict": architecture_dict(architecture),
+            "learning_schedule_dict": learning_schedule_dict(),
+            "training_history_dict": history,
+        }
+        write_atomically(pickle_path, lambda handle: handle.write(pickle.dumps(auxiliary, protocol=2)))  # noqa: B023 (runs at once)
+        report = {
+            "name": stem,
+            "h5_file": h5_path.name,
+            "pickle_file": pickle_path.name,
+            "h5_bytes": h5_path.stat().st_size,
+            "pickle_bytes": pickle_path.stat().st_size,
+            "network_depth": architecture.depth,
+            "num_filters_per_layer": list(architecture.num_filters_per_layer),
+            "filter_sizes_per_layer": list(architecture.filter_sizes_per_layer),
+            "receptive_field_ms": architecture.receptive_field,
+            "num_parameters": int(model.count_params()),
+            **metrics,
+            "final_val_spikes_loss": history["val_spikes_loss"][-1],
+            "training_seconds": round(time.time() - model_started, 1),
+        }
         reports.append(report)
-        print("  %s\n  held-out spike AUC %.4f, soma RMSE %.3f mV   [%.0f s]"
-              % (h5_path.name, metrics["held_out_spike_auc"], metrics["held_out_soma_rmse_mv"],
-                 time.time() - model_started), flush=True)
+        print(
+            "  {}\n  held-out spike AUC {:.4f}, soma RMSE {:.3f} mV   [{:.0f} s]".format(
+                h5_path.name,
+                metrics["held_out_spike_auc"],
+                metrics["held_out_soma_rmse_mv"],
+                time.time() - model_started,
+            ),
+            flush=True,
+        )
 
     training_report = {
         "seed": args.seed,
         "command": "python tools/train_demo_models.py --seed %d" % args.seed,
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "tensorflow": tf.__version__,
-                     "keras": keras.__version__, "scikit-learn": sklearn.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "scikit-learn": sklearn.__version__,
+        },
         "duration_seconds": round(time.time() - started, 1),
-        "data": {"trials": NUM_TRIALS, "trial_duration_ms": TRIAL_DURATION_MS,
-                 "output_spike_rate_hz": output_rates_hz, "simulator_config": config.to_dict()},
+        "data": {
+            "trials": NUM_TRIALS,
+            "trial_duration_ms": TRIAL_DURATION_MS,
+            "output_spike_rate_hz": output_rates_hz,
+            "simulator_config": config.to_dict(),
+        },
         "metrics_note": "AUC over all 1 ms bins of the held-out test trials (roc_auc_score); soma RMSE in mV on the "
-                        "target (soma clipped at -55 mV, shifted by +67.7 mV).",
+        "target (soma clipped at -55 mV, shifted by +67.7 mV).",
         "models": reports,
     }
     write_text_atomic(args.out_dir / "training_report.json", json.dumps(training_report, indent=2) + "\n")
-    print("wrote %d models and training_report.json to %s in %.0f s"
-          % (len(reports), args.out_dir, time.time() - started))
+    print(
+        "wrote %d models and training_report.json to %s in %.0f s" % (len(reports), args.out_dir, time.time() - started)
+    )
     return 0
 
 

@@ -12,6 +12,7 @@ spikes and clipped soma voltage; it is saved as `.h5` + `.pickle` (with `data_di
 originals, and the explicit synapse map of the default placement is written beside the cell
 (synapse_map.csv). Takes about 15 minutes on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,17 @@ from ground_truth.neuron_backend.config import NeuronBackendConfig  # noqa: E402
 from ground_truth.neuron_backend.simulator import NeuronSimulator  # noqa: E402
 from ground_truth.runner import TrialRunner  # noqa: E402
 from optimization.regime import REGIME_KEY, RegimeAccumulator  # noqa: E402
-from tools.train_demo_models import (SOMA_BIAS_MV, SOMA_CLIP_MV, Architecture, architecture_dict,  # noqa: E402
-                                     TRIAL_DURATION_MS as TRIAL_MS,
-                                     draw_trial_inputs, soma_targets)
+from tools.train_demo_models import (
+    SOMA_BIAS_MV,
+    SOMA_CLIP_MV,
+    Architecture,
+    architecture_dict,  # noqa: E402
+    draw_trial_inputs,
+    soma_targets,
+)
+from tools.train_demo_models import (
+    TRIAL_DURATION_MS as TRIAL_MS,
+)
 
 EXAMPLE = REPO_ROOT / "examples" / "neuron_ground_truth"
 DEFAULT_SEED = 20261202
@@ -63,8 +72,9 @@ def write_synapse_map(path: Path) -> None:
     """The default placement, explicitly: channel i (and 32 + i) on the i-th segment of `all`."""
     sections = [("soma", 1), ("basal[0]", 7), ("basal[1]", 7), ("apical", 17)]
     locations = [(name, (k + 0.5) / nseg) for name, nseg in sections for k in range(nseg)]
-    rows = ["kind,section,x"] + [f"{kind},{name},{x:.6g}" for kind in ("excitatory", "inhibitory")
-                                 for name, x in locations]
+    rows = ["kind,section,x"] + [
+        f"{kind},{name},{x:.6g}" for kind in ("excitatory", "inhibitory") for name, x in locations
+    ]
     write_text_atomic(path, "\n".join(rows) + "\n")
 
 
@@ -77,16 +87,21 @@ def simulate_split(run: TrialRunner, trials: int, rng: np.random.Generator, regi
         if regime is not None:
             regime.add(exc_rates[None], inh_rates[None], exc_spikes[None])
     answer = run(inputs)
-    return {"inputs": inputs.astype(np.uint8), "spikes": answer.spike_bins(TRIAL_MS).astype(np.float32),
-            "somatic": soma_targets(answer.soma_v)}
+    return {
+        "inputs": inputs.astype(np.uint8),
+        "spikes": answer.spike_bins(TRIAL_MS).astype(np.float32),
+        "somatic": soma_targets(answer.soma_v),
+    }
 
 
 def windows(split: dict, count: int, rng: np.random.Generator):
     trials = rng.integers(len(split["inputs"]), size=count)
     starts = rng.integers(TRIAL_MS - WINDOW_MS + 1, size=count)
     index = (trials[:, None], starts[:, None] + np.arange(WINDOW_MS))
-    return split["inputs"][index], {"spikes": split["spikes"][index][..., None],
-                                    "somatic": split["somatic"][index][..., None]}
+    return split["inputs"][index], {
+        "spikes": split["spikes"][index][..., None],
+        "somatic": split["somatic"][index][..., None],
+    }
 
 
 def build_model():
@@ -95,13 +110,19 @@ def build_model():
 
     inputs = keras.Input(shape=(WINDOW_MS, 2 * SEGMENTS), name="input_layer")
     x = inputs
-    for k, (filters, size) in enumerate(zip(ARCHITECTURE.num_filters_per_layer,
-                                            ARCHITECTURE.filter_sizes_per_layer), start=1):
-        x = layers.Conv1D(filters, size, activation="relu", padding="causal", name=f"layer_{k}",
-                          kernel_initializer=initializers.TruncatedNormal(stddev=0.02))(x)
+    for k, (filters, size) in enumerate(
+        zip(ARCHITECTURE.num_filters_per_layer, ARCHITECTURE.filter_sizes_per_layer), start=1
+    ):
+        x = layers.Conv1D(
+            filters,
+            size,
+            activation="relu",
+            padding="causal",
+            name=f"layer_{k}",
+            kernel_initializer=initializers.TruncatedNormal(stddev=0.02),
+        )(x)
         x = layers.BatchNormalization(name=f"layer_{k}_BN")(x)
-    spikes = layers.Conv1D(1, 1, activation="sigmoid", name="spikes",
-                           bias_initializer=initializers.Constant(-2.0))(x)
+    spikes = layers.Conv1D(1, 1, activation="sigmoid", name="spikes", bias_initializer=initializers.Constant(-2.0))(x)
     somatic = layers.Conv1D(1, 1, activation="linear", name="somatic")(x)
     return keras.Model(inputs, [spikes, somatic])
 
@@ -121,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     regime = RegimeAccumulator()
     with TrialRunner(NeuronSimulator.resolve(backend_settings(), SEGMENTS, SEGMENTS)) as run:
         print(f"simulating {TRIALS} trials of {TRIAL_MS} ms in NEURON ({run.workers} workers) ...", flush=True)
-        splits = {name: simulate_split(run, count, rng, regime if name == "train" else None)
-                  for name, count in TRIALS.items()}
+        splits = {
+            name: simulate_split(run, count, rng, regime if name == "train" else None) for name, count in TRIALS.items()
+        }
     rates = {name: float(split["spikes"].mean() * 1000) for name, split in splits.items()}
     print(f"  output rate (Hz): { {k: round(v, 1) for k, v in rates.items()} }   [{time.time() - started:.0f} s]")
 
@@ -132,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     valid = windows(splits["valid"], 256, np.random.default_rng([args.seed, 2]))
     history: dict[str, list] = {}
     for stage, (learning_rate, epochs) in enumerate(STAGES):
-        model.compile(optimizer=keras.optimizers.Nadam(learning_rate=learning_rate),
-                      loss={"spikes": "binary_crossentropy", "somatic": "mse"},
-                      loss_weights={"spikes": SPIKE_WEIGHT, "somatic": SOMA_WEIGHT})
+        model.compile(
+            optimizer=keras.optimizers.Nadam(learning_rate=learning_rate),
+            loss={"spikes": "binary_crossentropy", "somatic": "mse"},
+            loss_weights={"spikes": SPIKE_WEIGHT, "somatic": SOMA_WEIGHT},
+        )
         for _ in range(epochs):
             for _ in range(STEPS_PER_EPOCH):
                 model.train_on_batch(*windows(splits["train"], BATCH_SIZE, batches))
@@ -147,44 +171,72 @@ def main(argv: list[str] | None = None) -> int:
             history.setdefault("learning_rate", []).append(learning_rate)
             if history["val_spikes_loss"][-1] == min(history["val_spikes_loss"]):
                 best = model.get_weights()
-        print(f"  stage {stage}: val_spikes_loss {history['val_spikes_loss'][-1]:.4f}   "
-              f"[{time.time() - started:.0f} s]", flush=True)
+        print(
+            f"  stage {stage}: val_spikes_loss {history['val_spikes_loss'][-1]:.4f}   [{time.time() - started:.0f} s]",
+            flush=True,
+        )
 
     model.set_weights(best)
     test_inputs, test_targets = windows(splits["test"], 512, np.random.default_rng([args.seed, 3]))
     predicted_spikes, predicted_soma = model.predict(test_inputs, batch_size=128, verbose=0)
     valid_bins = slice(ARCHITECTURE.receptive_field - 1, None)  # bins that see their whole receptive field
-    metrics = {"held_out_spike_auc": float(roc_auc_score(test_targets["spikes"][:, valid_bins].ravel(),
-                                                          predicted_spikes[:, valid_bins].ravel())),
-               "held_out_soma_rmse_mv": float(np.sqrt(np.mean(
-                   (predicted_soma - test_targets["somatic"])[:, valid_bins] ** 2)))}
-    print(f"  held-out spike AUC {metrics['held_out_spike_auc']:.4f}, soma RMSE "
-          f"{metrics['held_out_soma_rmse_mv']:.3f} mV")
+    metrics = {
+        "held_out_spike_auc": float(
+            roc_auc_score(test_targets["spikes"][:, valid_bins].ravel(), predicted_spikes[:, valid_bins].ravel())
+        ),
+        "held_out_soma_rmse_mv": float(
+            np.sqrt(np.mean((predicted_soma - test_targets["somatic"])[:, valid_bins] ** 2))
+        ),
+    }
+    print(
+        f"  held-out spike AUC {metrics['held_out_spike_auc']:.4f}, soma RMSE {metrics['held_out_soma_rmse_mv']:.3f} mV"
+    )
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for old in args.out_dir.glob("BALLSTICK_TCN__*"):
         old.unlink()
     valid_loss = 10000 * min(history["val_spikes_loss"])
-    stem = (f"BALLSTICK_TCN__DxWxT_{ARCHITECTURE.depth}x16x{ARCHITECTURE.receptive_field}__2026-12-02__12_00__"
-            f"samples_{sum(STAGES[s][1] for s in range(len(STAGES))) * STEPS_PER_EPOCH * BATCH_SIZE}__"
-            f"LogLoss_valid_{valid_loss:.0f}__ID_{args.seed % 100000}")
+    stem = (
+        f"BALLSTICK_TCN__DxWxT_{ARCHITECTURE.depth}x16x{ARCHITECTURE.receptive_field}__2026-12-02__12_00__"
+        f"samples_{sum(STAGES[s][1] for s in range(len(STAGES))) * STEPS_PER_EPOCH * BATCH_SIZE}__"
+        f"LogLoss_valid_{valid_loss:.0f}__ID_{args.seed % 100000}"
+    )
     with atomic_paths(args.out_dir / f"{stem}.h5") as (temporary,):
         model.save(str(temporary), include_optimizer=False)
-    source = (f"tools/train_neuron_example.py --seed {args.seed}: the {TRIALS['train']} train trials of {TRIAL_MS} "
-              "ms; rates are the generator's, synchrony counts the input spikes")
-    data = {"num_excitatory_segments": SEGMENTS, "num_inhibitory_segments": SEGMENTS, "input_window_size": WINDOW_MS,
-            "trial_duration_ms": TRIAL_MS, "data_seed": args.seed, "output_spike_rate_hz": rates,
-            "y_soma_threshold": SOMA_CLIP_MV, "y_train_soma_bias": SOMA_BIAS_MV, **metrics,
-            REGIME_KEY: regime.result(source).to_dict(), "training_script": "tools/train_neuron_example.py",
-            "simulated_cell": "examples/neuron_ground_truth/cell.hoc (NEURON, ground_truth.neuron of its config.yaml)"}
-    auxiliary = {"data_dict": data, "architecture_dict": architecture_dict(ARCHITECTURE) | {"input_window_size": WINDOW_MS},
-                 "learning_schedule_dict": {"learning_rate_per_epoch": [r for r, _ in STAGES],
-                                            "num_epochs": len(STAGES)},
-                 "training_history_dict": history}
+    source = (
+        f"tools/train_neuron_example.py --seed {args.seed}: the {TRIALS['train']} train trials of {TRIAL_MS} "
+        "ms; rates are the generator's, synchrony counts the input spikes"
+    )
+    data = {
+        "num_excitatory_segments": SEGMENTS,
+        "num_inhibitory_segments": SEGMENTS,
+        "input_window_size": WINDOW_MS,
+        "trial_duration_ms": TRIAL_MS,
+        "data_seed": args.seed,
+        "output_spike_rate_hz": rates,
+        "y_soma_threshold": SOMA_CLIP_MV,
+        "y_train_soma_bias": SOMA_BIAS_MV,
+        **metrics,
+        REGIME_KEY: regime.result(source).to_dict(),
+        "training_script": "tools/train_neuron_example.py",
+        "simulated_cell": "examples/neuron_ground_truth/cell.hoc (NEURON, ground_truth.neuron of its config.yaml)",
+    }
+    auxiliary = {
+        "data_dict": data,
+        "architecture_dict": architecture_dict(ARCHITECTURE) | {"input_window_size": WINDOW_MS},
+        "learning_schedule_dict": {"learning_rate_per_epoch": [r for r, _ in STAGES], "num_epochs": len(STAGES)},
+        "training_history_dict": history,
+    }
     write_atomically(args.out_dir / f"{stem}.pickle", lambda handle: handle.write(pickle.dumps(auxiliary, protocol=2)))
     write_synapse_map(EXAMPLE / "synapse_map.csv")
-    report = {"seed": args.seed, "command": f"python tools/train_neuron_example.py --seed {args.seed}", "model": stem,
-              "output_spike_rate_hz": rates, **metrics, "duration_seconds": round(time.time() - started, 1)}
+    report = {
+        "seed": args.seed,
+        "command": f"python tools/train_neuron_example.py --seed {args.seed}",
+        "model": stem,
+        "output_spike_rate_hz": rates,
+        **metrics,
+        "duration_seconds": round(time.time() - started, 1),
+    }
     write_text_atomic(args.out_dir / "training_report.json", json.dumps(report, indent=2) + "\n")
     print(f"wrote {stem} to {args.out_dir} in {time.time() - started:.0f} s")
     return 0

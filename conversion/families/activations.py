@@ -1,4 +1,5 @@
 """Activation functions (the `activation` argument of layers) and activation layers."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -47,8 +48,14 @@ def convert_activation(layer: KerasLayer) -> ConvertedLayer:
 def convert_relu(layer: KerasLayer) -> ConvertedLayer:
     c = layer.config
     max_value = None if c.get("max_value") is None else number(c, "max_value", 0.0)
-    return ConvertedLayer("relu", {"negative_slope": number(c, "negative_slope", 0.0), "max_value": max_value,
-                                   "threshold": number(c, "threshold", 0.0)})
+    return ConvertedLayer(
+        "relu",
+        {
+            "negative_slope": number(c, "negative_slope", 0.0),
+            "max_value": max_value,
+            "threshold": number(c, "threshold", 0.0),
+        },
+    )
 
 
 @register_layer_converter("LeakyReLU")
@@ -69,8 +76,9 @@ def convert_prelu(layer: KerasLayer) -> ConvertedLayer:
     return ConvertedLayer("prelu", {"alpha_shape": list(alpha.shape)}, {"alpha": alpha})
 
 
-@register_layer_converter("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
-                          "ActivityRegularization")
+@register_layer_converter(
+    "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization"
+)
 def convert_training_only(layer: KerasLayer) -> ConvertedLayer:
     """These layers act only during training: identity at inference."""
     return ConvertedLayer("identity", {})

@@ -1,4 +1,5 @@
 """Small helpers shared by the layer converters."""
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,9 @@ def number(config: dict[str, Any], key: str, default: float, minimum: float | No
     except (TypeError, ValueError):
         raise LayerProblem(f"{key} {value!r} is not a number") from None
     if not math.isfinite(result) or (minimum is not None and result < minimum):
-        raise LayerProblem(f"{key} {value!r} must be a finite number" + (f" >= {minimum:g}" if minimum is not None
-                                                                         else ""))
+        raise LayerProblem(
+            f"{key} {value!r} must be a finite number" + (f" >= {minimum:g}" if minimum is not None else "")
+        )
     return result
 
 

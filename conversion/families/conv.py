@@ -1,4 +1,5 @@
 """Conv1D and Dense: Keras kernels (k, in, out) / (in, out) become torch weights (out, in, k) / (out, in)."""
+
 from __future__ import annotations
 
 from conversion.families.activations import layer_activation
@@ -18,8 +19,13 @@ def convert_conv1d(layer: KerasLayer) -> ConvertedLayer:
     kernel_size, filters = single(c["kernel_size"], "kernel_size"), int(c["filters"])
     groups = int(c.get("groups", 1))
     stride, dilation = single(c.get("strides", 1), "strides"), single(c.get("dilation_rate", 1), "dilation_rate")
-    sizes = {"kernel_size": kernel_size, "filters": filters, "groups": groups, "strides": stride,
-             "dilation_rate": dilation}
+    sizes = {
+        "kernel_size": kernel_size,
+        "filters": filters,
+        "groups": groups,
+        "strides": stride,
+        "dilation_rate": dilation,
+    }
     if min(sizes.values()) < 1 or filters % groups:
         raise LayerProblem(f"{sizes} are not positive sizes with groups dividing filters")
     kernel = layer.weights.take("kernel", (kernel_size, None, filters))
@@ -27,11 +33,21 @@ def convert_conv1d(layer: KerasLayer) -> ConvertedLayer:
     use_bias = bool(c.get("use_bias", True))
     if use_bias:
         params["bias"] = layer.weights.take("bias", (filters,))
-    return ConvertedLayer("conv1d", {
-        "in_channels": kernel.shape[1] * groups, "out_channels": filters, "kernel_size": kernel_size,
-        "stride": stride, "dilation": dilation,
-        "groups": groups, "padding": padding, "bias": use_bias,
-        "activation": layer_activation(layer)}, params)
+    return ConvertedLayer(
+        "conv1d",
+        {
+            "in_channels": kernel.shape[1] * groups,
+            "out_channels": filters,
+            "kernel_size": kernel_size,
+            "stride": stride,
+            "dilation": dilation,
+            "groups": groups,
+            "padding": padding,
+            "bias": use_bias,
+            "activation": layer_activation(layer),
+        },
+        params,
+    )
 
 
 @register_layer_converter("Dense")
@@ -45,5 +61,13 @@ def convert_dense(layer: KerasLayer) -> ConvertedLayer:
     use_bias = bool(c.get("use_bias", True))
     if use_bias:
         params["bias"] = layer.weights.take("bias", (units,))
-    return ConvertedLayer("dense", {"in_features": kernel.shape[0], "out_features": units, "bias": use_bias,
-                                    "activation": layer_activation(layer)}, params)
+    return ConvertedLayer(
+        "dense",
+        {
+            "in_features": kernel.shape[0],
+            "out_features": units,
+            "bias": use_bias,
+            "activation": layer_activation(layer),
+        },
+        params,
+    )

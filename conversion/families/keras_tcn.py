@@ -14,6 +14,7 @@ builds them, and every weight is found by name inside `residual_block_<b>/`:
 Anything else — a missing, ambiguous or unexpected weight, a wrong shape, an option keras-tcn does not have —
 is a LayerProblem, so the conversion stops instead of guessing.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,11 +29,25 @@ from conversion.registry import ConvertedLayer, KerasLayer, LayerProblem, Weight
 # tf.nn.l2_normalize's floor on the squared norm, used by WeightNormalization.
 L2_NORMALIZE_EPSILON = 1e-12
 # The config keys keras-tcn (3.5.7 and the older versions with use_weight_norm) writes, and Keras's own.
-TCN_CONFIG_KEYS = {"nb_filters", "kernel_size", "nb_stacks", "dilations", "padding", "use_skip_connections",
-                   "dropout_rate", "return_sequences", "activation", "kernel_initializer", "use_batch_norm",
-                   "use_layer_norm", "use_weight_norm", "go_backwards", "return_state"}
+TCN_CONFIG_KEYS = {
+    "nb_filters",
+    "kernel_size",
+    "nb_stacks",
+    "dilations",
+    "padding",
+    "use_skip_connections",
+    "dropout_rate",
+    "return_sequences",
+    "activation",
+    "kernel_initializer",
+    "use_batch_norm",
+    "use_layer_norm",
+    "use_weight_norm",
+    "go_backwards",
+    "return_state",
+}
 KERAS_LAYER_KEYS = {"name", "trainable", "dtype", "batch_input_shape", "batch_shape"}
-STAGE_SCOPE = re.compile(r"norm_(\d+)")                                    # Keras 2: keras-tcn's name scope
+STAGE_SCOPE = re.compile(r"norm_(\d+)")  # Keras 2: keras-tcn's name scope
 NORM_LAYER_NAME = re.compile(r"(?:batch|layer)_normalization(?:_(\d+))?")  # Keras 3: Keras's own layer names
 
 
@@ -41,8 +56,10 @@ def convert_keras_tcn(layer: KerasLayer) -> ConvertedLayer:
     c = layer.config
     unknown = sorted(set(c) - TCN_CONFIG_KEYS - KERAS_LAYER_KEYS)
     if unknown:
-        raise LayerProblem(f"config option(s) {', '.join(unknown)} unknown to this converter (written by a newer "
-                           "keras-tcn?): whether they change the output cannot be told")
+        raise LayerProblem(
+            f"config option(s) {', '.join(unknown)} unknown to this converter (written by a newer "
+            "keras-tcn?): whether they change the output cannot be told"
+        )
     padding = str(c.get("padding", "causal"))
     if padding not in ("causal", "same"):
         raise LayerProblem(f"padding {padding!r} is not one keras-tcn supports ('causal', 'same')")
@@ -61,16 +78,27 @@ def convert_keras_tcn(layer: KerasLayer) -> ConvertedLayer:
     channels = None
     for block in range(nb_stacks * len(dilations)):
         filters = nb_filters[block % len(dilations)]
-        channels = _take_block(layer.weights, block, channels, filters, kernel_size, norm,
-                               bool(c.get("use_weight_norm", False)), params)
+        channels = _take_block(
+            layer.weights, block, channels, filters, kernel_size, norm, bool(c.get("use_weight_norm", False)), params
+        )
     in_channels = int(params["blocks.0.convs.0.weight"].shape[1])
-    return ConvertedLayer("keras_tcn", {
-        "in_channels": in_channels, "nb_filters": nb_filters, "kernel_size": kernel_size,
-        "nb_stacks": nb_stacks, "dilations": dilations, "padding": padding,
-        "use_skip_connections": use_skip_connections, "return_sequences": bool(c.get("return_sequences", False)),
-        "activation": layer_activation(layer, default="relu"), "norm": norm,
-        "go_backwards": bool(c.get("go_backwards", False)),
-    }, params)
+    return ConvertedLayer(
+        "keras_tcn",
+        {
+            "in_channels": in_channels,
+            "nb_filters": nb_filters,
+            "kernel_size": kernel_size,
+            "nb_stacks": nb_stacks,
+            "dilations": dilations,
+            "padding": padding,
+            "use_skip_connections": use_skip_connections,
+            "return_sequences": bool(c.get("return_sequences", False)),
+            "activation": layer_activation(layer, default="relu"),
+            "norm": norm,
+            "go_backwards": bool(c.get("go_backwards", False)),
+        },
+        params,
+    )
 
 
 def _filters_per_dilation(value: Any, n_dilations: int) -> list[int]:
@@ -82,30 +110,45 @@ def _filters_per_dilation(value: Any, n_dilations: int) -> list[int]:
 
 
 def _norm_kind(c: dict[str, Any]) -> str | None:
-    chosen = [name for key, name in (("use_batch_norm", "batch"), ("use_layer_norm", "layer"),
-                                     ("use_weight_norm", "weight")) if c.get(key)]
+    chosen = [
+        name
+        for key, name in (("use_batch_norm", "batch"), ("use_layer_norm", "layer"), ("use_weight_norm", "weight"))
+        if c.get(key)
+    ]
     if len(chosen) > 1:
         raise LayerProblem(f"more than one normalization is switched on ({', '.join(chosen)}); keras-tcn allows one")
     return chosen[0] if chosen and chosen[0] != "weight" else None
 
 
-def _take_block(bag: WeightBag, block: int, channels: int | None, filters: int, kernel_size: int,
-                norm: str | None, weight_norm: bool, params: dict[str, np.ndarray]) -> int:
+def _take_block(
+    bag: WeightBag,
+    block: int,
+    channels: int | None,
+    filters: int,
+    kernel_size: int,
+    norm: str | None,
+    weight_norm: bool,
+    params: dict[str, np.ndarray],
+) -> int:
     """Take one residual block's weights into `params` (`channels`: its input width, None for the first
     block); returns the block's output width."""
     scope, key = f"residual_block_{block}", f"blocks.{block}"
     for stage in range(2):
         conv = f"{scope}/conv1D_{stage}"
         stage_in = channels if stage == 0 else filters  # None: the TCN's input width, read from the kernel
-        kernel = (_folded_kernel(bag, conv, kernel_size, stage_in, filters) if weight_norm
-                  else bag.take(f"{conv}/kernel", (kernel_size, stage_in, filters)))
+        kernel = (
+            _folded_kernel(bag, conv, kernel_size, stage_in, filters)
+            if weight_norm
+            else bag.take(f"{conv}/kernel", (kernel_size, stage_in, filters))
+        )
         if stage == 0:
             channels = kernel.shape[1]
         params[f"{key}.convs.{stage}.weight"] = kernel.transpose(2, 1, 0).copy()
         params[f"{key}.convs.{stage}.bias"] = bag.take(f"{conv}/bias", (filters,))
     if channels != filters:
-        params[f"{key}.matching.weight"] = bag.take(f"{scope}/matching_conv1D/kernel",
-                                                    (1, channels, filters)).transpose(2, 1, 0).copy()
+        params[f"{key}.matching.weight"] = (
+            bag.take(f"{scope}/matching_conv1D/kernel", (1, channels, filters)).transpose(2, 1, 0).copy()
+        )
         params[f"{key}.matching.bias"] = bag.take(f"{scope}/matching_conv1D/bias", (filters,))
     if norm is not None:
         for stage, sublayer in enumerate(_norm_sublayers(bag, scope)):
@@ -117,14 +160,16 @@ def _folded_kernel(bag: WeightBag, conv: str, kernel_size: int, channels: int | 
     """tensorflow_addons' WeightNormalization: kernel = g · v / ||v||, refused if never initialized."""
     initialized = bag.take(f"{conv}/initialized", ())
     if not initialized:
-        raise LayerProblem(f"the weight normalization of '{conv}' was never initialized: Keras would set its "
-                           "g and bias from the first batch it sees, so the file alone does not fix the model")
+        raise LayerProblem(
+            f"the weight normalization of '{conv}' was never initialized: Keras would set its "
+            "g and bias from the first batch it sees, so the file alone does not fix the model"
+        )
     direction = bag.take(f"{conv}/kernel", (kernel_size, channels, filters)).astype(np.float64)
     scale = bag.take(f"{conv}/g", (filters,)).astype(np.float64)
     for unused in ("kernel", "bias"):  # the wrapper's data-init clone: a stale copy, not used at inference
         if bag.has(f"{conv}/data_dep_init/{unused}"):
             bag.take(f"{conv}/data_dep_init/{unused}")
-    squared_norm = np.maximum(np.sum(direction ** 2, axis=(0, 1)), L2_NORMALIZE_EPSILON)
+    squared_norm = np.maximum(np.sum(direction**2, axis=(0, 1)), L2_NORMALIZE_EPSILON)
     return (direction / np.sqrt(squared_norm) * scale).astype(np.float32)
 
 
@@ -135,7 +180,7 @@ def _norm_sublayers(bag: WeightBag, scope: str) -> list[str]:
     for name in bag.leftovers():
         start = name.find(prefix)
         if start >= 0 and (start == 0 or name[start - 1] == "/"):
-            sublayers.add(name[start + len(prefix):].rsplit("/", 1)[0])
+            sublayers.add(name[start + len(prefix) :].rsplit("/", 1)[0])
     order = {}
     for sublayer in sublayers:
         parts = sublayer.split("/")
@@ -145,8 +190,7 @@ def _norm_sublayers(bag: WeightBag, scope: str) -> list[str]:
             raise LayerProblem(f"'{scope}' holds weights of an unexpected sublayer '{sublayer}'")
         order[sublayer] = stage if stage is not None else numbered
     if len(order) != 2 or len(set(order.values())) != 2:
-        raise LayerProblem(f"'{scope}' should hold two normalization sublayers, found "
-                           f"{sorted(order) or 'none'}")
+        raise LayerProblem(f"'{scope}' should hold two normalization sublayers, found {sorted(order) or 'none'}")
     return sorted(order, key=order.get)
 
 

@@ -1,10 +1,17 @@
 """Merge layers: element-wise Add, Subtract, Multiply, Average, Maximum, Minimum, and Concatenate."""
+
 from __future__ import annotations
 
 from conversion.registry import ConvertedLayer, KerasLayer, bare_class_name, register_layer_converter
 
-MERGE_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
-             "Maximum": "maximum", "Minimum": "minimum"}
+MERGE_OPS = {
+    "Add": "add",
+    "Subtract": "subtract",
+    "Multiply": "multiply",
+    "Average": "average",
+    "Maximum": "maximum",
+    "Minimum": "minimum",
+}
 
 
 @register_layer_converter(*MERGE_OPS)

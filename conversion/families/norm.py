@@ -1,4 +1,5 @@
 """BatchNormalization (inference: moving statistics) and LayerNormalization, with the file's epsilon."""
+
 from __future__ import annotations
 
 from conversion.families.common import axis_list, number
@@ -23,9 +24,17 @@ def convert_batch_norm(layer: KerasLayer) -> ConvertedLayer:
         params["weight"] = layer.weights.take("gamma", (size,))
     if center:
         params["bias"] = layer.weights.take("beta", (size,))
-    return ConvertedLayer("batch_norm", {"num_features": size, "axis": axes[0],
-                                         "epsilon": number(c, "epsilon", KERAS_NORM_EPSILON, minimum=0),
-                                         "center": center, "scale": scale}, params)
+    return ConvertedLayer(
+        "batch_norm",
+        {
+            "num_features": size,
+            "axis": axes[0],
+            "epsilon": number(c, "epsilon", KERAS_NORM_EPSILON, minimum=0),
+            "center": center,
+            "scale": scale,
+        },
+        params,
+    )
 
 
 @register_layer_converter("LayerNormalization")
@@ -39,7 +48,15 @@ def convert_layer_norm(layer: KerasLayer) -> ConvertedLayer:
     if center and not rms_scaling:
         params["bias"] = layer.weights.take("beta")
     shape = list(next(iter(params.values())).shape) if params else [1]
-    return ConvertedLayer("layer_norm", {"axes": axis_list(c.get("axis", -1)), "shape": shape,
-                                         "epsilon": number(c, "epsilon", KERAS_NORM_EPSILON, minimum=0),
-                                         "center": center and not rms_scaling, "scale": scale or rms_scaling,
-                                         "rms_scaling": rms_scaling}, params)
+    return ConvertedLayer(
+        "layer_norm",
+        {
+            "axes": axis_list(c.get("axis", -1)),
+            "shape": shape,
+            "epsilon": number(c, "epsilon", KERAS_NORM_EPSILON, minimum=0),
+            "center": center and not rms_scaling,
+            "scale": scale or rms_scaling,
+            "rms_scaling": rms_scaling,
+        },
+        params,
+    )

@@ -1,7 +1,8 @@
 """The demo neuron: a small simulated cortical neuron that trains the shipped TCNs and checks optimized rates.
 
-    from ground_truth.demo import NeuronConfig, DemoSimulator, simulate
+from ground_truth.demo import NeuronConfig, DemoSimulator, simulate
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,14 @@ from ground_truth.demo.simulator import SimulationResult, compartment_of_segment
 from ground_truth.interface import SimulatedTrials, SimulateFunction, Simulator
 from limits import MAX_SIMULATION_STEPS
 
-__all__ = ["DemoSimulator", "NeuronConfig", "SimulationResult", "compartment_of_segments", "nmda_magnesium_block",
-           "simulate"]
+__all__ = [
+    "DemoSimulator",
+    "NeuronConfig",
+    "SimulationResult",
+    "compartment_of_segments",
+    "nmda_magnesium_block",
+    "simulate",
+]
 
 
 @dataclass(frozen=True)
@@ -47,8 +54,11 @@ class DemoSimulator(Simulator):
             if spikes.shape[1] != config.num_segments:
                 raise ValueError(f"the demo neuron has {config.num_segments} input segments, got {spikes.shape[1]}")
             rasters = spikes.transpose(0, 2, 1)
-            result = simulate(rasters[..., :config.num_excitatory_segments],
-                              rasters[..., config.num_excitatory_segments:], config)
-            return SimulatedTrials(tuple(np.flatnonzero(row).astype(np.float64) for row in result.spikes),
-                                   result.soma_v)
+            result = simulate(
+                rasters[..., : config.num_excitatory_segments], rasters[..., config.num_excitatory_segments :], config
+            )
+            return SimulatedTrials(
+                tuple(np.flatnonzero(row).astype(np.float64) for row in result.spikes), result.soma_v
+            )
+
         return run

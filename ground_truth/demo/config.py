@@ -11,17 +11,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from errors import ConfigError
 
-
 # Fields whose name ends like this are sizes, capacitances, conductances or time constants: all must be > 0.
 _POSITIVE_SUFFIXES = ("_segments", "_compartments", "_pf", "_ns", "_tau_ms", "_rise_ms", "_decay_ms", "dt_ms")
-MIN_DT_MS = 1e-3        # at most 1000 integration steps per ms
-MAX_SIZE = 100_000      # segments of one type, compartments
-MAX_TIME_MS = 1e6       # time constants and the refractory period
+MIN_DT_MS = 1e-3  # at most 1000 integration steps per ms
+MAX_SIZE = 100_000  # segments of one type, compartments
+MAX_TIME_MS = 1e6  # time constants and the refractory period
 
 
 @dataclass(frozen=True)
@@ -66,29 +66,45 @@ class NeuronConfig:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             wants_int = field.type in (int, "int")
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-                    or (wants_int and float(value) != int(value)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or (wants_int and float(value) != int(value))
+            ):
                 kind = "an integer" if wants_int else "a number"
                 raise ConfigError(f"neuron config: {field.name} must be {kind}, got {value!r}")
             if not math.isfinite(value):
                 raise ConfigError(f"neuron config: {field.name} must be a finite number, got {value!r}")
             object.__setattr__(self, field.name, int(value) if wants_int else float(value))
-        non_positive = [f.name for f in dataclasses.fields(self)
-                        if f.name.endswith(_POSITIVE_SUFFIXES) and getattr(self, f.name) <= 0]
+        non_positive = [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name.endswith(_POSITIVE_SUFFIXES) and getattr(self, f.name) <= 0
+        ]
         if non_positive:
             raise ConfigError(f"neuron config: these values must be positive: {non_positive}")
         if self.refractory_ms < 0 or self.magnesium_mm < 0:
             raise ConfigError("neuron config: refractory_ms and magnesium_mm must not be negative")
         if self.dt_ms < MIN_DT_MS:
-            raise ConfigError(f"neuron config: dt_ms={self.dt_ms} is below {MIN_DT_MS} ms (more than "
-                              f"{1 / MIN_DT_MS:.0f} steps per ms)")
-        too_big = [f.name for f in dataclasses.fields(self) if f.name.endswith(("_segments", "_compartments"))
-                   and getattr(self, f.name) > MAX_SIZE]
-        too_long = [f.name for f in dataclasses.fields(self) if f.name.endswith("_ms")
-                    and abs(getattr(self, f.name)) > MAX_TIME_MS]
+            raise ConfigError(
+                f"neuron config: dt_ms={self.dt_ms} is below {MIN_DT_MS} ms (more than "
+                f"{1 / MIN_DT_MS:.0f} steps per ms)"
+            )
+        too_big = [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name.endswith(("_segments", "_compartments")) and getattr(self, f.name) > MAX_SIZE
+        ]
+        too_long = [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name.endswith("_ms") and abs(getattr(self, f.name)) > MAX_TIME_MS
+        ]
         if too_big or too_long:
-            raise ConfigError(f"neuron config: beyond any neuron this simulator is for: {too_big + too_long} (sizes "
-                              f"at most {MAX_SIZE}, times at most {MAX_TIME_MS:g} ms)")
+            raise ConfigError(
+                f"neuron config: beyond any neuron this simulator is for: {too_big + too_long} (sizes "
+                f"at most {MAX_SIZE}, times at most {MAX_TIME_MS:g} ms)"
+            )
         if abs(round(1.0 / self.dt_ms) * self.dt_ms - 1.0) > 1e-9:
             raise ConfigError(f"neuron config: 1 / dt_ms must be an integer, got dt_ms={self.dt_ms}")
         if self.threshold_mv <= self.reset_mv:
@@ -106,7 +122,7 @@ class NeuronConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "NeuronConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> NeuronConfig:
         """Inverse of to_dict; unknown keys are an error so that typos do not pass silently."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(str(key) for key in set(values) - known)

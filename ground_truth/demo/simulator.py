@@ -63,10 +63,16 @@ def simulate(exc_spikes: np.ndarray, inh_spikes: np.ndarray, config: NeuronConfi
     num_compartments = config.num_compartments
 
     # Spike counts per compartment and ms: (T, N, C), time first so each step reads a contiguous slice.
-    exc_counts = np.ascontiguousarray(np.moveaxis(
-        exc.astype(np.float32) @ _segments_to_compartments(config.num_excitatory_segments, num_compartments), 1, 0))
-    inh_counts = np.ascontiguousarray(np.moveaxis(
-        inh.astype(np.float32) @ _segments_to_compartments(config.num_inhibitory_segments, num_compartments), 1, 0))
+    exc_counts = np.ascontiguousarray(
+        np.moveaxis(
+            exc.astype(np.float32) @ _segments_to_compartments(config.num_excitatory_segments, num_compartments), 1, 0
+        )
+    )
+    inh_counts = np.ascontiguousarray(
+        np.moveaxis(
+            inh.astype(np.float32) @ _segments_to_compartments(config.num_inhibitory_segments, num_compartments), 1, 0
+        )
+    )
 
     dt = config.dt_ms
     steps_per_ms = int(round(1.0 / dt))
@@ -104,13 +110,17 @@ def simulate(exc_spikes: np.ndarray, inh_spikes: np.ndarray, config: NeuronConfi
             # Exponential Euler per compartment, neighbours' voltages taken from the previous step.
             g_excitatory = g_ampa + (nmda_fall - nmda_rise) * nmda_magnesium_block(v_dend, config.magnesium_mm)
             g_total = dendrite_passive_ns + g_excitatory + g_gaba
-            v_target = (config.dendrite_leak_ns * config.leak_reversal_mv + config.coupling_ns * v_soma[:, None]
-                        + g_excitatory * config.excitatory_reversal_mv
-                        + g_gaba * config.inhibitory_reversal_mv) / g_total
+            v_target = (
+                config.dendrite_leak_ns * config.leak_reversal_mv
+                + config.coupling_ns * v_soma[:, None]
+                + g_excitatory * config.excitatory_reversal_mv
+                + g_gaba * config.inhibitory_reversal_mv
+            ) / g_total
             new_dend = v_target + (v_dend - v_target) * np.exp(-dt * g_total / config.dendrite_capacitance_pf)
 
-            soma_target = (config.soma_leak_ns * config.leak_reversal_mv
-                           + config.coupling_ns * v_dend.sum(axis=1)) / soma_total_ns
+            soma_target = (
+                config.soma_leak_ns * config.leak_reversal_mv + config.coupling_ns * v_dend.sum(axis=1)
+            ) / soma_total_ns
             v_soma = soma_target + (v_soma - soma_target) * soma_relaxation
             v_dend = new_dend
 

@@ -5,13 +5,14 @@ a template, the sections it creates are the cell. A Python file's `builder` func
 locations are the segments of the cell's section lists (`section_lists`, default `all`), section by section in list
 order and segment by segment from 0 to 1 — the order of the published simulations' input channels.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import re
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from errors import SimulatorError
 
@@ -24,7 +25,7 @@ def templates_in(path: Path) -> list[str]:
     return [name.decode() for name in TEMPLATE.findall(COMMENTS.sub(b"", path.read_bytes()))]
 
 
-def build_cell(h: Any, path: Path, template: Optional[str], builder: str) -> Any:
+def build_cell(h: Any, path: Path, template: str | None, builder: str) -> Any:
     """The cell object (None for a hoc file that creates top-level sections)."""
     where = f"ground_truth.neuron.cell={path}"
     if path.suffix == ".py":
@@ -39,8 +40,10 @@ def build_cell(h: Any, path: Path, template: Optional[str], builder: str) -> Any
             raise SimulatorError(f"{where}: the module has no function {builder} (ground_truth.neuron.builder).")
         cell = function()
         if cell is None or isinstance(cell, (bool, int, float, str, bytes)):
-            raise SimulatorError(f"{where}: {builder}() returned {cell!r:.60}; it must return the cell (an object "
-                                 "whose attributes are its sections and section lists).")
+            raise SimulatorError(
+                f"{where}: {builder}() returned {cell!r:.60}; it must return the cell (an object "
+                "whose attributes are its sections and section lists)."
+            )
         return cell
     names = templates_in(path)
     if template is not None and template not in names:
@@ -86,7 +89,7 @@ def short_name(section: Any) -> str:
     return section.name().split(".", 1)[-1]
 
 
-def soma_of(h: Any, cell: Any, name: Optional[str]) -> Any:
+def soma_of(h: Any, cell: Any, name: str | None) -> Any:
     everything = list(h.allsec())
     if name is not None:
         for section in everything:
@@ -98,8 +101,9 @@ def soma_of(h: Any, cell: Any, name: Optional[str]) -> Any:
         return _sections(soma)[0]
     named = [section for section in everything if "soma" in short_name(section).lower()]
     if not named:
-        raise SimulatorError("the cell has no section named soma; name the spike-detecting section in "
-                             "ground_truth.neuron.soma.")
+        raise SimulatorError(
+            "the cell has no section named soma; name the spike-detecting section in ground_truth.neuron.soma."
+        )
     return named[0]
 
 
@@ -114,12 +118,16 @@ def mapped_locations(sections: list[Any], entries: list[tuple[int, Any, float]])
     for channel, (_, section, x) in enumerate(entries):
         if isinstance(section, int):
             if section >= len(sections):
-                raise SimulatorError(f"synapse map, channel {channel}: section index {section}, but the section "
-                                     f"lists hold {len(sections)} sections.")
+                raise SimulatorError(
+                    f"synapse map, channel {channel}: section index {section}, but the section "
+                    f"lists hold {len(sections)} sections."
+                )
             locations.append((sections[section], x))
         elif section in by_name:
             locations.append((by_name[section], x))
         else:
-            raise SimulatorError(f"synapse map, channel {channel}: the cell's section lists have no section "
-                                 f"{section[:80]!r} (names look like {short_name(sections[0])}).")
+            raise SimulatorError(
+                f"synapse map, channel {channel}: the cell's section lists have no section "
+                f"{section[:80]!r} (names look like {short_name(sections[0])})."
+            )
     return locations

@@ -5,6 +5,7 @@ restores that state, queues one event per input spike (a spike in bin k arrives 
 synapses (AMPA + NMDA for excitatory channels, GABA-A for inhibitory ones), runs the trial's duration at a fixed
 step, and reports the soma's upward crossings of the spike threshold and its voltage at the end of each ms.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ NMDA_MECHANISM = "NmdaMgSyn"  # nmda_mg.mod's POINT_PROCESS
 class NeuronSimulator(Simulator):
     settings: dict  # NeuronBackendConfig as JSON, paths absolute
     mechanisms_entry: str  # the compiled mechanisms' cache folder
-    synapse_map: Optional[tuple]  # checked entries (kind, section, x), or None: one synapse pair per segment
+    synapse_map: tuple | None  # checked entries (kind, section, x), or None: one synapse pair per segment
     num_excitatory: int
     num_inhibitory: int
     identity: str  # hash of the cell file, its folder's files, the map, the mechanisms and the settings
@@ -43,12 +44,13 @@ class NeuronSimulator(Simulator):
         return f"NEURON ({Path(self.settings['cell']).name})"
 
     @classmethod
-    def resolve(cls, config: NeuronBackendConfig, num_excitatory: int, num_inhibitory: int) -> "NeuronSimulator":
+    def resolve(cls, config: NeuronBackendConfig, num_excitatory: int, num_inhibitory: int) -> NeuronSimulator:
         """Everything that can be checked in this process: the cell file, the synapse map against the model's
         channels, the mechanisms (compiled now if the cache has not got them)."""
         if config.cell is None:
-            raise ConfigError("ground_truth.simulator=neuron needs ground_truth.neuron.cell: a .hoc or .py file "
-                              "that builds the cell.")
+            raise ConfigError(
+                "ground_truth.simulator=neuron needs ground_truth.neuron.cell: a .hoc or .py file that builds the cell."
+            )
         cell = config.cell.resolve()
         if not cell.is_file() or cell.suffix not in (".hoc", ".py"):
             raise ConfigError(f"ground_truth.neuron.cell={config.cell}: not a .hoc or .py file.")
@@ -57,8 +59,11 @@ class NeuronSimulator(Simulator):
             entries = tuple(read_synapse_map(config.synapse_map, num_excitatory + num_inhibitory, num_excitatory))
         mechanisms = config.mechanisms.resolve() if config.mechanisms is not None else None
         entry, _ = compiled_mechanisms(mechanisms, config.mechanisms_cache)
-        settings = {**config.model_dump(mode="json"), "cell": str(cell),
-                    "mechanisms": str(mechanisms) if mechanisms else None}
+        settings = {
+            **config.model_dump(mode="json"),
+            "cell": str(cell),
+            "mechanisms": str(mechanisms) if mechanisms else None,
+        }
         digest = hashlib.sha256((file_sha256(cell, ConfigError) + folder_fingerprint(cell.parent)).encode())
         digest.update(json.dumps([settings, entries, entry.name], sort_keys=True, default=str).encode())
         return cls(settings, str(entry), entries, num_excitatory, num_inhibitory, digest.hexdigest())
@@ -82,8 +87,10 @@ class _NeuronCell:
         except ImportError:
             raise SimulatorError("ground_truth.simulator=neuron needs NEURON: `pip install neuron==9.0.2`.") from None
         if not hasattr(h, NMDA_MECHANISM):
-            raise SimulatorError(f"the compiled mechanisms in {spec.mechanisms_entry} did not load into NEURON (its "
-                                 "messages are above); delete that folder to have them compiled again.")
+            raise SimulatorError(
+                f"the compiled mechanisms in {spec.mechanisms_entry} did not load into NEURON (its "
+                "messages are above); delete that folder to have them compiled again."
+            )
         cell_path = Path(settings["cell"])
         os.chdir(cell_path.parent)  # the cell's relative paths (morphologies, other hoc files) work as at home
         h.load_file("stdrun.hoc")
@@ -99,13 +106,16 @@ class _NeuronCell:
                     f"so one excitatory and one inhibitory synapse each make {len(locations)} + {len(locations)} "
                     f"synapses, but the model takes {spec.num_excitatory} excitatory + {spec.num_inhibitory} "
                     f"inhibitory input channels; choose ground_truth.neuron.section_lists or give a "
-                    "ground_truth.neuron.synapse_map.")
+                    "ground_truth.neuron.synapse_map."
+                )
             locations = locations + locations
         else:
             locations = cells.mapped_locations(sections, list(spec.synapse_map))
         self._synapse_objects: list[Any] = []  # NEURON deletes a point process nothing refers to
-        self.netcons = [self._synapses(section, x, channel < spec.num_excitatory, settings)
-                        for channel, (section, x) in enumerate(locations)]
+        self.netcons = [
+            self._synapses(section, x, channel < spec.num_excitatory, settings)
+            for channel, (section, x) in enumerate(locations)
+        ]
         self.soma = soma(0.5)
         self.detector = h.NetCon(self.soma._ref_v, None, sec=soma)
         self.detector.threshold = settings["spike_threshold_mv"]
@@ -128,8 +138,11 @@ class _NeuronCell:
         for key, mechanism in kinds:
             kinetics = settings[key]
             synapse = mechanism(section(x))
-            synapse.tau1, synapse.tau2, synapse.e = (kinetics["tau_rise_ms"], kinetics["tau_decay_ms"],
-                                                     kinetics["reversal_mv"])
+            synapse.tau1, synapse.tau2, synapse.e = (
+                kinetics["tau_rise_ms"],
+                kinetics["tau_decay_ms"],
+                kinetics["reversal_mv"],
+            )
             if key == "nmda":
                 synapse.mg = kinetics["magnesium_mm"]
             netcon = h.NetCon(None, synapse)

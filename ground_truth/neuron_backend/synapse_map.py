@@ -6,6 +6,7 @@ CSV: a header `kind,section,x` and one row per input channel in channel order; k
 (channels, 3) of kind (0 excitatory, 1 inhibitory), section index, x. Excitatory channels come first, as in the
 model's input.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,7 +31,9 @@ def _from_csv(path: Path, text: str) -> list[Entry]:
     rows = list(csv.reader(io.StringIO(text)))
     header = [cell.strip().lower() for cell in rows[0]] if rows else []
     if header != ["kind", "section", "x"]:
-        raise ConfigError(f"{path}: the first line must be the header kind,section,x; found {rows[0][:5] if rows else 'nothing'}.")
+        raise ConfigError(
+            f"{path}: the first line must be the header kind,section,x; found {rows[0][:5] if rows else 'nothing'}."
+        )
     entries: list[Entry] = []
     for line, row in enumerate(rows[1:], start=2):
         if not row:
@@ -57,18 +60,25 @@ def _from_npy(path: Path) -> list[Entry]:
     except (ValueError, OSError) as exc:
         raise ConfigError(f"{path}: not a numeric .npy array ({' '.join(str(exc).split())[:200]}).") from None
     if array.ndim != 2 or array.shape[1] != 3 or array.dtype.kind not in "iuf":
-        raise ConfigError(f"{path}: expected a real-valued array of shape (channels, 3), got {array.dtype} "
-                          f"{array.shape}.")
+        raise ConfigError(
+            f"{path}: expected a real-valued array of shape (channels, 3), got {array.dtype} {array.shape}."
+        )
     if array.shape[0] > MAX_CHANNELS:
         raise ConfigError(f"{path}: more than {MAX_CHANNELS} channels.")
     values = np.asarray(array, dtype=np.float64)
     if not np.isfinite(values).all():
         raise ConfigError(f"{path}: holds NaN or Inf.")
     kinds, sections = values[:, 0], values[:, 1]
-    if not np.isin(kinds, (0, 1)).all() or (sections != np.round(sections)).any() or (sections < 0).any() \
-            or (sections >= MAX_CHANNELS).any():
-        raise ConfigError(f"{path}: column 0 must be 0 (excitatory) or 1 (inhibitory), column 1 a section index "
-                          f"in [0, {MAX_CHANNELS}).")
+    if (
+        not np.isin(kinds, (0, 1)).all()
+        or (sections != np.round(sections)).any()
+        or (sections < 0).any()
+        or (sections >= MAX_CHANNELS).any()
+    ):
+        raise ConfigError(
+            f"{path}: column 0 must be 0 (excitatory) or 1 (inhibitory), column 1 a section index "
+            f"in [0, {MAX_CHANNELS})."
+        )
     return [(int(k), int(s), float(x)) for k, s, x in values]
 
 
@@ -88,13 +98,16 @@ def read_synapse_map(path: Path, channels: int, excitatory: int) -> list[Entry]:
     else:
         raise ConfigError(f"{path}: a synapse map is a .csv or a .npy file.")
     if len(entries) != channels:
-        raise ConfigError(f"{path}: {len(entries)} synapses, but the model takes {channels} input channels; one "
-                          "row per channel.")
+        raise ConfigError(
+            f"{path}: {len(entries)} synapses, but the model takes {channels} input channels; one row per channel."
+        )
     kinds = [kind for kind, _, _ in entries]
     if kinds != [0] * excitatory + [1] * (channels - excitatory):
-        raise ConfigError(f"{path}: the model's input is {excitatory} excitatory channels, then "
-                          f"{channels - excitatory} inhibitory; the map has {kinds.count(0)} excitatory and "
-                          f"{kinds.count(1)} inhibitory{'' if kinds.count(0) != excitatory else ', not in that order'}.")
+        raise ConfigError(
+            f"{path}: the model's input is {excitatory} excitatory channels, then "
+            f"{channels - excitatory} inhibitory; the map has {kinds.count(0)} excitatory and "
+            f"{kinds.count(1)} inhibitory{'' if kinds.count(0) != excitatory else ', not in that order'}."
+        )
     bad = next((i for i, (_, _, x) in enumerate(entries) if not (math.isfinite(x) and 0 <= x <= 1)), None)
     if bad is not None:
         raise ConfigError(f"{path}: channel {bad}'s x = {entries[bad][2]} is not in [0, 1].")

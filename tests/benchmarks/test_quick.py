@@ -1,4 +1,5 @@
 """The benchmark scripts run in their --quick mode and print their tables (timings are not checked)."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,8 +21,16 @@ def table_rows(stdout: str) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def conversion_run(tmp_path_factory):
     cache = tmp_path_factory.mktemp("benchmark_cache")
-    result = run_cli(["benchmarks/conversion.py", "--quick", "--cache", str(cache),
-                      "--onnx-packages", str(cache / "no_onnx_packages")])
+    result = run_cli(
+        [
+            "benchmarks/conversion.py",
+            "--quick",
+            "--cache",
+            str(cache),
+            "--onnx-packages",
+            str(cache / "no_onnx_packages"),
+        ]
+    )
     return result, cache
 
 
@@ -44,8 +53,12 @@ def test_loop_benchmark_model_is_what_the_converter_makes(conversion_run):
     built = neuron_tcn(QUICK).spec
 
     def structure(spec):
-        return ([(layer["name"], layer["type"], layer["config"]) for layer in spec["layers"]],
-                [call["layer"] for call in spec["calls"]], spec["output_names"], spec["inputs"][0]["shape"])
+        return (
+            [(layer["name"], layer["type"], layer["config"]) for layer in spec["layers"]],
+            [call["layer"] for call in spec["calls"]],
+            spec["output_names"],
+            spec["inputs"][0]["shape"],
+        )
 
     assert structure(built) == structure(converted)
 
@@ -55,8 +68,12 @@ def test_optimization_loop_benchmark_quick():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "measured bf16 matmul rate" in result.stdout
     rows = table_rows(result.stdout)
-    assert [row[3] for row in rows] == ["prior loop (fp32)", "ours: plain path, fp32", "ours: fast path, fp32",
-                                        "ours: fast path, bf16"]
+    assert [row[3] for row in rows] == [
+        "prior loop (fp32)",
+        "ours: plain path, fp32",
+        "ours: fast path, fp32",
+        "ours: fast path, bf16",
+    ]
     assert [row[4] for row in rows] == ["fp32", "fp32", "fp32, first layer as conv", "bf16, first layer as conv"]
     for row in rows:
         assert float(row[5]) > 0 and float(row[6]) > 0  # ms/iteration, effective TFLOP/s

@@ -32,15 +32,16 @@ from keras_zoo import FLAVOURS, ZOO  # noqa: E402
 MAKE_SCRIPT = HERE / "make_keras_model.py"
 ZOO_SOURCES = (HERE / "keras_zoo.py", MAKE_SCRIPT)
 SEED = 0
-TOLERANCE = 1e-5            # max abs diff against Keras, float32 on CPU (issue 2)
+TOLERANCE = 1e-5  # max abs diff against Keras, float32 on CPU (issue 2)
 BUILD_TIMEOUT_S = 600
 BLOCKED_MODULES = ("tensorflow", "keras", "tf_keras", "tcn")
-PARITY_RESULTS: dict[str, str] = {}      # "flavour/model" -> outcome, printed at the end of the run
+PARITY_RESULTS: dict[str, str] = {}  # "flavour/model" -> outcome, printed at the end of the run
 
 
 # --------------------------------------------------------------------------------------------------
 # The Keras side
 # --------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class ZooArtifact:
@@ -49,7 +50,7 @@ class ZooArtifact:
     flavour: str
     name: str
     h5: Path
-    params: Path | None          # the fit_CNN-style .pickle of neuron TCNs
+    params: Path | None  # the fit_CNN-style .pickle of neuron TCNs
     meta: dict
     inputs: list[np.ndarray]
     outputs: list[np.ndarray]
@@ -83,8 +84,8 @@ class KerasZoo:
     def __init__(self, root: Path, reuse: bool, expected: set[tuple[str, str]] = frozenset()):
         self.root = root
         self.reuse = reuse
-        self.expected = set(expected)                     # (flavour, batch) pairs the session will need
-        self._logs: dict[tuple[str, str], str] = {}      # (flavour, batch) -> build log
+        self.expected = set(expected)  # (flavour, batch) pairs the session will need
+        self._logs: dict[tuple[str, str], str] = {}  # (flavour, batch) -> build log
 
     def get(self, flavour: str, name: str) -> ZooArtifact:
         key = (flavour, _batch_of(name))
@@ -93,18 +94,26 @@ class KerasZoo:
         stem = self.root / flavour / name
         error = Path(f"{stem}.error.txt")
         if error.exists():
-            pytest.fail(f"Keras ({flavour}) could not build/save zoo model {name!r} -- a test-zoo problem, "
-                        f"not a converter one:\n{error.read_text()}", pytrace=False)
+            pytest.fail(
+                f"Keras ({flavour}) could not build/save zoo model {name!r} -- a test-zoo problem, "
+                f"not a converter one:\n{error.read_text()}",
+                pytrace=False,
+            )
         meta_path = Path(f"{stem}.json")
         if not meta_path.exists():
-            pytest.fail(f"make_keras_model.py wrote nothing for {flavour}/{name}; its log:\n"
-                        f"{self._logs[key]}", pytrace=False)
+            pytest.fail(
+                f"make_keras_model.py wrote nothing for {flavour}/{name}; its log:\n{self._logs[key]}", pytrace=False
+            )
         params = Path(f"{stem}.pickle")
-        return ZooArtifact(flavour=flavour, name=name, h5=Path(f"{stem}.h5"),
-                           params=params if params.exists() else None,
-                           meta=json.loads(meta_path.read_text()),
-                           inputs=_load_npz(Path(f"{stem}.inputs.npz")),
-                           outputs=_load_npz(Path(f"{stem}.outputs.npz")))
+        return ZooArtifact(
+            flavour=flavour,
+            name=name,
+            h5=Path(f"{stem}.h5"),
+            params=params if params.exists() else None,
+            meta=json.loads(meta_path.read_text()),
+            inputs=_load_npz(Path(f"{stem}.inputs.npz")),
+            outputs=_load_npz(Path(f"{stem}.outputs.npz")),
+        )
 
     def _names(self, flavour: str, batch: str) -> list[str]:
         return [n for n, e in ZOO.items() if flavour in e.flavours and _batch_of(n) == batch]
@@ -112,8 +121,10 @@ class KerasZoo:
     def _is_fresh(self, flavour: str, batch: str) -> bool:
         newest_source = max(p.stat().st_mtime for p in ZOO_SOURCES)
         metas = [self.root / flavour / f"{n}.json" for n in self._names(flavour, batch)]
-        return all(m.exists() and m.stat().st_mtime > newest_source
-                   and json.loads(m.read_text()).get("seed") == SEED for m in metas)
+        return all(
+            m.exists() and m.stat().st_mtime > newest_source and json.loads(m.read_text()).get("seed") == SEED
+            for m in metas
+        )
 
     def _build_with_siblings(self, key: tuple[str, str]) -> None:
         siblings = sorted(k for k in self.expected if k[1] == key[1] and k != key and k not in self._logs)
@@ -129,18 +140,30 @@ class KerasZoo:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            log = (f"$ {' '.join(cmd)}\n(exit {proc.returncode}, {time.perf_counter() - start:.1f} s)\n"
-                   f"{log_path.read_text()[-6000:]}")
+            log = (
+                f"$ {' '.join(cmd)}\n(exit {proc.returncode}, {time.perf_counter() - start:.1f} s)\n"
+                f"{log_path.read_text()[-6000:]}"
+            )
             self._logs[k] = log
-            if proc.returncode not in (0, 1):        # 1 = some models failed, each with its .error.txt
+            if proc.returncode not in (0, 1):  # 1 = some models failed, each with its .error.txt
                 self._logs[k] = f"make_keras_model.py crashed:\n{log}"
 
     def _start(self, flavour: str, batch: str):
         out_dir = self.root / flavour
         out_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="")
-        cmd = [sys.executable, str(MAKE_SCRIPT), "--flavour", flavour, "--model",
-               ",".join(self._names(flavour, batch)), "--out-dir", str(out_dir), "--seed", str(SEED)]
+        cmd = [
+            sys.executable,
+            str(MAKE_SCRIPT),
+            "--flavour",
+            flavour,
+            "--model",
+            ",".join(self._names(flavour, batch)),
+            "--out-dir",
+            str(out_dir),
+            "--seed",
+            str(SEED),
+        ]
         log_path = out_dir / f"build_{batch}.log"
         with open(log_path, "w") as log_file:
             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
@@ -203,7 +226,8 @@ def run_torch(model, inputs: list[np.ndarray]) -> list[np.ndarray]:
 def output_diffs(actual: list[np.ndarray], expected: list[np.ndarray], names: list[str]) -> dict[str, float]:
     """Max abs diff per output name; inf for a shape mismatch. Raises if the output counts differ."""
     assert len(actual) == len(expected), (
-        f"the converted model returns {len(actual)} output(s), Keras returns {len(expected)} ({names})")
+        f"the converted model returns {len(actual)} output(s), Keras returns {len(expected)} ({names})"
+    )
     diffs = {}
     for name, a, e in zip(names, actual, expected):
         if a.shape != e.shape:
@@ -213,18 +237,25 @@ def output_diffs(actual: list[np.ndarray], expected: list[np.ndarray], names: li
     return diffs
 
 
-def assert_matches_keras(artifact: ZooArtifact, actual: list[np.ndarray], what: str = "converted model",
-                         tolerance: float = TOLERANCE) -> dict[str, float]:
+def assert_matches_keras(
+    artifact: ZooArtifact, actual: list[np.ndarray], what: str = "converted model", tolerance: float = TOLERANCE
+) -> dict[str, float]:
     diffs = output_diffs(actual, artifact.outputs, artifact.output_names)
     bad = [(name, d) for name, d in diffs.items() if not d <= tolerance]
     if bad:
-        shapes = {n: (tuple(a.shape), tuple(e.shape))
-                  for n, a, e in zip(artifact.output_names, actual, artifact.outputs)}
-        lines = [f"  output {name!r}: max abs diff {d:.3g}"
-                 + (f" (shape {shapes[name][0]} vs Keras {shapes[name][1]})" if d == float("inf") else "")
-                 for name, d in bad]
-        raise AssertionError(f"{artifact.label}: {what} differs from Keras beyond {tolerance:g}:\n"
-                             + "\n".join(lines) + f"\n  all outputs: {diffs}")
+        shapes = {
+            n: (tuple(a.shape), tuple(e.shape)) for n, a, e in zip(artifact.output_names, actual, artifact.outputs)
+        }
+        lines = [
+            f"  output {name!r}: max abs diff {d:.3g}"
+            + (f" (shape {shapes[name][0]} vs Keras {shapes[name][1]})" if d == float("inf") else "")
+            for name, d in bad
+        ]
+        raise AssertionError(
+            f"{artifact.label}: {what} differs from Keras beyond {tolerance:g}:\n"
+            + "\n".join(lines)
+            + f"\n  all outputs: {diffs}"
+        )
     return diffs
 
 
@@ -257,7 +288,7 @@ class ConversionCache:
                 from model_converter import TCNModelConverter
 
                 model = TCNModelConverter(artifact.h5, artifact.params).convert(pth)
-        except Exception as exc:   # reported by the tests that use it
+        except Exception as exc:  # reported by the tests that use it
             return Converted(pth=pth, error=exc)
         return Converted(model=model, pth=pth)
 

@@ -18,6 +18,7 @@ predicts with them, and the saved file is rewritten into the layout a keras-tcn 
 0.23 file has (checked against such a file: `conv1D_k/g`, `conv1D_k/kernel` = v, `conv1D_k/initialized`,
 `conv1D_k/data_dep_init/{kernel,bias}`, `use_weight_norm: true` in the config).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,25 @@ SPIKE_DENSITY = 0.03
 BATCH = 3
 FLAVOURS = ("keras3", "keras2")
 # Activation strings passed to keras-tcn (every one both Keras versions accept and the converter knows).
-ACTIVATIONS = ("linear", "relu", "relu6", "sigmoid", "tanh", "elu", "selu", "softplus", "softsign", "gelu",
-               "swish", "silu", "exponential", "hard_sigmoid", "leaky_relu", "mish", "softmax")
+ACTIVATIONS = (
+    "linear",
+    "relu",
+    "relu6",
+    "sigmoid",
+    "tanh",
+    "elu",
+    "selu",
+    "softplus",
+    "softsign",
+    "gelu",
+    "swish",
+    "silu",
+    "exponential",
+    "hard_sigmoid",
+    "leaky_relu",
+    "mish",
+    "softmax",
+)
 
 
 @dataclass(frozen=True)
@@ -46,19 +64,20 @@ class TCNModel:
     name: str
     tcn: dict
     channels: int
-    time: int | None               # the Input's time axis (None: any length)
-    length: int                    # length of the test inputs
-    head: str = "none"             # none | dense | neuron (Conv1D spikes + Dense somatic)
-    gain: float = 1.0              # kernel std = gain / sqrt(fan_in)
+    time: int | None  # the Input's time axis (None: any length)
+    length: int  # length of the test inputs
+    head: str = "none"  # none | dense | neuron (Conv1D spikes + Dense somatic)
+    gain: float = 1.0  # kernel std = gain / sqrt(fan_in)
     flavours: tuple[str, ...] = FLAVOURS
-    rewrite: str | None = None     # weight_norm | weight_norm_uninitialized (see the module docstring)
-    bias: float | None = None      # every TCN bias set to this value instead of random ones
+    rewrite: str | None = None  # weight_norm | weight_norm_uninitialized (see the module docstring)
+    bias: float | None = None  # every TCN bias set to this value instead of random ones
     branches: tuple[str, ...] = ()  # one TCN per activation, side by side on the input, named tcn_<activation>
-    archive: bool = False          # saved as a Keras 3 `.keras` zip archive instead of `.h5`
+    archive: bool = False  # saved as a Keras 3 `.keras` zip archive instead of `.h5`
 
     @property
     def file_name(self) -> str:
         return f"{self.name}.keras" if self.archive else f"{self.name}.h5"
+
     notes: str = ""
 
 
@@ -69,57 +88,200 @@ def _add(model: TCNModel) -> None:
     MODELS[model.name] = model
 
 
-_add(TCNModel("stacked_skip_heads", notes="nb_stacks=2, skip connections, Conv1D + Dense heads",
-              tcn=dict(nb_filters=8, kernel_size=3, nb_stacks=2, dilations=(1, 2, 4), padding="causal",
-                       use_skip_connections=True, return_sequences=True),
-              channels=20, time=48, length=48, head="neuron"))
-_add(TCNModel("same_layernorm_middle_step", notes="same padding, layer norm, return_sequences=False (T//2)",
-              tcn=dict(nb_filters=6, kernel_size=3, nb_stacks=1, dilations=(1, 2, 4), padding="same",
-                       use_layer_norm=True, return_sequences=False),
-              channels=5, time=25, length=25, head="dense"))
-_add(TCNModel("same_any_length_middle_step", notes="same padding, time axis None, even test length",
-              tcn=dict(nb_filters=6, kernel_size=2, nb_stacks=1, dilations=(1, 2), padding="same",
-                       use_layer_norm=True, return_sequences=False),
-              channels=5, time=None, length=24, head="dense"))
-_add(TCNModel("batchnorm_even_kernel_dropout", notes="batch norm, kernel 4, dropout, identity residual in block 0",
-              tcn=dict(nb_filters=6, kernel_size=4, nb_stacks=1, dilations=(1, 2, 4), padding="causal",
-                       use_batch_norm=True, dropout_rate=0.2, return_sequences=False),
-              channels=6, time=None, length=40, head="dense"))
-_add(TCNModel("archive_batchnorm_stacked", notes="a .keras archive: stacked, batch norm, kernel 4",
-              tcn=dict(nb_filters=6, kernel_size=4, nb_stacks=2, dilations=(1, 2), use_batch_norm=True,
-                       return_sequences=True),
-              channels=5, time=None, length=30, head="dense", flavours=("keras3",), archive=True))
-_add(TCNModel("filters_per_block_no_skip", notes="nb_filters list, no skip connections (Keras 3 cannot save "
-              "a keras-tcn layer whose nb_filters is a list to .h5: its TrackedList does not serialize)",
-              tcn=dict(nb_filters=[6, 4, 5], kernel_size=3, nb_stacks=2, dilations=(1, 2, 4),
-                       use_skip_connections=False, return_sequences=True),
-              channels=3, time=None, length=30, flavours=("keras2",)))
-_add(TCNModel("go_backwards_single_block", notes="go_backwards, one block (skip sum of one)",
-              tcn=dict(nb_filters=5, kernel_size=3, nb_stacks=1, dilations=(1,), go_backwards=True,
-                       return_sequences=True),
-              channels=4, time=None, length=20))
-_add(TCNModel("go_backwards_last_step", notes="go_backwards, return_sequences=False, return_state=True",
-              tcn=dict(nb_filters=5, kernel_size=2, nb_stacks=1, dilations=(1, 2), go_backwards=True,
-                       return_state=True, return_sequences=False),
-              channels=4, time=None, length=20))
+_add(
+    TCNModel(
+        "stacked_skip_heads",
+        notes="nb_stacks=2, skip connections, Conv1D + Dense heads",
+        tcn=dict(
+            nb_filters=8,
+            kernel_size=3,
+            nb_stacks=2,
+            dilations=(1, 2, 4),
+            padding="causal",
+            use_skip_connections=True,
+            return_sequences=True,
+        ),
+        channels=20,
+        time=48,
+        length=48,
+        head="neuron",
+    )
+)
+_add(
+    TCNModel(
+        "same_layernorm_middle_step",
+        notes="same padding, layer norm, return_sequences=False (T//2)",
+        tcn=dict(
+            nb_filters=6,
+            kernel_size=3,
+            nb_stacks=1,
+            dilations=(1, 2, 4),
+            padding="same",
+            use_layer_norm=True,
+            return_sequences=False,
+        ),
+        channels=5,
+        time=25,
+        length=25,
+        head="dense",
+    )
+)
+_add(
+    TCNModel(
+        "same_any_length_middle_step",
+        notes="same padding, time axis None, even test length",
+        tcn=dict(
+            nb_filters=6,
+            kernel_size=2,
+            nb_stacks=1,
+            dilations=(1, 2),
+            padding="same",
+            use_layer_norm=True,
+            return_sequences=False,
+        ),
+        channels=5,
+        time=None,
+        length=24,
+        head="dense",
+    )
+)
+_add(
+    TCNModel(
+        "batchnorm_even_kernel_dropout",
+        notes="batch norm, kernel 4, dropout, identity residual in block 0",
+        tcn=dict(
+            nb_filters=6,
+            kernel_size=4,
+            nb_stacks=1,
+            dilations=(1, 2, 4),
+            padding="causal",
+            use_batch_norm=True,
+            dropout_rate=0.2,
+            return_sequences=False,
+        ),
+        channels=6,
+        time=None,
+        length=40,
+        head="dense",
+    )
+)
+_add(
+    TCNModel(
+        "archive_batchnorm_stacked",
+        notes="a .keras archive: stacked, batch norm, kernel 4",
+        tcn=dict(
+            nb_filters=6, kernel_size=4, nb_stacks=2, dilations=(1, 2), use_batch_norm=True, return_sequences=True
+        ),
+        channels=5,
+        time=None,
+        length=30,
+        head="dense",
+        flavours=("keras3",),
+        archive=True,
+    )
+)
+_add(
+    TCNModel(
+        "filters_per_block_no_skip",
+        notes="nb_filters list, no skip connections (Keras 3 cannot save "
+        "a keras-tcn layer whose nb_filters is a list to .h5: its TrackedList does not serialize)",
+        tcn=dict(
+            nb_filters=[6, 4, 5],
+            kernel_size=3,
+            nb_stacks=2,
+            dilations=(1, 2, 4),
+            use_skip_connections=False,
+            return_sequences=True,
+        ),
+        channels=3,
+        time=None,
+        length=30,
+        flavours=("keras2",),
+    )
+)
+_add(
+    TCNModel(
+        "go_backwards_single_block",
+        notes="go_backwards, one block (skip sum of one)",
+        tcn=dict(nb_filters=5, kernel_size=3, nb_stacks=1, dilations=(1,), go_backwards=True, return_sequences=True),
+        channels=4,
+        time=None,
+        length=20,
+    )
+)
+_add(
+    TCNModel(
+        "go_backwards_last_step",
+        notes="go_backwards, return_sequences=False, return_state=True",
+        tcn=dict(
+            nb_filters=5,
+            kernel_size=2,
+            nb_stacks=1,
+            dilations=(1, 2),
+            go_backwards=True,
+            return_state=True,
+            return_sequences=False,
+        ),
+        channels=4,
+        time=None,
+        length=20,
+    )
+)
 # Every activation but `exponential` in one model (one save, load and conversion for all): output i is the
 # TCN with activation BRANCHED_ACTIVATIONS[i].
 BRANCHED_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "exponential")
-_add(TCNModel("activations", notes="one TCN per activation",
-              tcn=dict(nb_filters=4, kernel_size=2, nb_stacks=1, dilations=(1, 2), return_sequences=True),
-              channels=3, time=None, length=16, gain=1.5, branches=BRANCHED_ACTIVATIONS))
+_add(
+    TCNModel(
+        "activations",
+        notes="one TCN per activation",
+        tcn=dict(nb_filters=4, kernel_size=2, nb_stacks=1, dilations=(1, 2), return_sequences=True),
+        channels=3,
+        time=None,
+        length=16,
+        gain=1.5,
+        branches=BRANCHED_ACTIVATIONS,
+    )
+)
 # A block applies its activation four times in a row (conv, conv, block, residual): nested exponentials
 # overflow float32 unless the pre-activations stay well below zero.
-_add(TCNModel("activation_exponential", notes="activation='exponential', one block, small kernels, biases -3",
-              tcn=dict(nb_filters=4, kernel_size=2, nb_stacks=1, dilations=(1,), activation="exponential",
-                       return_sequences=True),
-              channels=3, time=None, length=16, gain=0.3, bias=-3.0))
-_add(TCNModel("weight_norm", notes="keras-tcn <= 3.4 use_weight_norm (file layout rewritten, see docstring)",
-              tcn=dict(nb_filters=5, kernel_size=3, nb_stacks=1, dilations=(1, 2), return_sequences=True),
-              channels=3, time=None, length=20, flavours=("keras2",), rewrite="weight_norm"))
-_add(TCNModel("weight_norm_uninitialized", notes="WeightNormalization never called: data-dependent init pending",
-              tcn=dict(nb_filters=5, kernel_size=3, nb_stacks=1, dilations=(1, 2), return_sequences=True),
-              channels=3, time=None, length=20, flavours=("keras2",), rewrite="weight_norm_uninitialized"))
+_add(
+    TCNModel(
+        "activation_exponential",
+        notes="activation='exponential', one block, small kernels, biases -3",
+        tcn=dict(
+            nb_filters=4, kernel_size=2, nb_stacks=1, dilations=(1,), activation="exponential", return_sequences=True
+        ),
+        channels=3,
+        time=None,
+        length=16,
+        gain=0.3,
+        bias=-3.0,
+    )
+)
+_add(
+    TCNModel(
+        "weight_norm",
+        notes="keras-tcn <= 3.4 use_weight_norm (file layout rewritten, see docstring)",
+        tcn=dict(nb_filters=5, kernel_size=3, nb_stacks=1, dilations=(1, 2), return_sequences=True),
+        channels=3,
+        time=None,
+        length=20,
+        flavours=("keras2",),
+        rewrite="weight_norm",
+    )
+)
+_add(
+    TCNModel(
+        "weight_norm_uninitialized",
+        notes="WeightNormalization never called: data-dependent init pending",
+        tcn=dict(nb_filters=5, kernel_size=3, nb_stacks=1, dilations=(1, 2), return_sequences=True),
+        channels=3,
+        time=None,
+        length=20,
+        flavours=("keras2",),
+        rewrite="weight_norm_uninitialized",
+    )
+)
 
 
 def model_names(flavour: str) -> list[str]:
@@ -130,6 +292,7 @@ def model_names(flavour: str) -> list[str]:
 # Building (in a subprocess with TensorFlow)
 # --------------------------------------------------------------------------------------------------
 
+
 def _build(spec: TCNModel, keras, TCN):
     inputs = keras.Input(shape=(spec.time, spec.channels), name="inputs")
     if spec.branches:
@@ -139,8 +302,10 @@ def _build(spec: TCNModel, keras, TCN):
     if spec.head == "dense":
         outputs = keras.layers.Dense(2, name="head")(x)
     elif spec.head == "neuron":
-        outputs = [keras.layers.Conv1D(1, 1, activation="sigmoid", name="spikes")(x),
-                   keras.layers.Dense(1, name="somatic")(x)]
+        outputs = [
+            keras.layers.Conv1D(1, 1, activation="sigmoid", name="spikes")(x),
+            keras.layers.Dense(1, name="somatic")(x),
+        ]
     else:
         outputs = x
     return keras.Model(inputs, outputs, name=spec.name)
@@ -179,21 +344,24 @@ def _rewrite_as_weight_norm(h5: Path, parts: dict[str, tuple[np.ndarray, np.ndar
                 group[f"{conv}/data_dep_init/kernel:0"] = v
                 group[f"{conv}/data_dep_init/bias:0"] = np.zeros(v.shape[-1], np.float32)
                 trainable.append(f"{conv}/g:0")
-                non_trainable += [f"{conv}/initialized:0", f"{conv}/data_dep_init/kernel:0",
-                                  f"{conv}/data_dep_init/bias:0"]
+                non_trainable += [
+                    f"{conv}/initialized:0",
+                    f"{conv}/data_dep_init/kernel:0",
+                    f"{conv}/data_dep_init/bias:0",
+                ]
             trainable.append(name)
         group.attrs["weight_names"] = np.array([n.encode() for n in trainable + non_trainable])
         config = json.loads(f.attrs["model_config"])
         for layer in config["config"]["layers"]:
             if layer["class_name"] == "TCN":
                 layer["config"]["use_weight_norm"] = True
-                for newer_key in ("go_backwards", "return_state"):   # not in keras-tcn 3.4's config
+                for newer_key in ("go_backwards", "return_state"):  # not in keras-tcn 3.4's config
                     layer["config"].pop(newer_key)
         f.attrs["model_config"] = json.dumps(config).encode()
 
 
 def make(spec: TCNModel, out_dir: Path, seed: int, keras, TCN) -> None:
-    from keras_zoo import set_test_weights   # kernels, biases, norm statistics away from their defaults
+    from keras_zoo import set_test_weights  # kernels, biases, norm statistics away from their defaults
 
     rng = np.random.default_rng(seed * 7919 + sum(map(ord, spec.name)))
     model = _build(spec, keras, TCN)
@@ -204,8 +372,10 @@ def make(spec: TCNModel, out_dir: Path, seed: int, keras, TCN) -> None:
                 weight.assign(np.full(tuple(weight.shape), spec.bias, np.float32))
     parts = _weight_normalize(model, rng) if spec.rewrite else {}
     shape = (BATCH, spec.length, spec.channels)
-    inputs = {"spikes": (rng.random(shape) < SPIKE_DENSITY).astype(np.float32),
-              "normal": rng.normal(0.0, 1.0, shape).astype(np.float32)}
+    inputs = {
+        "spikes": (rng.random(shape) < SPIKE_DENSITY).astype(np.float32),
+        "normal": rng.normal(0.0, 1.0, shape).astype(np.float32),
+    }
     h5 = out_dir / spec.file_name
     model.save(str(h5))
     reloaded = keras.models.load_model(str(h5), custom_objects={"TCN": TCN}, compile=False)
@@ -226,7 +396,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.flavour == "keras2":
-        os.environ["TF_USE_LEGACY_KERAS"] = "1"     # tensorflow.keras (and so keras-tcn) becomes tf_keras
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tensorflow.keras (and so keras-tcn) becomes tf_keras
     import tensorflow as tf
     from tcn import TCN
 

@@ -70,8 +70,7 @@ def predict(model, inputs: list[np.ndarray]) -> list[np.ndarray]:
 def _train_one_step(model, inputs, rng) -> None:
     """Compile as fit_CNN.py does and take one step, so the file holds training config and optimizer."""
     targets = [rng.random(o.shape).astype(np.float32) for o in predict(model, inputs)]
-    model.compile(optimizer="nadam", loss=["binary_crossentropy", "mse", "mse"],
-                  loss_weights=[1.0, 0.006, 0.002])
+    model.compile(optimizer="nadam", loss=["binary_crossentropy", "mse", "mse"], loss_weights=[1.0, 0.006, 0.002])
     model.train_on_batch(inputs if len(inputs) > 1 else inputs[0], targets)
 
 
@@ -85,19 +84,37 @@ def _params_pickle(entry: ZooEntry) -> dict:
             "num_segments_exc": num_segments // 2,
             "num_segments_inh": num_segments - num_segments // 2,
             "num_DVT_components": arch["num_DVT_components"],
-            "train_files": [], "valid_files": [], "test_files": [],
-            "v_threshold": -55.0, "y_soma_shift": 67.7, "DVT_PCA_model": None,
+            "train_files": [],
+            "valid_files": [],
+            "test_files": [],
+            "v_threshold": -55.0,
+            "y_soma_shift": 67.7,
+            "DVT_PCA_model": None,
         },
-        "learning_schedule_dict": {"train_file_load": 0.2, "valid_file_load": 0.2,
-                                   "num_steps_multiplier": 10, "batch_size_per_epoch": [8],
-                                   "learning_rate_per_epoch": [0.0001], "loss_weights_per_epoch":
-                                       [[1.0, 0.006, 0.002]], "num_epochs": 1},
-        "training_history_dict": {"loss": [1.0], "spikes_loss": [0.5], "somatic_loss": [40.0],
-                                  "dendritic_loss": [60.0], "val_loss": [1.1],
-                                  "val_spikes_loss": [0.55], "val_somatic_loss": [41.0],
-                                  "val_dendritic_loss": [61.0], "batch_size": [8],
-                                  "learning_rate": [0.0001], "loss_weights": [[1.0, 0.006, 0.002]],
-                                  "num_train_samples": [64], "num_train_steps": [8]},
+        "learning_schedule_dict": {
+            "train_file_load": 0.2,
+            "valid_file_load": 0.2,
+            "num_steps_multiplier": 10,
+            "batch_size_per_epoch": [8],
+            "learning_rate_per_epoch": [0.0001],
+            "loss_weights_per_epoch": [[1.0, 0.006, 0.002]],
+            "num_epochs": 1,
+        },
+        "training_history_dict": {
+            "loss": [1.0],
+            "spikes_loss": [0.5],
+            "somatic_loss": [40.0],
+            "dendritic_loss": [60.0],
+            "val_loss": [1.1],
+            "val_spikes_loss": [0.55],
+            "val_somatic_loss": [41.0],
+            "val_dendritic_loss": [61.0],
+            "batch_size": [8],
+            "learning_rate": [0.0001],
+            "loss_weights": [[1.0, 0.006, 0.002]],
+            "num_train_samples": [64],
+            "num_train_steps": [8],
+        },
     }
 
 
@@ -119,26 +136,32 @@ def make_model(flavour: KerasFlavour, entry: ZooEntry, out: Path, base_seed: int
         outputs = predict(reloaded, inputs)
         reload_diff = max(float(np.max(np.abs(a - b))) if a.size else 0.0 for a, b in zip(in_memory, outputs))
         if reload_diff > 1e-6:
-            raise RuntimeError(f"Keras itself does not reproduce {entry.name} from {out}: "
-                               f"max diff {reload_diff:g} between the built and the reloaded model")
-    else:   # Keras cannot load this file back: the model as built is the reference
+            raise RuntimeError(
+                f"Keras itself does not reproduce {entry.name} from {out}: "
+                f"max diff {reload_diff:g} between the built and the reloaded model"
+            )
+    else:  # Keras cannot load this file back: the model as built is the reference
         reloaded, outputs = model, in_memory
 
     input_names = _layer_names(reloaded.inputs)
-    output_names = _layer_names(reloaded.outputs)   # Keras 3 Sequential has no `output_names`
+    output_names = _layer_names(reloaded.outputs)  # Keras 3 Sequential has no `output_names`
     np.savez(f"{stem}.inputs.npz", **{f"{i:02d}_{n}": a for i, (n, a) in enumerate(zip(input_names, inputs))})
     np.savez(f"{stem}.outputs.npz", **{f"{i:02d}_{n}": a for i, (n, a) in enumerate(zip(output_names, outputs))})
     if entry.neuron is not None:
         with open(f"{stem}.pickle", "wb") as f:
             pickle.dump(_params_pickle(entry), f, protocol=2)
     meta = {
-        "model": entry.name, "group": entry.group, "flavour": flavour.name,
-        "keras_version": flavour.version, "seed": base_seed,
+        "model": entry.name,
+        "group": entry.group,
+        "flavour": flavour.name,
+        "keras_version": flavour.version,
+        "seed": base_seed,
         "layer_names": [layer.name for layer in reloaded.layers],
-        "input_names": input_names, "input_shapes": [list(a.shape) for a in inputs],
-        "input_config_shapes": [[None if d is None else int(d) for d in tuple(t.shape)[1:]]
-                                for t in reloaded.inputs],
-        "output_names": output_names, "output_shapes": [list(a.shape) for a in outputs],
+        "input_names": input_names,
+        "input_shapes": [list(a.shape) for a in inputs],
+        "input_config_shapes": [[None if d is None else int(d) for d in tuple(t.shape)[1:]] for t in reloaded.inputs],
+        "output_names": output_names,
+        "output_shapes": [list(a.shape) for a in outputs],
         "output_max_abs": [float(np.max(np.abs(a))) if a.size else 0.0 for a in outputs],
     }
     Path(f"{stem}.json").write_text(json.dumps(meta, indent=1))
@@ -184,7 +207,7 @@ def _parse_args(argv):
 def main(argv=None) -> int:
     args = _parse_args(argv)
     if args.list:
-        for flavour in ([args.flavour] if args.flavour else FLAVOURS):
+        for flavour in [args.flavour] if args.flavour else FLAVOURS:
             print(f"{flavour}: {' '.join(zoo_names(flavour, args.group))}")
         return 0
 

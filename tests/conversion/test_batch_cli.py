@@ -1,5 +1,6 @@
 """Batch conversion of a folder (`model_converter.py DIR`): parallel worker processes, the final table, cache
 hits on a second run, reconversion of a changed source only, --force, and a failing model among good ones."""
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,6 @@ neuron_tcn(*configs[3], seed=99).save("retrained/tcn_3.h5")  # the same architec
 """
 
 
-
-
 @pytest.fixture(scope="module")
 def keras_models(tmp_path_factory) -> Path:
     """8 small neuron TCNs (half with a training pickle) and a retrained copy of one of them."""
@@ -63,12 +62,18 @@ def parse_table(stdout: str) -> dict[str, dict[str, str]]:
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["model", "status"])
     rows = {}
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip():
             break
         name, status, stored, max_diff, export_error, seconds, worker = line.split()
-        rows[name] = {"status": status, "stored": stored, "max_diff": max_diff, "export_error": export_error,
-                      "seconds": seconds, "worker": worker}
+        rows[name] = {
+            "status": status,
+            "stored": stored,
+            "max_diff": max_diff,
+            "export_error": export_error,
+            "seconds": seconds,
+            "worker": worker,
+        }
     return rows
 
 
@@ -143,7 +148,10 @@ def test_failing_model_does_not_stop_the_others(keras_models, keras_files, tmp_p
     result, rows = convert_folder(folder, "--output-dir", str(out), "--verify", "--jobs", "1")
     assert result.returncode == 8
     assert {name: row["status"] for name, row in rows.items()} == {
-        "broken.h5": "failed", "tcn_0.h5": "converted", "tcn_1.h5": "converted"}
+        "broken.h5": "failed",
+        "tcn_0.h5": "converted",
+        "tcn_1.h5": "converted",
+    }
     assert float(rows["tcn_0.h5"]["max_diff"]) <= 1e-5 and float(rows["tcn_1.h5"]["max_diff"]) <= 1e-5
     failure = next(line for line in result.stdout.splitlines() if line.startswith("failed: "))
     assert "broken.h5" in failure and "layer 'triple' (Lambda): unknown layer class" in failure
@@ -170,9 +178,26 @@ def test_workers_share_the_cores_between_their_torch_threads(tmp_path):
 
 
 def test_rows_of_a_dead_worker_do_not_count_as_a_worker_process():
-    rows = [BatchRow(model="a.h5", status="converted", output="a.pth", stored="float32", max_abs_diff=None,
-                     seconds=1.0, worker_pid=4242),
-            BatchRow(model="b.h5", status="failed", output=None, stored=None, max_abs_diff=None, seconds=0.0,
-                     worker_pid=NO_WORKER, error="b.h5: the worker process died.")]
+    rows = [
+        BatchRow(
+            model="a.h5",
+            status="converted",
+            output="a.pth",
+            stored="float32",
+            max_abs_diff=None,
+            seconds=1.0,
+            worker_pid=4242,
+        ),
+        BatchRow(
+            model="b.h5",
+            status="failed",
+            output=None,
+            stored=None,
+            max_abs_diff=None,
+            seconds=0.0,
+            worker_pid=NO_WORKER,
+            error="b.h5: the worker process died.",
+        ),
+    ]
     table = batch_table(rows)
     assert "2 models: 1 converted, 0 cached, 1 failed (1 worker process)" in table, table

@@ -1,5 +1,6 @@
 """Reuse of current conversions (conversion.cache): the rule, the single-file CLI's cache and --force, a changed
 source, and two processes converting the same model at the same time."""
+
 from __future__ import annotations
 
 import fcntl
@@ -32,13 +33,17 @@ def test_current_conversion_rule(model_copy, tmp_path):
     sha = file_sha256(model_copy)
     assert current_conversion(pth, sha)[0] is not None
     assert "stale or foreign" in current_conversion(pth, "0" * 64)[1]
-    assert "is stored as 'float32', and 'float16' was asked for" in current_conversion(
-        pth, sha, ExportConfig(dtype="float16"))[1]
+    assert (
+        "is stored as 'float32', and 'float16' was asked for"
+        in current_conversion(pth, sha, ExportConfig(dtype="float16"))[1]
+    )
     assert "'int8' was asked for" in current_conversion(pth, sha, ExportConfig(quantize="int8"))[1]
     assert "no passed verification" in current_conversion(pth, sha, verified=True)[1]
     payload = torch.load(pth, weights_only=True)
-    payload["metadata"]["verification"] = {"passed": True, "outputs": {"spikes": {
-        "max_abs_diff": 0.0, "mean_abs_diff": 0.0, "max_abs_value": 1.0, "passed": True}}}
+    payload["metadata"]["verification"] = {
+        "passed": True,
+        "outputs": {"spikes": {"max_abs_diff": 0.0, "mean_abs_diff": 0.0, "max_abs_value": 1.0, "passed": True}},
+    }
     torch.save(payload, pth)
     assert current_conversion(pth, sha, verified=True)[0] is not None
     pth.write_bytes(pth.read_bytes()[:100])  # truncated
@@ -67,8 +72,12 @@ def test_changed_source_is_converted_again(model_copy):
     again = convert_or_reuse(model_copy)
     assert not again.cached
     assert again.model.metadata["source_sha256"] == file_sha256(model_copy)
-    np.testing.assert_allclose(again.model.layers["spikes"].bias.detach().numpy(),
-                               first.model.layers["spikes"].bias.detach().numpy() + 1.0, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        again.model.layers["spikes"].bias.detach().numpy(),
+        first.model.layers["spikes"].bias.detach().numpy() + 1.0,
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 def test_two_processes_converting_the_same_model_leave_one_valid_file(model_copy):
@@ -78,8 +87,17 @@ def test_two_processes_converting_the_same_model_leave_one_valid_file(model_copy
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     with open(lock_path_for(folder / "tcn_converted.pth"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        jobs = [subprocess.Popen([sys.executable, "model_converter.py", str(model_copy)], cwd=REPO, env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        jobs = [
+            subprocess.Popen(
+                [sys.executable, "model_converter.py", str(model_copy)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
         for job in jobs:
             assert any("waiting for another job" in line for line in iter(job.stderr.readline, ""))
         fcntl.flock(lock, fcntl.LOCK_UN)
@@ -88,7 +106,10 @@ def test_two_processes_converting_the_same_model_leave_one_valid_file(model_copy
     # exactly one converts; the other, having waited for it, finds its result current
     assert sorted(out.split()[0] for out, _ in outputs) == ["converted", "up"], outputs
     assert sorted(p.name for p in folder.iterdir()) == [  # no temporaries, and the lock file removed
-        "tcn.h5", "tcn_converted.pth", "tcn_converted_info.pickle"]
+        "tcn.h5",
+        "tcn_converted.pth",
+        "tcn_converted_info.pickle",
+    ]
     payload = torch.load(folder / "tcn_converted.pth", weights_only=True)
     assert payload["metadata"]["source_sha256"] == file_sha256(model_copy)
     assert current_conversion(folder / "tcn_converted.pth", file_sha256(model_copy))[0] is not None

@@ -1,4 +1,5 @@
 """The converter's CLI forms, its outputs (.pth, info pickle), loading without TensorFlow, and batch_convert."""
+
 from __future__ import annotations
 
 import pickle
@@ -30,8 +31,14 @@ def test_cli_default_names_and_info(keras_files, tmp_path):
     info = pickle.loads(info_path.read_bytes())
     assert info["source_sha256"] == payload["metadata"]["source_sha256"]
     assert info["keras_version"].startswith("3.")
-    assert [layer["name"] for layer in info["layers"]] == ["layer_1", "layer_1_BN", "layer_2", "layer_2_BN",
-                                                           "spikes", "somatic"]
+    assert [layer["name"] for layer in info["layers"]] == [
+        "layer_1",
+        "layer_1_BN",
+        "layer_2",
+        "layer_2_BN",
+        "spikes",
+        "somatic",
+    ]
     assert info["inputs"] == [{"name": "input", "shape": [None, 40, 12]}]
     assert info["outputs"][0] == {"name": "spikes", "shape": [None, 40, 1]}
     assert info["verification"] is None and info["converter_version"]

@@ -1,5 +1,6 @@
 """The custom-layer example: a user's own Keras layer class converts through a converter registered from the
 user's code (examples/custom_layer.py), with no change to the package."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,9 +13,10 @@ from tests.subprocesses import run_keras_script
 @pytest.fixture(scope="module")
 def example_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("custom_layer")
-    run_keras_script("from pathlib import Path\n"
-                     "from examples.custom_layer import build_keras_model\n"
-                     "build_keras_model(Path('.'))\n", folder)
+    run_keras_script(
+        "from pathlib import Path\nfrom examples.custom_layer import build_keras_model\nbuild_keras_model(Path('.'))\n",
+        folder,
+    )
     return folder
 
 
@@ -43,6 +45,7 @@ def test_a_second_converter_for_a_class_name_is_refused_unless_it_replaces():
 
     def stand_in(layer):
         raise AssertionError("never called")
+
     try:
         register_layer_converter("Conv1D", converter=stand_in, replace=True)
         assert find_converter("Conv1D") is stand_in

@@ -1,6 +1,7 @@
 """Smaller models with a measured cost (`--quantize int8`, `--prune`, `--max-error`): what the file stores, that it
 loads with weights_only=True, that the recorded cost is what a recomputation finds, that a bound refuses, that
 BatchNorm folding is exact where it is done, and that a forged packed weight is refused."""
+
 from __future__ import annotations
 
 import copy
@@ -23,9 +24,14 @@ from models.graph import KerasGraphModule
 from models.packed import packable_weights
 from tests.subprocesses import run_cli, run_keras_script
 
-EXPORTS = [ExportConfig(quantize="int8"), ExportConfig(prune=0.5), ExportConfig(prune=0.3, prune_scope="global"),
-           ExportConfig(prune=0.5, quantize="int8"), ExportConfig(dtype="float16", quantize="int8"),
-           ExportConfig(dtype="bfloat16", prune=0.7)]
+EXPORTS = [
+    ExportConfig(quantize="int8"),
+    ExportConfig(prune=0.5),
+    ExportConfig(prune=0.3, prune_scope="global"),
+    ExportConfig(prune=0.5, quantize="int8"),
+    ExportConfig(dtype="float16", quantize="int8"),
+    ExportConfig(dtype="bfloat16", prune=0.7),
+]
 FLOAT_TOLERANCE = 1e-5  # the float32 conversion against Keras
 
 
@@ -41,8 +47,9 @@ def float32_model(keras_files, tmp_path_factory):
 
 
 @pytest.mark.parametrize("export", EXPORTS, ids=lambda e: e.describe())
-def test_export_loads_with_weights_only_and_records_what_a_recomputation_finds(keras_files, tmp_path, export,
-                                                                              float32_model):
+def test_export_loads_with_weights_only_and_records_what_a_recomputation_finds(
+    keras_files, tmp_path, export, float32_model
+):
     pth = tmp_path / "tcn.pth"
     returned = TCNModelConverter(keras_files / "tcn.h5").convert(pth, **export.model_dump())
     payload = torch.load(pth, weights_only=True)
@@ -84,7 +91,9 @@ def test_int8_stores_int8_values_with_one_scale_per_output_channel(keras_files, 
         assert torch.all(per_channel == 127)  # symmetric: each channel's largest weight maps to ±127
         assert name not in payload["state_dict"]
         widened = loaded.state_dict()[name]
-        assert torch.equal(widened, values.float().reshape(widened.shape) * scales.reshape(-1, *[1] * (widened.ndim - 1)))
+        assert torch.equal(
+            widened, values.float().reshape(widened.shape) * scales.reshape(-1, *[1] * (widened.ndim - 1))
+        )
     assert all(not v.is_floating_point() or v.dtype == torch.float32 for v in payload["state_dict"].values())
 
 
@@ -122,7 +131,8 @@ def test_pruning_zeroes_the_fraction_and_stores_the_weights_sparse(keras_files, 
         assert entry["values"].numel() == weights[name].numel() - zeros[name]
         assert entry["mask"].dtype == torch.uint8 and entry["mask"].numel() == math.ceil(weights[name].numel() / 8)
     assert payload["metadata"]["export"]["sparsity"] == pytest.approx(
-        {name: zeros[name] / w.numel() for name, w in weights.items()})
+        {name: zeros[name] / w.numel() for name, w in weights.items()}
+    )
 
 
 def test_pruning_keeps_the_largest_weights_unchanged(keras_files, tmp_path, float32_model):
@@ -142,7 +152,9 @@ def test_pruning_keeps_the_largest_weights_unchanged(keras_files, tmp_path, floa
 def test_max_error_refuses_and_writes_nothing(keras_files, tmp_path):
     h5 = tmp_path / "tcn.h5"
     shutil.copy(keras_files / "tcn.h5", h5)
-    with pytest.raises(ConversionError, match=r"changes output\(s\) .*by more than max_error 1e-06.*Nothing was written"):
+    with pytest.raises(
+        ConversionError, match=r"changes output\(s\) .*by more than max_error 1e-06.*Nothing was written"
+    ):
         TCNModelConverter(h5).convert(tmp_path / "tcn.pth", prune=0.9, max_error=1e-6)
     assert not list(tmp_path.glob("*.pth")) and not list(tmp_path.glob("*_info.pickle"))
     result = run_cli(["model_converter.py", str(h5), "--quantize", "int8", "--max-error", "1e-9"])
@@ -168,15 +180,18 @@ def test_cli_prints_the_cost_and_the_cache_follows_the_export(keras_files, tmp_p
     assert torch.load(tmp_path / "tcn_converted.pth", weights_only=True)["metadata"]["export"] is None
 
 
-@pytest.mark.parametrize("arguments, problem", [
-    (["--max-error", "0.01"], "max_error bounds the cost of an export"),
-    (["--prune", "1.5"], "--prune: Input should be less than 1"),
-    (["--prune", "0"], "--prune: Input should be greater than 0"),
-    (["--prune", "nan"], "--prune"),
-    (["--quantize", "int8", "--max-error", "-1"], "--max-error: Input should be greater than 0"),
-    (["--prune-scope", "global"], "prune_scope applies to pruning: give prune too"),
-    (["--quantize", "int4"], "invalid choice: 'int4'"),
-])
+@pytest.mark.parametrize(
+    "arguments, problem",
+    [
+        (["--max-error", "0.01"], "max_error bounds the cost of an export"),
+        (["--prune", "1.5"], "--prune: Input should be less than 1"),
+        (["--prune", "0"], "--prune: Input should be greater than 0"),
+        (["--prune", "nan"], "--prune"),
+        (["--quantize", "int8", "--max-error", "-1"], "--max-error: Input should be greater than 0"),
+        (["--prune-scope", "global"], "prune_scope applies to pruning: give prune too"),
+        (["--quantize", "int4"], "invalid choice: 'int4'"),
+    ],
+)
 def test_cli_refuses_bad_export_options(keras_files, tmp_path, arguments, problem):
     h5 = tmp_path / "tcn.h5"
     shutil.copy(keras_files / "tcn.h5", h5)
@@ -213,9 +228,12 @@ for layer in model.layers:  # BN: gamma, beta, moving mean and variance all posi
                        for w in layer.get_weights()])
 model.save("fold.h5")
 """
-EXPECTED_FOLDS = {"bn_before": ("before", ["conv_linear"]), "bn_nobias": ("before", ["conv_nobias"]),
-                  "bn_heads": ("after", ["spikes", "valid", "dense"]),
-                  "bn_output": ("before", ["dense"])}
+EXPECTED_FOLDS = {
+    "bn_before": ("before", ["conv_linear"]),
+    "bn_nobias": ("before", ["conv_nobias"]),
+    "bn_heads": ("after", ["spikes", "valid", "dense"]),
+    "bn_output": ("before", ["dense"]),
+}
 EXPECTED_KEPT = {"bn_causal_next", "bn_is_output"}
 
 
@@ -232,7 +250,8 @@ def test_batch_norm_folding_is_exact_where_it_is_done(fold_model, tmp_path):
     x = (np.random.default_rng(0).random((8, 30, 7)) < 0.2).astype(np.float32)
     folded, kept = fold_batch_norms(spec, state, tensor_ranks(model, [x]))
     assert {f["batch_norm"]: (f["side"], sorted(f["into"])) for f in folded} == {
-        name: (side, sorted(into)) for name, (side, into) in EXPECTED_FOLDS.items()}
+        name: (side, sorted(into)) for name, (side, into) in EXPECTED_FOLDS.items()
+    }
     assert {k["batch_norm"] for k in kept} == EXPECTED_KEPT
     assert all(k["why"] for k in kept)
     folded_model = KerasGraphModule(spec)
@@ -254,6 +273,7 @@ def test_export_of_a_folded_graph_records_the_folds(fold_model, tmp_path):
 def _forgeries():
     def set_key(key, value):
         return lambda packed, name: packed[name].__setitem__(key, value(packed[name]) if callable(value) else value)
+
     return {
         "values_float_with_scales": set_key("values", lambda e: e["values"].float()),
         "values_int16": set_key("values", lambda e: e["values"].to(torch.int16)),
@@ -268,13 +288,17 @@ def _forgeries():
         "mask_too_short": set_key("mask", lambda e: e["mask"][:-1]),
         "mask_wrong_count": set_key("mask", lambda e: torch.full_like(e["mask"], 255)),
         "mask_int8": set_key("mask", lambda e: e["mask"].to(torch.int8)),
-        "extra_key": set_key("shape", [10 ** 9]),
+        "extra_key": set_key("shape", [10**9]),
         "entry_not_a_dict": lambda packed, name: packed.__setitem__(name, [1, 2, 3]),
         "unknown_weight": lambda packed, name: packed.__setitem__("layers.nowhere.weight", packed[name]),
         "a_bias_packed": lambda packed, name: packed.__setitem__(name.replace(".weight", ".bias"), packed[name]),
-        "unscaled_float64": lambda packed, name: packed.__setitem__(name, {
-            "values": torch.ones(int(packed[name]["values"].numel()), dtype=torch.float64),
-            "mask": packed[name]["mask"]}),
+        "unscaled_float64": lambda packed, name: packed.__setitem__(
+            name,
+            {
+                "values": torch.ones(int(packed[name]["values"].numel()), dtype=torch.float64),
+                "mask": packed[name]["mask"],
+            },
+        ),
         "entry_a_tensor": lambda packed, name: packed.__setitem__(name, torch.ones(3)),
     }
 
@@ -296,7 +320,9 @@ def test_forged_packed_weights_are_refused_naming_the_file_and_weight(pruned_int
     FORGERIES[forgery](payload["packed"], name)
     forged = tmp_path / "forged.pth"
     torch.save(payload, forged)
-    with pytest.raises(ModelFileError, match=rf"{forged}: a packed weight '(layers\.[a-z_0-9]+\.(weight|bias)|{name})'"):
+    with pytest.raises(
+        ModelFileError, match=rf"{forged}: a packed weight '(layers\.[a-z_0-9]+\.(weight|bias)|{name})'"
+    ):
         load_converted_model(forged)
 
 
@@ -352,11 +378,23 @@ model.save("nan_output.h5")
 inp = keras.Input((24, 6), name="input")                        # nothing to quantize or prune
 keras.Model(inp, [L.Activation("sigmoid", name="spikes")(inp)]).save("no_weights.h5")
 """
-DEGENERATE_EXPORTS = [ExportConfig(quantize="int8"), ExportConfig(prune=0.5, prune_scope="global"),
-                      ExportConfig(dtype="float16", quantize="int8"), ExportConfig(dtype="float16", prune=0.3),
-                      ExportConfig(dtype="bfloat16", prune=0.5, quantize="int8")]
-DEGENERATE_NAMES = ["plain", "tiny_channel", "huge_kernel", "huge_bias", "fold_overflows_float16",
-                    "cancelling_fold", "nan_output", "no_weights"]
+DEGENERATE_EXPORTS = [
+    ExportConfig(quantize="int8"),
+    ExportConfig(prune=0.5, prune_scope="global"),
+    ExportConfig(dtype="float16", quantize="int8"),
+    ExportConfig(dtype="float16", prune=0.3),
+    ExportConfig(dtype="bfloat16", prune=0.5, quantize="int8"),
+]
+DEGENERATE_NAMES = [
+    "plain",
+    "tiny_channel",
+    "huge_kernel",
+    "huge_bias",
+    "fold_overflows_float16",
+    "cancelling_fold",
+    "nan_output",
+    "no_weights",
+]
 
 
 @pytest.fixture(scope="module")
@@ -400,10 +438,12 @@ def test_folding_that_float32_cannot_keep_exact_is_not_done(degenerate_models, t
     assert plain.metadata["export"]["not_folded"][0]["why"].startswith("the activation of 'c1' before it comes first")
     assert [f["into"] for f in plain.metadata["export"]["folded"]] == []
     fold16 = TCNModelConverter(degenerate_models / "fold_overflows_float16.h5").convert(
-        tmp_path / "c.pth", dtype="float16", prune=0.3)
+        tmp_path / "c.pth", dtype="float16", prune=0.3
+    )
     assert "would overflow how they are stored" in fold16.metadata["export"]["not_folded"][0]["why"]
-    fold8 = TCNModelConverter(degenerate_models / "fold_overflows_float16.h5").convert(tmp_path / "d.pth",
-                                                                                       quantize="int8")
+    fold8 = TCNModelConverter(degenerate_models / "fold_overflows_float16.h5").convert(
+        tmp_path / "d.pth", quantize="int8"
+    )
     assert [f["batch_norm"] for f in fold8.metadata["export"]["folded"]] == ["bn"]  # int8 kernels have any range
 
 
@@ -412,10 +452,12 @@ def _record_forgeries():
     def cost(mutate):
         def forge(payload):
             mutate(payload["metadata"]["export"]["outputs"])
+
         return forge
 
     def first(outputs):
         return outputs[next(iter(outputs))]
+
     return {
         "error_as_text": cost(lambda o: first(o).__setitem__("error", "0.0")),
         "error_nan": cost(lambda o: first(o).__setitem__("error", float("nan"))),
@@ -430,8 +472,10 @@ def _record_forgeries():
         "options_unknown_key": lambda p: p["metadata"]["export"]["options"].__setitem__("bits", 4),
         "options_say_float32": lambda p: p["metadata"]["export"]["options"].update(quantize=None, prune=None),
         "dtype_says_float16": lambda p: p["metadata"].__setitem__("dtype", "float16"),
-        "packed_dropped": lambda p: (p["state_dict"].update({k: v["values"].float() * 0 for k, v in p["packed"].items()}),
-                                     p.pop("packed")),
+        "packed_dropped": lambda p: (
+            p["state_dict"].update({k: v["values"].float() * 0 for k, v in p["packed"].items()}),
+            p.pop("packed"),
+        ),
     }
 
 
@@ -460,17 +504,18 @@ def test_published_keras2_tcns_fold_their_last_batch_norm_into_the_heads(tmp_pat
     folder = write_published_models(tmp_path / "published", [PublishedModel("k2", flavour="keras2")])
     model = TCNModelConverter(folder / "k2.h5", folder / "k2.pickle").convert(tmp_path / "k2.pth", quantize="int8")
     folded = model.metadata["export"]["folded"]
-    assert [(f["batch_norm"], sorted(f["into"])) for f in folded] == [("layer_2_BN", ["dendritic", "somatic", "spikes"])]
+    assert [(f["batch_norm"], sorted(f["into"])) for f in folded] == [
+        ("layer_2_BN", ["dendritic", "somatic", "spikes"])
+    ]
     assert {n["batch_norm"] for n in model.metadata["export"]["not_folded"]} == {"layer_1_BN"}
 
 
-def test_a_spec_that_declares_more_than_the_weight_budget_is_refused_before_it_is_built(pruned_int8_payload,
-                                                                                        tmp_path):
+def test_a_spec_that_declares_more_than_the_weight_budget_is_refused_before_it_is_built(pruned_int8_payload, tmp_path):
     """A small file whose spec declares a 1x1 convolution of 10^6 × 10^5 weights (400 GB): refused by the budget,
     nothing allocated."""
     payload = copy.deepcopy(pruned_int8_payload)
     layer = next(layer for layer in payload["spec"]["layers"] if layer["name"] == "spikes")
-    layer["config"].update(in_channels=10 ** 5, out_channels=10 ** 6)
+    layer["config"].update(in_channels=10**5, out_channels=10**6)
     torch.save(payload, tmp_path / "declares_400GB.pth")
     with pytest.raises(ModelFileError, match=r"the layers its spec declares: declares 400 GB, more than the limit"):
         load_converted_model(tmp_path / "declares_400GB.pth")
@@ -485,8 +530,14 @@ def test_export_options_follow_one_rule_in_the_api_and_the_config(keras_files, t
         TCNModelConverter(keras_files / "tcn.h5").convert(tmp_path / "a.pth", prune_scope="global")
     assert not list(tmp_path.iterdir())
     (tmp_path / "models").mkdir()
-    result = run_cli(["main.py", f"models_dir={tmp_path / 'models'}", f"output_dir={tmp_path / 'runs'}",
-                      "conversion.export.max_error=0.01"])
+    result = run_cli(
+        [
+            "main.py",
+            f"models_dir={tmp_path / 'models'}",
+            f"output_dir={tmp_path / 'runs'}",
+            "conversion.export.max_error=0.01",
+        ]
+    )
     assert result.returncode == 3 and "max_error bounds the cost of an export" in result.stderr, result.stderr
     assert not (tmp_path / "runs").exists()
 

@@ -1,5 +1,6 @@
 """Half-precision export (`--dtype float16|bfloat16`): the weights are stored rounded, the file loads with
 weights_only=True into a float32-computing module, and the outputs stay within a stated bound of Keras."""
+
 from __future__ import annotations
 
 import shutil
@@ -24,8 +25,9 @@ def max_diff_to_keras(model, keras_io) -> float:
     with torch.no_grad():
         outputs = model(torch.from_numpy(keras_io["x"]))
     scale = max(1.0, *(float(np.abs(keras_io[name]).max()) for name in model.output_names))
-    return max(float(np.abs(out.numpy() - keras_io[name]).max()) for name, out in zip(model.output_names, outputs)
-               ) / scale
+    return (
+        max(float(np.abs(out.numpy() - keras_io[name]).max()) for name, out in zip(model.output_names, outputs)) / scale
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -60,8 +62,10 @@ def test_cli_dtype_option(keras_files, tmp_path):
     shutil.copy(keras_files / "tcn.h5", h5)
     result = run_cli(["model_converter.py", str(h5), "--dtype", "bfloat16"])
     assert result.returncode == 0 and "stored as bfloat16" in result.stdout, result.stderr
-    assert torch.load(tmp_path / "tcn_converted.pth", weights_only=True)["state_dict"][
-        "layers.spikes.weight"].dtype == torch.bfloat16
+    assert (
+        torch.load(tmp_path / "tcn_converted.pth", weights_only=True)["state_dict"]["layers.spikes.weight"].dtype
+        == torch.bfloat16
+    )
 
 
 def test_weights_beyond_float16_range_are_refused(keras_files, tmp_path):

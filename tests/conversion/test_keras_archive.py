@@ -4,6 +4,7 @@ The archives are saved by real Keras 3 in a subprocess, with Keras's own predict
 conversion runs here with TensorFlow blocked. Broken archives are derived from the real ones with zipfile
 and h5py.
 """
+
 from __future__ import annotations
 
 import io
@@ -167,6 +168,7 @@ def test_archive_weights_equal_the_h5_readers(parity, archives, stem):
 
 def test_archive_without_name_attributes_is_mapped_by_class_order(parity, archives, tmp_path):
     """Older Keras 3 archives store no layer names in the weights file: the class counters decide."""
+
     def strip_names(weights: h5py.File) -> None:
         weights.visititems(lambda name, obj: obj.attrs.__delitem__("name") if "name" in obj.attrs else None)
 
@@ -210,8 +212,9 @@ def test_refuses_a_layer_with_a_missing_variable(parity, archives, tmp_path):
         del weights["layers/conv1d_1/vars/1"]
 
     archive = copy_archive(archives / "neuron_tcn.keras", tmp_path / "model.keras", edit_weights=drop_bias)
-    expect_refusal(parity, archive, "layer 'layer_2' (Conv1D)", "layers/conv1d_1/vars",
-                       "holds 1 variable(s)", "kernel, bias")
+    expect_refusal(
+        parity, archive, "layer 'layer_2' (Conv1D)", "layers/conv1d_1/vars", "holds 1 variable(s)", "kernel, bias"
+    )
 
 
 def test_refuses_a_variable_of_the_wrong_shape(parity, archives, tmp_path):
@@ -236,16 +239,18 @@ def test_refuses_weights_that_belong_to_no_layer(parity, archives, tmp_path):
 def test_refuses_an_archive_whose_compressed_weights_are_damaged(parity, archives, tmp_path):
     """Bytes inside a deflated member's data: zlib (or the CRC check) fails while the archive is read."""
     archive = tmp_path / "model.keras"
-    with zipfile.ZipFile(archives / "neuron_tcn.keras") as old, \
-            zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as new:
+    with (
+        zipfile.ZipFile(archives / "neuron_tcn.keras") as old,
+        zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as new,
+    ):
         for member in old.namelist():
             new.writestr(member, old.read(member))
     data = bytearray(archive.read_bytes())
     with zipfile.ZipFile(archive) as written:
         header = written.getinfo(ARCHIVE_WEIGHTS).header_offset
-    name_length, extra_length = struct.unpack("<HH", data[header + 26:header + 30])  # the local file header
+    name_length, extra_length = struct.unpack("<HH", data[header + 26 : header + 30])  # the local file header
     start = header + 30 + name_length + extra_length
-    data[start + 8:start + 40] = bytes(b ^ 0xFF for b in data[start + 8:start + 40])
+    data[start + 8 : start + 40] = bytes(b ^ 0xFF for b in data[start + 8 : start + 40])
     archive.write_bytes(bytes(data))
     expect_refusal(parity, archive, f"member {ARCHIVE_WEIGHTS}", "cannot be read")
 

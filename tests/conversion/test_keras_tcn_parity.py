@@ -6,6 +6,7 @@ flavour; here they are converted with TensorFlow, Keras and keras-tcn unimportab
 Keras's predictions of the reloaded file on binary spike trains and on standard normal noise:
 max abs diff <= 1e-5 for every output. Broken copies of those files must be refused naming the layer.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,16 +21,16 @@ from types import SimpleNamespace
 import h5py
 import numpy as np
 import pytest
+from keras_tcn_models import ACTIVATIONS, BRANCHED_ACTIVATIONS, FLAVOURS, MODELS, model_names
 
 from errors import ConversionError
-from keras_tcn_models import ACTIVATIONS, BRANCHED_ACTIVATIONS, FLAVOURS, MODELS, model_names
 from tests.conversion.test_refusals import convert_and_expect_refusal
 from tests.subprocesses import run_cli
 
 BUILDER = Path(__file__).resolve().parent / "keras_tcn_models.py"
 BUILD_TIMEOUT_S = 600
 REFUSED = {"weight_norm_uninitialized"}
-SEPARATELY = REFUSED | {"activations", "activation_exponential"}    # see test_each_activation_matches_keras
+SEPARATELY = REFUSED | {"activations", "activation_exponential"}  # see test_each_activation_matches_keras
 CASES = [pytest.param(f, n, id=f"{f}-{n}") for f in FLAVOURS for n in model_names(f) if n not in SEPARATELY]
 ACTIVATION_CASES = [pytest.param(f, a, id=f"{f}-{a}") for f in FLAVOURS for a in ACTIVATIONS]
 
@@ -45,7 +46,7 @@ def keras_tcn_files(tmp_path_factory) -> dict[str, Path]:
         cmd = [sys.executable, str(BUILDER), "--flavour", flavour, "--out-dir", str(root / flavour)]
         running[flavour] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
     deadline = time.monotonic() + BUILD_TIMEOUT_S
-    for flavour, (proc, log) in running.items():
+    for proc, log in running.values():
         try:
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         finally:
@@ -57,8 +58,9 @@ def keras_tcn_files(tmp_path_factory) -> dict[str, Path]:
 def saved_model(folder: Path, name: str) -> tuple[Path, dict[str, np.ndarray]]:
     error = folder / f"{name}.error.txt"
     if error.exists():
-        pytest.fail(f"keras-tcn could not build/save {name!r} (a test-fixture problem):\n{error.read_text()}",
-                    pytrace=False)
+        pytest.fail(
+            f"keras-tcn could not build/save {name!r} (a test-fixture problem):\n{error.read_text()}", pytrace=False
+        )
     arrays = folder / f"{name}.npz"
     assert arrays.exists(), f"the builder wrote nothing for {name}; see {folder.parent}/*.log"
     with np.load(arrays) as data:
@@ -82,6 +84,7 @@ def converted(parity, keras_tcn_files, tmp_path_factory):
                 reloaded = load_converted_model(pth, device="cpu")
             cache[(flavour, name)] = model, reloaded, arrays
         return cache[(flavour, name)]
+
     return get
 
 
@@ -93,8 +96,11 @@ def max_diffs(parity, model, arrays: dict[str, np.ndarray], outputs: list[int] |
         expected = [arrays[k] for k in sorted(arrays, key=_output_index) if k.startswith(f"out_{kind}_")]
         actual = parity.run_torch(model, [arrays[kind]])
         chosen = outputs if outputs is not None else range(len(expected))
-        diffs[kind] = max(parity.output_diffs([actual[i] for i in chosen], [expected[i] for i in chosen],
-                                              [str(i) for i in chosen]).values())
+        diffs[kind] = max(
+            parity.output_diffs(
+                [actual[i] for i in chosen], [expected[i] for i in chosen], [str(i) for i in chosen]
+            ).values()
+        )
         diffs["scale"] = max([diffs["scale"]] + [float(np.max(np.abs(expected[i]))) for i in chosen])
     return diffs
 
@@ -109,9 +115,11 @@ def check_against_keras(parity, converted, flavour: str, name: str, label: str, 
     assert tcn_types == {"keras_tcn"}, f"the TCN layers became {tcn_types}"
     diffs = max_diffs(parity, model, arrays, outputs)
     worst = max(diffs["spikes"], diffs["normal"])
-    parity.record(SimpleNamespace(label=f"keras-tcn {flavour}/{label}"),
-                  f"{'ok   ' if worst <= parity.tolerance else 'FAIL '} spikes {diffs['spikes']:.1e}  "
-                  f"normal {diffs['normal']:.1e}  (max |keras| {diffs['scale']:.2g})")
+    parity.record(
+        SimpleNamespace(label=f"keras-tcn {flavour}/{label}"),
+        f"{'ok   ' if worst <= parity.tolerance else 'FAIL '} spikes {diffs['spikes']:.1e}  "
+        f"normal {diffs['normal']:.1e}  (max |keras| {diffs['scale']:.2g})",
+    )
     assert worst <= parity.tolerance, f"{flavour}/{label}: differs from Keras by {diffs}"
     assert max_diffs(parity, reloaded, arrays, outputs) == diffs, "the model reloaded from the .pth differs"
 
@@ -123,11 +131,17 @@ def test_keras_tcn_matches_keras(parity, converted, flavour, name):
 
 @pytest.mark.parametrize("flavour, activation", ACTIVATION_CASES)
 def test_each_activation_matches_keras(parity, converted, flavour, activation):
-    if activation == "exponential":   # nested exponentials need their own small weights (keras_tcn_models.py)
+    if activation == "exponential":  # nested exponentials need their own small weights (keras_tcn_models.py)
         check_against_keras(parity, converted, flavour, "activation_exponential", "activation_exponential")
     else:
-        check_against_keras(parity, converted, flavour, "activations", f"activation_{activation}",
-                            outputs=[BRANCHED_ACTIVATIONS.index(activation)])
+        check_against_keras(
+            parity,
+            converted,
+            flavour,
+            "activations",
+            f"activation_{activation}",
+            outputs=[BRANCHED_ACTIVATIONS.index(activation)],
+        )
 
 
 def _drop_weight(h5: Path, suffix: str) -> None:
@@ -222,14 +236,19 @@ def test_verify_says_why_when_keras_cannot_load_the_file(keras_tcn_files, tmp_pa
     assert "Traceback" not in result.stderr
 
 
-EXPORT_CASES = [pytest.param(f, n, id=f"{f}-{n}") for f, n in (
-    ("keras2", "stacked_skip_heads"), ("keras3", "batchnorm_even_kernel_dropout"), ("keras2", "weight_norm"),
-    ("keras3", "archive_batchnorm_stacked"))]
+EXPORT_CASES = [
+    pytest.param(f, n, id=f"{f}-{n}")
+    for f, n in (
+        ("keras2", "stacked_skip_heads"),
+        ("keras3", "batchnorm_even_kernel_dropout"),
+        ("keras2", "weight_norm"),
+        ("keras3", "archive_batchnorm_stacked"),
+    )
+]
 
 
 @pytest.mark.parametrize("flavour, name", EXPORT_CASES)
-def test_int8_pruned_export_packs_the_convolutions_inside_tcn_blocks(parity, keras_tcn_files, tmp_path, flavour,
-                                                                     name):
+def test_int8_pruned_export_packs_the_convolutions_inside_tcn_blocks(parity, keras_tcn_files, tmp_path, flavour, name):
     """Every conv kernel of every residual block is stored int8 + sparse, the file loads into a model that
     differs from the float32 conversion (it is compressed) and records a cost for every output."""
     import torch

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from keras_zoo import FLAVOURS, zoo_names
 
 LAYER_CASES = [pytest.param(f, n, id=f"{f}-{n}") for f in FLAVOURS for n in zoo_names(f, "layers")]
@@ -29,8 +28,9 @@ def check_against_keras(parity, artifact, model, what="converted model"):
     if len(actual) != len(artifact.outputs):
         parity.record(artifact, f"FAIL  {len(actual)} output(s) instead of Keras's {len(artifact.outputs)}")
     else:
-        parity.record(artifact, summarize(parity.output_diffs(actual, artifact.outputs, artifact.output_names),
-                                          parity.tolerance))
+        parity.record(
+            artifact, summarize(parity.output_diffs(actual, artifact.outputs, artifact.output_names), parity.tolerance)
+        )
     parity.assert_matches_keras(artifact, actual, what=what)
     return actual
 
@@ -40,8 +40,10 @@ def test_converted_model_matches_keras(parity, flavour, name):
     artifact = parity.artifact(flavour, name)
     converted = parity.converted(artifact)
     if converted.error is not None:
-        parity.record(artifact, f"CONVERSION FAILED  {type(converted.error).__name__}: "
-                                f"{' '.join(str(converted.error).split())[:160]}")
+        parity.record(
+            artifact,
+            f"CONVERSION FAILED  {type(converted.error).__name__}: {' '.join(str(converted.error).split())[:160]}",
+        )
     model = parity.require_converted(converted, artifact)
     assert not model.training, "convert() must return the model in eval mode"
     check_against_keras(parity, artifact, model)
@@ -67,7 +69,8 @@ def test_saved_file_reloads_without_tensorflow(parity, flavour, name):
     again = parity.run_torch(reloaded, artifact.inputs)
     for out_name, a, b in zip(artifact.output_names, original, again):
         assert a.shape == b.shape and np.max(np.abs(a - b), initial=0.0) <= 1e-6, (
-            f"{artifact.label}: output {out_name!r} of the reloaded model differs from the converted one")
+            f"{artifact.label}: output {out_name!r} of the reloaded model differs from the converted one"
+        )
     parity.assert_matches_keras(artifact, again, what="model reloaded from the .pth")
 
 
@@ -92,10 +95,10 @@ def test_unusual_model_is_exact_or_refused(parity, flavour, name):
         message = " ".join(str(error).split())
         parity.record(artifact, f"refused: {message[:160]}")
         assert isinstance(error, ToolError), (
-            f"{artifact.label}: refused with a raw {type(error).__name__} instead of a ToolError: {message}")
+            f"{artifact.label}: refused with a raw {type(error).__name__} instead of a ToolError: {message}"
+        )
         assert artifact.h5.name in message, f"{artifact.label}: the refusal does not name the file: {message}"
         written = sorted(p.name for p in converted.pth.parent.iterdir())
         assert not written, f"{artifact.label}: refused, but files were written: {written}"
         return
-    check_against_keras(parity, artifact, converted.model,
-                        what="converted model (accepted, so it must be exact)")
+    check_against_keras(parity, artifact, converted.model, what="converted model (accepted, so it must be exact)")

@@ -13,7 +13,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from keras_zoo import FLAVOURS, ZOO, zoo_names
 
 NEURON_CASES = [pytest.param(f, n, id=f"{f}-{n}") for f in FLAVOURS for n in zoo_names(f, "neuron")]
@@ -26,17 +25,22 @@ def test_neuron_tcn_matches_keras(parity, flavour, name):
     assert artifact.params is not None, "the zoo writes a parameters pickle beside every neuron TCN"
     converted = parity.converted(artifact)
     if converted.error is not None:
-        parity.record(artifact, f"CONVERSION FAILED  {type(converted.error).__name__}: "
-                                f"{' '.join(str(converted.error).split())[:160]}")
+        parity.record(
+            artifact,
+            f"CONVERSION FAILED  {type(converted.error).__name__}: {' '.join(str(converted.error).split())[:160]}",
+        )
     model = parity.require_converted(converted, artifact)
     assert list(model.output_names) == HEADS
 
     actual = parity.run_torch(model, artifact.inputs)
     diffs = parity.output_diffs(actual, artifact.outputs, artifact.output_names)
     worst = max(diffs, key=diffs.get)
-    parity.record(artifact, f"{'ok   ' if diffs[worst] <= parity.tolerance else 'FAIL '} {diffs[worst]:.2e}  "
-                            f"(spikes {diffs['spikes']:.1e}, somatic {diffs['somatic']:.1e}, "
-                            f"dendritic {diffs['dendritic']:.1e})")
+    parity.record(
+        artifact,
+        f"{'ok   ' if diffs[worst] <= parity.tolerance else 'FAIL '} {diffs[worst]:.2e}  "
+        f"(spikes {diffs['spikes']:.1e}, somatic {diffs['somatic']:.1e}, "
+        f"dendritic {diffs['dendritic']:.1e})",
+    )
     parity.assert_matches_keras(artifact, actual)
 
     spikes, somatic, dendritic = actual
@@ -54,8 +58,9 @@ def test_neuron_tcn_reloads_from_pth(parity, flavour, name):
         from model_converter import load_converted_model
 
         reloaded = load_converted_model(converted.pth)
-    parity.assert_matches_keras(artifact, parity.run_torch(reloaded, artifact.inputs),
-                                what="model reloaded from the .pth")
+    parity.assert_matches_keras(
+        artifact, parity.run_torch(reloaded, artifact.inputs), what="model reloaded from the .pth"
+    )
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
@@ -74,8 +79,9 @@ def test_default_output_is_written_beside_the_input(parity, tmp_path, flavour):
         reloaded = load_converted_model(pth)
     with open(info, "rb") as f:
         assert isinstance(pickle.load(f), dict)
-    parity.assert_matches_keras(artifact, parity.run_torch(reloaded, artifact.inputs),
-                                what="model converted to the default path")
+    parity.assert_matches_keras(
+        artifact, parity.run_torch(reloaded, artifact.inputs), what="model converted to the default path"
+    )
 
 
 def test_test_conversion_reports_parity(parity):
@@ -92,7 +98,8 @@ def test_test_conversion_reports_parity(parity):
         assert set(report["outputs"]) == set(HEADS), report
         for head, figures in report["outputs"].items():
             assert figures["passed"] and figures["max_abs_diff"] <= parity.tolerance, (
-                f"test_conversion on {label}: output {head!r}: {figures}")
+                f"test_conversion on {label}: output {head!r}: {figures}"
+            )
             assert np.isfinite(figures["mean_abs_diff"]) and figures["mean_abs_diff"] <= figures["max_abs_diff"]
         assert report["passed"] is True, report
         assert report["tolerance"] > 0

@@ -4,6 +4,7 @@ runs refused with the right words, the lab variant at the real shape, parameter 
 The models are built by tests/published_training.py (a reproduction of fit_CNN.py's model function) with real
 Keras 3 and tf_keras; Keras's own predictions on binary spikes are the reference.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,10 +35,25 @@ MODELS = [
     PublishedModel("diverged_k3", history=[0.1, 0.05, float("nan")], weights="nan"),
     PublishedModel("weights_k3", save="weights"),
     # the real shape: 400 ms x 1278 segments (fit_CNN.py), and the lab variant's 639 + 640 with two heads
-    PublishedModel("full_k3", window=400, segments=1278, activations=["lrelu", "lrelu", "relu"],
-                   filter_sizes=[54, 12, 12], filters=[8, 8, 8]),
-    PublishedModel("lab_k2", flavour="keras2", window=400, segments=1279, heads=LAB_HEADS, legacy_optimizer=True,
-                   activations=["lrelu", "lrelu"], filter_sizes=[54, 24], filters=[8, 8]),
+    PublishedModel(
+        "full_k3",
+        window=400,
+        segments=1278,
+        activations=["lrelu", "lrelu", "relu"],
+        filter_sizes=[54, 12, 12],
+        filters=[8, 8, 8],
+    ),
+    PublishedModel(
+        "lab_k2",
+        flavour="keras2",
+        window=400,
+        segments=1279,
+        heads=LAB_HEADS,
+        legacy_optimizer=True,
+        activations=["lrelu", "lrelu"],
+        filter_sizes=[54, 24],
+        filters=[8, 8],
+    ),
 ]
 EXACT = ["lrelu_k3", "lrelu_k2", "string_k2", "string_k3", "full_k3", "lab_k2"]
 
@@ -68,8 +84,12 @@ def test_lambda_activations_resolve_from_the_training_record_exactly(parity, pub
     lambda_layers = [f"layer_{k + 1}" for k, a in enumerate(spec.activations) if a == "lrelu"]
     resolved = model.metadata["resolved_activations"]
     assert [r["layer"] for r in resolved] == lambda_layers
-    assert all(r["recorded"] == "lrelu" and r["activation"] == {"name": "leaky_relu", "negative_slope": 0.25}
-               and r["activation_source"] == "architecture_dict" for r in resolved)
+    assert all(
+        r["recorded"] == "lrelu"
+        and r["activation"] == {"name": "leaky_relu", "negative_slope": 0.25}
+        and r["activation_source"] == "architecture_dict"
+        for r in resolved
+    )
     sources = {layer["name"]: layer["activation_source"] for layer in model.metadata["layers"]}
     assert {name for name, where in sources.items() if where == "architecture_dict"} == set(lambda_layers)
     info = pickle.loads(tmp_path.joinpath("out_info.pickle").read_bytes())
@@ -121,35 +141,56 @@ def test_folder_conversion_uses_each_sibling_pickle(published, tmp_path):
 @pytest.mark.parametrize("stem", ["lrelu_k3", "lrelu_k2", "string_k2"])
 def test_without_the_pickle_the_refusal_names_every_lambda_layer_once_and_the_remedy(published, tmp_path, stem):
     source = own_copy(published, tmp_path, stem, with_pickle=False)
-    message = expect_cli_refusal([str(source)], source, "never run", "no parameters pickle was given",
-                                 f"python model_converter.py {source.name} {stem}.pickle",
-                                 "activation_function_per_layer")
+    message = expect_cli_refusal(
+        [str(source)],
+        source,
+        "never run",
+        "no parameters pickle was given",
+        f"python model_converter.py {source.name} {stem}.pickle",
+        "activation_function_per_layer",
+    )
     spec = next(m for m in MODELS if m.stem == stem)
     for k, activation in enumerate(spec.activations):
         assert message.count(f"'layer_{k + 1}'") == (1 if activation == "lrelu" else 0), message
     assert "hard_sigmoid_keras2" not in message
 
 
-@pytest.mark.parametrize("stem, held", [("slope_k3", "holds 0.3"), ("literal_k3", "holds 0.3"),
-                                        ("global_k2", "holds no slope")])
+@pytest.mark.parametrize(
+    "stem, held", [("slope_k3", "holds 0.3"), ("literal_k3", "holds 0.3"), ("global_k2", "holds no slope")]
+)
 def test_a_lambda_that_disagrees_with_the_record_is_refused_naming_both(published, tmp_path, stem, held):
     """The slope in the closure, written in the code, or read from a module-level name the file does not store."""
     source = own_copy(published, tmp_path, stem)
-    expect_cli_refusal([str(source), str(tmp_path / f"{stem}.pickle")], source, "layer 'layer_1'", held,
-                       "'lrelu'", "0.25", "refused rather than guessing", "LeakyReLU")
+    expect_cli_refusal(
+        [str(source), str(tmp_path / f"{stem}.pickle")],
+        source,
+        "layer 'layer_1'",
+        held,
+        "'lrelu'",
+        "0.25",
+        "refused rather than guessing",
+        "LeakyReLU",
+    )
 
 
 @pytest.mark.parametrize("verify", [False, True])
 def test_a_diverged_model_is_refused_naming_its_nan_layers(published, tmp_path, verify):
     source = own_copy(published, tmp_path, "diverged_k3")
-    message = expect_cli_refusal([str(source), *(["--verify"] if verify else [])], source, "not finite",
-                                 "'layer_2' (kernel: ", "'spikes' (kernel: 8, bias: 1)", "diverged")
+    message = expect_cli_refusal(
+        [str(source), *(["--verify"] if verify else [])],
+        source,
+        "not finite",
+        "'layer_2' (kernel: ",
+        "'spikes' (kernel: 8, bias: 1)",
+        "diverged",
+    )
     for wrong_cause in ("differs from Keras", "spike_output_index", "layer_1"):
         assert wrong_cause not in message
 
 
 def test_a_nan_pth_is_refused_when_loaded(published, tmp_path):
     from models.checkpoint import load_converted_model
+
     source = own_copy(published, tmp_path, "lrelu_k3")
     assert run_cli(["model_converter.py", str(source)]).returncode == 0
     payload = torch.load(tmp_path / "lrelu_k3_converted.pth", weights_only=True)
@@ -183,6 +224,7 @@ def test_a_changed_pickle_converts_a_resolved_file_again(published, tmp_path):
 
 # ---- the whole class of stored functions, generated: what each form and record gives -------------------------
 
+
 def slope_lambda(slope=0.25):
     leaky_relu_slope = slope
     return lambda x: LeakyReLU(alpha=leaky_relu_slope)(x)  # noqa: F821 (never called: only its code is stored)
@@ -202,23 +244,35 @@ STORED = {
     "closure_0.3": (stored(slope_lambda(), closure=[0.3]), True, False, [0.3]),
     "dict_closure_0.3": (stored(slope_lambda(), closure=[{"slope": 0.3}]), True, False, [0.3]),
     "closure_text": (stored(slope_lambda(), closure=["a string"]), True, False, []),
-    "default_0.25": (stored(lambda x, a=0.25: LeakyReLU(alpha=a)(x), defaults=[0.25]), True, False,  # noqa: F821
-                     [0.25]),
+    "default_0.25": (
+        stored(lambda x, a=0.25: LeakyReLU(alpha=a)(x), defaults=[0.25]),  # noqa: F821
+        True,
+        False,
+        [0.25],
+    ),
     "literal_0.3": (stored(lambda x: LeakyReLU(alpha=0.3)(x)), True, False, [0.3]),  # noqa: F821
     "global_slope": (stored(lambda x: LeakyReLU(alpha=GLOBAL_SLOPE)(x)), True, False, []),  # noqa: F821
     "relu_call": (stored(lambda x: K.relu(x)), False, True, []),  # noqa: F821
     "elu_call": (stored(lambda x: keras.activations.elu(x)), False, False, []),  # noqa: F821
     "string": (LAMBDA_STRING, None, None, None),
-    "wrapped_0.25": ({"class_name": "__lambda__", "config": stored(slope_lambda(), closure=[0.25])}, True, False,
-                     [0.25]),
+    "wrapped_0.25": (
+        {"class_name": "__lambda__", "config": stored(slope_lambda(), closure=[0.25])},
+        True,
+        False,
+        [0.25],
+    ),
     "garbled": ({"value": ["bm90IGNvZGU=", None, None]}, "garbled", "garbled", []),
 }
 RECORDS = {"lrelu": "lrelu", "relu": "relu", "unknown": "quadratic", "missing": None}
 
 
 def model_config(activation, name="layer_1") -> dict:
-    return {"class_name": "Functional", "config": {"layers": [
-        {"class_name": "Conv1D", "name": name, "config": {"name": name, "activation": activation}}]}}
+    return {
+        "class_name": "Functional",
+        "config": {
+            "layers": [{"class_name": "Conv1D", "name": name, "config": {"name": name, "activation": activation}}]
+        },
+    }
 
 
 def expected_outcome(form: str, record: str | None) -> str:
@@ -261,14 +315,24 @@ def test_every_stored_form_against_every_record(form, record):
 @pytest.mark.parametrize("name", ["dense_1", "layer_0"])
 def test_layers_the_record_does_not_cover_are_listed(name):
     with pytest.raises(ConversionError, match=f"'{name}' \\(Conv1D\\).*only layers named layer_k"):
-        resolve_stored_functions(Path("m.h5"), model_config(STORED["closure_0.25"][0], name), 3,
-                                 {"architecture_dict": {"activation_function_per_layer": []}}, "m.pickle")
+        resolve_stored_functions(
+            Path("m.h5"),
+            model_config(STORED["closure_0.25"][0], name),
+            3,
+            {"architecture_dict": {"activation_function_per_layer": []}},
+            "m.pickle",
+        )
 
 
 def test_a_record_for_another_model_is_refused():
     with pytest.raises(ConversionError, match="lists 3 activation.*has 1 layer"):
-        resolve_stored_functions(Path("m.h5"), model_config(STORED["closure_0.25"][0]), 3,
-                                 {"architecture_dict": {"activation_function_per_layer": ["lrelu"] * 3}}, "m.pickle")
+        resolve_stored_functions(
+            Path("m.h5"),
+            model_config(STORED["closure_0.25"][0]),
+            3,
+            {"architecture_dict": {"activation_function_per_layer": ["lrelu"] * 3}},
+            "m.pickle",
+        )
 
 
 def test_named_activations_are_left_alone():
@@ -279,6 +343,7 @@ def test_named_activations_are_left_alone():
 def test_the_refusal_of_an_unknown_name_lists_only_keras_names():
     from conversion.families.activations import activation_name
     from conversion.registry import LayerProblem
+
     with pytest.raises(LayerProblem) as refused:
         activation_name("quadratic", 2)
     assert "hard_sigmoid_keras2" not in str(refused.value) and "hard_sigmoid" in str(refused.value)
@@ -289,6 +354,7 @@ def test_the_refusal_of_an_unknown_name_lists_only_keras_names():
 def test_keras_rebuild_replaces_only_the_resolved_activations(published):
     from conversion.model_file import read_model_file
     from conversion.verify import keras_rebuild
+
     params = pickle.loads((published / "lrelu_k3.pickle").read_bytes())
     keras_file = read_model_file(published / "lrelu_k3.h5", params)
     rebuild = keras_rebuild(keras_file)

@@ -3,6 +3,7 @@
 Broken files are derived from real Keras files: a Lambda and a custom layer built with Keras, and weights
 removed, added or re-shaped with h5py in a copy of a real neuron TCN.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -14,6 +15,7 @@ import pytest
 
 from errors import ConversionError
 from tests.subprocesses import run_cli
+
 
 def convert_and_expect_refusal(model: Path, *expected_fragments: str) -> str:
     """Run the CLI, check exit ≠ 0, a one-paragraph message naming the file, and that nothing was written."""

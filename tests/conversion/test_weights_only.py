@@ -4,6 +4,7 @@ The network is built as fit_CNN.py builds it (causal Conv1D with the activation 
 lambda — then BatchNormalization per layer, three 1×1 heads), by real Keras 2 (tf_keras, `.h5`) and Keras 3
 (`.weights.h5`), in a subprocess, with `save_weights` only; Keras's predictions on binary spikes are kept.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -23,10 +24,15 @@ from tests.conversion.test_keras_archive import (
 from tests.subprocesses import run_cli, run_keras_script
 
 ARCHITECTURE = {
-    "network_depth": 3, "input_window_size": 40, "num_filters_per_layer": [8, 6, 6],
-    "initializer_per_layer": [0.002] * 3, "filter_sizes_per_layer": [9, 5, 3],
-    "l2_regularization_per_layer": [1e-8] * 3, "activation_function_per_layer": ["relu", "lrelu", "elu"],
-    "strides_per_layer": [1] * 3, "dilation_rates_per_layer": [1, 2, 1],
+    "network_depth": 3,
+    "input_window_size": 40,
+    "num_filters_per_layer": [8, 6, 6],
+    "initializer_per_layer": [0.002] * 3,
+    "filter_sizes_per_layer": [9, 5, 3],
+    "l2_regularization_per_layer": [1e-8] * 3,
+    "activation_function_per_layer": ["relu", "lrelu", "elu"],
+    "strides_per_layer": [1] * 3,
+    "dilation_rates_per_layer": [1, 2, 1],
 }
 SEGMENTS, NUM_DVT = 24, 4
 WEIGHT_FILES = {"keras2": "tcn.h5", "keras3": "tcn.weights.h5"}
@@ -57,8 +63,8 @@ def fit_cnn(K, flavour):
 
 rng = np.random.default_rng(7)
 spikes = (rng.random((3, ARCH["input_window_size"], {SEGMENTS})) < 0.03).astype("float32")
-for flavour, K, target in [("keras2", tf_keras, {WEIGHT_FILES['keras2']!r}),
-                           ("keras3", keras, {WEIGHT_FILES['keras3']!r})]:
+for flavour, K, target in [("keras2", tf_keras, {WEIGHT_FILES["keras2"]!r}),
+                           ("keras3", keras, {WEIGHT_FILES["keras3"]!r})]:
     model = fit_cnn(K, flavour)
     set_test_weights(model, rng, 1.0)
     model.save_weights(target)
@@ -77,8 +83,12 @@ def weight_files(tmp_path_factory) -> Path:
 
 def write_params(path: Path, architecture: dict) -> Path:
     """A fit_CNN.py-style parameters pickle (protocol 2) around `architecture`."""
-    params = {"architecture_dict": architecture, "data_dict": {"num_segments_exc": SEGMENTS // 2},
-              "learning_schedule_dict": {}, "training_history_dict": {"val_loss": [1.0]}}
+    params = {
+        "architecture_dict": architecture,
+        "data_dict": {"num_segments_exc": SEGMENTS // 2},
+        "learning_schedule_dict": {},
+        "training_history_dict": {"val_loss": [1.0]},
+    }
     with open(path, "wb") as f:
         pickle.dump(params, f, protocol=2)
     return path
@@ -91,14 +101,24 @@ def keras_io(folder: Path, flavour: str) -> tuple[np.ndarray, list[np.ndarray]]:
 
 @pytest.mark.parametrize("flavour", ["keras2", "keras3"])
 def test_weights_only_converts_exactly(parity, weight_files, tmp_path, flavour):
-    model = convert_in_process(parity, weight_files / WEIGHT_FILES[flavour], tmp_path / "model.pth",
-                               weight_files / "params.pickle")
+    model = convert_in_process(
+        parity, weight_files / WEIGHT_FILES[flavour], tmp_path / "model.pth", weight_files / "params.pickle"
+    )
     x, expected = keras_io(weight_files, flavour)
     diffs = max_diffs(parity, model, x, expected)
     assert max(diffs) <= TOLERANCE, diffs
     assert model.output_names == ["spikes", "somatic", "dendritic"]
     assert [layer["name"] for layer in model.metadata["layers"] if layer["class_name"] != "LeakyReLU"] == [
-        "layer_1", "layer_1_BN", "layer_2", "layer_2_BN", "layer_3", "layer_3_BN", "spikes", "somatic", "dendritic"]
+        "layer_1",
+        "layer_1_BN",
+        "layer_2",
+        "layer_2_BN",
+        "layer_3",
+        "layer_3_BN",
+        "spikes",
+        "somatic",
+        "dendritic",
+    ]
     assert model.metadata["architecture_dict"]["num_filters_per_layer"] == ARCHITECTURE["num_filters_per_layer"]
 
 
@@ -139,22 +159,35 @@ def test_refuses_an_architecture_dict_with_missing_keys(parity, weight_files, tm
     incomplete = {k: v for k, v in ARCHITECTURE.items() if k not in ("strides_per_layer", "input_window_size")}
     params = write_params(tmp_path / "params.pickle", incomplete)
     source = weight_files / WEIGHT_FILES["keras2"]
-    expect_refusal(parity, source, "architecture_dict lacks", "strides_per_layer", "input_window_size",
-                   params_path=params)
+    expect_refusal(
+        parity, source, "architecture_dict lacks", "strides_per_layer", "input_window_size", params_path=params
+    )
 
 
 @pytest.mark.parametrize("flavour", ["keras2", "keras3"])
 def test_refuses_an_architecture_whose_shapes_do_not_fit(parity, weight_files, tmp_path, flavour):
     params = write_params(tmp_path / "params.pickle", {**ARCHITECTURE, "filter_sizes_per_layer": [9, 7, 3]})
-    expect_refusal(parity, weight_files / WEIGHT_FILES[flavour], "'layer_2/kernel'", "has shape (5, 8, 6)",
-                   "implies (7, 8, 6)", params_path=params)
+    expect_refusal(
+        parity,
+        weight_files / WEIGHT_FILES[flavour],
+        "'layer_2/kernel'",
+        "has shape (5, 8, 6)",
+        "implies (7, 8, 6)",
+        params_path=params,
+    )
 
 
 def test_refuses_an_architecture_of_another_depth(parity, weight_files, tmp_path):
     shallow = {**ARCHITECTURE, **{key: ARCHITECTURE[key][:2] for key in ARCHITECTURE if key.endswith("_per_layer")}}
     params = write_params(tmp_path / "params.pickle", shallow)
-    expect_refusal(parity, weight_files / WEIGHT_FILES["keras2"], "9 layers with weights", "depth 2",
-                   "implies 7", params_path=params)
+    expect_refusal(
+        parity,
+        weight_files / WEIGHT_FILES["keras2"],
+        "9 layers with weights",
+        "depth 2",
+        "implies 7",
+        params_path=params,
+    )
 
 
 def test_a_changed_params_pickle_makes_a_weights_only_conversion_stale(parity, weight_files, tmp_path):

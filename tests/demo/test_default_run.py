@@ -1,16 +1,16 @@
 """main.py on the shipped demo models (a short run): the ground truth of the simulated neuron is reported."""
+
 from __future__ import annotations
 
 import json
 import shutil
 
-from tests.subprocesses import REPO, run_cli
 from tests.pipeline.test_main import QUICK
+from tests.subprocesses import REPO, run_cli
 
 
 def test_demo_run_reports_the_ground_truth(tmp_path):
-    shutil.copytree(REPO / "demo_models", tmp_path / "demo_models",
-                    ignore=shutil.ignore_patterns("*_converted*", ".*"))
+    shutil.copytree(REPO / "demo_models", tmp_path / "demo_models", ignore=shutil.ignore_patterns("*_converted*", ".*"))
     config = tmp_path / "config.yaml"
     config.write_text((REPO / "config.yaml").read_text())  # the shipped config, on a copy of the models
     result = run_cli(["main.py", "--config", str(config), *QUICK, "conversion.verify=false"])

@@ -1,4 +1,5 @@
 """The shipped demo models convert exactly (against Keras on binary spikes) and match the training report."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from safe_pickle import load_pickle
 from model_converter import TCNModelConverter
+from safe_pickle import load_pickle
 from tests.subprocesses import REPO, run_keras_script
 
 DEMO_DIR = REPO / "demo_models"
@@ -50,11 +51,18 @@ def test_demo_model_converts_exactly_and_matches_its_record(entry, keras_predict
     assert sum(v.numel() for v in model.state_dict().values()) == entry["num_parameters"]  # BN statistics too
     assert (DEMO_DIR / entry["h5_file"]).stat().st_size == entry["h5_bytes"]
     architecture = load_pickle(params_path)["architecture_dict"]
-    convs = [layer for layer in model.metadata["layers"] if layer["class_name"] == "Conv1D"
-             and layer["name"].startswith("layer_")]
+    convs = [
+        layer
+        for layer in model.metadata["layers"]
+        if layer["class_name"] == "Conv1D" and layer["name"].startswith("layer_")
+    ]
     assert len(convs) == architecture["network_depth"] == entry["network_depth"]
     kernels = [model.layers[layer["name"]].kernel_size for layer in convs]
     assert kernels == architecture["filter_sizes_per_layer"] == entry["filter_sizes_per_layer"]
-    assert model.input_shapes == [(architecture["input_window_size"],
-                                   REPORT["data"]["simulator_config"]["num_excitatory_segments"]
-                                   + REPORT["data"]["simulator_config"]["num_inhibitory_segments"])]
+    assert model.input_shapes == [
+        (
+            architecture["input_window_size"],
+            REPORT["data"]["simulator_config"]["num_excitatory_segments"]
+            + REPORT["data"]["simulator_config"]["num_inhibitory_segments"],
+        )
+    ]

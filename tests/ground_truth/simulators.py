@@ -1,5 +1,6 @@
 """Simulator functions for the tests of the simulator interface, called as `tests.ground_truth.simulators:<name>`
 (in worker processes, like a user's)."""
+
 from __future__ import annotations
 
 import os
@@ -65,12 +66,14 @@ class LyingSequence(list):
 
 def hangs(spikes: np.ndarray) -> list:
     import time
+
     time.sleep(3600)
 
 
 def hangs_ignoring_sigterm(spikes: np.ndarray) -> list:
     import signal
     import time
+
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
         time.sleep(0.1)
@@ -84,13 +87,18 @@ class _Custom(BaseException):
 def _raise(error):
     def simulate(spikes):
         raise error
+
     return simulate
 
 
 # Each exits the simulator's code with something else than an answer; every one must become a SimulatorError.
-ESCAPES = {"system_exit_0": _raise(SystemExit(0)), "system_exit_3": _raise(SystemExit(3)),
-           "keyboard_interrupt": _raise(KeyboardInterrupt()), "generator_exit": _raise(GeneratorExit()),
-           "unpicklable_base_exception": _raise(_Custom("odd"))}
+ESCAPES = {
+    "system_exit_0": _raise(SystemExit(0)),
+    "system_exit_3": _raise(SystemExit(3)),
+    "keyboard_interrupt": _raise(KeyboardInterrupt()),
+    "generator_exit": _raise(GeneratorExit()),
+    "unpicklable_base_exception": _raise(_Custom("odd")),
+}
 for _name, _function in ESCAPES.items():
     globals()[f"escape_{_name}"] = _function
 
@@ -104,10 +112,14 @@ BAD_ANSWERS = {
     "string_times": lambda spikes: [["1", "2"]] * len(spikes),
     "ragged_times": lambda spikes: [[[1.0, 2.0], [3.0]]] * len(spikes),
     "object_times": lambda spikes: [np.array([object()])] * len(spikes),
-    "soma_v_huge": lambda spikes: {"spike_times": [np.zeros(0)] * len(spikes),
-                                   "soma_v": np.full((len(spikes), spikes.shape[2]), 1e300)},
-    "soma_v_text": lambda spikes: {"spike_times": [np.zeros(0)] * len(spikes),
-                                   "soma_v": np.full((len(spikes), spikes.shape[2]), "x")},
+    "soma_v_huge": lambda spikes: {
+        "spike_times": [np.zeros(0)] * len(spikes),
+        "soma_v": np.full((len(spikes), spikes.shape[2]), 1e300),
+    },
+    "soma_v_text": lambda spikes: {
+        "spike_times": [np.zeros(0)] * len(spikes),
+        "soma_v": np.full((len(spikes), spikes.shape[2]), "x"),
+    },
     "wrong_count": lambda spikes: [np.zeros(0)] * (len(spikes) + 1),
     "not_a_sequence": lambda spikes: 42,
     "a_string": lambda spikes: "spikes",
@@ -118,8 +130,10 @@ BAD_ANSWERS = {
     "unknown_key": lambda spikes: {"spike_times": [np.zeros(0)] * len(spikes), "voltage": 1},
     "no_spike_times": lambda spikes: {"soma_v": np.zeros((len(spikes), spikes.shape[2]))},
     "soma_v_shape": lambda spikes: {"spike_times": [np.zeros(0)] * len(spikes), "soma_v": np.zeros((1, 2, 3))},
-    "soma_v_nan": lambda spikes: {"spike_times": [np.zeros(0)] * len(spikes),
-                                  "soma_v": np.full((len(spikes), spikes.shape[2]), np.nan)},
+    "soma_v_nan": lambda spikes: {
+        "spike_times": [np.zeros(0)] * len(spikes),
+        "soma_v": np.full((len(spikes), spikes.shape[2]), np.nan),
+    },
 }
 for _name, _function in BAD_ANSWERS.items():
     globals()[f"bad_{_name}"] = _function

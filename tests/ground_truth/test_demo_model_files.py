@@ -12,14 +12,37 @@ import pytest
 from ground_truth.demo import NeuronConfig
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "demo_models"
-NAME_PATTERN = re.compile(r"^SIMNMDA_TCN__DxWxT_(\d+)x(\d+)x(\d+)__\d{4}-\d{2}-\d{2}__\d{2}_\d{2}__samples_(\d+)"
-                          r"__LogLoss_train_\d+_valid_\d+__ID_\d+$")
-ARCHITECTURE_KEYS = {"network_depth", "input_window_size", "num_filters_per_layer", "initializer_per_layer",
-                     "filter_sizes_per_layer", "l2_regularization_per_layer", "activation_function_per_layer",
-                     "strides_per_layer", "dilation_rates_per_layer"}
-PER_EPOCH_KEYS = {"loss", "spikes_loss", "somatic_loss", "dendritic_loss", "val_loss", "val_spikes_loss",
-                  "val_somatic_loss", "val_dendritic_loss", "learning_schedule", "batch_size", "learning_rate",
-                  "loss_weights", "num_train_samples", "num_train_steps"}
+NAME_PATTERN = re.compile(
+    r"^SIMNMDA_TCN__DxWxT_(\d+)x(\d+)x(\d+)__\d{4}-\d{2}-\d{2}__\d{2}_\d{2}__samples_(\d+)"
+    r"__LogLoss_train_\d+_valid_\d+__ID_\d+$"
+)
+ARCHITECTURE_KEYS = {
+    "network_depth",
+    "input_window_size",
+    "num_filters_per_layer",
+    "initializer_per_layer",
+    "filter_sizes_per_layer",
+    "l2_regularization_per_layer",
+    "activation_function_per_layer",
+    "strides_per_layer",
+    "dilation_rates_per_layer",
+}
+PER_EPOCH_KEYS = {
+    "loss",
+    "spikes_loss",
+    "somatic_loss",
+    "dendritic_loss",
+    "val_loss",
+    "val_spikes_loss",
+    "val_somatic_loss",
+    "val_dendritic_loss",
+    "learning_schedule",
+    "batch_size",
+    "learning_rate",
+    "loss_weights",
+    "num_train_samples",
+    "num_train_steps",
+}
 
 
 def load_report() -> dict:
@@ -45,8 +68,9 @@ def test_report_lists_several_models_with_auc_at_least_0_9():
 
 def test_folder_holds_the_reported_models_and_no_others_and_they_are_small():
     # Other files (e.g. converted .pth caches beside the models) may live here; models of another run may not.
-    models_present = {path.name for path in DEMO_DIR.iterdir()
-                      if path.suffix in (".h5", ".pickle") and NAME_PATTERN.match(path.stem)}
+    models_present = {
+        path.name for path in DEMO_DIR.iterdir() if path.suffix in (".h5", ".pickle") and NAME_PATTERN.match(path.stem)
+    }
     reported = {entry[key] for entry in MODELS for key in ("h5_file", "pickle_file")}
     assert models_present == reported
     assert sum((DEMO_DIR / name).stat().st_size for name in reported) < 6_000_000
@@ -61,8 +85,11 @@ def test_h5_is_a_keras_tcn_with_the_original_layer_names(entry):
         weight_groups = set(handle["model_weights"].keys())
     layers = {layer["config"]["name"]: layer for layer in config["config"]["layers"]}
     depth = entry["network_depth"]
-    expected = {"spikes", "somatic", "dendritic"} | {"layer_%d" % k for k in range(1, depth + 1)} \
+    expected = (
+        {"spikes", "somatic", "dendritic"}
+        | {"layer_%d" % k for k in range(1, depth + 1)}
         | {"layer_%d_BN" % k for k in range(1, depth + 1)}
+    )
     assert expected <= set(layers) and expected <= weight_groups
     for k, size in enumerate(entry["filter_sizes_per_layer"], start=1):
         assert layers["layer_%d" % k]["class_name"] == "Conv1D"

@@ -1,5 +1,6 @@
 """The simulator interface with a toy simulator function of known answers: the check's figures by hand, parallel =
 serial, the cache, and every kind of bad answer or failing function refused with a clear error."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -33,9 +34,9 @@ def by_hand(rates: np.ndarray, trials: int, seed: int) -> dict:
     figures = {}
     for name, raster in (("control", control), ("stim", stimulated)):
         fires = raster[:, :, :N_EXC].sum(axis=2) >= simulators.COINCIDENCE  # (trials, T)
-        figures[f"p_spike_{name}"] = fires[:, STIMULUS_TIME:STIMULUS_TIME + WINDOW].any(axis=1).mean()
+        figures[f"p_spike_{name}"] = fires[:, STIMULUS_TIME : STIMULUS_TIME + WINDOW].any(axis=1).mean()
         outside = np.ones(T, dtype=bool)
-        outside[STIMULUS_TIME:STIMULUS_TIME + WINDOW] = False
+        outside[STIMULUS_TIME : STIMULUS_TIME + WINDOW] = False
         figures[f"p_outside_{name}"] = fires[:, outside].any(axis=1).mean()
     return figures
 
@@ -67,8 +68,9 @@ def test_parallel_trials_give_the_same_figures_as_serial(rates):
     answers = []
     for workers in (1, 2, 3):
         with TrialRunner(function_simulator("coincidence_with_voltage"), workers=workers) as run:
-            answers.append(ground_truth_response(rates, STIMULUS, STIMULUS_TIME, WINDOW, run, N_EXC, n_trials=200,
-                                                 seed=3))
+            answers.append(
+                ground_truth_response(rates, STIMULUS, STIMULUS_TIME, WINDOW, run, N_EXC, n_trials=200, seed=3)
+            )
     assert answers[0] == answers[1] == answers[2]
 
 
@@ -146,7 +148,8 @@ def test_workers_end_when_their_main_process_is_killed(tmp_path):
         "    futures = [pool.submit(abs, -1) for _ in range(4)]\n"
         "    [f.result() for f in futures]\n"
         "    print(' '.join(str(p.pid) for p in pool._processes.values()), flush=True)\n"
-        "    run(np.zeros((40, 10, 12), dtype=bool))\n")
+        "    run(np.zeros((40, 10, 12), dtype=bool))\n"
+    )
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     workers = [int(pid) for pid in parent.stdout.readline().split()]
     assert workers
@@ -201,13 +204,16 @@ def test_a_raising_function_is_reported_with_its_message_and_a_crashing_one_as_a
             run(np.zeros((2, 10, 12), dtype=bool))
 
 
-@pytest.mark.parametrize("target, message", [
-    ("no_colon", "expected demo, neuron"),
-    ("a b:c", "expected demo, neuron"),
-    ("module:not-a-name", "expected demo, neuron"),
-    ("missing_module_xyz:simulate", "no module missing_module_xyz"),
-    ("nowhere/file.py:simulate", "is not a file"),
-])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("no_colon", "expected demo, neuron"),
+        ("a b:c", "expected demo, neuron"),
+        ("module:not-a-name", "expected demo, neuron"),
+        ("missing_module_xyz:simulate", "no module missing_module_xyz"),
+        ("nowhere/file.py:simulate", "is not a file"),
+    ],
+)
 def test_targets_that_name_nothing_are_config_errors(target, message):
     with pytest.raises(ConfigError, match=message):
         FunctionSimulator.resolve(target, REPO)
@@ -217,7 +223,8 @@ def test_a_file_target_is_imported_from_its_path_and_a_missing_function_is_named
     (tmp_path / "helper.py").write_text("OFFSET = 0.25\n")
     (tmp_path / "my_cell.py").write_text(
         "import numpy as np\nfrom helper import OFFSET\n\n"
-        "def simulate(spikes):\n    return [np.flatnonzero(row.any(axis=0)) + OFFSET for row in spikes]\n")
+        "def simulate(spikes):\n    return [np.flatnonzero(row.any(axis=0)) + OFFSET for row in spikes]\n"
+    )
     spikes = np.zeros((2, 5, 3), dtype=bool)
     spikes[1, 4, 2] = True
     with TrialRunner(FunctionSimulator.resolve("my_cell.py:simulate", tmp_path), workers=1) as run:

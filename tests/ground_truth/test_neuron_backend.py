@@ -1,6 +1,7 @@
 """The NEURON backend on the example's reference cell (examples/neuron_ground_truth/cell.hoc): a strong synchronous
 volley fires it and silence does not, the synapse count is checked against the model, the mechanisms are compiled
 once, parallel trials equal serial ones, and cells and maps of every supported kind (and bad ones) are handled."""
+
 from __future__ import annotations
 
 import shutil
@@ -51,8 +52,11 @@ def test_a_strong_volley_fires_the_cell_and_silence_does_not(cache):
 
 def test_a_synapse_count_that_differs_from_the_models_channels_is_refused_naming_both(cache):
     with TrialRunner(simulator(cache, 30, 30), workers=1) as run:
-        with pytest.raises(SimulatorError, match=r"32 segments.*make 32 \+ 32 synapses, but the model takes 30 "
-                                                 r"excitatory \+ 30 inhibitory input channels"):
+        with pytest.raises(
+            SimulatorError,
+            match=r"32 segments.*make 32 \+ 32 synapses, but the model takes 30 "
+            r"excitatory \+ 30 inhibitory input channels",
+        ):
             run(np.zeros((1, 10, 60), dtype=bool))
 
 
@@ -63,9 +67,11 @@ def test_mechanisms_are_compiled_once_per_set_of_files(tmp_path):
     assert again == first and not compiled_again
     own = tmp_path / "mods"
     own.mkdir()
-    (own / "leak.mod").write_text("NEURON { SUFFIX tinyleak NONSPECIFIC_CURRENT i RANGE g }\n"
-                                  "PARAMETER { g = 0.0001 (S/cm2) }\nASSIGNED { v (mV) i (mA/cm2) }\n"
-                                  "BREAKPOINT { i = g * (v + 70) }\n")
+    (own / "leak.mod").write_text(
+        "NEURON { SUFFIX tinyleak NONSPECIFIC_CURRENT i RANGE g }\n"
+        "PARAMETER { g = 0.0001 (S/cm2) }\nASSIGNED { v (mV) i (mA/cm2) }\n"
+        "BREAKPOINT { i = g * (v + 70) }\n"
+    )
     with_own, compiled_own = mechanisms.compiled_mechanisms(own, tmp_path)
     assert compiled_own and with_own != first
     assert not any(path.name.startswith(".building") for path in tmp_path.iterdir())
@@ -87,8 +93,9 @@ def test_missing_neuron_or_compiler_gives_a_clear_message(tmp_path, monkeypatch)
         mechanisms._tools()
     monkeypatch.undo()
     real_which = shutil.which
-    monkeypatch.setattr(shutil, "which", lambda name: None if name in ("cc", "gcc", "clang", "make") else
-                        real_which(name))
+    monkeypatch.setattr(
+        shutil, "which", lambda name: None if name in ("cc", "gcc", "clang", "make") else real_which(name)
+    )
     monkeypatch.delenv("CC", raising=False)
     with pytest.raises(SimulatorError, match="needs a C compiler and make"):
         mechanisms._tools()
@@ -96,6 +103,7 @@ def test_missing_neuron_or_compiler_gives_a_clear_message(tmp_path, monkeypatch)
 
     def not_installed(name):
         raise metadata.PackageNotFoundError(name)
+
     monkeypatch.setattr(metadata, "version", not_installed)
     with pytest.raises(SimulatorError, match="pip install neuron"):
         mechanisms.neuron_version()
@@ -123,8 +131,12 @@ def test_the_explicit_map_of_the_default_placement_gives_the_same_answers(cache,
     # the same placement as an .npy of (kind, section index, x), sections in the order of `all`
     lines = (EXAMPLE / "synapse_map.csv").read_text().split()[1:]
     order = ["soma", "basal[0]", "basal[1]", "apical"]
-    table = np.array([[0 if kind == "excitatory" else 1, order.index(name), float(x)]
-                      for kind, name, x in (line.split(",") for line in lines)])
+    table = np.array(
+        [
+            [0 if kind == "excitatory" else 1, order.index(name), float(x)]
+            for kind, name, x in (line.split(",") for line in lines)
+        ]
+    )
     np.save(tmp_path / "map.npy", table)
     with TrialRunner(simulator(cache, synapse_map=tmp_path / "map.npy"), workers=1) as run:
         np.testing.assert_array_equal(run(spikes).soma_v, answers[0].soma_v)
@@ -158,11 +170,14 @@ def test_bad_synapse_maps_are_refused_naming_the_file_and_the_problem(cache, tmp
     assert str(path) in str(refused.value)
 
 
-@pytest.mark.parametrize("content, suffix, message", [
-    (b"\x93NUMPY garbage", ".npy", "not a numeric .npy"),
-    (None, ".npy", "shape \\(channels, 3\\)"),
-    (b"kind,section,x\n", ".txt", "a .csv or a .npy"),
-])
+@pytest.mark.parametrize(
+    "content, suffix, message",
+    [
+        (b"\x93NUMPY garbage", ".npy", "not a numeric .npy"),
+        (None, ".npy", "shape \\(channels, 3\\)"),
+        (b"kind,section,x\n", ".txt", "a .csv or a .npy"),
+    ],
+)
 def test_bad_map_files_are_refused(cache, tmp_path, content, suffix, message):
     path = tmp_path / f"map{suffix}"
     if content is None:
@@ -224,14 +239,18 @@ def test_a_python_cell_and_a_file_of_two_templates(cache, tmp_path, monkeypatch)
     (tmp_path / "soma_size.hoc").write_text("soma_size = 20\n")
     spikes = np.zeros((2, 60, 8), dtype=bool)
     spikes[1, 20, :4] = True
-    config = NeuronBackendConfig(cell=tmp_path / "cell.py", mechanisms_cache=cache,
-                                 ampa={"tau_rise_ms": 0.3, "tau_decay_ms": 3, "reversal_mv": 0, "weight_us": 0.01})
+    config = NeuronBackendConfig(
+        cell=tmp_path / "cell.py",
+        mechanisms_cache=cache,
+        ampa={"tau_rise_ms": 0.3, "tau_decay_ms": 3, "reversal_mv": 0, "weight_us": 0.01},
+    )
     with TrialRunner(NeuronSimulator.resolve(config, 4, 4), workers=1) as run:
         answer = run(spikes)
     assert answer.spike_times[0].size == 0 and answer.spike_times[1].size == 1
     (tmp_path / "two.hoc").write_text(TWO_TEMPLATES)
-    with TrialRunner(NeuronSimulator.resolve(NeuronBackendConfig(cell=tmp_path / "two.hoc", mechanisms_cache=cache),
-                                             3, 3), workers=1) as run:
+    with TrialRunner(
+        NeuronSimulator.resolve(NeuronBackendConfig(cell=tmp_path / "two.hoc", mechanisms_cache=cache), 3, 3), workers=1
+    ) as run:
         with pytest.raises(SimulatorError, match="name one in ground_truth.neuron.template"):
             run(np.zeros((1, 10, 6), dtype=bool))
     chosen = NeuronBackendConfig(cell=tmp_path / "two.hoc", template="Second", mechanisms_cache=cache)
@@ -239,28 +258,36 @@ def test_a_python_cell_and_a_file_of_two_templates(cache, tmp_path, monkeypatch)
         assert run(np.zeros((1, 10, 6), dtype=bool)).spike_times[0].size == 0  # soma + 2 dend segments: 3 + 3
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"cell": None}, "needs ground_truth.neuron.cell"),
-    ({"cell": EXAMPLE / "config.yaml"}, "not a .hoc or .py file"),
-    ({"cell": EXAMPLE / "missing.hoc"}, "not a .hoc or .py file"),
-    ({"mechanisms": EXAMPLE / "cell.hoc"}, "not a folder"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"cell": None}, "needs ground_truth.neuron.cell"),
+        ({"cell": EXAMPLE / "config.yaml"}, "not a .hoc or .py file"),
+        ({"cell": EXAMPLE / "missing.hoc"}, "not a .hoc or .py file"),
+        ({"mechanisms": EXAMPLE / "cell.hoc"}, "not a folder"),
+    ],
+)
 def test_settings_that_name_no_cell_are_refused_before_any_worker(cache, settings, message):
     with pytest.raises(ConfigError, match=message):
         simulator(cache, **settings)
 
 
-LEAK = ("NEURON {{ SUFFIX {name} NONSPECIFIC_CURRENT i RANGE g }}\nPARAMETER {{ g = 0.0001 (S/cm2) }}\n"
-        "ASSIGNED {{ v (mV) i (mA/cm2) }}\nBREAKPOINT {{ i = g * (v + 70) }}\n")
+LEAK = (
+    "NEURON {{ SUFFIX {name} NONSPECIFIC_CURRENT i RANGE g }}\nPARAMETER {{ g = 0.0001 (S/cm2) }}\n"
+    "ASSIGNED {{ v (mV) i (mA/cm2) }}\nBREAKPOINT {{ i = g * (v + 70) }}\n"
+)
 
 
-@pytest.mark.parametrize("files, message", [
-    ({"exp2syn.mod": "NEURON { POINT_PROCESS Exp2Syn }\n"}, "defines Exp2Syn, which NEURON already has"),
-    ({"other.mod": "NEURON { POINT_PROCESS NmdaMgSyn }\n"}, "defines NmdaMgSyn, which the project already has"),
-    ({"a.mod": LEAK.format(name="twice"), "b.mod": LEAK.format(name="twice")}, "a.mod and b.mod both define twice"),
-    ({"my leak.mod": LEAK.format(name="spaced")}, "file names of letters"),
-    ({"nmda_mg.mod": LEAK.format(name="mine")}, "name of the project's own mechanism file"),
-])
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"exp2syn.mod": "NEURON { POINT_PROCESS Exp2Syn }\n"}, "defines Exp2Syn, which NEURON already has"),
+        ({"other.mod": "NEURON { POINT_PROCESS NmdaMgSyn }\n"}, "defines NmdaMgSyn, which the project already has"),
+        ({"a.mod": LEAK.format(name="twice"), "b.mod": LEAK.format(name="twice")}, "a.mod and b.mod both define twice"),
+        ({"my leak.mod": LEAK.format(name="spaced")}, "file names of letters"),
+        ({"nmda_mg.mod": LEAK.format(name="mine")}, "name of the project's own mechanism file"),
+    ],
+)
 def test_mechanisms_neuron_would_reject_are_refused_before_compiling(tmp_path, files, message):
     own = tmp_path / "mods"
     own.mkdir()
@@ -275,8 +302,10 @@ def test_included_files_are_compiled_with_the_mod_files_and_errors_come_without_
     own = tmp_path / "mods"
     own.mkdir()
     (own / "params.inc").write_text("PARAMETER { g = 0.0001 (S/cm2) }\n")
-    (own / "uses.mod").write_text("NEURON { SUFFIX incleak NONSPECIFIC_CURRENT i RANGE g }\nINCLUDE \"params.inc\"\n"
-                                  "ASSIGNED { v (mV) i (mA/cm2) }\nBREAKPOINT { i = g * (v + 70) }\n")
+    (own / "uses.mod").write_text(
+        'NEURON { SUFFIX incleak NONSPECIFIC_CURRENT i RANGE g }\nINCLUDE "params.inc"\n'
+        "ASSIGNED { v (mV) i (mA/cm2) }\nBREAKPOINT { i = g * (v + 70) }\n"
+    )
     entry, compiled = mechanisms.compiled_mechanisms(own, tmp_path / "cache")
     assert compiled and mechanisms.usable_entry(entry)
     (own / "broken.mod").write_text("NEURON { SUFFIX broken }\nBREAKPOINT { this is not nmodl }\n")
@@ -313,14 +342,19 @@ def test_editing_a_file_the_cell_loads_changes_the_fingerprint(cache, tmp_path):
 
 
 def test_templates_in_comments_do_not_count_and_a_builder_must_return_a_cell(cache, tmp_path):
-    (tmp_path / "commented.hoc").write_text("/* begintemplate Ghost\nendtemplate Ghost */\n// begintemplate Other\n"
-                                            + TWO_TEMPLATES.split("begintemplate Second")[0])
-    with TrialRunner(NeuronSimulator.resolve(NeuronBackendConfig(cell=tmp_path / "commented.hoc",
-                                                                 mechanisms_cache=cache), 1, 1), workers=1) as run:
+    (tmp_path / "commented.hoc").write_text(
+        "/* begintemplate Ghost\nendtemplate Ghost */\n// begintemplate Other\n"
+        + TWO_TEMPLATES.split("begintemplate Second")[0]
+    )
+    with TrialRunner(
+        NeuronSimulator.resolve(NeuronBackendConfig(cell=tmp_path / "commented.hoc", mechanisms_cache=cache), 1, 1),
+        workers=1,
+    ) as run:
         assert run(np.zeros((1, 10, 2), dtype=bool)).spike_times[0].size == 0
     (tmp_path / "none.py").write_text("def build_cell():\n    return None\n")
-    with TrialRunner(NeuronSimulator.resolve(NeuronBackendConfig(cell=tmp_path / "none.py", mechanisms_cache=cache),
-                                             1, 1), workers=1) as run:
+    with TrialRunner(
+        NeuronSimulator.resolve(NeuronBackendConfig(cell=tmp_path / "none.py", mechanisms_cache=cache), 1, 1), workers=1
+    ) as run:
         with pytest.raises(SimulatorError, match=r"build_cell\(\) returned None; it must return the cell"):
             run(np.zeros((1, 10, 2), dtype=bool))
 
@@ -328,14 +362,18 @@ def test_templates_in_comments_do_not_count_and_a_builder_must_return_a_cell(cac
 def test_map_details_a_user_may_write(cache, tmp_path):
     good = (EXAMPLE / "synapse_map.csv").read_text()
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + good.replace("\n", "\r\n").encode())
-    assert simulator(cache, synapse_map=tmp_path / "bom.csv").synapse_map == \
-        simulator(cache, synapse_map=EXAMPLE / "synapse_map.csv").synapse_map
+    assert (
+        simulator(cache, synapse_map=tmp_path / "bom.csv").synapse_map
+        == simulator(cache, synapse_map=EXAMPLE / "synapse_map.csv").synapse_map
+    )
     (tmp_path / "digit.csv").write_text(good.replace("excitatory,soma,", "excitatory,\u00b2,", 1))
     with TrialRunner(simulator(cache, synapse_map=tmp_path / "digit.csv"), workers=1) as run:
         with pytest.raises(SimulatorError, match="no section '\u00b2'"):
             run(np.zeros((1, 10, 64), dtype=bool))
-    for name, array in (("complex", np.zeros((64, 3), dtype=complex)),
-                        ("huge_index", np.array([[0, 10.0**300, 0.5]] * 32 + [[1, 0, 0.5]] * 32))):
+    for name, array in (
+        ("complex", np.zeros((64, 3), dtype=complex)),
+        ("huge_index", np.array([[0, 10.0**300, 0.5]] * 32 + [[1, 0, 0.5]] * 32)),
+    ):
         np.save(tmp_path / f"{name}.npy", array)
         with pytest.raises(ConfigError) as refused:
             simulator(cache, synapse_map=tmp_path / f"{name}.npy")

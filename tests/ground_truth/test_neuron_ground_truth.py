@@ -18,8 +18,9 @@ def response(rates, stimulus_segments, stimulus_time, response_window, **options
 
 
 def constant_rates(exc_rate: float, inh_rate: float, duration_ms: int = 120) -> np.ndarray:
-    return np.concatenate([np.full((N_EXC, duration_ms), exc_rate),
-                           np.full((CONFIG.num_inhibitory_segments, duration_ms), inh_rate)])
+    return np.concatenate(
+        [np.full((N_EXC, duration_ms), exc_rate), np.full((CONFIG.num_inhibitory_segments, duration_ms), inh_rate)]
+    )
 
 
 def nmda_tail_rates() -> np.ndarray:
@@ -59,16 +60,25 @@ def test_three_coincident_spikes_fire_the_neuron_after_an_nmda_tail():
     assert result["difference"] >= 0.4
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"rates": np.zeros(120)}, "rates"),
-    ({"stimulus_segments": [N_EXC]}, "excitatory"),
-    ({"stimulus_segments": []}, "excitatory"),
-    ({"stimulus_time": 115}, "fit"),
-    ({"n_trials": 50}, "at least"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"rates": np.zeros(120)}, "rates"),
+        ({"stimulus_segments": [N_EXC]}, "excitatory"),
+        ({"stimulus_segments": []}, "excitatory"),
+        ({"stimulus_time": 115}, "fit"),
+        ({"n_trials": 50}, "at least"),
+    ],
+)
 def test_invalid_arguments_are_refused(kwargs, message):
-    arguments = {"rates": constant_rates(0.01, 0.02), "stimulus_segments": [0, 1, 2], "stimulus_time": 100,
-                 "response_window": 10, "n_trials": 200, **kwargs}
+    arguments = {
+        "rates": constant_rates(0.01, 0.02),
+        "stimulus_segments": [0, 1, 2],
+        "stimulus_time": 100,
+        "response_window": 10,
+        "n_trials": 200,
+        **kwargs,
+    }
     with pytest.raises(ValueError, match=message):
         response(**arguments)
 

@@ -143,14 +143,17 @@ def test_config_round_trips_through_plain_dict():
     assert custom.num_compartments == 4 and type(custom.nmda_weight_ns) is float
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"unknown_key": 1.0}, "unknown"),
-    ({"soma_capacitance_pf": -1.0}, "positive"),
-    ({"num_compartments": 2.5}, "integer"),
-    ({"dt_ms": 0.3}, "dt_ms"),
-    ({"threshold_mv": -70.0}, "threshold"),
-    ({"gaba_tau_ms": "8"}, "number"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"unknown_key": 1.0}, "unknown"),
+        ({"soma_capacitance_pf": -1.0}, "positive"),
+        ({"num_compartments": 2.5}, "integer"),
+        ({"dt_ms": 0.3}, "dt_ms"),
+        ({"threshold_mv": -70.0}, "threshold"),
+        ({"gaba_tau_ms": "8"}, "number"),
+    ],
+)
 def test_invalid_config_is_refused(change, message):
     with pytest.raises(ConfigError, match=message):
         NeuronConfig.from_dict({**CONFIG.to_dict(), **change})

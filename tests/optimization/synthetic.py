@@ -27,7 +27,7 @@ class SyntheticNeuron:
     threshold: float
 
     @classmethod
-    def make(cls, num_excitatory: int, num_inhibitory: int, seed: int = 0) -> "SyntheticNeuron":
+    def make(cls, num_excitatory: int, num_inhibitory: int, seed: int = 0) -> SyntheticNeuron:
         generator = torch.Generator().manual_seed(seed)
         return cls(
             excitatory_weights=0.5 + 0.5 * torch.rand(num_excitatory, generator=generator),
@@ -102,8 +102,9 @@ class ExactFilterModel(nn.Module):
         return torch.sigmoid(self.gain * (voltage - self.threshold)), voltage
 
 
-def training_inputs(count: int, window_ms: int, num_excitatory: int, num_inhibitory: int, max_rate: float,
-                    generator: torch.Generator) -> torch.Tensor:
+def training_inputs(
+    count: int, window_ms: int, num_excitatory: int, num_inhibitory: int, max_rate: float, generator: torch.Generator
+) -> torch.Tensor:
     """Spikes from rates that vary by segment and in blocks of time, excitation and inhibition independently."""
     blocks = 4
     block_ms = -(-window_ms // blocks)

@@ -28,8 +28,9 @@ def _push(parameters: RateParameters, direction: torch.Tensor, steps: int = 5, l
 @pytest.mark.parametrize("method", ["projection", "sigmoid"])
 def test_rates_stay_within_bounds_and_start_at_the_initial_rates(method):
     initial = _initial()
-    parameters = RateParameters(initial, EXCITATORY, ConstraintsConfig(method=method, max_rate=0.1,
-                                                                          moving_segments="all"))
+    parameters = RateParameters(
+        initial, EXCITATORY, ConstraintsConfig(method=method, max_rate=0.1, moving_segments="all")
+    )
     assert torch.allclose(parameters.rates(), initial, atol=1e-6)
     direction = torch.where(torch.rand(initial.shape, generator=torch.Generator().manual_seed(1)) < 0.5, 1.0, -1.0)
     _push(parameters, direction, lr=100.0)
@@ -74,8 +75,9 @@ def test_tied_mode_follows_excitation_and_keeps_the_initial_inhibitory_mean_by_d
     initial = _initial()
     parameters = RateParameters(initial, EXCITATORY, ConstraintsConfig(moving_segments="tied", tied_delay_ms=0))
     rates = parameters.rates()
-    assert torch.allclose(rates[..., EXCITATORY:].mean(dim=(1, 2)), initial[..., EXCITATORY:].mean(dim=(1, 2)),
-                          rtol=0.2)
+    assert torch.allclose(
+        rates[..., EXCITATORY:].mean(dim=(1, 2)), initial[..., EXCITATORY:].mean(dim=(1, 2)), rtol=0.2
+    )
     before = rates[..., EXCITATORY:].detach().clone()
     direction = torch.zeros_like(initial)
     direction[:, :, 0] = 1.0  # raise excitatory segment 0 only

@@ -1,5 +1,6 @@
 """optimization.ensemble: the loss through several models is the mean of the members' losses on the same spikes;
 members must share the input layout; the specificity floor and the evaluation use the members' mean."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,9 @@ from optimization.constraints import RateParameters
 from optimization.initial import initial_rates
 from optimization.loop import RateOptimizer
 from optimization.network import prepare_model, resolve_layout
+from optimization.run import MeanSpikeProbability, check_ensemble, input_mismatch
 from optimization.runtime import make_generator
 from optimization.sampler import make_sampler
-from optimization.run import MeanSpikeProbability, check_ensemble, input_mismatch
 from optimization.step import METRICS
 from optimization.stimulus import PairedStimulus, choose_stimulus
 from progress import NO_PROGRESS
@@ -28,8 +29,10 @@ LOGGER = logging.getLogger("tests.optimization")
 
 
 def members() -> list[ExactFilterModel]:
-    return [ExactFilterModel(SyntheticNeuron.make(NUM_EXCITATORY, NUM_INHIBITORY, seed=seed), WINDOW_MS, gain=gain)
-            for seed, gain in ((0, 4.0), (1, 2.0), (2, 6.0))]
+    return [
+        ExactFilterModel(SyntheticNeuron.make(NUM_EXCITATORY, NUM_INHIBITORY, seed=seed), WINDOW_MS, gain=gain)
+        for seed, gain in ((0, 4.0), (1, 2.0), (2, 6.0))
+    ]
 
 
 def one_step(models, config) -> RateOptimizer:
@@ -39,17 +42,29 @@ def one_step(models, config) -> RateOptimizer:
     spike_models = [prepare_model(model, config, layout, device) for model in models]
     stimulus = choose_stimulus(config.stimulus, layout, seed=1)
     rates = initial_rates(config.initial_rates, layout, config.num_patterns, config.constraints.max_rate, seed=2)
-    optimizer = RateOptimizer(RateParameters(rates, layout.num_excitatory, config.constraints), spike_models,
-                              make_sampler(config.sampler), PairedStimulus(stimulus, layout, device), config,
-                              make_generator(0, device), Path("unused.pt"), {}, LOGGER, progress=NO_PROGRESS)
+    optimizer = RateOptimizer(
+        RateParameters(rates, layout.num_excitatory, config.constraints),
+        spike_models,
+        make_sampler(config.sampler),
+        PairedStimulus(stimulus, layout, device),
+        config,
+        make_generator(0, device),
+        Path("unused.pt"),
+        {},
+        LOGGER,
+        progress=NO_PROGRESS,
+    )
     optimizer.take_step()
     return optimizer
 
 
 @pytest.mark.parametrize("specificity", [0.0, 0.5])
 def test_ensemble_loss_and_gradient_are_the_means_of_the_members(small_config, specificity):
-    config = small_config(loop={"grad_clip_norm": None}, objective={"specificity_weight": specificity},
-                          initial_rates={"excitatory_range": (0.05, 0.1), "inhibitory_range": (0.05, 0.1)})
+    config = small_config(
+        loop={"grad_clip_norm": None},
+        objective={"specificity_weight": specificity},
+        initial_rates={"excitatory_range": (0.05, 0.1), "inhibitory_range": (0.05, 0.1)},
+    )
     alone = [one_step([model], config) for model in members()]
     together = one_step(members(), config)
     for name in ("loss_response", "loss_specificity", "p_control", "p_stim"):
@@ -66,16 +81,18 @@ def test_members_with_another_input_layout_are_refused(small_config, tmp_path):
     model, *others = members()
     wider = ExactFilterModel(SyntheticNeuron.make(NUM_EXCITATORY + 1, NUM_INHIBITORY, seed=3), WINDOW_MS)
     with pytest.raises(ConfigError, match="must share the input layout") as refusal:
-        run_activity_optimization(model, small_config(), tmp_path / "run", device="cpu", members=[wider],
-                                  progress=NO_PROGRESS)
+        run_activity_optimization(
+            model, small_config(), tmp_path / "run", device="cpu", members=[wider], progress=NO_PROGRESS
+        )
     assert str((WINDOW_MS, NUM_EXCITATORY + NUM_INHIBITORY)) in str(refusal.value)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_an_ensemble_run_evaluates_the_members_mean(small_config, tmp_path):
     model, *others = members()
-    outcome = run_activity_optimization(model, small_config(), tmp_path / "run", device="cpu", members=others,
-                                        progress=NO_PROGRESS)
+    outcome = run_activity_optimization(
+        model, small_config(), tmp_path / "run", device="cpu", members=others, progress=NO_PROGRESS
+    )
     setup = json.loads((tmp_path / "run" / "evaluation.json").read_text())["setup"]
     assert setup["ensemble_size"] == 3 and 0.0 <= outcome.evaluation["optimized"]["p_spike_stim"] <= 1.0
     config = small_config()

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from optimization.config import EvaluationConfig, SamplerConfig
-from progress import NO_PROGRESS, Progress
 from optimization.evaluate import evaluate_rates, paired_difference_interval, wilson_interval
 from optimization.network import InputLayout, SpikeProbability
 from optimization.runtime import MicroBatcher
 from optimization.sampler import make_sampler
 from optimization.stimulus import PairedStimulus, Stimulus
+from progress import NO_PROGRESS, Progress
 
 Z95 = 1.959963984540054
 
@@ -96,12 +96,16 @@ def test_the_models_own_spike_estimate_counts_what_no_threshold_sees():
     layout = InputLayout(num_excitatory=2, num_inhibitory=1, duration_ms=20)
     stimulus = Stimulus(segments=(0,), time_ms=8, window_ms=4)
     result = evaluate_rates(
-        SpikeProbability(_ConstantProbability(), 0), torch.full((1, 20, 3), 0.05), make_sampler(SamplerConfig()),
-        PairedStimulus(stimulus, layout, torch.device("cpu")), EvaluationConfig(trials_per_pattern=50, chunk_size=50),
-        seed=0, micro_batcher=MicroBatcher(1, "the evaluation", logging.getLogger("tests.optimization")),
+        SpikeProbability(_ConstantProbability(), 0),
+        torch.full((1, 20, 3), 0.05),
+        make_sampler(SamplerConfig()),
+        PairedStimulus(stimulus, layout, torch.device("cpu")),
+        EvaluationConfig(trials_per_pattern=50, chunk_size=50),
+        seed=0,
+        micro_batcher=MicroBatcher(1, "the evaluation", logging.getLogger("tests.optimization")),
         progress=Progress(100, "evaluating", "trial pair", NO_PROGRESS, logging.getLogger("tests.optimization")),
     ).summary
     assert result["p_spike_stim"] == result["p_spike_control"] == result["p_outside_control"] == 0.0
-    assert result["expected_spike_stim"] == pytest.approx(1 - 0.8 ** 4)
-    assert result["expected_spike_control"] == pytest.approx(1 - 0.8 ** 4)
-    assert result["expected_outside_spike_control"] == pytest.approx(1 - 0.8 ** 16)
+    assert result["expected_spike_stim"] == pytest.approx(1 - 0.8**4)
+    assert result["expected_spike_control"] == pytest.approx(1 - 0.8**4)
+    assert result["expected_outside_spike_control"] == pytest.approx(1 - 0.8**16)

@@ -12,16 +12,16 @@ import torch
 
 from conversion.converter import build_conversion
 from conversion.model_file import read_model_file
-from optimization.constraints import RateParameters
 from optimization import fast_path
+from optimization.constraints import RateParameters
 from optimization.fast_path import first_conv_call
-from progress import NO_PROGRESS
 from optimization.initial import initial_rates
 from optimization.loop import RateOptimizer
 from optimization.network import prepare_model, resolve_layout
 from optimization.runtime import make_generator
 from optimization.sampler import make_sampler
 from optimization.stimulus import PairedStimulus, choose_stimulus
+from progress import NO_PROGRESS
 from tests.optimization.synthetic import ExactFilterModel
 from tests.subprocesses import run_keras_script
 
@@ -74,21 +74,32 @@ def converted(model_files: Path, name: str) -> torch.nn.Module:
     return build_conversion(read_model_file(model_files / f"{name}.h5"), None).model
 
 
-def one_step(model, make_config, fast_path: str, loop: dict | None = None, setting: tuple[str, str] | None = None,
-             **overrides) -> RateOptimizer:
+def one_step(
+    model, make_config, fast_path: str, loop: dict | None = None, setting: tuple[str, str] | None = None, **overrides
+) -> RateOptimizer:
     """A RateOptimizer after one step from seed 0 (its loss sums and the free parameters' gradient are kept);
     `setting` imposes (precision, first-layer formulation) as precision auto would choose them on CUDA."""
-    config = make_config(loop={"fast_path": fast_path, "precision": "fp32", "grad_clip_norm": None, **(loop or {})},
-                         initial_rates={"excitatory_range": (0.05, 0.1), "inhibitory_range": (0.05, 0.1)},
-                         constraints={"max_rate": 0.2, **overrides.pop("constraints", {})}, **overrides)
+    config = make_config(
+        loop={"fast_path": fast_path, "precision": "fp32", "grad_clip_norm": None, **(loop or {})},
+        initial_rates={"excitatory_range": (0.05, 0.1), "inhibitory_range": (0.05, 0.1)},
+        constraints={"max_rate": 0.2, **overrides.pop("constraints", {})},
+        **overrides,
+    )
     device = torch.device("cpu")
     layout = resolve_layout(model, config, LOGGER)
     spike_model = prepare_model(model, config, layout, device)
     stimulus = choose_stimulus(config.stimulus, layout, seed=1)
     rates = initial_rates(config.initial_rates, layout, config.num_patterns, config.constraints.max_rate, seed=2)
     optimizer = RateOptimizer(
-        RateParameters(rates, layout.num_excitatory, config.constraints), [spike_model], make_sampler(config.sampler),
-        PairedStimulus(stimulus, layout, device), config, make_generator(0, device), Path("unused.pt"), {}, LOGGER,
+        RateParameters(rates, layout.num_excitatory, config.constraints),
+        [spike_model],
+        make_sampler(config.sampler),
+        PairedStimulus(stimulus, layout, device),
+        config,
+        make_generator(0, device),
+        Path("unused.pt"),
+        {},
+        LOGGER,
         progress=NO_PROGRESS,
     )
     if setting is not None:
@@ -97,13 +108,22 @@ def one_step(model, make_config, fast_path: str, loop: dict | None = None, setti
     return optimizer
 
 
-@pytest.mark.parametrize("name, overrides", [
-    ("causal_tcn", {}),
-    ("causal_tcn", {"constraints": {"moving_segments": "all"}, "sampler": {"kind": "poisson"}}),
-    ("causal_tcn", {"constraints": {"moving_segments": "tied"}, "stimulus": {"segments": [0, 9, 12], "allow_inhibitory": True}}),
-    ("causal_tcn", {"sampler": {"kind": "relaxed_bernoulli"}, "loop": {"micro_batches": 3}}),
-    ("grouped_same", {}),
-])
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        ("causal_tcn", {}),
+        ("causal_tcn", {"constraints": {"moving_segments": "all"}, "sampler": {"kind": "poisson"}}),
+        (
+            "causal_tcn",
+            {
+                "constraints": {"moving_segments": "tied"},
+                "stimulus": {"segments": [0, 9, 12], "allow_inhibitory": True},
+            },
+        ),
+        ("causal_tcn", {"sampler": {"kind": "relaxed_bernoulli"}, "loop": {"micro_batches": 3}}),
+        ("grouped_same", {}),
+    ],
+)
 def test_fast_path_equals_plain_path(model_files, small_config, name, overrides):
     fast = one_step(converted(model_files, name), small_config, "auto", **overrides)
     plain = one_step(converted(model_files, name), small_config, "off", **overrides)
@@ -127,11 +147,14 @@ def test_models_without_a_single_first_conv_take_the_plain_path(model_files, sma
     assert torch.isfinite(optimizer.parameters.free.grad).all()
 
 
-@pytest.mark.parametrize("setting, overrides", [
-    (("bf16", "conv"), {}),
-    (("fp32", "matmul"), {}),
-    (("bf16", "matmul"), {"constraints": {"moving_segments": "all"}}),
-])
+@pytest.mark.parametrize(
+    "setting, overrides",
+    [
+        (("bf16", "conv"), {}),
+        (("fp32", "matmul"), {}),
+        (("bf16", "matmul"), {"constraints": {"moving_segments": "all"}}),
+    ],
+)
 def test_bf16_settings_stay_close_to_fp32(model_files, small_config, setting, overrides):
     """bf16 autocast and the bf16 first layer as a shifted matrix product change rounding only: the loss within
     2 %, the gradient's direction (cosine >= 0.95)."""
@@ -147,7 +170,11 @@ def test_precision_measurement_keeps_bf16_only_when_accurate(model_files, small_
     forward = one_step(converted(model_files, "causal_tcn"), small_config, "auto").forwards[0]
     control = (torch.rand(4, 60, 16, generator=torch.Generator().manual_seed(0)) < 0.1).float()
     assert fast_path._compare_settings(forward, control, LOGGER) in [
-        ("fp32", "conv"), ("bf16", "conv"), ("fp32", "matmul"), ("bf16", "matmul")]
+        ("fp32", "conv"),
+        ("bf16", "conv"),
+        ("fp32", "matmul"),
+        ("bf16", "matmul"),
+    ]
     monkeypatch.setattr(fast_path, "BF16_TOLERANCE", 0.0)  # bf16 always deviates a little: never accurate enough
     assert fast_path._compare_settings(forward, control, LOGGER) == ("fp32", "conv")
 

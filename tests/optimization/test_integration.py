@@ -45,8 +45,12 @@ def test_optimization_makes_the_stimulus_decisive(neuron, trained_model, tmp_pat
         {
             "num_patterns": 2,
             "sampler": {"samples_per_pattern": 16},
-            "loop": {"max_iterations": 150, "learning_rate": 0.002, "checkpoint_every": None,
-                     "early_stop_patience_iterations": None},
+            "loop": {
+                "max_iterations": 150,
+                "learning_rate": 0.002,
+                "checkpoint_every": None,
+                "early_stop_patience_iterations": None,
+            },
             "evaluation": {"trials_per_pattern": 500},
             "report": {"plots": False},
         }

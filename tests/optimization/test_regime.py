@@ -13,16 +13,28 @@ import pytest
 
 from errors import ConfigError
 from optimization.regime import (
-    QUANTILE_NAMES, QUANTILES, RATE_BIN_WIDTH, REGIME_KEY, InputRegime, RegimeAccumulator, auto_max_rate,
-    regime_distance, regime_statistics,
+    QUANTILE_NAMES,
+    QUANTILES,
+    RATE_BIN_WIDTH,
+    REGIME_KEY,
+    InputRegime,
+    RegimeAccumulator,
+    auto_max_rate,
+    regime_distance,
+    regime_statistics,
 )
 from safe_pickle import load_pickle
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "demo_models"
 DEMO_PICKLES = sorted(path for path in DEMO_DIR.glob("SIMNMDA_TCN__*.pickle") if "_converted" not in path.name)
 WHERE = "model.pickle: data_dict['input_regime']"
-QUANTILE_FIELDS = ("excitatory_rate", "inhibitory_rate", "excitatory_population_rate",
-                   "inhibitory_population_rate", "excitatory_synchrony")
+QUANTILE_FIELDS = (
+    "excitatory_rate",
+    "inhibitory_rate",
+    "excitatory_population_rate",
+    "inhibitory_population_rate",
+    "excitatory_synchrony",
+)
 RATE_FIELDS = QUANTILE_FIELDS[:4]
 
 
@@ -46,7 +58,9 @@ def make_regime(**changes) -> InputRegime:
         "excitatory_population_rate": {"p50": 0.01, "p90": 0.02, "p99": 0.03, "p99.9": 0.035},
         "inhibitory_population_rate": {"p50": 0.02, "p90": 0.05, "p99": 0.07, "p99.9": 0.08},
         "excitatory_synchrony": {"p50": 0.0, "p90": 1.0, "p99": 2.0, "p99.9": 3.0},
-        "num_excitatory": 4, "num_inhibitory": 2, "source": "hand-made",
+        "num_excitatory": 4,
+        "num_inhibitory": 2,
+        "source": "hand-made",
     }
     values.update(changes)
     return InputRegime(**values)
@@ -55,6 +69,7 @@ def make_regime(**changes) -> InputRegime:
 # ------------------------------------------------------------------------------------------------------------
 # Statistics
 # ------------------------------------------------------------------------------------------------------------
+
 
 def test_hand_made_quantiles_are_bin_upper_edges_and_exact_counts():
     # 100 excitatory (segment, ms) rates: 99 at 0.010005, one at 0.500005 (mid-bin values: no rounding at an
@@ -72,8 +87,9 @@ def test_hand_made_quantiles_are_bin_upper_edges_and_exact_counts():
     assert quantiles(regime.excitatory_rate) == pytest.approx([0.01001, 0.01001, 0.01001, 0.50001], abs=1e-12)
     assert quantiles(regime.inhibitory_rate) == pytest.approx([0.20001] * 4, abs=1e-12)
     # population: 24 ms at 0.010005, one at (3 * 0.010005 + 0.500005) / 4 = 0.1325050 -> ranks 13, 23, 25, 25
-    assert quantiles(regime.excitatory_population_rate) == pytest.approx([0.01001, 0.01001, 0.13251, 0.13251],
-                                                                         abs=1e-12)
+    assert quantiles(regime.excitatory_population_rate) == pytest.approx(
+        [0.01001, 0.01001, 0.13251, 0.13251], abs=1e-12
+    )
     assert quantiles(regime.inhibitory_population_rate) == pytest.approx([0.20001] * 4, abs=1e-12)
     assert quantiles(regime.excitatory_synchrony) == [1.0, 3.0, 4.0, 4.0]
     assert (regime.num_excitatory, regime.num_inhibitory, regime.source) == (4, 2, "hand")
@@ -82,9 +98,12 @@ def test_hand_made_quantiles_are_bin_upper_edges_and_exact_counts():
 def test_rate_quantiles_lie_within_one_bin_above_numpys_inverted_cdf():
     exc_rates, inh_rates, exc_spikes = random_inputs()
     regime = regime_statistics(exc_rates, inh_rates, exc_spikes, "random")
-    pooled = {"excitatory_rate": exc_rates, "inhibitory_rate": inh_rates,
-              "excitatory_population_rate": exc_rates.mean(axis=2),
-              "inhibitory_population_rate": inh_rates.mean(axis=2)}
+    pooled = {
+        "excitatory_rate": exc_rates,
+        "inhibitory_rate": inh_rates,
+        "excitatory_population_rate": exc_rates.mean(axis=2),
+        "inhibitory_population_rate": inh_rates.mean(axis=2),
+    }
     for name, values in pooled.items():
         expected = np.quantile(values.ravel(), QUANTILES, method="inverted_cdf")
         ours = np.array(quantiles(getattr(regime, name)))
@@ -137,6 +156,7 @@ def test_accumulator_refuses_bad_chunks_and_an_empty_result():
 # to_dict / from_dict
 # ------------------------------------------------------------------------------------------------------------
 
+
 def test_to_dict_is_plain_and_round_trips():
     regime = regime_statistics(*random_inputs(), source="random data")
     values = regime.to_dict()
@@ -172,16 +192,25 @@ def bad_regimes():
             def setting(value, n=name, q=quantile):
                 return changed(lambda v: v[n].update({q: value}))
 
-            yield f"{name} {quantile} missing", changed(lambda v, n=name, q=quantile: v[n].pop(q)), \
-                f"{item}: quantile '{quantile}' is missing"
+            yield (
+                f"{name} {quantile} missing",
+                changed(lambda v, n=name, q=quantile: v[n].pop(q)),
+                f"{item}: quantile '{quantile}' is missing",
+            )
             for wrong in ("0.01", None, [0.01], True):
                 yield f"{name} {quantile} = {wrong!r}", setting(wrong), entry
             for value in (math.nan, math.inf, -0.001, upper + 0.5):
                 yield f"{name} {quantile} = {value!r}", setting(value), entry
-        yield f"{name} unknown quantile", changed(lambda v, n=name: v[n].update(p75=0.0)), \
-            f"{item}: unknown quantile 'p75'"
-        yield f"{name} decreasing", changed(lambda v, n=name: v[n].update({"p90": v[n]["p99"] + 1e-3})), \
-            f"{item}: quantiles decrease (p90"
+        yield (
+            f"{name} unknown quantile",
+            changed(lambda v, n=name: v[n].update(p75=0.0)),
+            f"{item}: unknown quantile 'p75'",
+        )
+        yield (
+            f"{name} decreasing",
+            changed(lambda v, n=name: v[n].update({"p90": v[n]["p99"] + 1e-3})),
+            f"{item}: quantiles decrease (p90",
+        )
     for key in ("num_excitatory", "num_inhibitory"):
         for wrong in (0, -3, 2.0, True, "4", None):
             yield f"{key} = {wrong!r}", changed(lambda v, k=key, w=wrong: v.update({k: w})), f"['{key}']"
@@ -230,6 +259,7 @@ def test_from_dict_takes_ints_and_numpy_numbers_as_floats():
 # regime_distance
 # ------------------------------------------------------------------------------------------------------------
 
+
 def pattern(exc: float = 0.005, inh: float = 0.01, patterns: int = 2, time: int = 50) -> np.ndarray:
     """(patterns, 4 + 2 segments, time) constant rates."""
     rates = np.empty((patterns, 6, time))
@@ -241,8 +271,13 @@ def pattern(exc: float = 0.005, inh: float = 0.01, patterns: int = 2, time: int 
 def test_a_pattern_below_the_regime_has_no_fractions_above():
     regime = make_regime()
     distance = regime_distance(pattern(), 4, regime)
-    for key in ("fraction_excitatory_above_p99", "fraction_excitatory_above_p99_9", "fraction_inhibitory_above_p99",
-                "fraction_inhibitory_above_p99_9", "fraction_ms_excitatory_population_above_p99"):
+    for key in (
+        "fraction_excitatory_above_p99",
+        "fraction_excitatory_above_p99_9",
+        "fraction_inhibitory_above_p99",
+        "fraction_inhibitory_above_p99_9",
+        "fraction_ms_excitatory_population_above_p99",
+    ):
         assert distance[key] == 0.0, key
     assert distance["peak_excitatory_population_rate"] == pytest.approx(0.005)
     assert distance["peak_population_rate_over_p99"] == pytest.approx(0.005 / 0.03)
@@ -255,11 +290,11 @@ def test_a_pattern_below_the_regime_has_no_fractions_above():
 
 def test_fractions_count_the_entries_above_p99_and_p99_9():
     rates = pattern()  # 2 patterns x 4 excitatory x 50 ms = 400 excitatory, 200 inhibitory entries
-    rates[0, 1, 3:10] = 0.05    # 7 between the excitatory p99 (0.04) and p99.9 (0.08)
-    rates[1, 3, 20:23] = 0.09   # 3 above p99.9
-    rates[1, 2, 40] = 0.04      # at p99: not above
-    rates[0, 5, :5] = 0.1       # 5 inhibitory between p99 (0.09) and p99.9 (0.12)
-    rates[1, 4, 0] = 0.2        # 1 above the inhibitory p99.9
+    rates[0, 1, 3:10] = 0.05  # 7 between the excitatory p99 (0.04) and p99.9 (0.08)
+    rates[1, 3, 20:23] = 0.09  # 3 above p99.9
+    rates[1, 2, 40] = 0.04  # at p99: not above
+    rates[0, 5, :5] = 0.1  # 5 inhibitory between p99 (0.09) and p99.9 (0.12)
+    rates[1, 4, 0] = 0.2  # 1 above the inhibitory p99.9
     distance = regime_distance(rates, 4, make_regime())
     assert distance["fraction_excitatory_above_p99"] == pytest.approx(10 / 400)
     assert distance["fraction_excitatory_above_p99_9"] == pytest.approx(3 / 400)
@@ -269,9 +304,9 @@ def test_fractions_count_the_entries_above_p99_and_p99_9():
 
 def test_peak_population_rate_and_expected_spikes_are_computed_per_pattern_and_ms():
     rates = pattern()
-    rates[1, :4, 30] = [0.2, 0.1, 0.0, 0.1]   # population (0.2 + 0.1 + 0 + 0.1) / 4 = 0.1, expected spikes 0.4
+    rates[1, :4, 30] = [0.2, 0.1, 0.0, 0.1]  # population (0.2 + 0.1 + 0 + 0.1) / 4 = 0.1, expected spikes 0.4
     rates[0, :4, 31] = [0.05, 0.05, 0.05, 0.0]  # 0.0375: also above the population p99 (0.03)
-    rates[0, 4:, 30] = 0.9                     # inhibition does not enter the excitatory population rate
+    rates[0, 4:, 30] = 0.9  # inhibition does not enter the excitatory population rate
     distance = regime_distance(rates, 4, make_regime())
     assert distance["peak_excitatory_population_rate"] == pytest.approx(0.1)
     assert distance["peak_population_rate_over_p99"] == pytest.approx(0.1 / 0.03)
@@ -281,8 +316,10 @@ def test_peak_population_rate_and_expected_spikes_are_computed_per_pattern_and_m
 
 
 def test_ratios_to_a_zero_quantile_are_none():
-    regime = make_regime(excitatory_population_rate={"p50": 0.0, "p90": 0.0, "p99": 0.0, "p99.9": 0.0},
-                         excitatory_synchrony={"p50": 0.0, "p90": 0.0, "p99": 0.0, "p99.9": 0.0})
+    regime = make_regime(
+        excitatory_population_rate={"p50": 0.0, "p90": 0.0, "p99": 0.0, "p99.9": 0.0},
+        excitatory_synchrony={"p50": 0.0, "p90": 0.0, "p99": 0.0, "p99.9": 0.0},
+    )
     distance = regime_distance(pattern(), 4, regime)
     assert distance["peak_population_rate_over_p99"] is None
     assert distance["peak_expected_spikes_over_synchrony_p99_9"] is None
@@ -298,6 +335,7 @@ def test_a_regime_of_other_segment_counts_is_refused(num_excitatory):
 # ------------------------------------------------------------------------------------------------------------
 # auto_max_rate
 # ------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("moving_segments, expected", [("excitatory", 0.04), ("tied", 0.04), ("all", 0.09)])
 def test_auto_max_rate_is_the_p99_of_the_moving_segments(moving_segments, expected):
@@ -318,6 +356,7 @@ def test_auto_max_rate_refuses_an_unknown_choice():
 # The demo pickles
 # ------------------------------------------------------------------------------------------------------------
 
+
 def test_there_are_three_demo_pickles():
     assert len(DEMO_PICKLES) == 3
 
@@ -326,8 +365,10 @@ def test_there_are_three_demo_pickles():
 def test_demo_pickle_carries_a_valid_input_regime(path):
     data = load_pickle(path)["data_dict"]  # the restricted unpickler: plain types only
     regime = InputRegime.from_dict(data[REGIME_KEY], f"{path.name}: data_dict['{REGIME_KEY}']")
-    assert (regime.num_excitatory, regime.num_inhibitory) == (data["num_excitatory_segments"],
-                                                              data["num_inhibitory_segments"])
+    assert (regime.num_excitatory, regime.num_inhibitory) == (
+        data["num_excitatory_segments"],
+        data["num_inhibitory_segments"],
+    )
     assert f"--seed {data['data_seed']}" in regime.source and "2048 train trials" in regime.source
     # the training script's generator: excitation 0.003-0.025 spikes/ms (x 0.1 .. 3), inhibition 1.6-2.8 x that
     assert 0.005 < regime.excitatory_rate["p50"] < regime.inhibitory_rate["p50"] < 0.05
@@ -349,13 +390,14 @@ def test_training_input_regime_describes_the_inputs_the_training_script_simulate
     config = training.NeuronConfig()
     regime = training.training_input_regime(config, seed=11)
     inputs = training.simulate_dataset(config, 3, training.data_generator(11))["inputs"]
-    spikes = inputs[..., :config.num_excitatory_segments]
+    spikes = inputs[..., : config.num_excitatory_segments]
     synchrony = np.quantile(spikes.sum(axis=2).ravel(), QUANTILES, method="inverted_cdf")
     assert quantiles(regime.excitatory_synchrony) == synchrony.tolist()
     rng = training.data_generator(11)
     rates = [training.draw_trial_inputs(config, rng) for _ in range(3)]
-    redrawn = regime_statistics(np.stack([r[0] for r in rates]), np.stack([r[1] for r in rates]),
-                                np.stack([r[2] for r in rates]), regime.source)
+    redrawn = regime_statistics(
+        np.stack([r[0] for r in rates]), np.stack([r[1] for r in rates]), np.stack([r[2] for r in rates]), regime.source
+    )
     assert redrawn == regime
     assert np.array_equal(np.stack([np.concatenate(r[2:], axis=1) for r in rates]), inputs)
     assert "--seed 11" in regime.source and "3 train trials" in regime.source
@@ -364,7 +406,7 @@ def test_training_input_regime_describes_the_inputs_the_training_script_simulate
 def oversized_regimes():
     """Values no regime has, sized to hurt: numbers beyond any float, text and nesting of megabytes."""
     base = make_regime().to_dict()
-    huge = 10 ** 400
+    huge = 10**400
     cases = {}
     for field in ("excitatory_rate", "excitatory_synchrony"):
         cases[f"{field} quantile of 400 digits"] = {**base, field: {**base[field], "p99.9": huge}}

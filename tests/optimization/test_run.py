@@ -71,7 +71,9 @@ class InterruptAtCall(_Wrapped):
 
 
 def _run(model, config, out_dir, seed=0, logger=None):
-    return run_activity_optimization(model, config, out_dir, device="cpu", seed=seed, logger=logger, progress=NO_PROGRESS)
+    return run_activity_optimization(
+        model, config, out_dir, device="cpu", seed=seed, logger=logger, progress=NO_PROGRESS
+    )
 
 
 def _history(outcome) -> pd.DataFrame:
@@ -81,8 +83,18 @@ def _history(outcome) -> pd.DataFrame:
 def test_outputs_are_written_and_consistent(exact_model, small_config, tmp_path):
     config = small_config(report={"plots": True, "dpi": 40})
     outcome = _run(exact_model, config, tmp_path)
-    expected = {"initial_rates", "optimized_rates", "history", "evaluation", "checkpoint", "plot_loss",
-                "plot_spike_probability", "plot_rate_heatmaps", "plot_raster", "plot_rate_change"}
+    expected = {
+        "initial_rates",
+        "optimized_rates",
+        "history",
+        "evaluation",
+        "checkpoint",
+        "plot_loss",
+        "plot_spike_probability",
+        "plot_rate_heatmaps",
+        "plot_raster",
+        "plot_rate_change",
+    }
     assert set(outcome.files) == expected
     for key in expected:
         assert outcome.files[key].parent == tmp_path and outcome.files[key].stat().st_size > 0
@@ -102,8 +114,17 @@ def test_outputs_are_written_and_consistent(exact_model, small_config, tmp_path)
 
     history = pd.read_csv(outcome.files["history"])
     assert history["iteration"].tolist() == [5, 10, 15, 20]
-    for column in ("loss_total", "loss_response", "loss_l1", "loss_smoothness", "loss_initial_distance",
-                   "p_control", "p_stim", "grad_norm", "learning_rate"):
+    for column in (
+        "loss_total",
+        "loss_response",
+        "loss_l1",
+        "loss_smoothness",
+        "loss_initial_distance",
+        "p_control",
+        "p_stim",
+        "grad_norm",
+        "learning_rate",
+    ):
         assert np.isfinite(history[column]).all(), column
     assert outcome.final_loss == pytest.approx(history["loss_total"].iloc[-1])
 
@@ -173,8 +194,9 @@ def test_nan_guard_stops_with_a_clear_error_and_keeps_the_last_good_state(neuron
         _run(model, small_config(), tmp_path / "nan")
     saved = np.load(tmp_path / "nan" / "optimized_rates.npy")
     assert np.isfinite(saved).all()
-    healthy = _run(ExactFilterModel(neuron, 60), small_config(loop={"max_iterations": bad_step - 1}),
-                   tmp_path / "healthy")
+    healthy = _run(
+        ExactFilterModel(neuron, 60), small_config(loop={"max_iterations": bad_step - 1}), tmp_path / "healthy"
+    )
     np.testing.assert_array_equal(saved, healthy.optimized_rates)
     # The periodic checkpoint (iteration 10) survives and resumes like the healthy run.
     assert torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)["iteration"] == 10
@@ -204,8 +226,11 @@ def test_out_of_memory_in_the_evaluation_retries_with_smaller_chunks(neuron, sma
     with caplog.at_level(logging.WARNING):
         recovered = _run(model, config, tmp_path / "oom", logger=logging.getLogger("tests.optimization"))
     assert "out of device memory during the evaluation" in caplog.text
-    planned = _run(ExactFilterModel(neuron, 60), small_config(loop={"max_iterations": 0},
-                                                             evaluation={"chunk_size": 40}), tmp_path / "planned")
+    planned = _run(
+        ExactFilterModel(neuron, 60),
+        small_config(loop={"max_iterations": 0}, evaluation={"chunk_size": 40}),
+        tmp_path / "planned",
+    )
     assert recovered.evaluation == planned.evaluation
 
 
@@ -226,13 +251,19 @@ def test_ctrl_c_stops_saves_and_still_evaluates(neuron, small_config, tmp_path):
 
 
 def test_stopping_rules(exact_model, small_config, tmp_path, neuron):
-    reached = _run(exact_model, small_config(objective={"target_spike_prob": 0.0},
-                                             loop={"stop_when_target_reached": True, "target_tolerance": 0.5}),
-                   tmp_path / "target")
+    reached = _run(
+        exact_model,
+        small_config(
+            objective={"target_spike_prob": 0.0}, loop={"stop_when_target_reached": True, "target_tolerance": 0.5}
+        ),
+        tmp_path / "target",
+    )
     assert (reached.stopped_because, reached.iterations_run) == ("target_reached", 5)
-    plateau = _run(ExactFilterModel(neuron, 60), small_config(loop={"early_stop_patience_iterations": 5,
-                                                                     "early_stop_min_delta": 100.0}),
-                   tmp_path / "plateau")
+    plateau = _run(
+        ExactFilterModel(neuron, 60),
+        small_config(loop={"early_stop_patience_iterations": 5, "early_stop_min_delta": 100.0}),
+        tmp_path / "plateau",
+    )
     assert (plateau.stopped_because, plateau.iterations_run) == ("plateau", 10)
 
 
@@ -278,11 +309,19 @@ def test_device_names():
             resolve_device("cuda:0")
 
 
-@pytest.mark.parametrize("key, forged", [
-    ("iteration", 10**18), ("iteration", -5), ("iteration", 2.5),
-    ("micro_batches", 0), ("micro_batches", 10**12),
-    ("initial_rates", "nan"), ("initial_rates", "shape"), ("parameters", "nan"),
-])
+@pytest.mark.parametrize(
+    "key, forged",
+    [
+        ("iteration", 10**18),
+        ("iteration", -5),
+        ("iteration", 2.5),
+        ("micro_batches", 0),
+        ("micro_batches", 10**12),
+        ("initial_rates", "nan"),
+        ("initial_rates", "shape"),
+        ("parameters", "nan"),
+    ],
+)
 def test_resume_refuses_a_checkpoint_whose_numbers_make_no_sense(neuron, small_config, tmp_path, key, forged):
     """A damaged or forged checkpoint sets the loop's counters and rates directly: each is checked first."""
     first = _run(ExactFilterModel(neuron, 60), small_config(loop={"max_iterations": 5}), tmp_path / "first")

@@ -1,4 +1,5 @@
 """Each stopping rule on hand-made interval rows."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,13 @@ from optimization.stoppers import MaxIterations, NonFinite, Plateau, TargetReach
 
 
 def row(iteration: int, loss: float = 1.0, p_control: float = 0.5, p_stim: float = 0.5, first_bad: int = -1):
-    return {"iteration": iteration, "loss_total": loss, "p_control": p_control, "p_stim": p_stim,
-            "first_bad_iteration": first_bad}
+    return {
+        "iteration": iteration,
+        "loss_total": loss,
+        "p_control": p_control,
+        "p_stim": p_stim,
+        "first_bad_iteration": first_bad,
+    }
 
 
 def test_max_iterations():
@@ -20,8 +26,10 @@ def test_max_iterations():
     assert rule.check(row(10)) is None and rule.check(row(20)) == "max_iterations"
 
 
-@pytest.mark.parametrize("p_stim, p_control, expected", [(0.75, 0.05, "target_reached"), (0.69, 0.05, None),
-                                                         (0.9, 0.11, None), (0.9, 0.1, "target_reached")])
+@pytest.mark.parametrize(
+    "p_stim, p_control, expected",
+    [(0.75, 0.05, "target_reached"), (0.69, 0.05, None), (0.9, 0.11, None), (0.9, 0.1, "target_reached")],
+)
 def test_target_reached_within_the_tolerance(p_stim, p_control, expected):
     assert TargetReached(0.8, 0.0, 0.1).check(row(10, p_stim=p_stim, p_control=p_control)) == expected
 
@@ -48,6 +56,7 @@ def test_non_finite_restores_then_stops_with_the_iteration():
 def test_the_config_chooses_the_rules():
     names = lambda config: [type(rule).__name__ for rule in make_stoppers(config)]  # noqa: E731
     assert names(OptimizationConfig()) == ["TargetReached", "Plateau", "MaxIterations"]
-    quiet = OptimizationConfig.model_validate({"loop": {"stop_when_target_reached": False,
-                                                        "early_stop_patience_iterations": None}})
+    quiet = OptimizationConfig.model_validate(
+        {"loop": {"stop_when_target_reached": False, "early_stop_patience_iterations": None}}
+    )
     assert names(quiet) == ["MaxIterations"]

@@ -1,4 +1,5 @@
 """Models folders for main.py's tests: real Keras neuron TCNs (.h5) with fit_CNN-style parameter pickles."""
+
 from __future__ import annotations
 
 import json
@@ -29,21 +30,27 @@ for i, name in enumerate(spec["names"]):
 
 def params_pickle(val_spikes_loss: list[float], data_dict: dict | None = None) -> dict:
     return {
-        "architecture_dict": {"network_depth": 2, "input_window_size": WINDOW, "num_filters_per_layer": [8, 8],
-                              "filter_sizes_per_layer": [15, 5], "activation_function_per_layer": ["relu", "relu"]},
+        "architecture_dict": {
+            "network_depth": 2,
+            "input_window_size": WINDOW,
+            "num_filters_per_layer": [8, 8],
+            "filter_sizes_per_layer": [15, 5],
+            "activation_function_per_layer": ["relu", "relu"],
+        },
         "training_history_dict": {"val_spikes_loss": val_spikes_loss, "loss": [1.0] * len(val_spikes_loss)},
-        "data_dict": data_dict or {}, "learning_schedule_dict": {},
+        "data_dict": data_dict or {},
+        "learning_schedule_dict": {},
     }
 
 
-def build_models_folder(folder: Path, histories: dict[str, list[float] | None],
-                        data_dict: dict | None = None) -> Path:
+def build_models_folder(folder: Path, histories: dict[str, list[float] | None], data_dict: dict | None = None) -> Path:
     """`<name>.pickle` with the given validation history (and `data_dict`) for each entry, and `<name>.h5` beside
     it unless the name starts with "nomodel"."""
     folder.mkdir(parents=True, exist_ok=True)
     with_model = [name for name, history in histories.items() if not name.startswith("nomodel")]
-    (folder / "build.json").write_text(json.dumps({"names": with_model, "window": WINDOW,
-                                                   "channels": EXCITATORY + INHIBITORY}))
+    (folder / "build.json").write_text(
+        json.dumps({"names": with_model, "window": WINDOW, "channels": EXCITATORY + INHIBITORY})
+    )
     run_keras_script(BUILD, folder)
     (folder / "build.json").unlink()
     for name, history in histories.items():
@@ -51,8 +58,9 @@ def build_models_folder(folder: Path, histories: dict[str, list[float] | None],
     return folder
 
 
-def build_converted_models_folder(folder: Path, histories: dict[str, list[float]],
-                                  data_dict: dict | None = None) -> Path:
+def build_converted_models_folder(
+    folder: Path, histories: dict[str, list[float]], data_dict: dict | None = None
+) -> Path:
     """build_models_folder, then every model converted by model_converter.py (as a first run would)."""
     build_models_folder(folder, histories, data_dict)
     for name in histories:

@@ -1,4 +1,5 @@
 """config.yaml documents every setting, and the loader validates and overrides as promised."""
+
 from __future__ import annotations
 
 import json
@@ -55,20 +56,30 @@ def test_shipped_config_is_valid_and_points_at_the_demo_models():
 def test_overrides_are_typed_and_nested(tmp_path: Path):
     path = tmp_path / "c.yaml"
     path.write_text("seed: 1\n")
-    config = load_config(path, ["optimization.loop.max_iterations=7", "device=cpu",
-                                "optimization.stimulus.segments=[1, 2]", "selection.results_table=t.csv"])
+    config = load_config(
+        path,
+        [
+            "optimization.loop.max_iterations=7",
+            "device=cpu",
+            "optimization.stimulus.segments=[1, 2]",
+            "selection.results_table=t.csv",
+        ],
+    )
     assert config.optimization.loop.max_iterations == 7 and config.device == "cpu"
     assert config.optimization.stimulus.segments == [1, 2]
     assert config.selection.results_table == (tmp_path / "t.csv").resolve()
 
 
-@pytest.mark.parametrize("override, fragments", [
-    ("optimization.sampler.kindd=poisson", ["optimization.sampler.kindd", "samples_per_pattern"]),
-    ("device=gpu", ["device", "cuda"]),
-    ("optimization.loop.max_iterations=-1", ["optimization.loop.max_iterations", "greater than or equal"]),
-    ("optimization.constraints.method=clip", ["optimization.constraints.method", "'projection'", "'sigmoid'"]),
-    ("seed", ["KEY=VALUE"]),
-])
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("optimization.sampler.kindd=poisson", ["optimization.sampler.kindd", "samples_per_pattern"]),
+        ("device=gpu", ["device", "cuda"]),
+        ("optimization.loop.max_iterations=-1", ["optimization.loop.max_iterations", "greater than or equal"]),
+        ("optimization.constraints.method=clip", ["optimization.constraints.method", "'projection'", "'sigmoid'"]),
+        ("seed", ["KEY=VALUE"]),
+    ],
+)
 def test_bad_values_name_the_key(tmp_path: Path, override, fragments):
     path = tmp_path / "c.yaml"
     path.write_text("{}\n")

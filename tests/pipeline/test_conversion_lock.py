@@ -1,4 +1,5 @@
 """The per-model conversion lock: a second job waits for the first, then reuses its conversion."""
+
 from __future__ import annotations
 
 import fcntl
@@ -8,10 +9,9 @@ import time
 
 import pytest
 
-from conversion.cache import conversion_lock
+from conversion.cache import conversion_lock, find_or_convert
 from errors import ConversionError
 from model_converter import TCNModelConverter
-from conversion.cache import find_or_convert
 
 
 def test_lock_times_out_while_another_job_holds_it(keras_files, tmp_path):

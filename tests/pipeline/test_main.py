@@ -1,4 +1,5 @@
 """main.py end to end on a real models folder: selection, conversion once, reuse, summary, failures."""
+
 from __future__ import annotations
 
 import json
@@ -7,19 +8,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.subprocesses import run_cli
 from tests.pipeline.model_folders import NAN, build_models_folder
+from tests.subprocesses import run_cli
 
-QUICK = ["device=cpu", "optimization.loop.max_iterations=6", "optimization.loop.log_every=3",
-         "optimization.loop.checkpoint_every=null", "optimization.sampler.samples_per_pattern=4",
-         "optimization.evaluation.trials_per_pattern=40", "optimization.report.plots=false"]
+QUICK = [
+    "device=cpu",
+    "optimization.loop.max_iterations=6",
+    "optimization.loop.log_every=3",
+    "optimization.loop.checkpoint_every=null",
+    "optimization.sampler.samples_per_pattern=4",
+    "optimization.evaluation.trials_per_pattern=40",
+    "optimization.report.plots=false",
+]
 
 HISTORIES = {
-    "alpha": [0.5, 0.2, 0.4],        # best by min, worse by last
-    "beta": [0.35, 0.3, 0.3],        # best by last
-    "gamma": [NAN, NAN, NAN],        # never selectable
-    "nomodel_delta": [0.05, 0.01],   # best metric, but no model file
-    "epsilon": [0.9, 0.8],           # worst; gets a stale .pth beside it
+    "alpha": [0.5, 0.2, 0.4],  # best by min, worse by last
+    "beta": [0.35, 0.3, 0.3],  # best by last
+    "gamma": [NAN, NAN, NAN],  # never selectable
+    "nomodel_delta": [0.05, 0.01],  # best metric, but no model file
+    "epsilon": [0.9, 0.8],  # worst; gets a stale .pth beside it
 }
 
 

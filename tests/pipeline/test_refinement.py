@@ -1,5 +1,6 @@
 """Closed-loop refinement, the training regime and transfer, end to end through main.py on tiny real Keras TCNs
 whose pickles name a small simulated neuron (so that the ground truth and the refinement can run in seconds)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,20 +15,38 @@ import torch
 
 from conversion.cache import current_conversion
 from models.checkpoint import load_converted_model
-from pipeline.refinement import finished_round
 from optimization.regime import regime_statistics
-from tests.pipeline.model_folders import (EXCITATORY, INHIBITORY, WINDOW, build_converted_models_folder,
-                                          build_models_folder, workspace_with)
+from pipeline.refinement import finished_round
 from tests.ground_truth.simulators import small_neuron
+from tests.pipeline.model_folders import (
+    EXCITATORY,
+    INHIBITORY,
+    WINDOW,
+    build_converted_models_folder,
+    build_models_folder,
+    workspace_with,
+)
 from tests.subprocesses import run_cli
 
 NEURON = small_neuron(EXCITATORY, INHIBITORY)
-QUICK = ["device=cpu", "optimization.loop.max_iterations=6", "optimization.loop.log_every=3",
-         "optimization.loop.checkpoint_every=3", "optimization.sampler.samples_per_pattern=4",
-         "optimization.evaluation.trials_per_pattern=40", "optimization.report.plots=false",
-         "conversion.verify=false", "ground_truth.trials=200"]
-REFINE = ["refine.trials=24", "refine.replay_trials=16", "refine.steps=30", "refine.learning_rate=0.003",
-          "refine.max_iterations=3"]
+QUICK = [
+    "device=cpu",
+    "optimization.loop.max_iterations=6",
+    "optimization.loop.log_every=3",
+    "optimization.loop.checkpoint_every=3",
+    "optimization.sampler.samples_per_pattern=4",
+    "optimization.evaluation.trials_per_pattern=40",
+    "optimization.report.plots=false",
+    "conversion.verify=false",
+    "ground_truth.trials=200",
+]
+REFINE = [
+    "refine.trials=24",
+    "refine.replay_trials=16",
+    "refine.steps=30",
+    "refine.learning_rate=0.003",
+    "refine.max_iterations=3",
+]
 
 
 def training_regime() -> dict:
@@ -42,10 +61,15 @@ def training_regime() -> dict:
 @pytest.fixture(scope="module")
 def models_source(tmp_path_factory) -> Path:
     """Three models, converted once (each test's copy reuses the .pth files, as a second run would)."""
-    data = {"simulator_config": NEURON.to_dict(), "y_soma_threshold": -55.0, "y_train_soma_bias": -67.7,
-            "input_regime": training_regime()}
-    return build_converted_models_folder(tmp_path_factory.mktemp("refine_models"),
-                                         {"alpha": [0.2], "beta": [0.3], "gamma": [0.4]}, data)
+    data = {
+        "simulator_config": NEURON.to_dict(),
+        "y_soma_threshold": -55.0,
+        "y_train_soma_bias": -67.7,
+        "input_regime": training_regime(),
+    }
+    return build_converted_models_folder(
+        tmp_path_factory.mktemp("refine_models"), {"alpha": [0.2], "beta": [0.3], "gamma": [0.4]}, data
+    )
 
 
 @pytest.fixture
@@ -92,9 +116,11 @@ def test_refinement_rounds_teach_the_model_and_leave_the_converted_one_alone(ref
         for figures in (record["surrogate"], record["ground_truth"]):
             assert 0.0 <= figures["p_spike_stim"] <= 1.0 and 0.0 <= figures["p_spike_control"] <= 1.0
         assert record["gap"]["p_spike_stim"] == pytest.approx(
-            abs(record["surrogate"]["p_spike_stim"] - record["ground_truth"]["p_spike_stim"]))
+            abs(record["surrogate"]["p_spike_stim"] - record["ground_truth"]["p_spike_stim"])
+        )
         assert record["gap"]["expected_spike_control"] == pytest.approx(
-            abs(record["surrogate"]["expected_spike_control"] - record["ground_truth"]["p_spike_control"]))
+            abs(record["surrogate"]["expected_spike_control"] - record["ground_truth"]["p_spike_control"])
+        )
         refined = Path(record["model"])
         assert refined.parent == run_dir and refined.name == f"alpha_refined_r{record['round']}.pth"
         torch.load(refined, weights_only=True)  # the same safe format as a conversion
@@ -103,11 +129,14 @@ def test_refinement_rounds_teach_the_model_and_leave_the_converted_one_alone(ref
         assert provenance["base_sha256"] == base_sha and provenance["round"] == record["round"]
         assert provenance["rounds"] == 2 and provenance["simulated_trials"] == tuning["trials"]
         assert (run_dir / f"refine_r{record['round']}" / "optimized_rates.npy").is_file()
-    assert load_converted_model(run_dir / "alpha_refined_r2.pth").metadata["refined"]["parent_sha256"] == \
-        sha256(run_dir / "alpha_refined_r1.pth")
+    assert load_converted_model(run_dir / "alpha_refined_r2.pth").metadata["refined"]["parent_sha256"] == sha256(
+        run_dir / "alpha_refined_r1.pth"
+    )
     # the refined models differ from the converted one, and from each other
-    weights = [load_converted_model(path).state_dict() for path in
-               (base, run_dir / "alpha_refined_r1.pth", run_dir / "alpha_refined_r2.pth")]
+    weights = [
+        load_converted_model(path).state_dict()
+        for path in (base, run_dir / "alpha_refined_r1.pth", run_dir / "alpha_refined_r2.pth")
+    ]
     name = next(key for key, value in weights[0].items() if value.is_floating_point() and value.numel() > 10)
     assert not torch.equal(weights[0][name], weights[1][name]) and not torch.equal(weights[1][name], weights[2][name])
     report = (run_dir / "report.md").read_text()
@@ -126,6 +155,7 @@ def test_a_refined_model_is_never_reused_as_a_conversion(refined_run):
 def _damages(round_dir: Path, other_round: Path, model_path: Path) -> dict:
     """Every file a finished round keeps, damaged in each way a kill, a disk or a person may: cut short,
     overwritten with garbage, replaced by another round's (valid) file, edited in place."""
+
     def cut(path):
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -141,14 +171,17 @@ def _damages(round_dir: Path, other_round: Path, model_path: Path) -> dict:
         rates = np.load(path)
         np.save(path, rates * 0.5)
 
-    files = {"round.json": round_dir / "round.json", "simulated_trials.npz": round_dir / "simulated_trials.npz",
-             "optimized_rates.npy": round_dir / "optimized_rates.npy", "refined model": model_path}
+    files = {
+        "round.json": round_dir / "round.json",
+        "simulated_trials.npz": round_dir / "simulated_trials.npz",
+        "optimized_rates.npy": round_dir / "optimized_rates.npy",
+        "refined model": model_path,
+    }
     cases = {}
     for name, path in files.items():
         cases[f"{name} cut short"] = (path, cut)
         cases[f"{name} garbage"] = (path, garbage)
-        other = other_round / path.name if path.parent == round_dir else path.with_name(
-            path.name.replace("_r1", "_r2"))
+        other = other_round / path.name if path.parent == round_dir else path.with_name(path.name.replace("_r1", "_r2"))
         cases[f"{name} from another round"] = (path, lambda p, source=other: shutil.copy(source, p))
     cases["round.json names another round"] = (files["round.json"], edit_record)
     cases["rates edited"] = (files["optimized_rates.npy"], edit_rates)
@@ -173,8 +206,7 @@ def test_damaged_or_foreign_round_files_make_the_round_run_again(refined_run, tm
         damage(copy / path.relative_to(pristine))
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="pipeline.refinement"):
-            found = finished_round(1, copy / "refine_r1", copy / "alpha_refined_r1.pth", base_sha, rates_shape,
-                                   device)
+            found = finished_round(1, copy / "refine_r1", copy / "alpha_refined_r1.pth", base_sha, rates_shape, device)
         assert found is None, label
         assert "running the round again" in caplog.text, label
 
@@ -208,8 +240,9 @@ SPIKE_TIMES_ONLY = "ground_truth.simulator=tests.ground_truth.simulators:small_n
 def test_a_simulator_function_gives_the_ground_truth_of_the_built_in_simulator(refined_run, workspace):
     """The same neuron behind the function interface (in worker processes): the same figures, and the run says
     which simulator answered."""
-    result = run_main(workspace, SPIKE_TIMES_ONLY, "ground_truth.workers=2",
-                      "optimization.evaluation.transfer_models=0")
+    result = run_main(
+        workspace, SPIKE_TIMES_ONLY, "ground_truth.workers=2", "optimization.evaluation.transfer_models=0"
+    )
     assert result.returncode == 0, result.stderr
     truth, built_in = only_summary(workspace)["ground_truth"], refined_run[1]["ground_truth"]
     for key in ("p_spike_stim", "p_spike_control", "p_outside_stim", "p_outside_control"):
@@ -219,13 +252,15 @@ def test_a_simulator_function_gives_the_ground_truth_of_the_built_in_simulator(r
 
 
 def test_refinement_through_a_function_without_soma_voltage_fine_tunes_on_spikes(workspace):
-    result = run_main(workspace, SPIKE_TIMES_ONLY, "refine.rounds=1", *REFINE,
-                      "optimization.evaluation.transfer_models=0")
+    result = run_main(
+        workspace, SPIKE_TIMES_ONLY, "refine.rounds=1", *REFINE, "optimization.evaluation.transfer_models=0"
+    )
     assert result.returncode == 0, result.stderr
     summary = only_summary(workspace)
     rounds = summary["refinement"]["rounds"]
-    assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["fine_tuning"]["loss_after"] < \
-        rounds[1]["fine_tuning"]["loss_before"]
+    assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["fine_tuning"]["loss_after"] < rounds[1]["fine_tuning"][
+        "loss_before"
+    ]
     with np.load(Path(summary["run_dir"]) / "refine_r1" / "simulated_trials.npz") as stored:
         assert "soma_v" not in stored.files and stored["spikes"].shape[0] == 2 * 24 + 16
     assert "fine-tuning on spikes only" in (Path(summary["run_dir"]) / "run.log").read_text()
@@ -240,8 +275,9 @@ def test_transfer_table_evaluates_the_patterns_on_the_other_models(workspace):
     for row in transfer:
         assert row["available"] is True
         for copy in ("initial", "optimized"):
-            assert row[f"{copy}_difference"] == pytest.approx(row[f"{copy}_p_spike_stim"]
-                                                              - row[f"{copy}_p_spike_control"])
+            assert row[f"{copy}_difference"] == pytest.approx(
+                row[f"{copy}_p_spike_stim"] - row[f"{copy}_p_spike_control"]
+            )
     # the selected model's own figures are not in the table, and the other models judge the patterns differently
     assert {row["optimized_difference"] for row in transfer} != {summary["evaluation"]["difference"]}
 
@@ -250,9 +286,14 @@ def test_max_rate_auto_and_the_regime_term_use_the_pickles_regime(workspace):
     too_high = run_main(workspace, "optimization.constraints.max_rate=auto")
     assert too_high.returncode == 4 and "initial_rates.excitatory_range reaches 0.02" in too_high.stderr
     assert not (workspace / "runs").exists() or not list((workspace / "runs").iterdir())  # refused before a folder
-    result = run_main(workspace, "optimization.constraints.max_rate=auto", "optimization.objective.regime_weight=5",
-                      "optimization.evaluation.transfer_models=0", "optimization.initial_rates.excitatory_range=[0.002,0.008]",
-                      "optimization.initial_rates.inhibitory_range=[0.002,0.01]")
+    result = run_main(
+        workspace,
+        "optimization.constraints.max_rate=auto",
+        "optimization.objective.regime_weight=5",
+        "optimization.evaluation.transfer_models=0",
+        "optimization.initial_rates.excitatory_range=[0.002,0.008]",
+        "optimization.initial_rates.inhibitory_range=[0.002,0.01]",
+    )
     assert result.returncode == 0, result.stderr
     summary = only_summary(workspace)
     regime = training_regime()
@@ -286,13 +327,16 @@ def test_an_ensemble_of_ranks_and_stems_runs_and_is_recorded(workspace):
     assert setup["ensemble_size"] == 3
 
 
-@pytest.mark.parametrize("settings, message", [
-    (["optimization.ensemble=[7]"], "no usable model of the results table has rank 7"),
-    (["optimization.ensemble=[nosuch]"], "has stem 'nosuch'"),
-    (["optimization.ensemble=[2]", "refine.rounds=1"], "cannot be combined with optimization.ensemble"),
-    (["refine.rounds=1", "refine.somatic_output_index=7"], "refine.somatic_output_index=7"),
-    (["refine.rounds=1", "refine.somatic_output_index=2"], "must be one of shape (batch, time, 1)"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (["optimization.ensemble=[7]"], "no usable model of the results table has rank 7"),
+        (["optimization.ensemble=[nosuch]"], "has stem 'nosuch'"),
+        (["optimization.ensemble=[2]", "refine.rounds=1"], "cannot be combined with optimization.ensemble"),
+        (["refine.rounds=1", "refine.somatic_output_index=7"], "refine.somatic_output_index=7"),
+        (["refine.rounds=1", "refine.somatic_output_index=2"], "must be one of shape (batch, time, 1)"),
+    ],
+)
 def test_ensemble_and_refinement_refusals_come_before_any_run_folder(workspace, settings, message):
     result = run_main(workspace, *settings)
     assert result.returncode == 3, result.stderr

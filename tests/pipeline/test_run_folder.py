@@ -1,5 +1,6 @@
 """Which run folder a new start continues: only a killed run of the same model and config, never a finished,
 failed or live one (the other cases run real jobs in tests/reliability/test_faults.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path

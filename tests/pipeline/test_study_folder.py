@@ -1,6 +1,7 @@
 """main.py on a study folder as researchers keep one: files written by the published training code ('lrelu'
 lambdas, '<lambda>' strings, a diverged run, interior NaN epochs, a Keras 3 weights pair), unattended runs with
 stderr in a file, the fallback when the best model cannot be used, degenerate results, the report page."""
+
 from __future__ import annotations
 
 import base64
@@ -53,9 +54,15 @@ def main_unattended(workspace: Path, models: str, *overrides: str, stderr_file: 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
     stderr_file = stderr_file or workspace / "stderr.txt"
     with open(stderr_file, "w") as stderr:
-        result = subprocess.run([sys.executable, "main.py", "--config", str(workspace / "config.yaml"), *QUICK,
-                                 *overrides], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                timeout=900)
+        result = subprocess.run(
+            [sys.executable, "main.py", "--config", str(workspace / "config.yaml"), *QUICK, *overrides],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            timeout=900,
+        )
     return result, stderr_file.read_text()
 
 
@@ -65,6 +72,7 @@ def summaries(workspace: Path) -> list[dict]:
 
 def copy_of(built: Path, name: str, workspace: Path) -> str:
     import shutil
+
     shutil.copytree(built / name, workspace / name)
     return name
 
@@ -120,8 +128,13 @@ def test_the_best_model_unusable_stops_naming_the_cause_and_the_next_candidate(b
     result, stderr = main_unattended(tmp_path, models)
     assert result.returncode == ConversionError.exit_code, stderr[-3000:]
     (error,) = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    for fragment in ("the best model slope_mismatch (rank 1) cannot be used", "holds 0.3", "'lrelu'",
-                     "The next candidate is lrelu_next (rank 2", "selection.fallback=next tries it"):
+    for fragment in (
+        "the best model slope_mismatch (rank 1) cannot be used",
+        "holds 0.3",
+        "'lrelu'",
+        "The next candidate is lrelu_next (rank 2",
+        "selection.fallback=next tries it",
+    ):
         assert fragment in error, error
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
@@ -139,8 +152,10 @@ def test_fallback_next_takes_the_next_usable_model_and_says_why(built, tmp_path)
     assert summary["selection"]["usable_candidates"] == 1
     table = pd.read_csv(Path(summary["run_dir"]) / "results_table.csv", keep_default_na=False).set_index("stem")
     assert table.loc["slope_mismatch", "usable"] in (False, "False")
-    assert table.loc["slope_mismatch", "reason"].startswith("skipped: ") and "holds 0.3" in table.loc[
-        "slope_mismatch", "reason"]
+    assert (
+        table.loc["slope_mismatch", "reason"].startswith("skipped: ")
+        and "holds 0.3" in table.loc["slope_mismatch", "reason"]
+    )
     assert str(table.loc["lrelu_next", "rank"]) == "2"  # whole numbers in the CSV
 
 
@@ -153,8 +168,9 @@ def test_a_degenerate_run_carries_the_warning(built, tmp_path):
     assert any("no evaluation trial reached the spike threshold (0.5)" in w for w in warnings), warnings
     assert any("not significantly above the initial" in w for w in warnings), warnings
     highest = summary["evaluation"]["details"]["max_prob_stim"]
-    assert 0 < highest < 0.5 and f"{max(highest, summary['evaluation']['details']['max_prob_control']):.3g}" in \
-        warnings[0]
+    assert (
+        0 < highest < 0.5 and f"{max(highest, summary['evaluation']['details']['max_prob_control']):.3g}" in warnings[0]
+    )
     run_dir = Path(summary["run_dir"])
     assert "**Warning:** no evaluation trial" in (run_dir / "report.md").read_text()
     page = ReportPage.read(run_dir / "report.html")
@@ -173,7 +189,7 @@ class ReportPage(HTMLParser):
         self.warnings: list[str] = []
 
     @classmethod
-    def read(cls, path: Path) -> "ReportPage":
+    def read(cls, path: Path) -> ReportPage:
         page = cls()
         page.feed(path.read_text())
         return page
@@ -225,8 +241,14 @@ def test_the_report_page_is_self_contained_and_matches_the_summary(built, tmp_pa
     page = check_page_against(run_dir, summary)
     pngs = sorted(p.name for p in run_dir.glob("*.png"))
     assert len(pngs) == 5 and sorted(image["data-file"] for image in page.images) == pngs
-    for key in ("evaluation.p_spike_stim", "evaluation.p_spike_control", "evaluation.difference",
-                "evaluation_initial.difference", "iterations_run", "stimulus_time_ms"):
+    for key in (
+        "evaluation.p_spike_stim",
+        "evaluation.p_spike_control",
+        "evaluation.difference",
+        "evaluation_initial.difference",
+        "iterations_run",
+        "stimulus_time_ms",
+    ):
         assert key in page.figures
     text = (run_dir / "report.html").read_text()
     for fragment in (BEST, "main.py --config", "torch", "not verified", "Reproduce", "results_table.csv"):

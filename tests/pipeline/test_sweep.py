@@ -1,5 +1,6 @@
 """`main.py --sweep` on a copy of the best demo model: 2 seeds x 2 stimulus sets with the sequential, Ray and
 local backends, resuming, failed runs; and the expansion of the sweep section itself."""
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,10 @@ import pytest
 from errors import ConfigError, SelectionError, SweepError
 from pipeline import sweep_backends
 from pipeline.config import AppConfig, SweepConfig
-from selection.config import SelectionConfig
 from pipeline.sweep import resolve_models, run_config, run_sweep, sweep_points
 from pipeline.sweep_backends import gpu_names, plan_local_workers, run_local
 from pipeline.sweep_report import write_sweep_report
+from selection.config import SelectionConfig
 from selection.table import Candidate, rank
 from tests.pipeline.test_main import QUICK
 from tests.pipeline.test_study_folder import check_page_against
@@ -28,8 +29,12 @@ from tests.subprocesses import REPO, run_cli
 BEST_DEMO = "SIMNMDA_TCN__DxWxT_4x32x77__2026-11-26__12_00__samples_57600__LogLoss_train_378_valid_399__ID_21456"
 # Shorter still than QUICK (later overrides win): 3 iterations, 20 evaluation trials per run; a busier
 # background, so that the neuron spikes and the figures differ from run to run.
-SHORT = [*QUICK, "optimization.loop.max_iterations=3", "optimization.evaluation.trials_per_pattern=20",
-         "optimization.initial_rates.excitatory_range=[0.02, 0.04]"]
+SHORT = [
+    *QUICK,
+    "optimization.loop.max_iterations=3",
+    "optimization.evaluation.trials_per_pattern=20",
+    "optimization.initial_rates.excitatory_range=[0.02, 0.04]",
+]
 GRID = ["sweep.seeds=[0, 1]", "sweep.stimulus_sets=[0, [1, 2, 3]]"]
 FAILING_SET = "[1, 2, 999]"  # a valid list of integers, but segment 999 does not exist: each run fails
 FIGURES = ["difference", "p_spike_stim", "p_spike_control", "n_trials"]
@@ -42,14 +47,16 @@ def workspace(tmp_path_factory) -> Path:
     (folder / "models").mkdir()
     for suffix in (".h5", ".pickle"):
         shutil.copy(REPO / "demo_models" / f"{BEST_DEMO}{suffix}", folder / "models")
-    (folder / "config.yaml").write_text("models_dir: models\noutput_dir: runs\nconversion:\n  verify: false\n"
-                                        "ground_truth:\n  enabled: false\n")
+    (folder / "config.yaml").write_text(
+        "models_dir: models\noutput_dir: runs\nconversion:\n  verify: false\nground_truth:\n  enabled: false\n"
+    )
     return folder
 
 
 def run_main_sweep(workspace: Path, name: str, *extra: str):
-    return run_cli(["main.py", "--config", str(workspace / "config.yaml"), "--sweep", *SHORT, *GRID,
-                    f"sweep.name={name}", *extra])
+    return run_cli(
+        ["main.py", "--config", str(workspace / "config.yaml"), "--sweep", *SHORT, *GRID, f"sweep.name={name}", *extra]
+    )
 
 
 def manifest(sweep_dir: Path) -> pd.DataFrame:
@@ -73,10 +80,10 @@ def on_ray(workspace, sequential) -> Path:
 def test_sequential_sweep_writes_runs_manifest_aggregate_and_plots(sequential):
     runs = manifest(sequential)
     assert len(runs) == 4 and set(runs["status"]) == {"done"}
-    assert sorted(zip(runs["seed"], runs["stimulus"])) == [(0, "draw0"), (0, "seg1-2-3"), (1, "draw0"),
-                                                           (1, "seg1-2-3")]
-    summaries = {run_id: json.loads((sequential / row.folder / "summary.json").read_text())
-                 for run_id, row in runs.iterrows()}
+    assert sorted(zip(runs["seed"], runs["stimulus"])) == [(0, "draw0"), (0, "seg1-2-3"), (1, "draw0"), (1, "seg1-2-3")]
+    summaries = {
+        run_id: json.loads((sequential / row.folder / "summary.json").read_text()) for run_id, row in runs.iterrows()
+    }
     assert runs["p_spike_stim"].nunique() > 1  # figures that tell runs apart, for the comparisons below
     for run_id, summary in summaries.items():  # the manifest holds each run's own evaluation
         assert [runs.loc[run_id, key] for key in FIGURES] == [summary["evaluation"][key] for key in FIGURES]
@@ -104,7 +111,8 @@ def test_sequential_sweep_writes_runs_manifest_aggregate_and_plots(sequential):
 
     page = check_page_against(sequential)  # report.html: heatmaps embedded, each run's own page linked
     assert sorted(image["alt"] for image in page.images) == sorted(
-        line.removeprefix("### ") for line in report.splitlines() if line.startswith("### "))
+        line.removeprefix("### ") for line in report.splitlines() if line.startswith("### ")
+    )
     assert sorted(page.links) == sorted(f"{folder}/report.html" for folder in runs["folder"])
     for folder in runs["folder"]:
         check_page_against(sequential / folder, json.loads((sequential / folder / "summary.json").read_text()))
@@ -169,8 +177,9 @@ def test_a_report_leaves_out_the_heatmap_of_a_pruned_run_and_says_so(sequential,
     pruned = runs.iloc[0]
     (copy / pruned["folder"] / "optimized_rates.npy").unlink()
     with caplog.at_level(logging.WARNING, logger="sweep"):
-        report = write_sweep_report(copy, copy / "manifest.csv", ["model", "stimulus"],
-                                    SweepConfig(seeds=[0, 1], stimulus_sets=[0, [1, 2, 3]]))
+        report = write_sweep_report(
+            copy, copy / "manifest.csv", ["model", "stimulus"], SweepConfig(seeds=[0, 1], stimulus_sets=[0, [1, 2, 3]])
+        )
     assert f"stimulus {pruned['stimulus']}" in caplog.text and "optimized_rates.npy" in caplog.text
     text = (copy / "report.md").read_text()
     assert "## Heatmaps left out" in text and f"stimulus {pruned['stimulus']}: " in text
@@ -200,9 +209,8 @@ def kill_this_worker(task) -> dict:
 
 def test_runs_lost_with_a_dead_worker_fail_with_a_hint_to_retry(monkeypatch):
     monkeypatch.setattr(sweep_backends, "run_task_in_worker", kill_this_worker)  # pickled by name: the worker
-    results = {}                                                                 # imports it from this module
-    run_local(["first", "second"], AppConfig(device="cpu", sweep=SweepConfig(max_workers=1)),
-              results.__setitem__)
+    results = {}  # imports it from this module
+    run_local(["first", "second"], AppConfig(device="cpu", sweep=SweepConfig(max_workers=1)), results.__setitem__)
     assert set(results) == {"first", "second"}
     for result in results.values():
         assert result["status"] == "failed"
@@ -210,8 +218,12 @@ def test_runs_lost_with_a_dead_worker_fail_with_a_hint_to_retry(monkeypatch):
 
 
 def test_the_sweep_expands_to_the_cartesian_product():
-    sweep = SweepConfig(seeds={"first": 42, "count": 3}, stimulus_sets=[5, [0, 2, 4]], models=[1, "beta"],
-                        overrides={"optimization.loop.learning_rate": [0.002, 0.004]})
+    sweep = SweepConfig(
+        seeds={"first": 42, "count": 3},
+        stimulus_sets=[5, [0, 2, 4]],
+        models=[1, "beta"],
+        overrides={"optimization.loop.learning_rate": [0.002, 0.004]},
+    )
     points = sweep_points(sweep, base_seed=0)
     assert len(points) == 2 * 2 * 2 * 3
     assert {p.seed for p in points} == {42, 43, 44} and {p.model for p in points} == {1, "beta"}
@@ -226,12 +238,15 @@ def test_the_sweep_expands_to_the_cartesian_product():
         sweep_points(SweepConfig(stimulus_sets=[[1, 2], [1, 2]]), base_seed=0)
 
 
-@pytest.mark.parametrize("overrides, fragments", [
-    ({"seed": [1, 2]}, ["'seed'", "sweep.seeds"]),
-    ({"selection.metric": ["loss"]}, ["'selection.metric'", "sweep.models"]),
-    ({"optimization.loop.learning_rate": []}, ["optimization.loop.learning_rate", "is empty"]),
-    ({"optimization.loop.learning_rate": [0.1, 0.1]}, ["optimization.loop.learning_rate", "repeats"]),
-])
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        ({"seed": [1, 2]}, ["'seed'", "sweep.seeds"]),
+        ({"selection.metric": ["loss"]}, ["'selection.metric'", "sweep.models"]),
+        ({"optimization.loop.learning_rate": []}, ["optimization.loop.learning_rate", "is empty"]),
+        ({"optimization.loop.learning_rate": [0.1, 0.1]}, ["optimization.loop.learning_rate", "repeats"]),
+    ],
+)
 def test_overrides_that_cannot_vary_are_refused(overrides, fragments):
     with pytest.raises(ConfigError) as error:
         sweep_points(SweepConfig(overrides=overrides), base_seed=0)
@@ -239,8 +254,9 @@ def test_overrides_that_cannot_vary_are_refused(overrides, fragments):
 
 
 def test_a_bad_override_stops_the_sweep_before_anything_is_written(tmp_path):
-    config = AppConfig(output_dir=tmp_path / "runs",
-                       sweep=SweepConfig(overrides={"optimization.loop.learning_rat": [0.1]}))
+    config = AppConfig(
+        output_dir=tmp_path / "runs", sweep=SweepConfig(overrides={"optimization.loop.learning_rat": [0.1]})
+    )
     with pytest.raises(ConfigError) as error:
         run_sweep(config, table=pd.DataFrame(), log_buffer=None)
     assert "optimization.loop.learning_rat" in str(error.value) and "learning_rate" in str(error.value)
@@ -250,8 +266,10 @@ def test_a_bad_override_stops_the_sweep_before_anything_is_written(tmp_path):
 def test_models_by_rank_or_by_name(tmp_path):
     def row(stem: str, value: float, reason: str = "") -> Candidate:
         return Candidate(stem=stem, value=value, reason=reason, stem_path=tmp_path / stem, finite_epochs=1)
-    table = rank([row("alpha", 0.3), row("beta", 0.1), row("gamma", float("nan"), "no finite value")],
-                 SelectionConfig())
+
+    table = rank(
+        [row("alpha", 0.3), row("beta", 0.1), row("gamma", float("nan"), "no finite value")], SelectionConfig()
+    )
     chosen = resolve_models(table, [1, 2], "models")
     assert [chosen[1].stem, chosen[2].stem] == ["beta", "alpha"]
     assert [chosen[1].rank, chosen[2].rank] == [1, 2]

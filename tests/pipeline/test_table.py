@@ -1,4 +1,5 @@
 """The results table: reductions, unusable rows with reasons, deterministic ties, CSV tables."""
+
 from __future__ import annotations
 
 import math
@@ -32,13 +33,16 @@ def test_reductions():
     assert math.isnan(reduce_history([math.nan], "m", "min", 2).value)
 
 
-@pytest.mark.parametrize("history, reason", [
-    ([0.1, math.nan], "diverged: m non-finite from epoch 2 of 2"),
-    ([0.1, 0.05, math.inf, math.nan], "diverged: m non-finite from epoch 3 of 4"),
-    ([math.nan, 0.2, math.nan], "diverged: m non-finite from epoch 3 of 3"),
-    ([math.nan, math.nan], "'m' has no finite value (min)"),
-    ([], "'m' has no finite value (empty history)"),
-])
+@pytest.mark.parametrize(
+    "history, reason",
+    [
+        ([0.1, math.nan], "diverged: m non-finite from epoch 2 of 2"),
+        ([0.1, 0.05, math.inf, math.nan], "diverged: m non-finite from epoch 3 of 4"),
+        ([math.nan, 0.2, math.nan], "diverged: m non-finite from epoch 3 of 3"),
+        ([math.nan, math.nan], "'m' has no finite value (min)"),
+        ([], "'m' has no finite value (empty history)"),
+    ],
+)
 def test_a_history_that_ends_non_finite_diverged(history, reason):
     reduced = reduce_history(history, "m", "min", 2)
     assert math.isnan(reduced.value) and reduced.reason == reason
@@ -47,15 +51,19 @@ def test_a_history_that_ends_non_finite_diverged(history, reason):
 def test_every_position_of_non_finite_epochs():
     """Generated: each pattern of finite/NaN/Inf epochs is unusable exactly when its last epoch is not finite."""
     import itertools
+
     for pattern in itertools.product([0.3, math.nan, math.inf], repeat=4):
         reduced = reduce_history(list(pattern), "m", "min", 2)
         finite = [v for v in pattern if math.isfinite(v)]
         if math.isfinite(pattern[-1]):
             assert reduced.reason is None and reduced.value == min(finite)
-            assert reduced.note == ("" if len(finite) == 4 else
-                                    f"{4 - len(finite)} non-finite epoch(s) of m dropped (epoch "
-                                    + ", ".join(str(i + 1) for i, v in enumerate(pattern) if not math.isfinite(v))
-                                    + ")")
+            assert reduced.note == (
+                ""
+                if len(finite) == 4
+                else f"{4 - len(finite)} non-finite epoch(s) of m dropped (epoch "
+                + ", ".join(str(i + 1) for i, v in enumerate(pattern) if not math.isfinite(v))
+                + ")"
+            )
         else:
             assert reduced.reason is not None and math.isnan(reduced.value)
 
@@ -127,8 +135,21 @@ def test_empty_folder_and_no_usable_model(tmp_path):
         best_candidate(table_from_models_dir(tmp_path, SelectionConfig()), str(tmp_path))
 
 
-@pytest.mark.parametrize("history", [[True, False], 0.03, "0.04", b"0.013", ["0.07", "0.08"], [[0.09, 0.1]],
-                                     np.ones((2, 2)), np.float64(0.3), {"a": 0.1}, [0.1, None]])
+@pytest.mark.parametrize(
+    "history",
+    [
+        [True, False],
+        0.03,
+        "0.04",
+        b"0.013",
+        ["0.07", "0.08"],
+        [[0.09, 0.1]],
+        np.ones((2, 2)),
+        np.float64(0.3),
+        {"a": 0.1},
+        [0.1, None],
+    ],
+)
 def test_a_history_that_is_not_a_list_of_numbers_is_unusable(history):
     reduced = reduce_history(history, "m", "min", 2)
     assert math.isnan(reduced.value) and reduced.reason == "'m' is not a list of numbers (one per epoch)"
@@ -141,11 +162,21 @@ def test_lists_tuples_and_arrays_of_numbers_are_histories(history):
 
 def test_a_candidate_row_reads_back_from_the_saved_table(tmp_path):
     """results_table.csv is the record of the ranking: each row read back from it is the candidate written."""
-    written = [Candidate(stem="b", value=0.25, reason="", stem_path=tmp_path / "b", keras_file=tmp_path / "b.h5",
-                         pth_candidates=(tmp_path / "b.pth", tmp_path / "b_converted.pth"),
-                         params=tmp_path / "b.pickle", finite_epochs=12, note="2 epochs not finite"),
-               Candidate(stem="a", value=0.5, reason="", stem_path=tmp_path / "a", finite_epochs=None),
-               Candidate(stem="c", value=float("nan"), reason="no finite value", stem_path=tmp_path / "c")]
+    written = [
+        Candidate(
+            stem="b",
+            value=0.25,
+            reason="",
+            stem_path=tmp_path / "b",
+            keras_file=tmp_path / "b.h5",
+            pth_candidates=(tmp_path / "b.pth", tmp_path / "b_converted.pth"),
+            params=tmp_path / "b.pickle",
+            finite_epochs=12,
+            note="2 epochs not finite",
+        ),
+        Candidate(stem="a", value=0.5, reason="", stem_path=tmp_path / "a", finite_epochs=None),
+        Candidate(stem="c", value=float("nan"), reason="no finite value", stem_path=tmp_path / "c"),
+    ]
     table = rank(written, SelectionConfig())
     table.to_csv(tmp_path / "results_table.csv", index=False)
     read = [Candidate.from_row(row) for row in pd.read_csv(tmp_path / "results_table.csv").to_dict("records")]

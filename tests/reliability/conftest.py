@@ -3,6 +3,7 @@
 Every bad input is fed to the real command-line programs; afterwards the folder must hold exactly what it held
 before, byte for byte and with the same modification times.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,16 +16,26 @@ from tests.pipeline.model_folders import build_converted_models_folder, workspac
 from tests.subprocesses import run_cli
 
 # main.py settings that keep a run to a few seconds on a CPU.
-QUICK_RUN = ["device=cpu", "conversion.verify=false", "ground_truth.enabled=false",
-             "optimization.loop.max_iterations=6", "optimization.loop.log_every=3",
-             "optimization.loop.checkpoint_every=null", "optimization.sampler.samples_per_pattern=4",
-             "optimization.evaluation.trials_per_pattern=40", "optimization.report.plots=false"]
+QUICK_RUN = [
+    "device=cpu",
+    "conversion.verify=false",
+    "ground_truth.enabled=false",
+    "optimization.loop.max_iterations=6",
+    "optimization.loop.log_every=3",
+    "optimization.loop.checkpoint_every=null",
+    "optimization.sampler.samples_per_pattern=4",
+    "optimization.evaluation.trials_per_pattern=40",
+    "optimization.report.plots=false",
+]
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
     """relative path -> (sha256, mtime in ns) of every file below `folder`."""
-    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_refused(result, exit_code: int, *fragments: str) -> str:

@@ -4,6 +4,7 @@ nothing existing changed (bytes and modification times) and no new or temporary 
 Refusal messages of each broken `.h5` are checked in detail in tests/conversion/test_refusals.py; here every
 kind of bad input is run against a folder that already holds a good conversion, which must survive untouched.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,10 +34,10 @@ from errors import (
     PickleFileError,
     SelectionError,
 )
-from safe_pickle import load_pickle
-from pipeline.lifecycle import rank_candidates
 from model_converter import load_converted_model
 from pipeline.config import load_config
+from pipeline.lifecycle import rank_candidates
+from safe_pickle import load_pickle
 from tests.pipeline.model_folders import params_pickle
 from tests.reliability.conftest import QUICK_RUN, assert_refused, run_main, snapshot
 from tests.subprocesses import REPO, run_cli
@@ -85,6 +86,7 @@ def python2_pickle(obj) -> bytes:
 
 # ---- model_converter.py: broken .h5 files -------------------------------------------------------------------
 
+
 def _truncate(path: Path, keras_files: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -127,17 +129,29 @@ def _misshaped_weight(path: Path, keras_files: Path) -> None:
         group["bias"] = np.zeros(7, dtype=np.float32)  # 6 filters
 
 
-@pytest.mark.parametrize("damage, fragment", [
-    (_truncate, "cannot be read as a Keras HDF5 model file"),
-    (_random, "cannot be read as a Keras HDF5 model file"),
-    (_empty, "cannot be read as a Keras HDF5 model file"),
-    (_no_model, "no 'model_config' attribute"),
-    (_unknown_layer, "unknown layer class"),
-    (_missing_weight, "moving_mean' is missing"),
-    (_extra_weight, "unexpected extra weight"),
-    (_misshaped_weight, "has shape (7,)"),
-], ids=["truncated", "random", "empty", "hdf5_without_model", "unknown_layer", "missing_weight", "extra_weight",
-        "misshaped_weight"])
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (_truncate, "cannot be read as a Keras HDF5 model file"),
+        (_random, "cannot be read as a Keras HDF5 model file"),
+        (_empty, "cannot be read as a Keras HDF5 model file"),
+        (_no_model, "no 'model_config' attribute"),
+        (_unknown_layer, "unknown layer class"),
+        (_missing_weight, "moving_mean' is missing"),
+        (_extra_weight, "unexpected extra weight"),
+        (_misshaped_weight, "has shape (7,)"),
+    ],
+    ids=[
+        "truncated",
+        "random",
+        "empty",
+        "hdf5_without_model",
+        "unknown_layer",
+        "missing_weight",
+        "extra_weight",
+        "misshaped_weight",
+    ],
+)
 def test_broken_h5_keeps_the_previous_conversion(tcn_folder, keras_files, damage, fragment):
     model = tcn_folder / "tcn.h5"
     damage(model, keras_files)
@@ -149,23 +163,29 @@ def test_broken_h5_keeps_the_previous_conversion(tcn_folder, keras_files, damage
 
 # ---- pickles ------------------------------------------------------------------------------------------------
 
+
 def test_malicious_params_pickle_does_not_run(tcn_folder, tmp_path):
     marker = tmp_path / "payload_ran"
     params = tcn_folder / "tcn.pickle"
     malicious_pickle(params, marker)
     before = snapshot(tcn_folder)
     result = run_cli(["model_converter.py", str(tcn_folder / "tcn.h5"), str(params), "--force"])
-    assert_refused(result, PickleFileError.exit_code, str(params), "class 'posix.system' is not allowed",
-                   "--trust-pickles")
+    assert_refused(
+        result, PickleFileError.exit_code, str(params), "class 'posix.system' is not allowed", "--trust-pickles"
+    )
     assert not marker.exists()
     assert snapshot(tcn_folder) == before
 
 
-@pytest.mark.parametrize("content, exit_code, fragment", [
-    (pickle.dumps(params_pickle([0.1]), protocol=2)[:100], PickleFileError.exit_code, "cannot be read as a pickle"),
-    (b"", PickleFileError.exit_code, "cannot be read as a pickle"),
-    (pickle.dumps([1, 2, 3]), ConversionError.exit_code, "holds a list, expected a dict"),
-], ids=["truncated", "empty", "not_a_dict"])
+@pytest.mark.parametrize(
+    "content, exit_code, fragment",
+    [
+        (pickle.dumps(params_pickle([0.1]), protocol=2)[:100], PickleFileError.exit_code, "cannot be read as a pickle"),
+        (b"", PickleFileError.exit_code, "cannot be read as a pickle"),
+        (pickle.dumps([1, 2, 3]), ConversionError.exit_code, "holds a list, expected a dict"),
+    ],
+    ids=["truncated", "empty", "not_a_dict"],
+)
 def test_unreadable_params_pickle(tcn_folder, content, exit_code, fragment):
     params = tcn_folder / "tcn.pickle"
     params.write_bytes(content)
@@ -209,10 +229,14 @@ def training_pickle_with_numpy() -> dict:
     return content
 
 
-@pytest.mark.parametrize("writer, marks", [
-    (python2_pickle, b"cnumpy.core.multiarray\n_reconstruct"),                          # byte strings
-    (lambda content: pickle.dumps(content, protocol=2), b"c_codecs\nencode"),  # bytes via _codecs.encode
-], ids=["python2", "python3"])
+@pytest.mark.parametrize(
+    "writer, marks",
+    [
+        (python2_pickle, b"cnumpy.core.multiarray\n_reconstruct"),  # byte strings
+        (lambda content: pickle.dumps(content, protocol=2), b"c_codecs\nencode"),  # bytes via _codecs.encode
+    ],
+    ids=["python2", "python3"],
+)
 def test_protocol2_training_pickle_with_numpy_arrays_loads(tmp_path, writer, marks):
     """Both Python 2.7's layout and Python 3's protocol 2 pass the restriction."""
     content = training_pickle_with_numpy()
@@ -250,14 +274,22 @@ def test_main_never_selects_refused_or_historyless_pickles(tmp_path):
     before = snapshot(models)
 
     result = run_main(tmp_path)
-    assert_refused(result, SelectionError.exit_code, str(models), "no usable model",
-                   "evil: unreadable pickle", "class 'posix.system' is not allowed",
-                   "nohistory: no training_history_dict", "nanonly: 'val_spikes_loss' has no finite value")
+    assert_refused(
+        result,
+        SelectionError.exit_code,
+        str(models),
+        "no usable model",
+        "evil: unreadable pickle",
+        "class 'posix.system' is not allowed",
+        "nohistory: no training_history_dict",
+        "nanonly: 'val_spikes_loss' has no finite value",
+    )
     assert not marker.exists()
     assert snapshot(models) == before and not (tmp_path / "runs").exists()
 
 
 # ---- main.py: corrupt PyTorch files beside the model --------------------------------------------------------
+
 
 def test_corrupt_pth_beside_the_model_is_not_used(workspace):
     models = workspace / "models"
@@ -283,13 +315,21 @@ def test_corrupt_pth_beside_the_model_is_not_used(workspace):
 
 # ---- main.py: configuration ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("config_text, overrides, fragments", [
-    ("optimization:\n  loop:\n    max_iters: 5\n", [], ["unknown config key 'optimization.loop.max_iters'",
-                                                         "max_iterations"]),
-    ("seed: twelve\n", [], ["config key 'seed'", "valid integer"]),
-    ("", ["optimization.evaluation.confidence=1.5"], ["optimization.evaluation.confidence", "less than 1"]),
-    ("optimization: [unclosed\n", [], ["cannot be read as YAML"]),
-], ids=["unknown_key", "wrong_type", "out_of_range", "not_yaml"])
+
+@pytest.mark.parametrize(
+    "config_text, overrides, fragments",
+    [
+        (
+            "optimization:\n  loop:\n    max_iters: 5\n",
+            [],
+            ["unknown config key 'optimization.loop.max_iters'", "max_iterations"],
+        ),
+        ("seed: twelve\n", [], ["config key 'seed'", "valid integer"]),
+        ("", ["optimization.evaluation.confidence=1.5"], ["optimization.evaluation.confidence", "less than 1"]),
+        ("optimization: [unclosed\n", [], ["cannot be read as YAML"]),
+    ],
+    ids=["unknown_key", "wrong_type", "out_of_range", "not_yaml"],
+)
 def test_bad_config_stops_before_any_work(workspace, config_text, overrides, fragments):
     config = workspace / "config.yaml"
     config.write_text("models_dir: models\noutput_dir: runs\n" + config_text)
@@ -303,15 +343,20 @@ def test_bad_config_stops_before_any_work(workspace, config_text, overrides, fra
 
 # ---- main.py: initial-rates file ----------------------------------------------------------------------------
 
+
 def _rates(value: float = 0.01) -> np.ndarray:
     return np.full((20, 60), value)  # (segments, time) of the test models: 10 + 10 segments, 60 ms
 
 
-@pytest.mark.parametrize("rates, fragment", [
-    (_rates().T, "looks transposed"),
-    (np.where(np.eye(20, 60, 5) > 0, np.nan, _rates()), "NaN or Inf values, first at segment 0, time 5"),
-    (_rates(-0.01), "must lie in [0, constraints.max_rate"),
-], ids=["wrong_shape", "nan", "negative"])
+@pytest.mark.parametrize(
+    "rates, fragment",
+    [
+        (_rates().T, "looks transposed"),
+        (np.where(np.eye(20, 60, 5) > 0, np.nan, _rates()), "NaN or Inf values, first at segment 0, time 5"),
+        (_rates(-0.01), "must lie in [0, constraints.max_rate"),
+    ],
+    ids=["wrong_shape", "nan", "negative"],
+)
 def test_bad_initial_rates_file(workspace, rates, fragment):
     path = workspace / "rates.npy"
     np.save(path, rates)
@@ -321,11 +366,16 @@ def test_bad_initial_rates_file(workspace, rates, fragment):
     assert snapshot(workspace / "models") == before
     (run_dir,) = (workspace / "runs").iterdir()  # the failed run's record: config, table, log, failure mark
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == [
-        "config.yaml", "failed.txt", "results_table.csv", "run.log"]
+        "config.yaml",
+        "failed.txt",
+        "results_table.csv",
+        "run.log",
+    ]
     assert fragment in (run_dir / "run.log").read_text() and fragment in (run_dir / "failed.txt").read_text()
 
 
 # ---- unwritable and full output locations -------------------------------------------------------------------
+
 
 def unwritable_folder(tmp_path: Path, how: str) -> Path:
     """A folder path nothing can be written into: below a regular file, or (not as root) without write mode."""
@@ -357,20 +407,30 @@ def test_unwritable_output_folder(workspace, tcn_folder, tmp_path, how):
 
 def run_with_file_size_limit(args: list[str], limit_bytes: int) -> subprocess.CompletedProcess:
     """Run a CLI whose writes fail beyond `limit_bytes` per file (EFBIG), as on a full disk."""
+
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600, preexec_fn=limit, check=False)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=limit,
+        check=False,
+    )
 
 
 def test_full_disk_keeps_the_previous_conversion(tcn_folder):
     pth = tcn_folder / "tcn_converted.pth"
     before = snapshot(tcn_folder)
-    result = run_with_file_size_limit(["model_converter.py", str(tcn_folder / "tcn.h5"), "--force"],
-                                      pth.stat().st_size // 2)
+    result = run_with_file_size_limit(
+        ["model_converter.py", str(tcn_folder / "tcn.h5"), "--force"], pth.stat().st_size // 2
+    )
     assert_refused(result, OutputError.exit_code, str(pth), "File too large", "previous version is left unchanged")
     assert snapshot(tcn_folder) == before
     load_converted_model(pth)

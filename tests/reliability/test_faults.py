@@ -6,6 +6,7 @@ Two conversions of one model at the same time: tests/conversion/test_cache.py
 (test_two_processes_converting_the_same_model_leave_one_valid_file). Out-of-memory micro-batching:
 tests/optimization/test_run.py (test_out_of_memory_*).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -59,8 +60,9 @@ def lock_is_free(lock: Path) -> bool:
 
 def start(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def kill_when(process: subprocess.Popen, ready) -> None:
@@ -108,7 +110,8 @@ def test_leftovers_of_a_killed_write_are_never_taken_as_the_model(workspace):
     converted = models / "alpha_converted.pth"
     (models / f".alpha_converted.{999999}.deadbeef.tmp.pth").write_bytes(converted.read_bytes()[:3000])
     (models / f".alpha_converted_info.{999999}.deadbeef.tmp.pickle").write_bytes(
-        pickle.dumps({"converter_version": "partial"}))
+        pickle.dumps({"converter_version": "partial"})
+    )
     lock_path_for(converted).touch()
     table = table_from_models_dir(models, SelectionConfig())
     assert table["stem"].tolist() == ["alpha"]
@@ -119,14 +122,25 @@ def test_leftovers_of_a_killed_write_are_never_taken_as_the_model(workspace):
 
 
 # A run that checkpoints every 5 iterations and stops only at max_iterations.
-CHECKPOINTING = ["optimization.loop.log_every=5", "optimization.loop.checkpoint_every=5",
-                 "optimization.loop.early_stop_patience_iterations=null",
-                 "optimization.loop.stop_when_target_reached=false"]
+CHECKPOINTING = [
+    "optimization.loop.log_every=5",
+    "optimization.loop.checkpoint_every=5",
+    "optimization.loop.early_stop_patience_iterations=null",
+    "optimization.loop.stop_when_target_reached=false",
+]
 
 
 def start_endless_run(workspace: Path) -> subprocess.Popen:
-    return start(["main.py", "--config", str(workspace / "config.yaml"), *QUICK_RUN, *CHECKPOINTING,
-                  "optimization.loop.max_iterations=100000"])
+    return start(
+        [
+            "main.py",
+            "--config",
+            str(workspace / "config.yaml"),
+            *QUICK_RUN,
+            *CHECKPOINTING,
+            "optimization.loop.max_iterations=100000",
+        ]
+    )
 
 
 def test_optimization_killed_after_a_checkpoint_is_continued_by_the_next_start(workspace):

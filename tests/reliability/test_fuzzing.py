@@ -1,6 +1,7 @@
 """Property-based tests (hypothesis, bounded and derandomized for CI): damaged model files and arbitrary
 configurations end in one of our own errors (ToolError subclasses) or a valid result — never in any other
 exception."""
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,27 @@ from conversion.model_file import read_model_file
 from errors import ToolError
 from pipeline.config import AppConfig, load_config
 
-BOUNDED = settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+BOUNDED = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 # Small JSON-like values: numbers stay small so that a mutated layer size cannot ask for gigabytes.
-SCALARS = (st.none() | st.booleans() | st.integers(-3, 64) | st.floats(allow_nan=True, allow_infinity=True)
-           | st.text(max_size=12))
-JSON_VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=8)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 64)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+)
+JSON_VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +121,9 @@ def test_mutated_model_config_is_converted_or_refused(fuzz_folder, data):
             f.attrs["keras_version"] = data.draw(st.text(printable, max_size=8), label="keras_version")
             group = f["model_weights"]
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs["layer_names"]]
-            group.attrs["layer_names"] = data.draw(st.permutations(names).map(lambda p: p[: len(p) - 1])
-                                                   | st.just(names + ["ghost"]), label="layer_names")
+            group.attrs["layer_names"] = data.draw(
+                st.permutations(names).map(lambda p: p[: len(p) - 1]) | st.just(names + ["ghost"]), label="layer_names"
+            )
     outcome(lambda: build_conversion(read_model_file(path), None))
 
 
@@ -127,8 +142,10 @@ KEY_PATHS = st.sampled_from(CONFIG_KEYS) | st.lists(st.text(min_size=1, max_size
 
 
 @BOUNDED
-@given(assignments=st.lists(st.tuples(KEY_PATHS, JSON_VALUES), max_size=6),
-       overrides=st.lists(st.tuples(KEY_PATHS, st.text(max_size=12)), max_size=2))
+@given(
+    assignments=st.lists(st.tuples(KEY_PATHS, JSON_VALUES), max_size=6),
+    overrides=st.lists(st.tuples(KEY_PATHS, st.text(max_size=12)), max_size=2),
+)
 def test_config_loader_accepts_or_names_the_problem(tmp_path_factory, assignments, overrides):
     """Real and made-up keys with values of any type, in the file and as KEY=VALUE overrides."""
     data: dict = {}
@@ -154,14 +171,19 @@ def test_config_loader_on_arbitrary_text(tmp_path_factory, content):
 
 # ---- sizes, aliases and nesting that inputs declare -----------------------------------------------------------
 
+
 @BOUNDED
 @given(anchors=st.integers(1, 6), fan_out=st.integers(1, 12), where=st.sampled_from(["seed", "sweep", "top"]))
 def test_yaml_with_aliases_is_refused(tmp_path_factory, anchors, fan_out, where):
     """Chains of anchors and aliases (the "billion laughs" family): refused, never expanded."""
-    lines = ["x0: &x0 [0]"] + [f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * fan_out) + "]"
-                               for i in range(1, anchors + 1)]
-    target = {"seed": f"seed: *x{anchors}", "sweep": f"sweep:\n  overrides: {{seed: *x{anchors}}}",
-              "top": f"models_dir: *x{anchors}"}[where]
+    lines = ["x0: &x0 [0]"] + [
+        f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * fan_out) + "]" for i in range(1, anchors + 1)
+    ]
+    target = {
+        "seed": f"seed: *x{anchors}",
+        "sweep": f"sweep:\n  overrides: {{seed: *x{anchors}}}",
+        "top": f"models_dir: *x{anchors}",
+    }[where]
     path = tmp_path_factory.mktemp("yaml_alias") / "config.yaml"
     path.write_text("\n".join(lines) + "\n" + target + "\n")
     with pytest.raises(ToolError, match="YAML alias"):
@@ -173,10 +195,16 @@ LENGTH_OPCODES = [b"\x8e", b"\x8d", b"\x96"]
 
 
 @BOUNDED
-@given(opcode=st.sampled_from(LENGTH_OPCODES), declared=st.integers(0, 2**62), body=st.binary(max_size=64),
-       constructor=st.sampled_from(["bytearray", "bytes", "ndarray", "none"]), size=st.integers(0, 2**40))
-def test_pickles_that_declare_sizes_are_read_or_refused_without_allocating(tmp_path_factory, opcode, declared, body,
-                                                                          constructor, size):
+@given(
+    opcode=st.sampled_from(LENGTH_OPCODES),
+    declared=st.integers(0, 2**62),
+    body=st.binary(max_size=64),
+    constructor=st.sampled_from(["bytearray", "bytes", "ndarray", "none"]),
+    size=st.integers(0, 2**40),
+)
+def test_pickles_that_declare_sizes_are_read_or_refused_without_allocating(
+    tmp_path_factory, opcode, declared, body, constructor, size
+):
     """Declared lengths far beyond the file, and constructors asked for up to a terabyte: a value or a
     PickleFileError, quickly (the limits hold the allocation, not the machine's memory)."""
     import pickle
@@ -185,20 +213,26 @@ def test_pickles_that_declare_sizes_are_read_or_refused_without_allocating(tmp_p
 
     from safe_pickle import load_pickle
     from tests.reliability.hostile import _Reduce
+
     folder = tmp_path_factory.mktemp("pickle_sizes")
     raw = b"\x80\x05" + opcode + declared.to_bytes(8, "little") + body + b"."
-    built = {"bytearray": _Reduce(bytearray, (size,)), "bytes": _Reduce(bytes, (size,)),
-             "ndarray": _Reduce(np.ndarray, ((size,),)), "none": None}[constructor]
+    built = {
+        "bytearray": _Reduce(bytearray, (size,)),
+        "bytes": _Reduce(bytes, (size,)),
+        "ndarray": _Reduce(np.ndarray, ((size,),)),
+        "none": None,
+    }[constructor]
     for name, content in (("raw.pickle", raw), ("built.pickle", pickle.dumps(built, protocol=2))):
         (folder / name).write_bytes(content)
-        outcome(lambda: load_pickle(folder / name))
+        outcome(lambda: load_pickle(folder / name))  # noqa: B023 (runs at once)
 
 
 @BOUNDED
-@given(depth=st.integers(1, 20_000), kind=st.sampled_from(["[", "{\"a\":"]))
+@given(depth=st.integers(1, 20_000), kind=st.sampled_from(["[", '{"a":']))
 def test_nested_json_is_parsed_or_refused(depth, kind):
     """Configs nested from 1 to 20,000 levels: parsed when a Keras config could be that deep, else refused."""
     from conversion.json_config import parse_config_json
+
     closing = "]" if kind == "[" else "}"
     text = kind * depth + "0" * (kind != "[") + closing * depth
     assert outcome(lambda: parse_config_json(text, "fuzzed config")) == ("ok" if depth <= 200 else "refused")

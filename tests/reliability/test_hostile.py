@@ -5,6 +5,7 @@ naming the file and the problem, no traceback, nothing written or overwritten, p
 The inputs are generated here from real Keras files (tests/reliability/hostile.py); the programs run as
 subprocesses under an address-space limit (tests/reliability/hostile.run_limited).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,16 @@ import numpy as np
 import pytest
 import torch
 
-from errors import (INTERRUPTED_EXIT, TERMINATED_EXIT, UNEXPECTED_EXIT, ConfigError, ConversionError,
-                    OutputError, PickleFileError, SelectionError)
+from errors import (
+    INTERRUPTED_EXIT,
+    TERMINATED_EXIT,
+    UNEXPECTED_EXIT,
+    ConfigError,
+    ConversionError,
+    OutputError,
+    PickleFileError,
+    SelectionError,
+)
 from tests.reliability import hostile
 from tests.reliability.conftest import QUICK_RUN, snapshot
 from tests.subprocesses import REPO
@@ -43,9 +52,14 @@ def assert_clean_refusal(result: hostile.Limited, exit_code: int, *fragments: st
     return errors[0]
 
 
-def converter_refuses(source: Path, *fragments: str, extra: tuple[str, ...] = (),
-                      exit_code: int = ConversionError.exit_code, named: Path | None = None,
-                      env: dict | None = None) -> str:
+def converter_refuses(
+    source: Path,
+    *fragments: str,
+    extra: tuple[str, ...] = (),
+    exit_code: int = ConversionError.exit_code,
+    named: Path | None = None,
+    env: dict | None = None,
+) -> str:
     """The converter on `source` refuses; its message names `named` (default: the source)."""
     before = snapshot(source.parent)
     result = hostile.run_limited([CONVERTER, str(source), *extra], env_extra=env)
@@ -56,11 +70,16 @@ def converter_refuses(source: Path, *fragments: str, extra: tuple[str, ...] = ()
 
 # ---- only the model file's own bytes ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("attack, fragment", [
-    (hostile.external_storage, "keeps its data in another file (/etc/passwd)"),
-    (hostile.external_link, "is a link into another file"),
-    (hostile.virtual_dataset, "is a virtual dataset"),
-], ids=["external_storage", "external_link", "virtual_dataset"])
+
+@pytest.mark.parametrize(
+    "attack, fragment",
+    [
+        (hostile.external_storage, "keeps its data in another file (/etc/passwd)"),
+        (hostile.external_link, "is a link into another file"),
+        (hostile.virtual_dataset, "is a virtual dataset"),
+    ],
+    ids=["external_storage", "external_link", "virtual_dataset"],
+)
 def test_no_byte_from_outside_the_file_reaches_a_pth(model, attack, fragment):
     source = attack(model, model.parent)
     converter_refuses(source, "not stored in the file itself", fragment)
@@ -72,6 +91,7 @@ def test_a_soft_link_inside_the_file_converts_exactly(model, keras_files):
     result = hostile.run_limited([CONVERTER, str(source), str(model.parent / "soft.pth")])
     assert result.returncode == 0, result.stderr
     from models.checkpoint import load_converted_model
+
     with np.load(keras_files / "tcn_io.npz") as io:
         outputs = load_converted_model(model.parent / "soft.pth")(torch.from_numpy(io["x"]))
         for name, got in zip(("spikes", "somatic"), outputs):
@@ -87,6 +107,7 @@ def test_external_data_changed_later_cannot_pass_as_cached(model):
 
 # ---- budgets before allocation ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("elements", [1e9, 2e10])
 def test_a_declared_but_unstored_dataset_is_refused_before_reading(model, elements):
     source = hostile.declared_but_not_stored(elements)(model, model.parent)
@@ -94,10 +115,14 @@ def test_a_declared_but_unstored_dataset_is_refused_before_reading(model, elemen
     converter_refuses(source, "weight 'layer_1/", "but stores", "NEURON_TCN_COMPRESSION_RATIO")
 
 
-@pytest.mark.parametrize("dtype, value, fragment", [
-    ("complex128", 1 + 2j, "is stored as complex128, not as real numbers"),
-    ("float64", 1e300, "beyond the range of float32"),
-], ids=["complex", "float64_1e300"])
+@pytest.mark.parametrize(
+    "dtype, value, fragment",
+    [
+        ("complex128", 1 + 2j, "is stored as complex128, not as real numbers"),
+        ("float64", 1e300, "beyond the range of float32"),
+    ],
+    ids=["complex", "float64_1e300"],
+)
 def test_weights_no_float32_equals_are_refused(model, dtype, value, fragment):
     converter_refuses(hostile.weight_dtype(dtype, value)(model, model.parent), fragment)
 
@@ -109,13 +134,16 @@ def test_legitimate_float16_and_integer_weights_convert(model):
         assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("tag, change, fragment", [
-    ("deep_inbound", hostile.deep_inbound, "nested too deeply"),
-    ("cycle", hostile.cycle, "has a cycle"),
-    ("duplicate_names", hostile.duplicate_names, "occur more than once"),
-    ("groups_zero", hostile.groups_zero, "layer 'layer_1' (Conv1D)"),
-    ("long_input", hostile.long_input, "100,000,000 time steps"),
-])
+@pytest.mark.parametrize(
+    "tag, change, fragment",
+    [
+        ("deep_inbound", hostile.deep_inbound, "nested too deeply"),
+        ("cycle", hostile.cycle, "has a cycle"),
+        ("duplicate_names", hostile.duplicate_names, "occur more than once"),
+        ("groups_zero", hostile.groups_zero, "layer 'layer_1' (Conv1D)"),
+        ("long_input", hostile.long_input, "100,000,000 time steps"),
+    ],
+)
 def test_forged_configs_get_the_right_words(model, tag, change, fragment):
     converter_refuses(hostile.config_edit(tag, change)(model, model.parent), fragment)
 
@@ -135,15 +163,20 @@ def test_a_long_chain_of_layers_converts_in_linear_time(model):
 
 
 def keras_archive(folder: Path, **bombs: int) -> Path:
-    config = json.dumps({"class_name": "Functional", "config": {"layers": [], "input_layers": [],
-                                                                 "output_layers": []}}).encode()
-    members = {name: data for name, data in (("config.json", config), ("metadata.json", b"{}"),
-                                             ("model.weights.h5", b"")) if name not in bombs}
+    config = json.dumps(
+        {"class_name": "Functional", "config": {"layers": [], "input_layers": [], "output_layers": []}}
+    ).encode()
+    members = {
+        name: data
+        for name, data in (("config.json", config), ("metadata.json", b"{}"), ("model.weights.h5", b""))
+        if name not in bombs
+    }
     return hostile.zip_with_member(folder / "bomb.keras", members, bombs)
 
 
-@pytest.mark.parametrize("member, size", [("config.json", 200 << 20), ("metadata.json", 48 << 20),
-                                          ("model.weights.h5", 600 << 20)])
+@pytest.mark.parametrize(
+    "member, size", [("config.json", 200 << 20), ("metadata.json", 48 << 20), ("model.weights.h5", 600 << 20)]
+)
 def test_zip_bombs_in_a_keras_archive_are_refused_before_inflating(tmp_path, member, size):
     source = keras_archive(tmp_path, **{member: size})
     assert source.stat().st_size < 10 << 20
@@ -155,24 +188,40 @@ def test_weights_that_declare_gigabytes_inside_an_archive(tmp_path, keras_files)
     weights = tmp_path / "w.h5"
     with h5py.File(weights, "w") as h5:
         h5.create_dataset("layers/conv1d/vars/0", shape=(int(1e9),), dtype="f4", chunks=(1 << 16,))
-    config = {"class_name": "Functional", "config": {"layers": [
-        {"class_name": "Conv1D", "name": "conv1d", "config": {"name": "conv1d", "filters": 4, "kernel_size": 3,
-                                                              "use_bias": False}}]}}
-    source = hostile.zip_with_member(tmp_path / "big.keras", {"config.json": json.dumps(config).encode(),
-                                                              "metadata.json": b"{}",
-                                                              "model.weights.h5": weights.read_bytes()}, {})
+    config = {
+        "class_name": "Functional",
+        "config": {
+            "layers": [
+                {
+                    "class_name": "Conv1D",
+                    "name": "conv1d",
+                    "config": {"name": "conv1d", "filters": 4, "kernel_size": 3, "use_bias": False},
+                }
+            ]
+        },
+    }
+    source = hostile.zip_with_member(
+        tmp_path / "big.keras",
+        {"config.json": json.dumps(config).encode(), "metadata.json": b"{}", "model.weights.h5": weights.read_bytes()},
+        {},
+    )
     weights.unlink()
     converter_refuses(source, "declares 4 GB but stores")
 
 
 # ---- pickles ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("payload, fragment", [
-    (pickle.dumps(hostile._Reduce(bytearray, (3_000_000_000,)), protocol=2), "bytearray of 3 GB"),
-    (pickle.dumps(hostile._Reduce(np.ndarray, ((500_000_000,),)), protocol=2), "array of shape (500000000,)"),
-    (hostile.self_referential_architecture(), "contains itself"),
-    (b"\x80\x02" + b"]" * 5000 + b"a" * 4999 + b".", "nests more than 100 levels"),
-], ids=["bytearray", "ndarray", "self_referential", "deep"])
+
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        (pickle.dumps(hostile._Reduce(bytearray, (3_000_000_000,)), protocol=2), "bytearray of 3 GB"),
+        (pickle.dumps(hostile._Reduce(np.ndarray, ((500_000_000,),)), protocol=2), "array of shape (500000000,)"),
+        (hostile.self_referential_architecture(), "contains itself"),
+        (b"\x80\x02" + b"]" * 5000 + b"a" * 4999 + b".", "nests more than 100 levels"),
+    ],
+    ids=["bytearray", "ndarray", "self_referential", "deep"],
+)
 def test_params_pickles_that_allocate_or_recurse(model, payload, fragment):
     params = model.parent / "tcn_params.pickle"
     params.write_bytes(payload)
@@ -181,6 +230,7 @@ def test_params_pickles_that_allocate_or_recurse(model, payload, fragment):
 
 def test_a_python2_set_is_read_as_a_set(tmp_path):
     from safe_pickle import load_pickle
+
     path = tmp_path / "p.pickle"
     path.write_bytes(pickle.dumps({"s": {1, 2}}, protocol=2))  # written with Python 2's name, __builtin__.set
     assert b"__builtin__" in path.read_bytes() and load_pickle(path) == {"s": {1, 2}}
@@ -188,26 +238,38 @@ def test_a_python2_set_is_read_as_a_set(tmp_path):
 
 # ---- main.py ------------------------------------------------------------------------------------------------
 
-def main_refuses(workspace: Path, exit_code: int, *fragments: str, overrides: tuple[str, ...] = (),
-                 args: tuple[str, ...] = ()) -> str:
+
+def main_refuses(
+    workspace: Path, exit_code: int, *fragments: str, overrides: tuple[str, ...] = (), args: tuple[str, ...] = ()
+) -> str:
     before = snapshot(workspace)
-    result = hostile.run_limited(["main.py", "--config", str(workspace / "config.yaml"), *QUICK_RUN, *overrides,
-                                  *args])
+    result = hostile.run_limited(["main.py", "--config", str(workspace / "config.yaml"), *QUICK_RUN, *overrides, *args])
     message = assert_clean_refusal(result, exit_code, *fragments)
     assert snapshot(workspace) == before and not (workspace / "runs").exists(), "nothing written"
     return message
 
 
-@pytest.mark.parametrize("overrides, fragments", [
-    (["seed=-1"], ["seed", "greater than or equal to 0"]),
-    (["optimization.stimulus.selection_seed=1e20"], ["selection_seed"]),
-    (["optimization.duration_ms=100000000"], ["duration_ms", "less than or equal"]),
-    (["optimization.report.dpi=20000"], ["dpi", "less than or equal to 600"]),
-    (["optimization.num_patterns=1000000"], ["one optimization step", "NEURON_TCN_MAX_BATCH_BYTES"]),
-    (["optimization.num_patterns=100", "optimization.evaluation.trials_per_pattern=50000000"], ["the evaluation"]),
-    (["optimization.stimulus.segments=[1, 15]"], ["[15] are inhibitory", "allow_inhibitory"]),
-], ids=["negative_seed", "huge_selection_seed", "long_duration", "dpi", "num_patterns", "trials",
-        "inhibitory_stimulus"])
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        (["seed=-1"], ["seed", "greater than or equal to 0"]),
+        (["optimization.stimulus.selection_seed=1e20"], ["selection_seed"]),
+        (["optimization.duration_ms=100000000"], ["duration_ms", "less than or equal"]),
+        (["optimization.report.dpi=20000"], ["dpi", "less than or equal to 600"]),
+        (["optimization.num_patterns=1000000"], ["one optimization step", "NEURON_TCN_MAX_BATCH_BYTES"]),
+        (["optimization.num_patterns=100", "optimization.evaluation.trials_per_pattern=50000000"], ["the evaluation"]),
+        (["optimization.stimulus.segments=[1, 15]"], ["[15] are inhibitory", "allow_inhibitory"]),
+    ],
+    ids=[
+        "negative_seed",
+        "huge_selection_seed",
+        "long_duration",
+        "dpi",
+        "num_patterns",
+        "trials",
+        "inhibitory_stimulus",
+    ],
+)
 def test_config_values_out_of_range(workspace, overrides, fragments):
     main_refuses(workspace, ConfigError.exit_code, *fragments, overrides=tuple(overrides))
 
@@ -219,22 +281,35 @@ def test_yaml_aliases_are_refused(workspace, where):
 
 
 def test_a_sweep_of_1e8_seeds_is_refused(workspace):
-    main_refuses(workspace, ConfigError.exit_code, "sweep", args=("--sweep", "sweep.seeds={first: 0, count: 100000000}"))
+    main_refuses(
+        workspace, ConfigError.exit_code, "sweep", args=("--sweep", "sweep.seeds={first: 0, count: 100000000}")
+    )
 
 
-@pytest.mark.parametrize("simulator, fragment", [
-    ({"dt_ms": 1e-5}, "dt_ms=1e-05 is below"),
-    ({"gaba_weight_ns": float("nan")}, "gaba_weight_ns must be a finite number"),
-    ({"num_excitatory_segments": 12}, "12 + 10 = 22 segments, but the model takes 20"),
-], ids=["tiny_step", "nan", "segment_count"])
+@pytest.mark.parametrize(
+    "simulator, fragment",
+    [
+        ({"dt_ms": 1e-5}, "dt_ms=1e-05 is below"),
+        ({"gaba_weight_ns": float("nan")}, "gaba_weight_ns must be a finite number"),
+        ({"num_excitatory_segments": 12}, "12 + 10 = 22 segments, but the model takes 20"),
+    ],
+    ids=["tiny_step", "nan", "segment_count"],
+)
 def test_a_bad_simulator_config_is_refused_before_the_run_naming_the_pickle(workspace, simulator, fragment):
     path = workspace / "models" / "alpha.pickle"
     record = pickle.loads(path.read_bytes())
-    record["data_dict"] = {"simulator_config": {"num_excitatory_segments": 10, "num_inhibitory_segments": 10,
-                                                **simulator}}
+    record["data_dict"] = {
+        "simulator_config": {"num_excitatory_segments": 10, "num_inhibitory_segments": 10, **simulator}
+    }
     path.write_bytes(pickle.dumps(record, protocol=2))
-    main_refuses(workspace, ConfigError.exit_code, str(path), "simulator_config", fragment,
-                 overrides=("ground_truth.enabled=true",))
+    main_refuses(
+        workspace,
+        ConfigError.exit_code,
+        str(path),
+        "simulator_config",
+        fragment,
+        overrides=("ground_truth.enabled=true",),
+    )
 
 
 def test_a_history_that_allocates_gigabytes_is_unusable(workspace):
@@ -269,6 +344,7 @@ def test_a_forged_pth_with_groups_zero_is_refused(workspace):
 
 # ---- hangs ------------------------------------------------------------------------------------------------
 
+
 def test_a_fifo_among_the_models_is_skipped_with_a_note(workspace):
     hostile.fifo(workspace / "models" / "zz.pickle")
     result = hostile.run_limited(["main.py", "--config", str(workspace / "config.yaml"), *QUICK_RUN], timeout=120)
@@ -289,6 +365,7 @@ def test_a_fifo_given_as_an_input_is_refused_not_opened(model, workspace, which)
 
 
 # ---- no data loss -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("outputs", [["same"], ["info_is_params"]])
 def test_an_output_that_is_an_input_is_refused(model, outputs):
@@ -322,11 +399,16 @@ def test_sigkill_between_the_renames_never_leaves_a_new_model_beside_old_info(mo
     """The info pickle is renamed first and names its .pth's sha256; the .pth's rename commits the pair."""
     from conversion.keras_file import file_sha256
     from safe_pickle import load_pickle
+
     pth, info = model.with_name("tcn_converted.pth"), model.with_name("tcn_converted_info.pickle")
     assert hostile.run_limited([CONVERTER, str(model)]).returncode == 0
     old_pth, old_info = pth.read_bytes(), info.read_bytes()
-    killed = subprocess.run([sys.executable, "-c", KILL_AT_RENAME, str(model), "--force"], cwd=REPO,
-                            env=dict(os.environ, KILL_AT=str(kill_at)), capture_output=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT_RENAME, str(model), "--force"],
+        cwd=REPO,
+        env=dict(os.environ, KILL_AT=str(kill_at)),
+        capture_output=True,
+    )
     assert killed.returncode == -signal.SIGKILL
     assert pth.read_bytes() == old_pth, "the model is the old one until its own rename"
     if kill_at == 1:
@@ -352,10 +434,20 @@ runpy.run_path("main.py", run_name="__main__")
 
 
 def test_an_unexpected_exception_marks_the_run_failed_and_it_is_not_continued(workspace):
-    args = ["--config", str(workspace / "config.yaml"), *QUICK_RUN, "optimization.report.plots=true",
-            "optimization.loop.checkpoint_every=3"]
-    failed = subprocess.run([sys.executable, "-c", UNEXPECTED_IN_REPORT, *args], cwd=REPO, capture_output=True,
-                            text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    args = [
+        "--config",
+        str(workspace / "config.yaml"),
+        *QUICK_RUN,
+        "optimization.report.plots=true",
+        "optimization.loop.checkpoint_every=3",
+    ]
+    failed = subprocess.run(
+        [sys.executable, "-c", UNEXPECTED_IN_REPORT, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     assert failed.returncode == UNEXPECTED_EXIT, failed.stderr
     (line,) = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
     assert "unexpected RuntimeError while running main.py: a plotting library failed" in line
@@ -365,8 +457,9 @@ def test_an_unexpected_exception_marks_the_run_failed_and_it_is_not_continued(wo
     again = subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert "continuing the interrupted run" not in again.stderr and len(list((workspace / "runs").iterdir())) == 2
-    verbose = subprocess.run([sys.executable, "-c", UNEXPECTED_IN_REPORT, *args, "--verbose"], cwd=REPO,
-                             capture_output=True, text=True)
+    verbose = subprocess.run(
+        [sys.executable, "-c", UNEXPECTED_IN_REPORT, *args, "--verbose"], cwd=REPO, capture_output=True, text=True
+    )
     assert "Traceback" in verbose.stderr  # only with --verbose
 
 
@@ -377,8 +470,15 @@ def with_ctrl_c() -> None:
 
 
 def start_and_signal(args: list[str], ready, sig: int) -> subprocess.CompletedProcess:
-    child = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), preexec_fn=with_ctrl_c)
+    child = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        preexec_fn=with_ctrl_c,
+    )
     deadline = time.monotonic() + 120
     while not ready() and time.monotonic() < deadline:
         assert child.poll() is None, child.communicate()[1]
@@ -391,6 +491,7 @@ def start_and_signal(args: list[str], ready, sig: int) -> subprocess.CompletedPr
 def test_ctrl_c_in_the_converter_exits_130_with_one_line(tmp_path):
     from tests.reliability.test_faults import BUILD_LARGE
     from tests.subprocesses import run_keras_script
+
     run_keras_script(BUILD_LARGE, tmp_path)
     lock = tmp_path / ".large_converted.pth.lock"
     result = start_and_signal([CONVERTER, str(tmp_path / "large.h5")], lock.exists, signal.SIGINT)
@@ -400,24 +501,33 @@ def test_ctrl_c_in_the_converter_exits_130_with_one_line(tmp_path):
 
 
 def test_sigterm_to_main_exits_143_and_the_run_resumes(workspace):
-    args = ["main.py", "--config", str(workspace / "config.yaml"), *QUICK_RUN, "optimization.loop.max_iterations=100000",
-            "optimization.loop.checkpoint_every=3", "optimization.loop.early_stop_patience_iterations=null",
-            "optimization.loop.stop_when_target_reached=false"]
+    args = [
+        "main.py",
+        "--config",
+        str(workspace / "config.yaml"),
+        *QUICK_RUN,
+        "optimization.loop.max_iterations=100000",
+        "optimization.loop.checkpoint_every=3",
+        "optimization.loop.early_stop_patience_iterations=null",
+        "optimization.loop.stop_when_target_reached=false",
+    ]
     result = start_and_signal(args, lambda: any((workspace / "runs").glob("*/checkpoint.pt")), signal.SIGTERM)
     assert result.returncode == TERMINATED_EXIT, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("error: terminated (SIGTERM)")
     assert "Traceback" not in result.stderr
     (run_dir,) = (workspace / "runs").iterdir()
     assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "failed.txt").exists()
-    resumed = subprocess.run([sys.executable, *args, "optimization.loop.max_iterations=12"], cwd=REPO,
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, *args, "optimization.loop.max_iterations=12"], cwd=REPO, capture_output=True, text=True
+    )
     assert resumed.returncode == 0 and "continuing the interrupted run" in resumed.stderr, resumed.stderr[-2000:]
 
 
 def test_a_full_disk_stops_the_run_and_the_log_says_so_once(workspace):
     """RLIMIT_FSIZE stands for a full output disk: the run log fails first, then a result file."""
-    result = hostile.run_limited(["main.py", "--config", str(workspace / "config.yaml"), *QUICK_RUN],
-                                 file_size_limit=256)
+    result = hostile.run_limited(
+        ["main.py", "--config", str(workspace / "config.yaml"), *QUICK_RUN], file_size_limit=256
+    )
     assert_clean_refusal(result, OutputError.exit_code, "cannot be written")
     assert result.stderr.count("cannot write the log") == 1
 
@@ -426,6 +536,7 @@ def test_metadata_a_pth_cannot_hold_is_made_plain_so_success_means_loadable(mode
     """A params pickle may hold numpy dtypes, sets and complex numbers, which weights_only loading refuses: the
     record stores them as text and lists, and the written .pth loads back."""
     from models.checkpoint import load_converted_model
+
     params = model.with_name("tcn.pickle")
     record = hostile.training_pickle()
     record["architecture_dict"].update(dtype=np.dtype("float32"), tags={"a"}, gain=1 + 2j)

@@ -2,6 +2,7 @@
 one `error:` paragraph naming the file and the problem, quickly, with nothing written — or, where the input is
 odd but legitimate, accepted.
 """
+
 from __future__ import annotations
 
 import errno
@@ -17,8 +18,16 @@ import pytest
 import torch
 import yaml
 
-from errors import (INTERRUPTED_EXIT, TERMINATED_EXIT, ConfigError, ConversionError, OutputError, SelectionError,
-                    Terminated, quiet_interrupts_while_importing)
+from errors import (
+    INTERRUPTED_EXIT,
+    TERMINATED_EXIT,
+    ConfigError,
+    ConversionError,
+    OutputError,
+    SelectionError,
+    Terminated,
+    quiet_interrupts_while_importing,
+)
 from fileio import atomic_paths, open_lock_file
 from limits import MAX_CONFIG_DEPTH, MAX_INPUT_LENGTH
 from models.layers import Conv1d, Pool1d, TimePad
@@ -33,6 +42,7 @@ CONVERTER = "model_converter.py"
 
 
 # ---- config.yaml ----------------------------------------------------------------------------------------------
+
 
 def nested_yaml(depth: int, style: str) -> str:
     """`x:` holding `depth` levels of lists (flow `[[...]]` or block `- - ...`) or mappings (`{a: {a: ...}}`)."""
@@ -61,11 +71,14 @@ def test_a_config_nested_20000_deep_is_refused_at_once(workspace):
     assert time.monotonic() - started < 2  # the unguarded parse takes ~40 s
 
 
-@pytest.mark.parametrize("text, line", [
-    ("seed: 1\nseed: 2\n", 2),
-    ("optimization:\n  loop:\n    max_iterations: 5\n    log_every: 1\n    max_iterations: 9\n", 5),
-    ("device: cpu\nsweep: {seeds: [1], seeds: [2]}\n", 2),
-])
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("seed: 1\nseed: 2\n", 2),
+        ("optimization:\n  loop:\n    max_iterations: 5\n    log_every: 1\n    max_iterations: 9\n", 5),
+        ("device: cpu\nsweep: {seeds: [1], seeds: [2]}\n", 2),
+    ],
+)
 def test_a_key_given_twice_in_one_section_is_refused(text, line):
     with pytest.raises(ConfigError, match=f"appears twice in one section \\(line {line}\\)"):
         parse_yaml(text, "config.yaml")
@@ -124,6 +137,7 @@ def test_the_shipped_config_has_no_duplicate_keys_and_is_shallow():
 
 # ---- locks and output folders -----------------------------------------------------------------------------------
 
+
 def plant(path: Path, kind: str) -> Path:
     """Something that is not a regular file at `path`."""
     if kind == "fifo":
@@ -172,8 +186,9 @@ def test_an_unusable_output_dir_is_refused_before_any_conversion(workspace, kind
     (workspace / "runs").write_text("not a folder")
     target = workspace / "runs" if kind == "file" else workspace / "runs" / "today"
     before = snapshot(workspace)
-    result = hostile.run_limited(["main.py", "--config", str(workspace / "config.yaml"), *QUICK_RUN,
-                                  f"output_dir={target}"])
+    result = hostile.run_limited(
+        ["main.py", "--config", str(workspace / "config.yaml"), *QUICK_RUN, f"output_dir={target}"]
+    )
     assert_clean_refusal(result, OutputError.exit_code, str(target), "output_dir", "a file, not a folder")
     assert snapshot(workspace) == before
 
@@ -191,6 +206,7 @@ def test_all_targets_or_none_when_one_of_them_is_a_folder(tmp_path):
 
 # ---- paths that cannot be resolved -----------------------------------------------------------------------------
 
+
 def test_a_link_loop_as_the_model_is_refused(tmp_path):
     loop = plant(tmp_path / "loop.h5", "link_loop")
     result = hostile.run_limited([CONVERTER, str(loop)])
@@ -202,8 +218,9 @@ def test_a_results_table_row_with_an_unusable_path_is_an_unusable_row(workspace)
     (workspace / "models" / "loop").symlink_to("loop")
     rows = [("x" * 5000, 0.1), ("models/loop/alpha.h5", 0.2), ("/proc/self/mem/alpha.h5", 0.3)]
     table.write_text("model_path,metric\n" + "".join(f"{path},{value}\n" for path, value in rows))
-    (workspace / "config.yaml").write_text("models_dir: models\noutput_dir: runs\nselection: {results_table: "
-                                           "table.csv}\n")
+    (workspace / "config.yaml").write_text(
+        "models_dir: models\noutput_dir: runs\nselection: {results_table: table.csv}\n"
+    )
     message = main_refuses(workspace, SelectionError.exit_code, "no usable model among 3 candidate(s)")
     assert message.count("the model path cannot be used") + message.count("no model file beside it") == 3
     assert "File name too long" in message
@@ -212,19 +229,29 @@ def test_a_results_table_row_with_an_unusable_path_is_an_unusable_row(workspace)
 @pytest.mark.parametrize("kind", ["file", "device"])
 def test_models_dir_that_is_not_a_folder_says_so(workspace, kind):
     target = "/dev/zero" if kind == "device" else str(workspace / "config.yaml")
-    main_refuses(workspace, SelectionError.exit_code, f"{target}: models_dir names something that is not a folder",
-                 overrides=(f"models_dir={target}",))
+    main_refuses(
+        workspace,
+        SelectionError.exit_code,
+        f"{target}: models_dir names something that is not a folder",
+        overrides=(f"models_dir={target}",),
+    )
 
 
 # ---- time extents and layer numbers from a file ------------------------------------------------------------------
+
 
 def test_modules_refuse_time_extents_beyond_the_limit_and_take_those_within(monkeypatch):
     monkeypatch.setenv(MAX_INPUT_LENGTH.env, "1000")
     Conv1d(1, 1, kernel_size=10, dilation=111)  # spans 1000
     Pool1d("max", pool_size=1000, stride=1000)
     TimePad(600, 400)
-    for build in (lambda: Conv1d(1, 1, kernel_size=10, dilation=112), lambda: Conv1d(1, 1, 3, stride=1001),
-                  lambda: Pool1d("max", 1001, 1), lambda: Pool1d("avg", 2, 1001), lambda: TimePad(-600, 401)):
+    for build in (
+        lambda: Conv1d(1, 1, kernel_size=10, dilation=112),
+        lambda: Conv1d(1, 1, 3, stride=1001),
+        lambda: Pool1d("max", 1001, 1),
+        lambda: Pool1d("avg", 2, 1001),
+        lambda: TimePad(-600, 401),
+    ):
         with pytest.raises(ValueError, match="NEURON_TCN_MAX_INPUT_LENGTH"):
             build()
 
@@ -232,11 +259,14 @@ def test_modules_refuse_time_extents_beyond_the_limit_and_take_those_within(monk
 def conv_setting(key: str, value) -> callable:
     def change(config: dict) -> None:
         hostile.layer_entry(config, "layer_1")["config"][key] = value
+
     return change
 
 
-@pytest.mark.parametrize("key, value", [("dilation_rate", 20_000_000), ("dilation_rate", [10**9]),
-                                        ("dilation_rate", 25_000), ("strides", 10**6)])
+@pytest.mark.parametrize(
+    "key, value",
+    [("dilation_rate", 20_000_000), ("dilation_rate", [10**9]), ("dilation_rate", 25_000), ("strides", 10**6)],
+)
 def test_a_convolution_spanning_millions_of_steps_is_refused_before_allocating(model, key, value):
     source = hostile.config_edit(f"{key}_{value}", conv_setting(key, value))(model, model.parent)
     converter_refuses(source, "layer", "time steps", "NEURON_TCN_MAX_INPUT_LENGTH")
@@ -260,12 +290,14 @@ def test_a_forged_pth_with_a_huge_dilation_is_not_used_but_converted_again(model
     assert "up to date" not in again.stdout + again.stderr
     assert again.stderr.count("converting again") == 1 and "4,000,000,00" in again.stderr
     from models.checkpoint import load_converted_model
+
     assert load_converted_model(pth).layers["layer_1"].dilation != 10**9
 
 
 def norm_setting(value) -> callable:
     def change(config: dict) -> None:
         hostile.layer_entry(config, "layer_1_BN")["config"]["epsilon"] = value
+
     return change
 
 
@@ -276,6 +308,7 @@ def test_a_normalization_epsilon_that_is_not_a_finite_non_negative_number_is_ref
 
 
 # ---- interrupts while the programs start ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("interruption, code", [(KeyboardInterrupt, INTERRUPTED_EXIT), (Terminated, TERMINATED_EXIT)])
 def test_an_interrupt_while_importing_ends_in_one_line(capsys, interruption, code):
@@ -293,12 +326,20 @@ def test_an_interrupt_while_importing_ends_in_one_line(capsys, interruption, cod
             raise KeyboardInterrupt()
 
 
-@pytest.mark.parametrize("script, signum, code", [("main.py", signal.SIGTERM, TERMINATED_EXIT),
-                                                  ("model_converter.py", signal.SIGINT, INTERRUPTED_EXIT)])
+@pytest.mark.parametrize(
+    "script, signum, code",
+    [("main.py", signal.SIGTERM, TERMINATED_EXIT), ("model_converter.py", signal.SIGINT, INTERRUPTED_EXIT)],
+)
 def test_a_signal_while_torch_loads_ends_in_one_line(script, signum, code):
     """The signal is sent once the process maps libtorch, that is while the entry script imports."""
-    child = subprocess.Popen([sys.executable, script, "--help"], cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, preexec_fn=with_ctrl_c)
+    child = subprocess.Popen(
+        [sys.executable, script, "--help"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=with_ctrl_c,
+    )
     maps = Path(f"/proc/{child.pid}/maps")
     deadline = time.monotonic() + 60
     while child.poll() is None and time.monotonic() < deadline:

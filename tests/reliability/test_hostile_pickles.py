@@ -3,6 +3,7 @@ nesting at and past MAX_PICKLE_DEPTH in every container, in every protocol; nest
 crash the interpreter while the unpickler hashed a dict key; reference floods past MAX_PICKLE_STEPS; zip members
 (.keras, .pth) that inflate past what they declare. Each is refused with the file's own error, naming the file
 (and the member), before it is built or inflated; the legitimate ones load unchanged."""
+
 from __future__ import annotations
 
 import io
@@ -36,6 +37,7 @@ def default_limits(monkeypatch):
 
 # ---- depth: at the limit loads, one past it and far past it is refused --------------------------------------
 
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("kind", sorted(build.NESTED))
 def test_nesting_at_the_limit_loads_and_one_level_more_is_refused(tmp_path, kind, protocol):
@@ -55,9 +57,12 @@ def test_nesting_far_past_the_limit_is_refused_before_anything_is_built(tmp_path
     path = tmp_path / "deep.pickle"
     path.write_bytes(build.deep_stream(kind, 300_000))
     assert path.stat().st_size < 1 << 20
-    with pytest.raises(PickleFileError, match=f"{path}: refused to load: its data nests more than {DEPTH} levels "
-                                              r"deep \(at byte \d+\).*nothing of it was built.*"
-                                              f"{MAX_PICKLE_DEPTH.env}"):
+    with pytest.raises(
+        PickleFileError,
+        match=f"{path}: refused to load: its data nests more than {DEPTH} levels "
+        r"deep \(at byte \d+\).*nothing of it was built.*"
+        f"{MAX_PICKLE_DEPTH.env}",
+    ):
         load_pickle(path)
 
 
@@ -66,8 +71,7 @@ def test_the_tuple_key_that_crashed_the_converter_is_refused_cleanly(model):
     pickle, nothing written (it used to die of SIGSEGV, leaving its lock file)."""
     params = model.parent / "tcn_params.pickle"
     params.write_bytes(build.deep_stream("tuple_key", 300_000))
-    converter_refuses(model, "nests more than", extra=(str(params),), exit_code=PickleFileError.exit_code,
-                      named=params)
+    converter_refuses(model, "nests more than", extra=(str(params),), exit_code=PickleFileError.exit_code, named=params)
 
 
 def test_a_list_filled_after_it_was_stored_is_still_measured(tmp_path):
@@ -99,14 +103,17 @@ def test_a_shared_value_counts_its_depth_wherever_it_is_referenced(tmp_path, pro
 
 # ---- steps -------------------------------------------------------------------------------------------------
 
+
 def test_a_reference_flood_is_refused_by_the_step_limit(tmp_path, monkeypatch):
     """120 million references to one string (240 MB) expanded to 5 GB; every opcode counts against
     MAX_PICKLE_STEPS, here lowered so that the file stays small. Just under the limit loads."""
     monkeypatch.setenv(MAX_PICKLE_STEPS.env, "10000")
     path = tmp_path / "refs.pickle"
     path.write_bytes(build.references(10_000))
-    with pytest.raises(PickleFileError, match=f"{path}: refused to load: it takes more than 10,000 steps to build"
-                                              f".*{MAX_PICKLE_STEPS.env}"):
+    with pytest.raises(
+        PickleFileError,
+        match=f"{path}: refused to load: it takes more than 10,000 steps to build.*{MAX_PICKLE_STEPS.env}",
+    ):
         load_pickle(path)
     path.write_bytes(build.references(9_000))
     loaded = load_pickle(path)
@@ -117,17 +124,27 @@ def test_the_step_limit_through_the_converter(model):
     """The converter given such a params pickle: exit 6, one line naming the pickle and the variable."""
     params = model.parent / "tcn_params.pickle"
     params.write_bytes(build.references(3_000_000))
-    converter_refuses(model, "steps to build", MAX_PICKLE_STEPS.env, extra=(str(params),),
-                      exit_code=PickleFileError.exit_code, named=params)
+    converter_refuses(
+        model,
+        "steps to build",
+        MAX_PICKLE_STEPS.env,
+        extra=(str(params),),
+        exit_code=PickleFileError.exit_code,
+        named=params,
+    )
 
 
-@pytest.mark.parametrize("stream, problem", [
-    (b"\x80\x02h\x05.", "fetches memo entry 5, which was never stored"),
-    (b"\x80\x02a.", "APPEND at byte 2 takes more values than the stack holds"),
-    (b"\x80\x02Ne.", "APPENDS at byte 3 has no mark to work from"),
-    (b"\x80\x02]X\x01\x00", "cannot be read as a pickle"),
-    (b"\x80\x02\xff.", "cannot be read as a pickle"),
-], ids=["missing_memo", "underflow", "no_mark", "truncated", "unknown_opcode"])
+@pytest.mark.parametrize(
+    "stream, problem",
+    [
+        (b"\x80\x02h\x05.", "fetches memo entry 5, which was never stored"),
+        (b"\x80\x02a.", "APPEND at byte 2 takes more values than the stack holds"),
+        (b"\x80\x02Ne.", "APPENDS at byte 3 has no mark to work from"),
+        (b"\x80\x02]X\x01\x00", "cannot be read as a pickle"),
+        (b"\x80\x02\xff.", "cannot be read as a pickle"),
+    ],
+    ids=["missing_memo", "underflow", "no_mark", "truncated", "unknown_opcode"],
+)
 def test_a_damaged_opcode_stream_is_a_pickle_error(tmp_path, stream, problem):
     path = tmp_path / "damaged.pickle"
     path.write_bytes(stream)
@@ -136,6 +153,7 @@ def test_a_damaged_opcode_stream_is_a_pickle_error(tmp_path, stream, problem):
 
 
 # ---- what real pickles hold still loads ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_realistic_params_pickle_loads_unchanged(tmp_path, protocol):
@@ -149,6 +167,7 @@ def test_a_realistic_params_pickle_loads_unchanged(tmp_path, protocol):
 
 # ---- zip members that inflate past what they declare --------------------------------------------------------
 
+
 def test_a_zip_member_read_stops_at_what_it_declares(tmp_path):
     """A member declaring 4 kB that inflates to 64 MB: read in 1 MiB chunks, refused at the declared size."""
     path = build.lying_zip(tmp_path / "a.zip", {}, "m", b"x" * 4096, (64 << 20) + 12345)
@@ -160,10 +179,14 @@ def test_a_zip_member_read_stops_at_what_it_declares(tmp_path):
 def test_a_keras_archive_member_that_inflates_past_its_header_is_refused(tmp_path):
     """model.weights.h5 declares 4 kB and inflates to 1.1 GB (the review's: 19 kB to 3 GB, 2.3 GB resident
     before the CRC error): refused with the member named, under 1 GB of memory."""
-    config = (b'{"class_name": "Functional", "config": {"layers": [], "input_layers": [], '
-              b'"output_layers": []}}')
-    source = build.lying_zip(tmp_path / "lying.keras", {"config.json": config, "metadata.json": b"{}"},
-                             "model.weights.h5", b"\x89HDF\r\n\x1a\n" + b"\0" * 4088, (1 << 30) + 12345)
+    config = b'{"class_name": "Functional", "config": {"layers": [], "input_layers": [], "output_layers": []}}'
+    source = build.lying_zip(
+        tmp_path / "lying.keras",
+        {"config.json": config, "metadata.json": b"{}"},
+        "model.weights.h5",
+        b"\x89HDF\r\n\x1a\n" + b"\0" * 4088,
+        (1 << 30) + 12345,
+    )
     assert source.stat().st_size < 4 << 20
     converter_refuses(source, "member model.weights.h5 of the Keras archive", "it declares")
 
@@ -177,8 +200,10 @@ def pth_template() -> bytes:
 
 def read_checkpoint_limited(path: Path, env: dict | None = None) -> hostile.Limited:
     """read_checkpoint(path) in a child under the address-space limit, its peak memory measured."""
-    code = (f"from models.checkpoint import read_checkpoint\nfrom errors import run_entry_point\n"
-            f"raise SystemExit(run_entry_point(lambda: read_checkpoint({str(path)!r}) and 0, 'reading', False))")
+    code = (
+        f"from models.checkpoint import read_checkpoint\nfrom errors import run_entry_point\n"
+        f"raise SystemExit(run_entry_point(lambda: read_checkpoint({str(path)!r}) and 0, 'reading', False))"
+    )
     return hostile.run_limited(["-c", code], env_extra=env)
 
 
@@ -193,10 +218,14 @@ def test_a_pth_whose_data_pkl_inflates_past_its_header_is_refused(tmp_path, pth_
     assert_clean_refusal(result, ModelFileError.exit_code, str(path), "member archive/data.pkl", "it declares")
 
 
-@pytest.mark.parametrize("data_pkl, fragment", [
-    (build.deep_stream("tuple_key", 300_000), f"nests more than {DEPTH} levels deep"),
-    (build.references(3_000_000), "steps to build"),
-], ids=["deep_key", "reference_flood"])
+@pytest.mark.parametrize(
+    "data_pkl, fragment",
+    [
+        (build.deep_stream("tuple_key", 300_000), f"nests more than {DEPTH} levels deep"),
+        (build.references(3_000_000), "steps to build"),
+    ],
+    ids=["deep_key", "reference_flood"],
+)
 def test_a_pth_whose_pickle_is_hostile_is_refused_before_torch_load(tmp_path, pth_template, data_pkl, fragment):
     """The opcode scan runs on the archive's data.pkl too: the review's 60 MB .pth of 30 million references
     took 80 s to be found stale; a deep key would crash torch's unpickler."""
