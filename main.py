@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from errors import quiet_interrupts_while_importing, run_entry_point
+from version import VERSION
 
 with quiet_interrupts_while_importing(__name__ == "__main__"):
     from pipeline.config import AppConfig, load_config
@@ -68,6 +69,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="override one config key, e.g. optimization.loop.max_iterations=200 device=cpu",
     )
+    parser.add_argument("--version", action="version", version=f"neuron-tcn {VERSION}")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config file (default: config.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="same as KEY=VALUE")
     parser.add_argument(

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from errors import ConversionError, quiet_interrupts_while_importing, run_entry_point
+from version import VERSION
 
 with quiet_interrupts_while_importing(__name__ == "__main__"):
     import numpy as np
@@ -105,8 +106,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         epilog="Exit status: 0 converted or up to date; non-zero when the file is refused (the message names the "
         "file, the layer(s) and the problem; nothing is written): 8 a refused model, 6 a refused pickle, "
         "10 an output that cannot be written, 130 Ctrl-C, 143 SIGTERM, 1 a fault of the tool; for a "
-        "folder 0 when every model succeeded, else 8. Supported layers and the .pth format: README.md.",
+        "folder 0 when every model succeeded, else 8. Supported layers and the .pth format: docs/converting.md.",
     )
+    parser.add_argument("--version", action="version", version=f"neuron-tcn {VERSION}")
     parser.add_argument("model", help="Keras model file (.h5 Keras 2 or 3, .keras) or a folder of them")
     parser.add_argument(
         "extra",

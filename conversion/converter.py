@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 import conversion.families  # noqa: F401  (registers the layer converters)
-from conversion import CONVERTER_VERSION
 from conversion.config import ExportConfig
 from conversion.export import ExportRefused, export_model
 from conversion.graph import ModelGraph, parse_model_config
@@ -40,6 +39,7 @@ from models.checkpoint import FORMAT_VERSION
 from models.graph import KerasGraphModule
 from models.layers import unusable_normalizations
 from safe_pickle import load_pickle
+from version import VERSION
 
 log = logging.getLogger(__name__)
 DEFAULT_TRACE_LENGTH = 64  # time steps of the shape trace when neither the file nor the pickle states a window
@@ -352,7 +352,7 @@ def _record(keras_file, model, layer_specs, state, layer_shapes, trace_length, p
     ]
     architecture = (params or {}).get("architecture_dict")
     return ConversionRecord(
-        converter_version=CONVERTER_VERSION,
+        converter_version=VERSION,
         format_version=FORMAT_VERSION,
         source_path=str(real_path(keras_file.path)),
         source_sha256=keras_file.sha256,

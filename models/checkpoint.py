@@ -21,6 +21,7 @@ from models.graph import KerasGraphModule
 from models.layers import unusable_normalizations
 from models.packed import PackedWeightError, packable_weights, unpack_weight
 from safe_pickle import check_pickle_stream
+from version import VERSION
 
 FORMAT_NAME = "keras-graph-torch"
 FORMAT_VERSION = 1
@@ -33,12 +34,13 @@ STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16"
 def checkpoint_payload(
     model: KerasGraphModule, metadata: dict[str, Any], packed: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """What a `.pth` holds; tensors are cloned to plain CPU tensors, floating ones in metadata["dtype"]; the
+    """What a `.pth` holds (with the version of the tool that wrote it); tensors are cloned to plain CPU tensors, floating ones in metadata["dtype"]; the
     weights in `packed` are stored only there."""
     storage = STORAGE_DTYPES[metadata.get("dtype", "float32")]
     payload = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
+        "written_by": f"neuron-tcn {VERSION}",
         "spec": model.spec,
         "state_dict": {
             k: v.detach().cpu().to(storage if v.is_floating_point() else v.dtype, copy=True)

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from conversion import CONVERTER_VERSION
 from conversion.messages import export_cost_lines, stored_as
 from conversion.record import ConversionRecord
 from fileio import write_text_atomic
 from pipeline.run_folder import RunFiles
+from version import VERSION
 
 EVALUATION_KEYS = ("p_spike_stim", "p_spike_control", "difference", "n_trials")
 CI_KEYS = ("p_spike_stim_ci", "p_spike_control_ci", "difference_ci")
@@ -40,7 +40,7 @@ def versions(device: str = "cpu") -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "converter": CONVERTER_VERSION,
+        "neuron_tcn": VERSION,
         "platform": platform.platform(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -86,8 +86,9 @@ def conversion_summary(metadata: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class RunSummary:
-    """The result of one run, as summary.json holds it (see README for each key)."""
+    """The result of one run, as summary.json holds it (docs/optimization.md describes each key)."""
 
+    version: str  # of this tool
     selected_model: str
     selection_metric: str
     selection_reduction: str
@@ -140,6 +141,7 @@ class RunSummary:
         record of the model it used."""
         optimized, initial = outcome.evaluation["optimized"], outcome.evaluation["initial"]
         return cls(
+            version=VERSION,
             selected_model=chosen.source,
             selection_metric=config.selection.metric,
             selection_reduction=config.selection.reduction,

@@ -1,7 +1,7 @@
 """The layers only look down: every import inside the project, parsed from the source, goes to a lower layer (or
 within its own package), and no module imports itself back through others.
 
-    base (errors, limits, config_base, named_parts, fileio, safe_pickle, progress) < models < conversion < selection
+    base (version, errors, limits, config_base, named_parts, fileio, safe_pickle, progress) < models < conversion < selection
     < optimization, ground_truth (side by side, apart) < pipeline < the entry scripts main.py, model_converter.py
 """
 
@@ -16,7 +16,7 @@ import pytest
 
 from tests.subprocesses import REPO
 
-BASE = {"errors", "limits", "config_base", "named_parts", "fileio", "safe_pickle", "progress"}
+BASE = {"version", "errors", "limits", "config_base", "named_parts", "fileio", "safe_pickle", "progress"}
 LAYERS = {
     **{name: 0 for name in BASE},
     "models": 1,
