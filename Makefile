@@ -1,17 +1,23 @@
-# `make run` runs the main job on the shipped default config; `make test` runs the test suite.
-# Both create .venv, install requirements and this project (editable) on first use.
+# `make run` runs the main job on the shipped default config; `make test` runs the checks (lint, format, types)
+# and the test suite; `make check` the checks alone. Each creates .venv, installs requirements and this project
+# (editable) on first use.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv clean
+.PHONY: run test check venv clean
 
 run: $(STAMP)
 	$(PY) main.py
 
-test: $(STAMP)
+test: check
 	$(PY) -m pytest -q tests
+
+check: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 venv: $(STAMP)
 

@@ -1,6 +1,6 @@
 """The prior published optimization loop's algorithm, re-implemented (our code) as the timing baseline.
 
-What it does per step, as described in issue 8 and /work/shared/REFERENCE.md:
+What it does per step, as the prior loop's algorithm is published:
 - rates: one excitatory pattern per batch element (spikes/ms), the only parameters; inhibitory rates are
   recomputed from them without gradient by a Python loop over the batch (4 ms delay, 4 Hz mean);
 - gradient accumulation of 2: each half of the batch is a separate forward/backward;

@@ -1,4 +1,4 @@
-"""Train the shipped demo TCNs on the demo neuron and write them in the users' file formats (issue 5).
+"""Train the shipped demo TCNs on the demo neuron and write them in the users' file formats.
 
     .venv/bin/python tools/train_demo_models.py [--seed 20261126] [--out-dir demo_models]
 

@@ -32,7 +32,7 @@ from keras_zoo import FLAVOURS, ZOO  # noqa: E402
 MAKE_SCRIPT = HERE / "make_keras_model.py"
 ZOO_SOURCES = (HERE / "keras_zoo.py", MAKE_SCRIPT)
 SEED = 0
-TOLERANCE = 1e-5  # max abs diff against Keras, float32 on CPU (issue 2)
+TOLERANCE = 1e-5  # max abs diff against Keras, float32 on CPU: the converter's exactness bound
 BUILD_TIMEOUT_S = 600
 BLOCKED_MODULES = ("tensorflow", "keras", "tf_keras", "tcn")
 PARITY_RESULTS: dict[str, str] = {}  # "flavour/model" -> outcome, printed at the end of the run

@@ -6,7 +6,7 @@ run time (Keras 3 = ``keras``, Keras 2 = ``tf_keras``). The models themselves ar
 subprocess by ``make_keras_model.py``; the tests only need the names listed here.
 
 Groups:
-    ``layers``  models covering every layer and activation the converter supports (issue 2);
+    ``layers``  models covering every layer and activation the converter supports;
     ``edge``    legal Keras models outside the supported list, or with unusual options: the converter may
                 refuse them with a clear error, but must never return different numbers;
     ``neuron``  Beniaguev-style neuron TCNs (causal Conv1D + activation, BatchNormalization, three heads).
@@ -22,7 +22,7 @@ from typing import Any
 FLAVOURS = ("keras3", "keras2")
 GROUPS = ("layers", "edge", "neuron")
 
-# The activations issue 2 lists, as strings of the `activation` argument / Activation layer.
+# The activations the converter supports, as strings of the `activation` argument / Activation layer.
 ACTIVATIONS = (
     "linear",
     "relu",

@@ -1,4 +1,4 @@
-"""Keras 3 `.keras` archives (issue 6): exact conversion via the API and the CLI, and clear refusals.
+"""Keras 3 `.keras` archives: exact conversion via the API and the CLI, and clear refusals.
 
 The archives are saved by real Keras 3 in a subprocess, with Keras's own predictions on binary spikes;
 conversion runs here with TensorFlow blocked. Broken archives are derived from the real ones with zipfile

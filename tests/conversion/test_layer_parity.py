@@ -76,7 +76,7 @@ def test_saved_file_reloads_without_tensorflow(parity, flavour, name):
 
 @pytest.mark.parametrize("flavour, name", LAYER_CASES)
 def test_model_describes_its_inputs_and_outputs(parity, flavour, name):
-    """`input_shapes` and `output_names` follow the Keras config (docs/INTERFACES.md)."""
+    """`input_shapes` and `output_names` follow the Keras config (docs/converting.md, "The module")."""
     artifact = parity.artifact(flavour, name)
     model = parity.require_converted(parity.converted(artifact), artifact)
     assert list(model.output_names) == artifact.meta["output_names"]

@@ -1,4 +1,4 @@
-"""Every refusal of issue 2: a one-paragraph message naming the file and the problem, exit ≠ 0, nothing written.
+"""Every refusal of the converter: a one-paragraph message naming the file and the problem, exit ≠ 0, nothing written.
 
 Broken files are derived from real Keras files: a Lambda and a custom layer built with Keras, and weights
 removed, added or re-shaped with h5py in a copy of a real neuron TCN.

@@ -1,4 +1,4 @@
-"""Weights-only files + the params pickle's architecture_dict (issue 6): exact conversion and clear refusals.
+"""Weights-only files + the params pickle's architecture_dict: exact conversion and clear refusals.
 
 The network is built as fit_CNN.py builds it (causal Conv1D with the activation — 'lrelu' as a Python
 lambda — then BatchNormalization per layer, three 1×1 heads), by real Keras 2 (tf_keras, `.h5`) and Keras 3
