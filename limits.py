@@ -21,7 +21,7 @@ ENV_PREFIX = "NEURON_TCN_"
 class Limit:
     name: str
     default: float
-    what: str  # what is limited, for the message and the README
+    what: str  # what is limited, for the message and docs/reliability.md
 
     @property
     def env(self) -> str:

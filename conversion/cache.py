@@ -236,7 +236,7 @@ def _reuse(
     stem_path: Path, keras_sha256: str | None, params_sha256: str | None, export: ExportConfig
 ) -> PyTorchModel | None:
     """The first current conversion beside the model, stored as `export` asks. A verification is not required
-    here (main.py reuses unverified files, see README); a conversion that took part of its model from a params
+    here (main.py reuses unverified files, see docs/running.md); a conversion that took part of its model from a params
     pickle must come from this one."""
     for candidate in pytorch_candidates(stem_path):
         model, why_not = current_conversion(candidate, keras_sha256, export, params_sha256=params_sha256)

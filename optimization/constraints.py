@@ -93,6 +93,10 @@ MOVING.add("tied", MovingTied)
 
 
 class RateParameters(nn.Module):
+    fixed_inhibitory: torch.Tensor  # buffers (register_buffer below)
+    inhibitory_source: torch.Tensor
+    inhibitory_mean: torch.Tensor
+
     def __init__(self, initial_rates: torch.Tensor, num_excitatory: int, config: ConstraintsConfig):
         super().__init__()
         self.moving = MOVING[config.moving_segments]()
@@ -103,7 +107,8 @@ class RateParameters(nn.Module):
             )
         self.num_excitatory = num_excitatory
         self.config = config
-        self.bound = BOUNDS[config.method](config.max_rate)
+        self.max_rate = config.resolved_max_rate()
+        self.bound = BOUNDS[config.method](self.max_rate)
         moving = initial_rates if self.moving.moves_inhibitory else initial_rates[..., :num_excitatory]
         self.free = nn.Parameter(self.bound.encode(moving.clone()))
         self.register_buffer("fixed_inhibitory", initial_rates[..., num_excitatory:].clone())
@@ -128,7 +133,7 @@ class RateParameters(nn.Module):
         lead_in = mean_excitatory.expand(-1, delay, excitatory.shape[-1])
         delayed = torch.cat([lead_in, excitatory[:, : excitatory.shape[1] - delay]], dim=1)
         ratio = delayed[..., self.inhibitory_source] / mean_excitatory.clamp_min(torch.finfo(excitatory.dtype).tiny)
-        return (self.inhibitory_mean[:, None, None] * ratio).clamp_max(self.config.max_rate)
+        return (self.inhibitory_mean[:, None, None] * ratio).clamp_max(self.max_rate)
 
     def rates(self) -> torch.Tensor:
         return self.moving.rates(self, self.bound.decode(self.free))

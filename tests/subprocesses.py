@@ -10,9 +10,16 @@ import os
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def project_version() -> str:
+    """The version written in pyproject.toml, read here on its own (not through the code under test)."""
+    with (REPO / "pyproject.toml").open("rb") as handle:
+        return tomllib.load(handle)["project"]["version"]
 
 
 def run_keras_script(code: str, cwd: Path, timeout: int = 600) -> None:

@@ -22,6 +22,7 @@ from pydantic_core import PydanticUndefined
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+import limits  # noqa: E402
 from config_base import Section  # noqa: E402
 from fileio import write_text_atomic  # noqa: E402
 from pipeline.config import AppConfig  # noqa: E402
@@ -148,8 +149,29 @@ def section_markdown(model: type[BaseModel], prefix: str) -> list[str]:
     return lines
 
 
+LIMITS_HEADER = """## Size limits (environment variables)
+
+Every size an input declares is checked against a budget before anything is allocated or run
+([reliability.md](reliability.md#size-limits)). The defaults are far above real neuron TCNs; raise one for a
+real big model or study with its environment variable (e.g. `NEURON_TCN_MAX_WEIGHT_BYTES=64e9`).
+
+| variable | default | limits |
+| --- | --- | --- |"""
+
+
+def limits_markdown() -> list[str]:
+    """One row per budget of limits.py, in the order they are defined there."""
+    rows = [LIMITS_HEADER]
+    for limit in vars(limits).values():
+        if isinstance(limit, limits.Limit):
+            default = limits.format_bytes(limit.default) if limit.name.endswith("_bytes") else f"{limit.default:,.0f}"
+            rows.append(f"| `{limit.env}` | {default} | {_cell(limit.what)} |")
+    return rows
+
+
 def reference_markdown() -> str:
-    return HEADER + "\n" + "\n".join(section_markdown(AppConfig, "")).rstrip() + "\n"
+    sections = section_markdown(AppConfig, "") + limits_markdown()
+    return HEADER + "\n" + "\n".join(sections).rstrip() + "\n"
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from model_converter import TCNModelConverter, batch_convert, load_converted_model
-from tests.subprocesses import REPO, run_cli
+from tests.subprocesses import REPO, project_version, run_cli
 
 
 def max_diff_to_keras(model: torch.nn.Module, io: np.lib.npyio.NpzFile) -> float:
@@ -41,7 +41,9 @@ def test_cli_default_names_and_info(keras_files, tmp_path):
     ]
     assert info["inputs"] == [{"name": "input", "shape": [None, 40, 12]}]
     assert info["outputs"][0] == {"name": "spikes", "shape": [None, 40, 1]}
-    assert info["verification"] is None and info["converter_version"]
+    assert info["verification"] is None
+    assert info["converter_version"] == payload["metadata"]["converter_version"] == project_version()
+    assert payload["written_by"] == f"neuron-tcn {project_version()}"
 
 
 def test_cli_with_params_and_output_and_verify(keras_files, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.pipeline.model_folders import NAN, build_models_folder
-from tests.subprocesses import run_cli
+from tests.subprocesses import project_version, run_cli
 
 QUICK = [
     "device=cpu",
@@ -67,6 +67,7 @@ def test_selects_converts_once_then_reuses(workspace):
     for key in ("device", "final_loss", "seconds", "versions"):
         assert key in one
     assert one["device"] == "cpu" and {"python", "torch"} <= set(one["versions"])
+    assert one["version"] == one["versions"]["neuron_tcn"] == project_version()
     for key in ("p_spike_stim", "p_spike_control", "difference", "n_trials"):
         assert key in one["evaluation"]
     assert one["evaluation"]["n_trials"] >= 40
