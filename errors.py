@@ -6,6 +6,8 @@ import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from types import FrameType
+from typing import NoReturn
 
 
 class ToolError(Exception):
@@ -90,7 +92,7 @@ def listed(items: Iterable[str], most: int = 5, separator: str = ", ") -> str:
 def raise_terminated_on_sigterm() -> None:
     """Entry points call this once: SIGTERM then raises Terminated in the main thread."""
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> NoReturn:
         raise Terminated()
 
     signal.signal(signal.SIGTERM, handler)

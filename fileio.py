@@ -16,7 +16,7 @@ import stat
 import uuid
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -34,21 +34,21 @@ def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
     An OSError on the way (read-only or missing folder, full disk, file-size limit) becomes an OutputError
     naming the targets, which keep their previous content.
     """
-    targets = [Path(t) for t in targets]
+    paths = [Path(t) for t in targets]
     # The suffix is kept last, for writers that choose the format by it (Keras's model.save).
-    temporaries = [t.with_name(f".{t.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{t.suffix}") for t in targets]
+    temporaries = [t.with_name(f".{t.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{t.suffix}") for t in paths]
     try:
-        for target in targets:
+        for target in paths:
             target.parent.mkdir(parents=True, exist_ok=True)
         yield temporaries
-        for target in targets:  # all or none: a rename that must fail must not follow one that succeeded
+        for target in paths:  # all or none: a rename that must fail must not follow one that succeeded
             if target.is_dir():
                 raise IsADirectoryError(errno.EISDIR, "a folder has that name", str(target))
-        for temporary, target in zip(temporaries, targets):
+        for temporary, target in zip(temporaries, paths):
             os.replace(temporary, target)
     except OSError as exc:
         raise OutputError(
-            f"{', '.join(map(str, targets))}: cannot be written ({exc.strerror or exc}); "
+            f"{', '.join(map(str, paths))}: cannot be written ({exc.strerror or exc}); "
             "any previous version is left unchanged."
         ) from exc
     finally:
@@ -78,7 +78,7 @@ def file_kind(mode: int) -> str:
     )
 
 
-def open_lock_file(path: str | Path) -> IO:
+def open_lock_file(path: str | Path) -> IO[str]:
     """Open (creating) the lock file `path` for flock. Never blocks and never follows a link: a FIFO planted at
     the path would otherwise hang open() until someone writes to it, and a link would make us create a file
     elsewhere. OSError when `path` is not (or cannot be) a regular file."""
@@ -169,7 +169,7 @@ def read_zip_member(
     return b"".join(chunks)
 
 
-def outputs_apart_from_inputs(outputs: list[Path], inputs: list[Path | None], error: type[ToolError]) -> None:
+def outputs_apart_from_inputs(outputs: list[Path], inputs: Sequence[str | Path | None], error: type[ToolError]) -> None:
     """No output may be an input (or the same file under another name), nor two outputs one file: writing it
     would destroy what is being read. The message names the first input (the file being processed)."""
     subject = next((Path(p) for p in inputs if p is not None), outputs[0])
@@ -195,7 +195,7 @@ def outputs_apart_from_inputs(outputs: list[Path], inputs: list[Path | None], er
                 )
 
 
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Call `write` with an in-memory binary handle, then store its bytes atomically at `path`.
 
     Buffering first keeps disk errors out of serializers that report them badly (torch.save raises a bare

@@ -25,7 +25,14 @@ import numpy as np
 
 from errors import PickleFileError, ToolError
 from fileio import regular_file_size
-from limits import MAX_PICKLE_BYTES, MAX_PICKLE_DEPTH, MAX_PICKLE_OBJECT_BYTES, MAX_PICKLE_STEPS, format_bytes
+from limits import (
+    MAX_PICKLE_BYTES,
+    MAX_PICKLE_DEPTH,
+    MAX_PICKLE_OBJECT_BYTES,
+    MAX_PICKLE_STEPS,
+    Limit,
+    format_bytes,
+)
 
 SAFE_PICKLE_GLOBALS = {
     ("builtins", name)
@@ -74,15 +81,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
     (`__builtin__.set`) are read as their Python 3 names.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.constructed = 0
+        self.constructed: float = 0
         unpickler = self
 
         class CheckedArray(np.ndarray):
             """`numpy.ndarray` as a pickle calls it (or passes it to _reconstruct): plain arrays, sizes checked."""
 
-            def __new__(cls, shape, dtype=float, *args, **kwargs):
+            def __new__(  # type: ignore[misc]  # returns a plain ndarray on purpose, never a CheckedArray
+                cls, shape: Any, dtype: Any = float, *args: Any, **kwargs: Any
+            ) -> np.ndarray:
                 unpickler._check_shape(shape, dtype)
                 return np.ndarray.__new__(np.ndarray, shape, dtype, *args, **kwargs)
 
@@ -98,8 +107,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f"{format_bytes(limit)}; raise {MAX_PICKLE_OBJECT_BYTES.env} for a real pickle this big"
             )
 
-    def _sized(self, constructor: Callable, what: str) -> Callable:
-        def checked(*args, **kwargs):
+    def _sized(self, constructor: Callable[..., Any], what: str) -> Callable[..., Any]:
+        def checked(*args: Any, **kwargs: Any) -> Any:
             if args and isinstance(args[0], int) and not isinstance(args[0], bool):
                 self._allocate(args[0], what)
             return constructor(*args, **kwargs)
@@ -112,14 +121,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"an array shape {shape!r} that is not a tuple of sizes")
         self._allocate(math.prod(dims) * np.dtype(dtype).itemsize, f"an array of shape {dims}")
 
-    def _reconstruct(self, reconstruct: Callable) -> Callable:
-        def checked(subtype, shape, dtype, *args):
+    def _reconstruct(self, reconstruct: Callable[..., Any]) -> Callable[..., Any]:
+        def checked(subtype: Any, shape: Any, dtype: Any, *args: Any) -> Any:
             self._check_shape(shape, dtype)
             return reconstruct(np.ndarray if subtype is self.checked_array else subtype, shape, dtype, *args)
 
         return checked
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _compat_pickle.NAME_MAPPING:
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
@@ -197,7 +206,7 @@ _PLAN = {opcode.code: _plan(opcode) for opcode in pickletools.opcodes}
 class _StreamProblem(Exception):
     """What the scan found, and the limit it exceeded (None: the stream is damaged)."""
 
-    def __init__(self, problem: str, limit=None):
+    def __init__(self, problem: str, limit: Limit | None = None) -> None:
         super().__init__(problem)
         self.limit = limit
 
@@ -220,7 +229,7 @@ def _scan(data: bytes, max_depth: float, max_steps: float) -> None:
     steps = 0
     allowed = max_depth + 1
 
-    def push(depth: int, position: int) -> None:
+    def push(depth: int, position: int | None) -> None:
         if depth > allowed:
             raise _StreamProblem(
                 f"its data nests more than {max_depth:.0f} levels deep (at byte {position})", MAX_PICKLE_DEPTH
@@ -248,6 +257,7 @@ def _scan(data: bytes, max_depth: float, max_steps: float) -> None:
                 )
             stack.append(memo[arg])
         elif kind == _PUT:
+            assert isinstance(arg, int), opcode.name  # PUT, BINPUT, LONG_BINPUT: an index
             memo[arg] = stack[-1]
         elif kind == _MEMOIZE:
             memo[len(memo)] = stack[-1]

@@ -154,12 +154,9 @@ def _keras3_layers(path: Path, f: h5py.File, depth: int) -> tuple[list[StoredLay
             f"BatchNormalization layers, the architecture_dict (depth {depth}) implies "
             f"{depth + len(HEADS)} and {depth}. Nothing was written."
         )
-    weights = read_numbered_weights(
-        path,
-        f,
-        [(name, "Conv1D", {}) for name in conv_names] + [(name, "BatchNormalization", {}) for name in norm_names],
-        WeightReader(path, path.stat().st_size),
-    )
+    layers: list[tuple[str, str, dict[str, Any]]] = [(name, "Conv1D", {}) for name in conv_names]
+    layers += [(name, "BatchNormalization", {}) for name in norm_names]
+    weights = read_numbered_weights(path, f, layers, WeightReader(path, path.stat().st_size))
     order = [name for pair in zip(conv_names, norm_names) for name in pair] + conv_names[depth:]
     stored = [
         StoredLayer(name, {key.rsplit("/", 1)[-1]: value for key, value in weights[name].items()}) for name in order

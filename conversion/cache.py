@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-from torch import nn
+from typing import IO
 
 from conversion.config import DEFAULT_LOCK_TIMEOUT_S, ExportConfig
 from conversion.converter import convert_model
@@ -31,6 +30,7 @@ from conversion.record import ConversionRecord
 from errors import ConversionError, ModelFileError, OutputError, SelectionError
 from fileio import open_lock_file, outputs_apart_from_inputs
 from models.checkpoint import STORAGE_DTYPES, model_from_payload, read_checkpoint
+from models.graph import KerasGraphModule
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ LOCK_POLL_S = 0.2
 
 @dataclass
 class ConversionOutcome:
-    model: nn.Module
+    model: KerasGraphModule
     path: Path
     cached: bool  # True when an existing current conversion was used
 
@@ -94,7 +94,7 @@ def conversion_lock(output: Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> 
         handle.close()  # releases the lock
 
 
-def _names_same_file(path: Path, handle) -> bool:
+def _names_same_file(path: Path, handle: IO[str]) -> bool:
     try:
         return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
     except FileNotFoundError:
@@ -107,7 +107,7 @@ def current_conversion(
     export: ExportConfig | None = None,
     verified: bool = False,
     params_sha256: str | None = None,
-) -> tuple[nn.Module | None, str]:
+) -> tuple[KerasGraphModule | None, str]:
     """(model, "") when `pth` is a current conversion (see the module doc); (None, why not) otherwise.
 
     `source_sha256=None` skips the source check (no Keras file to compare with). Where the params pickle
@@ -227,7 +227,7 @@ def convert_or_reuse(
 
 @dataclass
 class PyTorchModel:
-    model: nn.Module
+    model: KerasGraphModule
     path: Path
     converted: bool  # True when this call converted the Keras file
 
@@ -288,7 +288,7 @@ def find_or_convert(
         return PyTorchModel(outcome.model, outcome.path, converted=False)
     verification = ConversionRecord.from_dict(outcome.model.metadata).verification
     worst = verification.worst() if verification is not None else None
-    if worst is not None:
+    if verification is not None and worst is not None:
         log.info("verified against %s: max abs diff %.2g", verification.keras, worst[1])
     elif verify:
         log.warning("conversion not verified: %s", verification.skipped if verification else "unknown reason")

@@ -17,24 +17,24 @@ class ExportConfig(Section):
     model's outputs a little: that cost is measured against the float32 conversion and recorded."""
 
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="Precision of the stored floating-point weights (the model computes in float32)."
+        default="float32", description="Precision of the stored floating-point weights (the model computes in float32)."
     )
     quantize: Literal["int8"] | None = Field(
-        None, description="int8: conv/dense weights as int8 with one float32 scale per output channel."
+        default=None, description="int8: conv/dense weights as int8 with one float32 scale per output channel."
     )
     prune: float | None = Field(
-        None,
+        default=None,
         gt=0,
         lt=1,
         description="Set this fraction of the conv/dense weights to zero, smallest magnitude "
         "first, and store them sparse.",
     )
     prune_scope: Literal["layer", "global"] = Field(
-        "layer",
+        default="layer",
         description="layer: prune each weight tensor by the fraction; global: one magnitude threshold for all of them.",
     )
     max_error: float | None = Field(
-        None,
+        default=None,
         gt=0,
         description="Refuse the export when an output's error (max abs diff to the float32 conversion "
         "÷ max(1, its largest |value|)) exceeds this.",
@@ -78,12 +78,13 @@ class ExportConfig(Section):
 class ConversionConfig(Section):
     """How the chosen model's PyTorch file is found or made."""
 
-    verify: bool = Field(True, description="Compare a new conversion with Keras when TensorFlow is installed.")
+    verify: bool = Field(default=True, description="Compare a new conversion with Keras when TensorFlow is installed.")
     trust_pickles: bool = Field(
-        False, description="Load parameter pickles with the unrestricted unpickler (runs code: trusted files only)."
+        default=False,
+        description="Load parameter pickles with the unrestricted unpickler (runs code: trusted files only).",
     )
     lock_timeout_s: float = Field(
-        DEFAULT_LOCK_TIMEOUT_S,
+        default=DEFAULT_LOCK_TIMEOUT_S,
         gt=0,
         le=7 * 86400,
         description="Wait at most this long for another job converting the model.",

@@ -94,15 +94,17 @@ def convert_model(
         record.verification = verify_model(
             keras_file, conversion.model, params, length=record.shapes_traced_with_length
         )
-        worst = record.verification.worst()
         if record.verification.skipped is None and not record.verification.passed:
+            worst = record.verification.worst()
+            figures = f"output '{worst[0]}': max abs diff {worst[1]:.3g}" if worst is not None else "no output compared"
             raise ConversionError(
-                f"{source}: the converted model differs from Keras beyond the tolerance (output "
-                f"'{worst[0]}': max abs diff {worst[1]:.3g}). Nothing was written."
+                f"{source}: the converted model differs from Keras beyond the tolerance ({figures}). "
+                "Nothing was written."
             )
     record.params_pickle = str(params_path) if params_path else None
     record.params_sha256 = file_sha256(params_path) if params_path else None
-    model, packed = conversion.model, {}
+    model = conversion.model
+    packed: dict[str, dict[str, Any]] = {}
     if not export.exact:
         model, packed, record.export = exported_with_cost(source, conversion.model, export, record, params)
     record.dtype = export.dtype
@@ -175,7 +177,9 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
     graph = model_graph(keras_file)
     problems: list[str] = list(graph.problems)
     non_finite: list[str] = []
-    layer_specs, state, keys = [], {}, set()
+    layer_specs: list[dict[str, Any]] = []
+    state: dict[str, torch.Tensor] = {}
+    keys: set[str] = set()
     names_in_graph = {layer.name for layer in graph.layers}
     for layer in graph.layers:
         converter = find_converter(layer.class_name) if isinstance(layer.class_name, str) else None
@@ -341,7 +345,15 @@ def _trace(keras_file: KerasModelFile, model: KerasGraphModule, length: int) -> 
         ) from exc
 
 
-def _record(keras_file, model, layer_specs, state, layer_shapes, trace_length, params) -> ConversionRecord:
+def _record(
+    keras_file: KerasModelFile,
+    model: KerasGraphModule,
+    layer_specs: list[dict[str, Any]],
+    state: dict[str, torch.Tensor],
+    layer_shapes: dict[str, tuple[int, ...]],
+    trace_length: int,
+    params: dict[str, Any] | None,
+) -> ConversionRecord:
     counts = {
         spec["key"]: sum(v.numel() for k, v in state.items() if k.startswith(f"layers.{spec['key']}."))
         for spec in layer_specs

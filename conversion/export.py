@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ COST_SEED = 20240601
 COST_BUDGET = 2e7  # input values of the cost's input set (80 MB of float32); fewer samples for long inputs
 SPIKE_THRESHOLD = 0.5  # a trial spikes when its max probability reaches this (optimization's evaluation default)
 WEIGHT_TYPES = ("conv1d", "dense")
+Fits = Callable[[torch.Tensor, torch.Tensor], bool]  # whether folded (weight, bias) tensors can be stored
 
 
 class ExportRefused(ValueError):
@@ -186,7 +188,7 @@ def fold_batch_norms(
     return folded, not_folded
 
 
-def _storable(weight_storage: torch.dtype | None, bias_storage: torch.dtype):
+def _storable(weight_storage: torch.dtype | None, bias_storage: torch.dtype) -> Fits:
     """A check that folded (weight, bias) tensors stay finite in float32 and in the dtypes they are stored in."""
 
     def fits(weight: torch.Tensor, bias: torch.Tensor) -> bool:
@@ -237,7 +239,7 @@ def _single_bn_call(
 
 
 def _fold_into_previous(
-    spec: dict[str, Any], state: dict[str, torch.Tensor], bn: dict[str, Any], ranks: dict[str, int], fits
+    spec: dict[str, Any], state: dict[str, torch.Tensor], bn: dict[str, Any], ranks: dict[str, int], fits: Fits
 ) -> str | None:
     call, why = _single_bn_call(spec, bn, ranks)
     if call is None:
@@ -279,7 +281,7 @@ def _zero_padding_free(layer: dict[str, Any]) -> bool:
 
 
 def _fold_into_next(
-    spec: dict[str, Any], state: dict[str, torch.Tensor], bn: dict[str, Any], ranks: dict[str, int], fits
+    spec: dict[str, Any], state: dict[str, torch.Tensor], bn: dict[str, Any], ranks: dict[str, int], fits: Fits
 ) -> list[str] | str:
     call, why = _single_bn_call(spec, bn, ranks)
     if call is None:
@@ -393,7 +395,7 @@ def spike_cost(reference: np.ndarray, exported: np.ndarray) -> SpikeCost:
     return SpikeCost(
         auc_float32=auc_reference,
         auc_export=auc_export,
-        auc_change=None if auc_reference is None else auc_export - auc_reference,
+        auc_change=None if auc_reference is None or auc_export is None else auc_export - auc_reference,
         threshold=SPIKE_THRESHOLD,
         trials=int(probabilities.shape[0]),
         spiking_float32=int(spiking_reference.sum()),

@@ -22,7 +22,7 @@ FUNCTIONAL = {"Functional", "Model"}
 @dataclass
 class LayerRecord:
     name: str
-    class_name: str
+    class_name: Any  # as the config gives it: a str in a well-formed file (build_conversion checks)
     config: dict[str, Any]
     calls: list[list[str]] = field(default_factory=list)  # input tensor names of each call
 
@@ -41,7 +41,7 @@ def tensor_name(layer: str, node: int = 0, index: int = 0) -> str:
     return f"{layer}:{node}:{index}"
 
 
-def _class_name(entry: dict[str, Any]) -> str:
+def _class_name(entry: dict[str, Any]) -> Any:
     return entry.get("registered_name") if entry.get("class_name") == "function" else entry["class_name"]
 
 
@@ -144,7 +144,9 @@ def _parse_sequential(config: dict[str, Any]) -> ModelGraph:
 def _parse_functional(config: dict[str, Any]) -> ModelGraph:
     records = _layer_entries(config)
     raw = {entry.get("name") or entry["config"]["name"]: entry for entry in config.get("layers", [])}
-    inputs, layers, pending = [], [], []
+    inputs: list[tuple[str, list[int | None]]] = []
+    layers: list[LayerRecord] = []
+    pending: list[tuple[str, list[str], str]] = []
     for record in records:
         if record.class_name == INPUT_LAYER:
             shape = _batch_shape(record.config)
@@ -194,9 +196,9 @@ def _topological(
         return ordered, []
     produced = {output for _, _, output in pending}
     stuck = [call for index, call in enumerate(pending) if waiting[index] > 0]
-    missing = sorted({ref for _, refs, _ in stuck for ref in refs if ref not in available and ref not in produced})
-    if missing:
-        return ordered, [f"the model graph references tensors that no layer produces: {listed(map(repr, missing))}"]
+    unproduced = sorted({ref for _, refs, _ in stuck for ref in refs if ref not in available and ref not in produced})
+    if unproduced:
+        return ordered, [f"the model graph references tensors that no layer produces: {listed(map(repr, unproduced))}"]
     return ordered, [
         f"the model graph has a cycle: layer(s) {listed(sorted({c[0] for c in stuck}))} wait on each other's outputs"
     ]

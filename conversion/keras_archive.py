@@ -34,7 +34,7 @@ from conversion.keras_file import (
 from conversion.registry import bare_class_name
 from errors import ConversionError, listed
 from fileio import read_zip_member, regular_file_size
-from limits import MAX_JSON_BYTES, MAX_MEMBER_BYTES, check_stored_size
+from limits import MAX_JSON_BYTES, MAX_MEMBER_BYTES, Limit, check_stored_size
 
 ARCHIVE_CONFIG = "config.json"
 ARCHIVE_METADATA = "metadata.json"
@@ -224,7 +224,7 @@ def config_layers(model_config: dict[str, Any]) -> list[tuple[str, str, dict[str
     ]
 
 
-def _read_member(path: Path, archive: zipfile.ZipFile, member: str, limit) -> bytes:
+def _read_member(path: Path, archive: zipfile.ZipFile, member: str, limit: Limit) -> bytes:
     """A member's bytes, read only when its declared size is within `limit` and within the compression ratio of
     what it stores, and then in bounded chunks that stop at what it declares (fileio.read_zip_member); a lying,
     damaged, encrypted or unsupported-compression member is a ConversionError."""

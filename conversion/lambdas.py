@@ -200,6 +200,7 @@ def resolve_stored_functions(
         if problem:
             conflicts.append(problem)
         else:
+            assert spec is not None  # _module_activation gives a spec or a problem
             resolved[name] = ResolvedActivation(name, str(recorded[index]), spec, function.calls is not None)
             if function.calls is None:
                 log.warning(

@@ -50,8 +50,9 @@ class _Code:
 
 
 class _Reader:
-    def __init__(self, data: bytes, layout: tuple):
-        self.data, self.position, self.refs, self.layout = data, 0, [], layout
+    def __init__(self, data: bytes, layout: tuple[int, tuple[str, ...], tuple[str, ...]]):
+        self.data, self.position, self.layout = data, 0, layout
+        self.refs: list[Any] = []
 
     def take(self, count: int) -> bytes:
         if self.position + count > len(self.data):

@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from conversion.config import ExportConfig
 from conversion.record import ConversionRecord
 
 
-def parameter_counts(model) -> tuple[int, int]:
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
     """(all, trainable) parameters, as Keras counts them: BatchNormalization's moving statistics included."""
     trainable = sum(p.numel() for p in model.parameters())
     return trainable + sum(b.numel() for b in model.buffers()), trainable

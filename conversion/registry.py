@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
 
@@ -91,9 +91,18 @@ class ConvertedLayer:
 
 LayerConverter = Callable[[KerasLayer], ConvertedLayer]
 LAYER_CONVERTERS: Registry[LayerConverter] = Registry("layer converter for Keras class")
+_Converter = TypeVar("_Converter", bound=LayerConverter)
 
 
-def register_layer_converter(*class_names: str, converter: LayerConverter | None = None, replace: bool = False):
+@overload
+def register_layer_converter(
+    *class_names: str, converter: None = None, replace: bool = False
+) -> Callable[[_Converter], _Converter]: ...
+@overload
+def register_layer_converter(*class_names: str, converter: _Converter, replace: bool = False) -> _Converter: ...
+def register_layer_converter(
+    *class_names: str, converter: LayerConverter | None = None, replace: bool = False
+) -> LayerConverter | Callable[[LayerConverter], LayerConverter]:
     """Register `converter` for Keras class names; without `converter`, return a decorator. A class name that
     has a converter already is refused unless `replace=True`."""
 

@@ -12,10 +12,11 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 
 from conversion.keras_file import KerasModelFile
 from conversion.record import OutputParity, Verification
+from models.graph import KerasGraphModule
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ def _stderr_silenced(active: bool) -> Iterator[None]:
         os.close(devnull)
 
 
-def _keras_module(keras_major: int):
+def _keras_module(keras_major: int) -> ModuleType:
     quiet = quiet_keras()
     if keras_major < 3:  # keras-tcn builds on tensorflow.keras: make that tf_keras for Keras 2 files
         os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -126,7 +128,7 @@ def _keras_module(keras_major: int):
     raise KerasUnavailable("TensorFlow/Keras is not installed")
 
 
-def _leaky_relu(keras, slope: float):
+def _leaky_relu(keras: ModuleType, slope: float) -> Callable[[Any], Any]:
     if keras.__name__ == "keras" and int(keras.__version__.split(".")[0]) >= 3:
         return lambda x: keras.ops.leaky_relu(x, negative_slope=slope)
     import tensorflow as tf
@@ -158,7 +160,7 @@ def _keras_tcn_classes() -> dict[str, Any]:
     return {"TCN": TCN}
 
 
-def load_keras_model(keras, path: str | Path, rebuild: KerasRebuild | None = None):
+def load_keras_model(keras: ModuleType, path: str | Path, rebuild: KerasRebuild | None = None) -> Any:
     """The original Keras model; with `rebuild`, the file's weights loaded into the model built from its config."""
     try:
         if rebuild is None:
@@ -183,7 +185,7 @@ def is_neuron_model(model: torch.nn.Module, params: dict[str, Any] | None) -> bo
 
 def verify_model(
     keras_file: KerasModelFile,
-    model: torch.nn.Module,
+    model: KerasGraphModule,
     params: dict[str, Any] | None,
     *,
     length: int,
@@ -209,7 +211,7 @@ def verify_model(
 
 def compare_with_keras(
     path: str | Path,
-    model: torch.nn.Module,
+    model: KerasGraphModule,
     keras_major: int,
     length: int,
     neuron: bool,

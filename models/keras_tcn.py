@@ -110,12 +110,12 @@ class KerasTCN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.go_backwards:
             x = x.flip(1)
-        skip_sum = None
+        skip_sum: Tensor | None = None
         for block in self.blocks:
             x, skip = block(x)
             if self.use_skip_connections:
                 skip_sum = skip if skip_sum is None else skip_sum + skip
-        if self.use_skip_connections:
+        if skip_sum is not None:  # use_skip_connections (there is at least one block)
             x = skip_sum
         if self.return_sequences:
             return x

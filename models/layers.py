@@ -113,6 +113,9 @@ def _broadcast_shape(ndim: int, axes: Sequence[int], sizes: Sequence[int]) -> li
 class BatchNorm(nn.Module):
     """Keras BatchNormalization at inference: moving statistics, the file's epsilon, optional gamma/beta."""
 
+    running_mean: Tensor  # buffers (register_buffer below)
+    running_var: Tensor
+
     def __init__(
         self, num_features: int, axis: int = -1, epsilon: float = 1e-3, center: bool = True, scale: bool = True
     ):
@@ -156,7 +159,7 @@ class LayerNorm(nn.Module):
         param_shape = _broadcast_shape(x.ndim, axes, [x.shape[a] for a in axes])
         if self.rms_scaling:
             inv = torch.rsqrt(torch.mean(x * x, dim=axes, keepdim=True) + self.epsilon)
-            return x * inv * self.weight.reshape(param_shape)
+            return x * inv * self.weight.reshape(param_shape) if self.weight is not None else x * inv
         mean = torch.mean(x, dim=axes, keepdim=True)
         var = torch.mean(torch.square(x - mean), dim=axes, keepdim=True)
         inv = torch.rsqrt(var + self.epsilon)
@@ -260,6 +263,8 @@ class Reshape(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.permute is not None:
             return x.permute(0, *self.permute)
+        if self.target_shape is None:
+            raise ValueError("a reshape needs target_shape or permute")
         return x.reshape(x.shape[0], *self.target_shape)
 
 

@@ -22,9 +22,9 @@ from statistics import NormalDist
 
 import numpy as np
 import torch
+from torch import nn
 
 from optimization.config import EvaluationConfig
-from optimization.network import SpikeProbability
 from optimization.objective import outside_window_mask, window_max
 from optimization.runtime import MicroBatcher, make_generator
 from optimization.sampler import SpikeSampler, draw_noise
@@ -66,7 +66,9 @@ def wilson_interval(successes: float, trials: int, z: float) -> list[float]:
     return [min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))]
 
 
-def paired_difference_interval(both: float, stim_only: float, control_only: float, trials: int, z: float):
+def paired_difference_interval(
+    both: float, stim_only: float, control_only: float, trials: int, z: float
+) -> list[float]:
     """Newcombe (1998, method 10) interval for P(stim) - P(control) from paired binary outcomes."""
     neither = trials - both - stim_only - control_only
     p_stim, p_control = (both + stim_only) / trials, (both + control_only) / trials
@@ -129,7 +131,7 @@ def summarize(counts: dict[str, float], trials: int, z: float) -> dict:
 
 @torch.no_grad()
 def evaluate_rates(
-    model: SpikeProbability,
+    model: nn.Module,
     rates: torch.Tensor,
     sampler: SpikeSampler,
     paired: PairedStimulus,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,12 +65,19 @@ class _FirstConv(torch.autograd.Function):
     """Stride-1 ungrouped convolution of padded input; backward: input gradient of the first channels only."""
 
     @staticmethod
-    def forward(ctx, padded, weight, bias, dilation, backward_weight):
+    def forward(
+        ctx: Any,  # torch's context object, which carries our own attributes to backward
+        padded: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        dilation: int,
+        backward_weight: torch.Tensor,
+    ) -> torch.Tensor:
         ctx.dilation, ctx.backward_weight, ctx.channels = dilation, backward_weight, padded.shape[1]
         return F.conv1d(padded, weight, bias, 1, 0, dilation)
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
         weight = ctx.backward_weight.to(grad_output.dtype)
         reach = (weight.shape[-1] - 1) * ctx.dilation
         grad = F.conv1d(F.pad(grad_output, (reach, reach)), weight, None, 1, 0, ctx.dilation)
@@ -86,7 +94,15 @@ class _ShiftedMatmul(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, padded, matrix, bias, outputs, dilation, backward_matrix):
+    def forward(
+        ctx: Any,  # torch's context object, which carries our own attributes to backward
+        padded: torch.Tensor,
+        matrix: torch.Tensor,
+        bias: torch.Tensor | None,
+        outputs: int,
+        dilation: int,
+        backward_matrix: torch.Tensor,
+    ) -> torch.Tensor:
         batch, _, padded_length = padded.shape
         kernel_outputs = matrix.shape[1]
         kernel = kernel_outputs // outputs
@@ -102,7 +118,7 @@ class _ShiftedMatmul(torch.autograd.Function):
         return out.transpose(1, 2)
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None, None]:
         (backward_matrix,) = ctx.saved_tensors
         spread = grad_output.new_zeros(ctx.shape, dtype=backward_matrix.dtype)
         spread.as_strided(ctx.windows, ctx.strides).copy_(
@@ -144,16 +160,20 @@ class PairedForward:
             logger.info("plain path (both copies through the whole model): %s", reason)
             return
         graph = model.model
+        assert isinstance(graph, KerasGraphModule)  # first_conv_call finds calls in converted graphs only
+        self.graph = graph
         call = graph.spec["calls"][self.first_call]
         self.first_output = call["output"]
-        self.layer: Conv1d = graph.layers[call["layer"]]
+        layer = graph.layers[call["layer"]]
+        assert isinstance(layer, Conv1d)  # first_conv_call checked it
+        self.layer = layer
         mask = paired.mask.T[None]  # (1, segments, time)
         with torch.no_grad():
             # conv(s) - conv(0) removes the bias: the response of the stimulus spikes alone.
             self.stimulus_response = self.layer.forward_channels_first(mask) - self.layer.forward_channels_first(
                 torch.zeros_like(mask)
             )
-        self.backward_weight = None
+        self.backward_weight: torch.Tensor | None = None
         if self.layer.stride == 1 and self.layer.groups == 1:
             channels = self.layer.weight.shape[1] if grad_channels is None else grad_channels
             self.backward_weight = self.layer.weight[:, :channels].transpose(0, 1).flip(-1).contiguous()
@@ -181,7 +201,7 @@ class PairedForward:
         pre = self._first_layer(control.transpose(1, 2))
         stimulated = pre + self.stimulus_response.to(pre.dtype)
         first = self.layer.activation(torch.cat([pre, stimulated]).transpose(1, 2))
-        return self.model.select(self.model.model.run_calls({self.first_output: first}, skip=self.first_call))
+        return self.model.select(self.graph.run_calls({self.first_output: first}, skip=self.first_call))
 
     @property
     def matmul_possible(self) -> bool:
@@ -201,6 +221,7 @@ class PairedForward:
     def _matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The kernel as a bf16 (channels, kernel * outputs) matrix, and its rows that need a gradient."""
         if self.matrices is None:
+            assert self.backward_weight is not None  # matmul_possible
             weight = self.layer.weight
             matrix = weight.permute(1, 2, 0).reshape(weight.shape[1], -1).to(torch.bfloat16)
             self.matrices = matrix, matrix[: self.backward_weight.shape[0]]
@@ -266,7 +287,7 @@ def _compare_settings(forward: PairedForward, control: torch.Tensor, logger: log
     deviations = {setting: float((output - outputs[candidates[0]]).abs().max()) for setting, output in outputs.items()}
     accurate = [setting for setting in candidates if deviations[setting] <= BF16_TOLERANCE]
     milliseconds = {setting: _time_step(forward, control, setting) for setting in accurate}
-    chosen = min(milliseconds, key=milliseconds.get)
+    chosen = min(milliseconds, key=milliseconds.__getitem__)
     logger.info(
         "precision %s, first layer as %s: forward+backward of %d pairs in ms: %s; rejected as inaccurate "
         "(max deviation > %g): %s",

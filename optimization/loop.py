@@ -40,7 +40,9 @@ class LoopResult:
     final_loss: float
 
 
-def make_optimizer(parameters: RateParameters, config: OptimizationConfig):
+def make_optimizer(
+    parameters: RateParameters, config: OptimizationConfig
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.ReduceLROnPlateau]:
     """Adam on the rate parameters and a ReduceLROnPlateau schedule stepped once per logging interval."""
     loop = config.loop
     optimizer = torch.optim.Adam(parameters.parameters(), lr=loop.learning_rate)
@@ -89,7 +91,9 @@ class RateOptimizer:
             )
             for model in models
         ]
-        objective = objective or Objective(config.objective, config.constraints.max_rate, parameters.num_excitatory)
+        objective = objective or Objective(
+            config.objective, config.constraints.resolved_max_rate(), parameters.num_excitatory
+        )
         self.step = PairedStep(
             parameters,
             self.forwards,

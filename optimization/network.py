@@ -44,19 +44,20 @@ def resolve_layout(model: nn.Module, config: OptimizationConfig, logger: logging
                 "the model does not state its input channels (no input_shapes): set optimization.num_excitatory "
                 "and optimization.num_inhibitory"
             )
-    elif excitatory is None and inhibitory is None:
-        excitatory = channels // 2
-        inhibitory = channels - excitatory
-        if channels % 2:
-            logger.warning(
-                "the model has an odd number of input channels (%d): assuming %d excitatory then %d inhibitory; "
-                "set optimization.num_excitatory/num_inhibitory if that is wrong",
-                channels,
-                excitatory,
-                inhibitory,
-            )
     elif excitatory is None:
-        excitatory = channels - inhibitory
+        if inhibitory is None:
+            excitatory = channels // 2
+            inhibitory = channels - excitatory
+            if channels % 2:
+                logger.warning(
+                    "the model has an odd number of input channels (%d): assuming %d excitatory then %d inhibitory; "
+                    "set optimization.num_excitatory/num_inhibitory if that is wrong",
+                    channels,
+                    excitatory,
+                    inhibitory,
+                )
+        else:
+            excitatory = channels - inhibitory
     elif inhibitory is None:
         inhibitory = channels - excitatory
     if channels is not None and (excitatory < 1 or inhibitory < 0 or excitatory + inhibitory != channels):

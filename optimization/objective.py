@@ -23,6 +23,8 @@ Each term enters the total multiplied by its weight; the history logs the weight
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from errors import ConfigError
@@ -37,7 +39,9 @@ _PROBABILITY_FLOOR = 1e-12  # keeps the logs and their gradients finite at proba
 
 # objective.control_response and objective.stimulated_response: a copy's response from its (pairs, window) spike
 # probabilities.
-RESPONSES: Registry = Registry("response (objective.control_response, objective.stimulated_response)")
+RESPONSES: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry(
+    "response (objective.control_response, objective.stimulated_response)"
+)
 RESPONSES.add("max", lambda window: window.amax(dim=1))
 RESPONSES.add(
     "any_spike", lambda window: -torch.expm1(torch.log1p(-window.clamp_max(1 - _PROBABILITY_FLOOR)).sum(dim=1))
@@ -110,15 +114,19 @@ class Objective:
             "smoothness": self.config.smoothness_weight * scaled.diff(dim=1).square().mean(),
             "initial_distance": self.config.initial_distance_weight
             * (scaled - initial / self.max_rate).square().mean(),
-            "regime": self.config.regime_weight * self._regime_excess(rates) if self.regime else rates.new_zeros(()),
+            "regime": (
+                self.config.regime_weight * self._regime_excess(rates, self.regime)
+                if self.regime
+                else rates.new_zeros(())
+            ),
         }
 
-    def _regime_excess(self, rates: torch.Tensor) -> torch.Tensor:
+    def _regime_excess(self, rates: torch.Tensor, regime: InputRegime) -> torch.Tensor:
         """mean over patterns, ms and segment type of (max(0, population rate - regime p99) / max_rate)^2."""
         excitatory, inhibitory = rates[..., : self.num_excitatory], rates[..., self.num_excitatory :]
         limits = (
-            (excitatory, self.regime.excitatory_population_rate["p99"]),
-            (inhibitory, self.regime.inhibitory_population_rate["p99"]),
+            (excitatory, regime.excitatory_population_rate["p99"]),
+            (inhibitory, regime.inhibitory_population_rate["p99"]),
         )
         terms = [
             ((group.mean(dim=-1) - limit).clamp_min(0) / self.max_rate).square().mean()

@@ -97,7 +97,16 @@ class InputRegime:
             )
         limits = {**{name: 1.0 for name in RATE_FIELDS}, "excitatory_synchrony": float(counts["num_excitatory"])}
         quantiles = {name: _quantiles(values[name], f"{where}['{name}']", limits[name]) for name in QUANTILE_FIELDS}
-        return cls(**quantiles, **counts, source=source)
+        return cls(
+            excitatory_rate=quantiles["excitatory_rate"],
+            inhibitory_rate=quantiles["inhibitory_rate"],
+            excitatory_population_rate=quantiles["excitatory_population_rate"],
+            inhibitory_population_rate=quantiles["inhibitory_population_rate"],
+            excitatory_synchrony=quantiles["excitatory_synchrony"],
+            num_excitatory=counts["num_excitatory"],
+            num_inhibitory=counts["num_inhibitory"],
+            source=source,
+        )
 
 
 def _exact_keys(values: Mapping, expected: Sequence[str], where: str, kind: str) -> None:
@@ -119,7 +128,7 @@ def _shown(value: Any) -> str:
 
 
 def _count(value: Any, item: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 < value <= MAX_SEGMENTS:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 < int(value) <= MAX_SEGMENTS:
         raise ConfigError(f"{item} must be a whole number of segments from 1 to {MAX_SEGMENTS}, not {_shown(value)}")
     return int(value)
 
@@ -140,7 +149,9 @@ def _quantiles(value: Any, item: str, upper: float) -> dict[str, float]:
             or (not isinstance(number, numbers.Integral) and not math.isfinite(number))
         ):
             raise ConfigError(f"{item}['{name}'] must be a finite number, not {_shown(number)}")
-        if not 0 <= number <= upper:  # compared before any float(): an int of 400 digits does not fit one
+        # compared before any float() (an int of 400 digits does not fit one), with the comparisons every
+        # numbers.Real has (__lt__, __le__)
+        if number < 0 or not number <= upper:
             raise ConfigError(f"{item}['{name}'] is {_shown(number)}, outside [0, {upper:g}]")
         checked[name] = float(number)
     for lower, higher in zip(QUANTILE_NAMES, QUANTILE_NAMES[1:]):

@@ -6,6 +6,7 @@ Plots use matplotlib's object API with the Agg canvas, so no display and no glob
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -42,7 +44,7 @@ def write_rates(out_dir: Path, initial: np.ndarray, optimized: np.ndarray) -> di
     paths = {}
     for key, array in (("initial_rates", initial), ("optimized_rates", optimized)):
         paths[key] = out_dir / FILE_NAMES[key]
-        write_atomically(paths[key], lambda handle, array=array: np.save(handle, array, allow_pickle=False))
+        write_atomically(paths[key], functools.partial(np.save, arr=array, allow_pickle=False))
     return paths
 
 
@@ -70,7 +72,7 @@ def new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")  # legends outside the axes keep their room
 
 
-def _legend_outside(axis) -> None:
+def _legend_outside(axis: Axes) -> None:
     """The legend to the right of the axes, never over the data."""
     axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small")
 
@@ -145,7 +147,7 @@ def segment_groups(num_segments: int, num_excitatory: int) -> list[tuple[str, sl
 
 def draw_rate_panel(
     figure: Figure,
-    axis,
+    axis: Axes,
     rates: np.ndarray,
     segments: slice,
     marks: list[tuple[int, int]],

@@ -79,11 +79,13 @@ def run_activity_optimization(
     seeds = Seeds.from_run_seed(seed)
     if config.constraints.max_rate == "auto":
         config = with_resolved_max_rate(config, regime)
+        assert regime is not None  # with_resolved_max_rate refuses auto without a regime
         logger.info(
             "constraints.max_rate auto: %.4g spikes/ms, the p99 rate of the moving segments in the input regime (%s)",
             config.constraints.max_rate,
             regime.source[:120],
         )
+    max_rate = config.constraints.resolved_max_rate()
     layout = resolve_layout(model, config, logger)
     check_batch_sizes(config, layout)
     check_ensemble(model, members)
@@ -104,15 +106,15 @@ def run_activity_optimization(
         f"; through an ensemble of {len(spike_models)} models" if members else "",
     )
     start = (
-        initial_rates(config.initial_rates, layout, config.num_patterns, config.constraints.max_rate, seeds.background)
+        initial_rates(config.initial_rates, layout, config.num_patterns, max_rate, seeds.background)
         if start_rates is None
-        else given_rates(start_rates, layout, config.num_patterns, config.constraints.max_rate)
+        else given_rates(start_rates, layout, config.num_patterns, max_rate)
     )
     parameters = RateParameters(start, layout.num_excitatory, config.constraints).to(torch_device)
     sampler = make_sampler(config.sampler)
     paired = PairedStimulus(stimulus, layout, torch_device)
     floor = specificity_floor(config, spike_model, parameters.rates().detach(), sampler, paired, seeds.evaluation)
-    objective = Objective(config.objective, config.constraints.max_rate, layout.num_excitatory, regime, floor)
+    objective = Objective(config.objective, max_rate, layout.num_excitatory, regime, floor)
     optimizer = RateOptimizer(
         parameters,
         spike_models,
@@ -175,7 +177,7 @@ def run_activity_optimization(
         "iterations_run": result.iterations_run,
         "stopped_because": result.stopped_because,
         "final_loss": result.final_loss if math.isfinite(result.final_loss) else None,
-        "max_rate": config.constraints.max_rate,
+        "max_rate": max_rate,
         "specificity_floor": floor,
         "ensemble_size": len(spike_models),
     }
@@ -203,7 +205,7 @@ def run_activity_optimization(
         response_window_ms=stimulus.window_ms,
         num_excitatory=layout.num_excitatory,
         num_inhibitory=layout.num_inhibitory,
-        max_rate=config.constraints.max_rate,
+        max_rate=max_rate,
     )
 
 
@@ -363,7 +365,7 @@ def _signature(config: OptimizationConfig, layout: InputLayout, stimulus: Stimul
 
 
 def _evaluate(
-    model: SpikeProbability,
+    model: nn.Module,
     initial: torch.Tensor,
     optimized: torch.Tensor,
     sampler: SpikeSampler,

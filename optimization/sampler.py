@@ -11,6 +11,7 @@ All kinds draw from the same uniform noise, drawn on the rates' device.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import FunctionCtx
 
 from named_parts import Registry
 from optimization.config import SamplerConfig
@@ -20,11 +21,11 @@ class _StraightThrough(torch.autograd.Function):
     """Forward: the given hard spikes. Backward: the incoming gradient goes to the rates unchanged."""
 
     @staticmethod
-    def forward(ctx, rates: torch.Tensor, hard_spikes: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: FunctionCtx, rates: torch.Tensor, hard_spikes: torch.Tensor) -> torch.Tensor:
         return hard_spikes
 
     @staticmethod
-    def backward(ctx, grad_spikes: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: FunctionCtx, grad_spikes: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad_spikes, None
 
 

@@ -133,9 +133,11 @@ class PairedStep:
         rates_leaf = rates.detach().requires_grad_(True)
         response_loss, specificity, control, stimulated = self._response_gradient(rates_leaf)
         penalties = self.objective.weighted_penalties(rates, self.initial_rates)
-        penalty = sum(penalties.values())
+        penalty = sum(penalties.values(), rates.new_zeros(()))
         # Chain rule through the parametrization: the response gradient w.r.t. rates arrives via rates_leaf.grad.
-        ((rates * rates_leaf.grad).sum() + penalty).backward()
+        response_gradient = rates_leaf.grad
+        assert response_gradient is not None  # set by the backward passes of _response_gradient
+        ((rates * response_gradient).sum() + penalty).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters.parameters(), self.max_norm)
         self.optimizer.step()
         self.parameters.project_()

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from errors import OptimizationError
 from optimization.config import OptimizationConfig
 
 Row = dict[str, float]
+
+
+class Stopper(Protocol):
+    """A stopping rule: the reason to stop after the interval of `row`, or None."""
+
+    def check(self, row: Row) -> str | None: ...
 
 
 class MaxIterations:
@@ -45,7 +51,9 @@ class Plateau:
 
     def __init__(self, patience: int, min_delta: float):
         self.patience, self.min_delta = patience, min_delta
-        self.best_loss, self.iterations_since_best, self.last_iteration = math.inf, 0, 0
+        self.best_loss: float = math.inf
+        self.iterations_since_best: float = 0  # counted from the row's numbers (floats)
+        self.last_iteration: float = 0
 
     def check(self, row: Row) -> str | None:
         steps, self.last_iteration = row["iteration"] - self.last_iteration, row["iteration"]
@@ -82,11 +90,11 @@ class NonFinite:
         )
 
 
-def make_stoppers(config: OptimizationConfig) -> list:
+def make_stoppers(config: OptimizationConfig) -> list[Stopper]:
     """The rules a config asks for, in the order their reasons count (NonFinite is checked apart, first: before
     an interval with NaN/Inf is recorded at all)."""
     loop = config.loop
-    stoppers: list = []
+    stoppers: list[Stopper] = []
     if loop.stop_when_target_reached:
         stoppers.append(
             TargetReached(config.objective.target_spike_prob, config.objective.control_target, loop.target_tolerance)

@@ -64,7 +64,8 @@ class Tracker:
             raise OptimizationError(f"checkpoint {path} cannot be read: {error}") from error
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise OptimizationError(f"checkpoint {path} is not an activity-optimization checkpoint")
-        recorded = state.get("signature") if isinstance(state.get("signature"), dict) else {}
+        signature = state.get("signature")
+        recorded = signature if isinstance(signature, dict) else {}
         differences = {
             key: (recorded.get(key), value) for key, value in self.signature.items() if recorded.get(key) != value
         }

@@ -181,17 +181,18 @@ def _norm_sublayers(bag: WeightBag, scope: str) -> list[str]:
         start = name.find(prefix)
         if start >= 0 and (start == 0 or name[start - 1] == "/"):
             sublayers.add(name[start + len(prefix) :].rsplit("/", 1)[0])
-    order = {}
+    order: dict[str, int] = {}
     for sublayer in sublayers:
         parts = sublayer.split("/")
         stage = next((int(m.group(1)) for p in parts if (m := STAGE_SCOPE.fullmatch(p))), None)
         numbered = next((int(m.group(1) or 0) for p in parts if (m := NORM_LAYER_NAME.fullmatch(p))), None)
-        if stage is None and numbered is None:
+        rank = stage if stage is not None else numbered
+        if rank is None:
             raise LayerProblem(f"'{scope}' holds weights of an unexpected sublayer '{sublayer}'")
-        order[sublayer] = stage if stage is not None else numbered
+        order[sublayer] = rank
     if len(order) != 2 or len(set(order.values())) != 2:
         raise LayerProblem(f"'{scope}' should hold two normalization sublayers, found {sorted(order) or 'none'}")
-    return sorted(order, key=order.get)
+    return sorted(order, key=order.__getitem__)
 
 
 def _take_norm(bag: WeightBag, path: str, norm: str, size: int, key: str, params: dict[str, np.ndarray]) -> None:
