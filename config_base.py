@@ -3,7 +3,9 @@ bounds the sections share."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from limits import MAX_INPUT_LENGTH
 
@@ -14,3 +16,20 @@ LONGEST = int(MAX_INPUT_LENGTH.value)  # time steps; durations and times within 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a NaN tolerance compares false forever
+
+    @model_validator(mode="before")
+    @classmethod
+    def _subsections_keep_their_defaults(cls, data: Any) -> Any:
+        """A subsection given in part keeps the rest of its default: a default the parent builds (a synapse's
+        kinetics) has no values of the subsection's own to fall back on."""
+        if not isinstance(data, dict):
+            return data
+        completed = dict(data)
+        for name, field in cls.model_fields.items():
+            given = data.get(name)
+            kind = field.annotation
+            if isinstance(given, dict) and isinstance(kind, type) and issubclass(kind, Section):
+                default = field.get_default(call_default_factory=True)
+                if isinstance(default, Section):
+                    completed[name] = {**default.model_dump(exclude_unset=True), **given}
+        return completed

@@ -21,7 +21,7 @@ ENV_PREFIX = "NEURON_TCN_"
 class Limit:
     name: str
     default: float
-    what: str  # what is limited, for the message and docs/reliability.md
+    what: str  # what is limited, for the message and the generated configuration reference
 
     @property
     def env(self) -> str:

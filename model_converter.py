@@ -105,7 +105,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Exit status: 0 converted or up to date; non-zero when the file is refused (the message names the "
         "file, the layer(s) and the problem; nothing is written): 8 a refused model, 6 a refused pickle, "
-        "10 an output that cannot be written, 130 Ctrl-C, 143 SIGTERM, 1 a fault of the tool; for a "
+        "10 an output that cannot be written, 12 out of memory, 130 Ctrl-C, 143 SIGTERM, 1 a fault of the tool; for a "
         "folder 0 when every model succeeded, else 8. Supported layers and the .pth format: docs/converting.md.",
     )
     parser.add_argument("--version", action="version", version=f"neuron-tcn {VERSION}")

@@ -42,6 +42,7 @@ class ExportConfig(Section):
 
     @model_validator(mode="after")
     def _options_that_apply(self) -> ExportConfig:
+        """`max_error` only with an export that is not exact float32; `prune_scope: global` only with `prune`."""
         if self.exact and self.max_error is not None:
             raise ValueError(
                 "max_error bounds the cost of an export (dtype float16/bfloat16, quantize, prune); the "

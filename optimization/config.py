@@ -34,6 +34,7 @@ class InitialRatesConfig(Section):
 
     @model_validator(mode="after")
     def _ranges_are_rates(self) -> InitialRatesConfig:
+        """Each range is `[low, high]` with 0 ≤ low ≤ high ≤ 1 spikes/ms."""
         for name in ("excitatory_range", "inhibitory_range"):
             low, high = getattr(self, name)
             if not 0.0 <= low <= high <= 1.0:
@@ -233,6 +234,7 @@ class LoopConfig(Section):
 
     @model_validator(mode="after")
     def _checkpoints_on_log_boundaries(self) -> LoopConfig:
+        """`checkpoint_every` is a multiple of `log_every`."""
         if self.checkpoint_every is not None and self.checkpoint_every % self.log_every:
             raise ValueError(
                 f"checkpoint_every ({self.checkpoint_every}) must be a multiple of log_every ({self.log_every})"

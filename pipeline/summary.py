@@ -86,7 +86,7 @@ def conversion_summary(metadata: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class RunSummary:
-    """The result of one run, as summary.json holds it (docs/optimization.md describes each key)."""
+    """The result of one run, as summary.json holds it (docs/running.md describes each key)."""
 
     version: str  # of this tool
     selected_model: str

@@ -1,13 +1,17 @@
-"""Write docs/configuration.md from the config schema (pipeline.config.AppConfig), so that the reference lists
-exactly the keys, types, defaults and limits that `main.py` accepts. tests/docs/test_docs.py fails when the file
-in the repository differs from what this script writes.
+"""Write docs/configuration.md from the config schema (pipeline.config.AppConfig) and the size budgets of
+limits.py, so that the reference lists exactly the keys, types, defaults, limits and rules that `main.py`
+accepts. tests/docs/test_docs.py fails when the file in the repository differs from what this script writes.
 
     python tools/config_reference.py            # rewrite docs/configuration.md
+    python tools/config_reference.py --print    # write it to stdout instead
+
+The reference shows the built-in values: NEURON_TCN_* variables set in this shell are ignored.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 import typing
@@ -21,6 +25,8 @@ from pydantic_core import PydanticUndefined
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+for _name in [name for name in os.environ if name.startswith("NEURON_TCN_")]:
+    del os.environ[_name]  # before the project is imported: its bounds read them at import
 
 import limits  # noqa: E402
 from config_base import Section  # noqa: E402
@@ -52,11 +58,13 @@ def type_text(annotation: Any) -> str:
     if origin is typing.Annotated:
         return type_text(args[0])
     if origin is Literal:
-        return "one of " + ", ".join(f"`{value}`" for value in args)
+        return f"`{args[0]}`" if len(args) == 1 else "one of " + ", ".join(f"`{value}`" for value in args)
     if origin in (Union, types.UnionType):
         members = [type_text(arg) for arg in args if arg is not type(None)]
         text = " or ".join(members)
-        return f"{text} or null" if type(None) in args else text
+        if type(None) in args:
+            return f"{text} or null" if len(members) == 1 and " or " not in text else f"({text}) or null"
+        return text
     if origin is tuple and Ellipsis not in args:
         return "pair (" + ", ".join(type_text(arg) for arg in args) + ")"
     if origin in (list, tuple):
@@ -73,27 +81,55 @@ def type_text(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def _bound_texts(metadata: list[Any]) -> list[str]:
+def _bound_texts(metadata: list[Any], base: Any) -> list[str]:
+    """Bounds of annotated_types items, and of FieldInfo items (a Field inside Annotated) through theirs."""
     texts = []
     for item in metadata:
+        if isinstance(item, FieldInfo):
+            texts += _bound_texts(item.metadata, base)
+            continue
         for kind, symbol in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
             value = getattr(item, kind, None) if isinstance(item, annotated_types.BaseMetadata) else None
             if value is not None:
                 texts.append(f"{symbol} {_number(value)}")
+        unit = "characters" if base is str else "items"
+        if isinstance(item, annotated_types.MinLen):
+            texts.append(f"at least {item.min_length} {unit}")
         if isinstance(item, annotated_types.MaxLen):
-            texts.append(f"at most {item.max_length} characters")
+            texts.append(f"at most {item.max_length} {unit}")
         pattern = getattr(item, "pattern", None)
         if isinstance(pattern, str):
             texts.append(f"matches `{pattern}`")
     return texts
 
 
+def _plain(annotation: Any) -> Any:
+    """The type under Optional: `list[str] | None` -> list[str]."""
+    args = [arg for arg in get_args(annotation) if arg is not type(None)]
+    return args[0] if get_origin(annotation) in (Union, types.UnionType) and len(args) == 1 else annotation
+
+
+def _inner_bounds(annotation: Any, prefix: str) -> list[str]:
+    """Bounds written inside the type: union members as they are, list items as `each ...`."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is typing.Annotated:
+        return [f"{prefix}{text}" for text in _bound_texts(list(args[1:]), args[0])] + _inner_bounds(args[0], prefix)
+    if origin in (Union, types.UnionType):
+        return [text for arg in args for text in _inner_bounds(arg, prefix)]
+    if origin in (list, tuple):
+        return [text for arg in args if arg is not Ellipsis for text in _inner_bounds(arg, "each ")]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):  # a form such as {first, count}
+        return [
+            f"{name} {text}"
+            for name, field in annotation.model_fields.items()
+            for text in _bound_texts(field.metadata, field.annotation)
+        ]
+    return []
+
+
 def limits_text(field: FieldInfo) -> str:
-    """The field's own bounds and those of the values inside it (list items, union members)."""
-    texts = _bound_texts(field.metadata)
-    inner = [arg for arg in get_args(field.annotation) if get_origin(arg) is typing.Annotated]
-    for arg in inner:
-        texts += [f"each {text}" for text in _bound_texts(list(get_args(arg)[1:]))]
+    """The field's own bounds and those written inside its type (list items, union members, ranges)."""
+    texts = _bound_texts(field.metadata, _plain(field.annotation)) + _inner_bounds(field.annotation, "")
     return "; ".join(dict.fromkeys(texts))
 
 
@@ -105,10 +141,9 @@ def _number(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def default_text(field: FieldInfo) -> str:
-    if field.default is PydanticUndefined and field.default_factory is None:
+def default_text(field: FieldInfo, value: Any) -> str:
+    if value is PydanticUndefined:
         return "(required)"
-    value = field.get_default(call_default_factory=True)
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
     if isinstance(value, Path):
@@ -116,36 +151,39 @@ def default_text(field: FieldInfo) -> str:
     return f"`{json.dumps(value)}`"
 
 
+def rules_of(model: type[BaseModel]) -> list[str]:
+    """What the section's validators check across its keys, from their docstrings."""
+    validators = model.__pydantic_decorators__.model_validators.values()
+    return [" ".join(validator.func.__doc__.split()) for validator in validators if validator.func.__doc__]
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def section_markdown(model: type[BaseModel], prefix: str) -> list[str]:
-    """This section's table, then each subsection's, depth first (their order in the schema)."""
+def section_markdown(model: type[BaseModel], prefix: str, defaults: BaseModel | None) -> list[str]:
+    """This section's table, then each subsection's, depth first (their order in the schema). `defaults` is the
+    section as its parent builds it by default (a parent may give a subsection values of its own)."""
     doc = " ".join((model.__doc__ or "").split())
-    title = prefix or "Top level"
-    lines = [f"## {title}", ""]
+    lines = [f"## {prefix or 'Top level'}", ""]
     if doc:
         lines += [doc, ""]
     lines += ["| key | type | default | limits | meaning |", "| --- | --- | --- | --- | --- |"]
     subsections = []
     for name, field in model.model_fields.items():
         key = f"{prefix}.{name}" if prefix else name
+        value = getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
         if _is_section(field.annotation):
             lines.append(f"| `{key}` | section | | | see [{key}](#{key.replace('.', '')}) |")
-            subsections.append((field.annotation, key))
+            subsections.append((field.annotation, key, value if isinstance(value, BaseModel) else None))
             continue
-        cells = [
-            f"`{key}`",
-            type_text(field.annotation),
-            default_text(field),
-            limits_text(field),
-            field.description or "",
-        ]
-        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+        cells = [f"`{key}`", type_text(field.annotation), default_text(field, value), limits_text(field)]
+        lines.append("| " + " | ".join(_cell(cell) for cell in [*cells, field.description or ""]) + " |")
+    rules = rules_of(model)
+    lines += ["", *[f"Also checked: {rule}" for rule in rules]] if rules else []
     lines.append("")
-    for submodel, key in subsections:
-        lines += section_markdown(submodel, key)
+    for submodel, key, value in subsections:
+        lines += section_markdown(submodel, key, value)
     return lines
 
 
@@ -170,11 +208,14 @@ def limits_markdown() -> list[str]:
 
 
 def reference_markdown() -> str:
-    sections = section_markdown(AppConfig, "") + limits_markdown()
+    sections = section_markdown(AppConfig, "", AppConfig()) + limits_markdown()
     return HEADER + "\n" + "\n".join(sections).rstrip() + "\n"
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--print"]:
+        sys.stdout.write(reference_markdown())
+        return
     write_text_atomic(REFERENCE, reference_markdown())
     print(f"wrote {REFERENCE.relative_to(REPO_ROOT)}")
 

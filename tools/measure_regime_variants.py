@@ -3,7 +3,7 @@ baseline vs max_rate auto vs specificity vs both, with and without any-spike res
 vs ensemble.
 
     .venv/bin/python tools/measure_regime_variants.py [--seeds 0 1 2] [--variants baseline auto ...]
-        [--specificity-weight 2] [--rounds 3] [--workers 2] [--out /tmp/regime_variants]
+        [--specificity-weight 2] [--rounds 3] [--workers 2] [--out runs/regime_variants]
 
 Each (variant, seed) is one ordinary `python main.py` run on the demo models (demo settings applied, transfer
 table off), in its own process. Writes `<out>/runs.json` (every run's figures) and `<out>/table.md`: mean ± s.d.
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--extra", nargs="*", default=[], help="KEY=VALUE overrides added to every run")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/regime_variants"))
+    parser.add_argument("--out", type=Path, default=Path("runs/regime_variants"))
     args = parser.parse_args(argv)
     known = variants(args.specificity_weight, args.rounds)
     chosen = args.variants or [name for name in known if name != "regime_term"]

@@ -22,6 +22,7 @@ class SynapseKinetics(Section):
 
     @model_validator(mode="after")
     def _rise_before_decay(self) -> SynapseKinetics:
+        """`tau_rise_ms` is shorter than `tau_decay_ms`."""
         if self.tau_rise_ms >= self.tau_decay_ms:
             raise ValueError("tau_rise_ms must be shorter than tau_decay_ms")
         return self

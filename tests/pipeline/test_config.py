@@ -141,3 +141,38 @@ def test_a_users_value_beats_the_demo_value(tmp_path, how):
         expected = chosen if how in ("command_line", "changed_in_file") else demo_value
         assert value_at(config, key) == expected, (key, how)
         assert (key in config.demo.applied) == (expected == demo_value)
+
+
+def nested(key: str, value) -> dict:
+    """{'a': {'b': value}} from 'a.b'."""
+    data: dict = {}
+    node = data
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return data
+
+
+DEFAULTS = AppConfig().model_dump(mode="json")
+
+
+def default_at(key: str):
+    value = DEFAULTS
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+@pytest.mark.parametrize("key", sorted(dotted_fields(AppConfig)))
+def test_any_key_alone_keeps_every_other_default(key):
+    """A config that sets one key (to its default) is the default config: every key is optional, also inside
+    sections whose defaults their parent builds (a synapse's kinetics)."""
+    assert AppConfig.model_validate(nested(key, default_at(key))).model_dump(mode="json") == DEFAULTS
+
+
+def test_a_changed_key_of_a_parent_built_subsection_keeps_its_siblings():
+    config = AppConfig.model_validate(nested("ground_truth.neuron.nmda.weight_us", 0.002))
+    default = AppConfig().ground_truth.neuron.nmda
+    assert config.ground_truth.neuron.nmda.weight_us == 0.002
+    assert config.ground_truth.neuron.nmda.tau_decay_ms == default.tau_decay_ms == 70.0
