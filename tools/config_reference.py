@@ -40,7 +40,8 @@ HEADER = """# Configuration reference
 Every key `python main.py` accepts, generated from the config schema by `python tools/config_reference.py` (a
 test fails when this page differs from what the script writes). Every key is optional; the default is the
 built-in value (`config.yaml` shows the same values with comments; its `demo:` section holds the values tuned
-for the shipped demo models, applied to them only). Unknown keys and wrong types stop a run before any work.
+for the shipped demo models, applied to them only). Unknown keys and wrong types stop a run before any work
+(true/false is never taken as a number; a number written as text, such as YAML's `1e-4`, is read as the number).
 
 Set a key in a YAML file (`--config my.yaml`) or on the command line as a dotted key:
 `python main.py optimization.loop.max_iterations=200 device=cpu` (values are read as YAML: `200`, `true`, `null`,

@@ -176,3 +176,44 @@ def test_a_changed_key_of_a_parent_built_subsection_keeps_its_siblings():
     default = AppConfig().ground_truth.neuron.nmda
     assert config.ground_truth.neuron.nmda.weight_us == 0.002
     assert config.ground_truth.neuron.nmda.tau_decay_ms == default.tau_decay_ms == 70.0
+
+
+def field_at(key: str):
+    model: type[BaseModel] = AppConfig
+    *parents, last = key.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation
+    return model.model_fields[last]
+
+
+NON_BOOLEAN_KEYS = sorted(
+    key
+    for key in dotted_fields(AppConfig)
+    if isinstance(default_at(key), (int, float))
+    and not isinstance(default_at(key), bool)
+    or isinstance(default_at(key), list)
+    and default_at(key)
+)
+
+
+@pytest.mark.parametrize("key", NON_BOOLEAN_KEYS)
+def test_true_or_false_is_never_taken_as_a_number(key):
+    """pydantic would read `seed: true` as 1; a key of numbers (or a list of them) refuses booleans, naming it."""
+    from pipeline.config import validate_config
+
+    value = default_at(key)
+    flag = [True, *value[1:]] if isinstance(value, list) else True
+    with pytest.raises(ConfigError, match=re.escape(f"config key '{key}'") + ".*true/false is not a value"):
+        validate_config(nested(key, flag), "test.yaml")
+
+
+BOOLEAN_KEYS = sorted(key for key in dotted_fields(AppConfig) if isinstance(default_at(key), bool))
+
+
+@pytest.mark.parametrize("key", BOOLEAN_KEYS)
+def test_boolean_keys_take_true_and_false(key):
+    for flag in (True, False):
+        dumped = AppConfig.model_validate(nested(key, flag)).model_dump(mode="json")
+        for part in key.split("."):
+            dumped = dumped[part]
+        assert dumped is flag
