@@ -28,6 +28,16 @@ def _takes_booleans(annotation: Any) -> bool:
     return annotation is bool or annotation is Any or origin is not None and origin not in (list, tuple)
 
 
+def _takes_numbers(annotation: Any) -> bool:
+    """Whether pydantic would turn true/false into a number for this type."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is typing.Annotated:
+        return _takes_numbers(args[0])
+    if origin in (Union, types.UnionType):
+        return any(_takes_numbers(arg) for arg in args)
+    return annotation in (int, float)
+
+
 def _item_types(annotation: Any) -> list[Any]:
     """The types of the items of the list or tuple forms of this type."""
     origin, args = get_origin(annotation), get_args(annotation)
@@ -42,7 +52,7 @@ def boolean_as_number(value: Any, annotation: Any) -> bool:
     """true/false where only numbers (or other non-booleans) belong, at the top or inside lists: pydantic would
     take it as 1 or 0 without a word (`seed: true`, `segments: [true, 2]`)."""
     if isinstance(value, bool):
-        return not _takes_booleans(annotation)
+        return _takes_numbers(annotation) and not _takes_booleans(annotation)
     if isinstance(value, (list, tuple)):
         items = _item_types(annotation)
         return bool(items) and any(all(boolean_as_number(element, item) for item in items) for element in value)
@@ -57,7 +67,7 @@ class Section(BaseModel):
     def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         field = cls.model_fields[info.field_name] if info.field_name else None
         if field is not None and boolean_as_number(value, field.annotation):
-            raise ValueError("true/false is not a value this key takes (it would be read as 1 or 0)")
+            raise ValueError("true/false is not a number (it would be read as 1 or 0); write the number")
         return value
 
     @model_validator(mode="before")

@@ -118,7 +118,8 @@ def _inner_bounds(annotation: Any, prefix: str) -> list[str]:
     if origin in (Union, types.UnionType):
         return [text for arg in args for text in _inner_bounds(arg, prefix)]
     if origin in (list, tuple):
-        return [text for arg in args if arg is not Ellipsis for text in _inner_bounds(arg, "each ")]
+        each = "each inner item " if prefix.startswith("each") else "each "
+        return [text for arg in args if arg is not Ellipsis for text in _inner_bounds(arg, each)]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):  # a form such as {first, count}
         return [
             f"{name} {text}"
@@ -154,7 +155,8 @@ def default_text(field: FieldInfo, value: Any) -> str:
 
 def rules_of(model: type[BaseModel]) -> list[str]:
     """What the section's validators check across its keys, from their docstrings."""
-    validators = model.__pydantic_decorators__.model_validators.values()
+    inherited = set(Section.__pydantic_decorators__.model_validators)  # what every section does
+    validators = [v for name, v in model.__pydantic_decorators__.model_validators.items() if name not in inherited]
     return [" ".join(validator.func.__doc__.split()) for validator in validators if validator.func.__doc__]
 
 

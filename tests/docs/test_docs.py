@@ -78,7 +78,7 @@ def github_anchor(heading: str) -> str:
 def anchors_of(path: Path) -> set[str]:
     anchors, seen, fenced = set(), {}, False
     for line in path.read_text().splitlines():
-        if line.startswith("```"):
+        if line.startswith(("```", "~~~")):
             fenced = not fenced
         match = None if fenced else re.match(r"^#{1,6} (.+)$", line)
         if match:
@@ -97,7 +97,7 @@ LINK_FORMS = [
 
 
 def relative_links(path: Path) -> list[str]:
-    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    text = re.sub(r"(```|~~~).*?\1", "", path.read_text(), flags=re.S)
     targets = [target for form in LINK_FORMS for target in form.findall(text)]
     return [target for target in targets if not re.match(r"^[a-z][a-z0-9+.-]*:", target, flags=re.I)]
 
@@ -181,13 +181,13 @@ UNFOLLOWABLE = [
     ),
     (
         re.compile(
-            r"\(#\d+\)|\b(in|see|fix(es|ed)?|close[sd]?|resolve[sd]?|per|after)\s+#\d+\b|\bGH-\d+|/(issues|pull)/\d+",
+            r"\(#\d+\)|\(#\d+,|\[#\d+\]|\b(in|see|refs?|cf\.?|fix(es|ed)?:?|close[sd]?:?|resolve[sd]?:?|per|after)\s+#\d+\b|\bGH[-#]\d+|/(issues|pull)/\d+",
             re.I,
         ),
         "an issue number",
     ),
     (
-        re.compile(r"/work/|/home/\w|/Users/\w|/root/|/tmp/|\.\./shared\b|\.library\b"),
+        re.compile(r"/work/|/home/\w|/Users/\w|/root/|/tmp/|\.\./shared\b|/\.library\b"),
         "a path of a development machine",
     ),
 ]
@@ -215,6 +215,12 @@ def test_the_reference_patterns_catch_what_they_are_for():
         "GH-7",
         "/tmp/models/a.h5",
         "/root/x",
+        "refs #12",
+        "cf. #12",
+        "Fixes: #12",
+        "(#12, #13)",
+        "[#12]",
+        "GH#12",
     ]
     for sample in samples:
         assert any(pattern.search(sample) for pattern, _ in UNFOLLOWABLE), sample

@@ -193,6 +193,7 @@ NON_BOOLEAN_KEYS = sorted(
     and not isinstance(default_at(key), bool)
     or isinstance(default_at(key), list)
     and default_at(key)
+    and isinstance(default_at(key)[0], (int, float))
 )
 
 
@@ -203,7 +204,7 @@ def test_true_or_false_is_never_taken_as_a_number(key):
 
     value = default_at(key)
     flag = [True, *value[1:]] if isinstance(value, list) else True
-    with pytest.raises(ConfigError, match=re.escape(f"config key '{key}'") + ".*true/false is not a value"):
+    with pytest.raises(ConfigError, match=re.escape(f"config key '{key}'") + ".*true/false is not a number"):
         validate_config(nested(key, flag), "test.yaml")
 
 
@@ -217,3 +218,22 @@ def test_boolean_keys_take_true_and_false(key):
         for part in key.split("."):
             dumped = dumped[part]
         assert dumped is flag
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("optimization.stimulus.segments", [True, 2]),
+        ("optimization.stimulus.candidates", [3, False]),
+        ("sweep.seeds", [True]),
+        ("sweep.stimulus_sets", [[1, True]]),
+        ("sweep.models", [True]),
+        ("optimization.ensemble", [True]),
+        ("optimization.initial_rates.excitatory_range", [False, 0.01]),
+    ],
+)
+def test_true_or_false_is_refused_inside_lists_of_numbers(key, value):
+    from pipeline.config import validate_config
+
+    with pytest.raises(ConfigError, match=re.escape(f"config key '{key}'")):
+        validate_config(nested(key, value), "test.yaml")
