@@ -16,45 +16,39 @@ COUNT_END = 10**9  # iteration and trial counts: anything a run could finish
 LONGEST = int(MAX_INPUT_LENGTH.value)  # time steps; durations and times within a pattern stay below
 
 
-def _takes_booleans(annotation: Any) -> bool:
-    """Whether true/false is a value of this type itself (not a number that pydantic would make of it)."""
+def _members(annotation: Any) -> list[Any]:
+    """The alternatives of a type, Annotated and unions unwrapped: `Optional[Annotated[int, ...]]` -> [int, None]."""
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is typing.Annotated:
-        return _takes_booleans(args[0])
+        return _members(args[0])
     if origin in (Union, types.UnionType):
-        return any(_takes_booleans(arg) for arg in args)
-    if origin is Literal:
-        return any(isinstance(arg, bool) for arg in args)
-    return annotation is bool or annotation is Any or origin is not None and origin not in (list, tuple)
+        return [member for arg in args for member in _members(arg)]
+    return [annotation]
 
 
-def _takes_numbers(annotation: Any) -> bool:
-    """Whether pydantic would turn true/false into a number for this type."""
-    origin, args = get_origin(annotation), get_args(annotation)
-    if origin is typing.Annotated:
-        return _takes_numbers(args[0])
-    if origin in (Union, types.UnionType):
-        return any(_takes_numbers(arg) for arg in args)
-    return annotation in (int, float)
-
-
-def _item_types(annotation: Any) -> list[Any]:
-    """The types of the items of the list or tuple forms of this type."""
-    origin, args = get_origin(annotation), get_args(annotation)
-    if origin is typing.Annotated:
-        return _item_types(args[0])
-    if origin in (Union, types.UnionType):
-        return [item for arg in args for item in _item_types(arg)]
-    return [arg for arg in args if arg is not Ellipsis] if origin in (list, tuple) else []
+def _is_boolean_form(member: Any) -> bool:
+    return (
+        member is bool
+        or member is Any
+        or get_origin(member) is Literal
+        and any(isinstance(arg, bool) for arg in get_args(member))
+    )
 
 
 def boolean_as_number(value: Any, annotation: Any) -> bool:
-    """true/false where only numbers (or other non-booleans) belong, at the top or inside lists: pydantic would
-    take it as 1 or 0 without a word (`seed: true`, `segments: [true, 2]`)."""
+    """true/false where a number belongs and no boolean does, at the top or inside lists: pydantic would take it
+    as 1 or 0 without a word (`seed: true`, `segments: [true, 2]`)."""
+    members = _members(annotation)
     if isinstance(value, bool):
-        return _takes_numbers(annotation) and not _takes_booleans(annotation)
+        return any(member in (int, float) for member in members) and not any(map(_is_boolean_form, members))
     if isinstance(value, (list, tuple)):
-        items = _item_types(annotation)
+        items = [
+            arg
+            for member in members
+            if get_origin(member) in (list, tuple)
+            for arg in get_args(member)
+            if arg is not Ellipsis
+        ]
         return bool(items) and any(all(boolean_as_number(element, item) for item in items) for element in value)
     return False
 

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel
 
 from errors import ConfigError
-from pipeline.config import AppConfig, load_config
+from pipeline.config import AppConfig, get_dotted, load_config, set_dotted
 from tests.subprocesses import REPO
 
 
@@ -146,11 +146,7 @@ def test_a_users_value_beats_the_demo_value(tmp_path, how):
 def nested(key: str, value) -> dict:
     """{'a': {'b': value}} from 'a.b'."""
     data: dict = {}
-    node = data
-    *parents, last = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
+    set_dotted(data, key, value, "test")
     return data
 
 
@@ -158,10 +154,7 @@ DEFAULTS = AppConfig().model_dump(mode="json")
 
 
 def default_at(key: str):
-    value = DEFAULTS
-    for part in key.split("."):
-        value = value[part]
-    return value
+    return get_dotted(DEFAULTS, key)
 
 
 @pytest.mark.parametrize("key", sorted(dotted_fields(AppConfig)))
@@ -214,10 +207,7 @@ BOOLEAN_KEYS = sorted(key for key in dotted_fields(AppConfig) if isinstance(defa
 @pytest.mark.parametrize("key", BOOLEAN_KEYS)
 def test_boolean_keys_take_true_and_false(key):
     for flag in (True, False):
-        dumped = AppConfig.model_validate(nested(key, flag)).model_dump(mode="json")
-        for part in key.split("."):
-            dumped = dumped[part]
-        assert dumped is flag
+        assert value_at(AppConfig.model_validate(nested(key, flag)), key) is flag
 
 
 @pytest.mark.parametrize(
