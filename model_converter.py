@@ -2,12 +2,14 @@
 """Convert Keras neuron TCNs to PyTorch exactly, or refuse with a clear message.
 
     python model_converter.py model.h5 [model_params.pickle] [out.pth] [--verify] [--force] [EXPORT OPTIONS]
+    python model_converter.py model.json weights.h5 [model_params.pickle] [out.pth] [...]
     python model_converter.py MODELS_DIR [--output-dir DIR] [--jobs N] [--verify] [--force] [EXPORT OPTIONS]
     EXPORT OPTIONS: [--dtype float16|bfloat16] [--quantize int8] [--prune FRACTION [--prune-scope global]]
                     [--max-error BOUND]
 
 Writes `<stem>_converted.pth` beside the input (or OUT.pth, or in --output-dir) and
-`<stem>_converted_info.pickle` with the conversion record. Without PARAMS.pickle, the `<stem>.pickle` beside the
+`<stem>_converted_info.pickle` with the conversion record. A model saved as `model.to_json()` text plus
+`save_weights(...)` (Keras 2 `.h5`, Keras 3 `.weights.h5`) is given as both files. Without PARAMS.pickle, the `<stem>.pickle` beside the
 model is used when there is one. Reading needs neither TensorFlow nor Keras; `--verify` compares with Keras when
 installed. A model whose converted file is current (it records the source's sha256, this format version and the
 requested export) is not converted again unless --force. A folder: every *.h5 and *.keras in it (with its
@@ -41,6 +43,7 @@ with quiet_interrupts_while_importing(__name__ == "__main__"):
     from conversion.cache import ConversionOutcome, convert_or_reuse
     from conversion.config import ExportConfig
     from conversion.converter import DEFAULT_TRACE_LENGTH, convert_model, read_params
+    from conversion.json_model import JSON_SUFFIX
     from conversion.messages import outcome_lines
     from conversion.model_file import read_model_file
     from conversion.pairing import default_output_path, params_pickle_for
@@ -61,13 +64,19 @@ __all__ = [
 
 
 class TCNModelConverter:
-    """Convert one Keras model file; `model_params_path` is the training `.pickle` (architecture, history)."""
+    """Convert one Keras model file; `model_params_path` is the training `.pickle` (architecture, history);
+    `weights_path` the save_weights file of a `.json` model description."""
 
     def __init__(
-        self, tf_model_path: str | Path, model_params_path: str | Path | None = None, trust_pickles: bool = False
+        self,
+        tf_model_path: str | Path,
+        model_params_path: str | Path | None = None,
+        trust_pickles: bool = False,
+        weights_path: str | Path | None = None,
     ):
         self.tf_model_path = Path(tf_model_path)
         self.model_params_path = Path(model_params_path) if model_params_path else None
+        self.weights_path = Path(weights_path) if weights_path else None
         self.params = read_params(self.model_params_path, trust_pickles)
 
     def convert(self, output_path: str | Path | None = None, verify: bool = False, **export: Any) -> nn.Module:
@@ -81,13 +90,14 @@ class TCNModelConverter:
             params=self.params,
             verify=verify,
             export=ExportConfig(**export),
+            weights=self.weights_path,
         ).model
 
     def test_conversion(
         self, pytorch_model: nn.Module, test_input: Sequence[np.ndarray] | np.ndarray | None = None
     ) -> dict[str, Any]:
         """Per-output max/mean abs diff against Keras and pass/fail (see conversion.verify for the tolerance)."""
-        keras_file = read_model_file(self.tf_model_path, self.params, self.model_params_path)
+        keras_file = read_model_file(self.tf_model_path, self.params, self.model_params_path, self.weights_path)
         length = pytorch_model.metadata.get("shapes_traced_with_length") or DEFAULT_TRACE_LENGTH
         return verify_model(keras_file, pytorch_model, self.params, length=length, test_input=test_input).to_dict()
 
@@ -109,12 +119,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "folder 0 when every model succeeded, else 8. Supported layers and the .pth format: docs/converting.md.",
     )
     parser.add_argument("--version", action="version", version=f"neuron-tcn {VERSION}")
-    parser.add_argument("model", help="Keras model file (.h5 Keras 2 or 3, .keras) or a folder of them")
+    parser.add_argument(
+        "model", help="Keras model file (.h5 Keras 2 or 3, .keras; .json from to_json()) or a folder of them"
+    )
     parser.add_argument(
         "extra",
         nargs="*",
-        metavar="PARAMS.pickle|OUT.pth",
-        help="optional training parameters pickle and/or output path (.pth/.pt), in this order",
+        metavar="WEIGHTS.h5|PARAMS.pickle|OUT.pth",
+        help="the weights file of a .json model, then optional training parameters pickle and/or output "
+        "path (.pth/.pt), in this order",
     )
     parser.add_argument(
         "--verify",
@@ -167,19 +180,30 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--verbose", action="store_true", help="show tracebacks and debug logs")
     args = parser.parse_args(argv)
-    args.params, args.output = None, None
+    args.params, args.output, args.weights = None, None, None
     if Path(args.model).is_dir() and args.extra:
         parser.error(
             f"a folder takes no PARAMS.pickle or OUT.pth (got {' '.join(args.extra)}): each model's "
             "<stem>.pickle is used, and --output-dir chooses where the outputs go"
         )
-    for item in args.extra:
+    extra = list(args.extra)
+    if Path(args.model).suffix == JSON_SUFFIX:
+        if not extra or Path(extra[0]).suffix != ".h5":
+            parser.error(
+                f"{args.model} is a model description (model.to_json()): give its weights file next "
+                "(model_converter.py model.json weights.h5 [PARAMS.pickle] [OUT.pth])"
+            )
+        args.weights = extra.pop(0)
+    for item in extra:
         if Path(item).suffix in (".pth", ".pt") and args.output is None:
             args.output = item
         elif Path(item).suffix in (".pickle", ".pkl") and args.params is None and args.output is None:
             args.params = item
         else:
-            parser.error(f"unexpected argument {item!r}: give PARAMS.pickle then OUT.pth")
+            parser.error(
+                f"unexpected argument {item!r}: give PARAMS.pickle then OUT.pth"
+                + (" (a weights file goes only with a .json model)" if Path(item).suffix == ".h5" else "")
+            )
     if args.output and args.output_dir:
         parser.error("give either OUT.pth or --output-dir, not both")
     try:
@@ -220,6 +244,7 @@ def _convert_file(args: argparse.Namespace) -> int:
         export=args.export,
         force=args.force,
         trust_pickles=args.trust_pickles,
+        weights=args.weights,
     )
     print("\n".join(outcome_lines(outcome, source)))
     return 0

@@ -107,12 +107,14 @@ def current_conversion(
     export: ExportConfig | None = None,
     verified: bool = False,
     params_sha256: str | None = None,
+    weights_sha256: str | None = None,
 ) -> tuple[KerasGraphModule | None, str]:
     """(model, "") when `pth` is a current conversion (see the module doc); (None, why not) otherwise.
 
-    `source_sha256=None` skips the source check (no Keras file to compare with). Where the params pickle
-    supplied part of the model (a weights-only file's architecture, activations stored as Python functions), the
-    conversion is current only for the same params pickle.
+    `source_sha256=None` skips the source check (no Keras file to compare with); else a model given as JSON +
+    weights file is current only for the same weights file (`weights_sha256`, None for one-file models). Where
+    the params pickle supplied part of the model (a weights-only file's architecture, activations stored as
+    Python functions), the conversion is current only for the same params pickle.
     """
     try:
         payload = read_checkpoint(pth)
@@ -132,6 +134,11 @@ def current_conversion(
         return None, (
             f"{pth.name} is stale or foreign: it records source sha256 {str(record.source_sha256)[:12]}…, "
             f"the Keras file has {source_sha256[:12]}…"
+        )
+    if source_sha256 is not None and record.weights_sha256 != weights_sha256:
+        return None, (
+            f"{pth.name} is stale or foreign: it records weights sha256 {str(record.weights_sha256)[:12]}…, "
+            f"the weights file has {str(weights_sha256)[:12]}…"
         )
     if record.needs_params and record.params_sha256 != params_sha256:
         return None, f"{pth.name} was built with the architecture_dict of another (or no) params pickle"
@@ -192,10 +199,11 @@ def convert_or_reuse(
     force: bool = False,
     trust_pickles: bool = False,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    weights: str | Path | None = None,
 ) -> ConversionOutcome:
     """The model converted into `output` (default `<stem>_converted.pth`), or the current conversion already
-    there: same source sha256, format version and export (dtype, quantization, pruning, within max_error), and
-    a passed verification when `verify`.
+    there: same source sha256 (and `weights` file's, for a `.json` source), format version and export (dtype,
+    quantization, pruning, within max_error), and a passed verification when `verify`.
 
     Under the output's lock, where the check is repeated: a job that waited finds what the job before it
     converted. `force` converts regardless.
@@ -203,12 +211,14 @@ def convert_or_reuse(
     source = Path(source)
     params = Path(params) if params is not None else None
     output = Path(output) if output else default_output_path(source)
-    outputs_apart_from_inputs([output, info_path_for(output)], [source, params], ConversionError)
+    weights = Path(weights) if weights is not None else None
+    outputs_apart_from_inputs([output, info_path_for(output)], [source, params, weights], ConversionError)
     source_sha256 = file_sha256(source)
     params_sha256 = file_sha256(params) if params is not None else None
+    weights_sha256 = file_sha256(weights) if weights is not None else None
 
     def reused(locked: bool) -> ConversionOutcome | None:
-        model, why_not = current_conversion(output, source_sha256, export, verify, params_sha256)
+        model, why_not = current_conversion(output, source_sha256, export, verify, params_sha256, weights_sha256)
         if model is None:
             if locked and output.exists():  # said once, by the check that decides
                 log.info("converting again: %s", why_not)
@@ -221,7 +231,9 @@ def convert_or_reuse(
     with conversion_lock(output, lock_timeout_s):
         if not force and (outcome := reused(locked=True)) is not None:
             return outcome
-        conversion = convert_model(source, params, output, verify=verify, export=export, trust_pickles=trust_pickles)
+        conversion = convert_model(
+            source, params, output, verify=verify, export=export, trust_pickles=trust_pickles, weights=weights
+        )
         return ConversionOutcome(conversion.model, output, cached=False)
 
 

@@ -26,6 +26,7 @@ from conversion.config import ExportConfig
 from conversion.export import ExportRefused, export_model
 from conversion.graph import ModelGraph, parse_model_config
 from conversion.keras_file import KerasModelFile, file_sha256
+from conversion.masks import plan_masks
 from conversion.model_file import read_model_file
 from conversion.output import write_conversion
 from conversion.pairing import default_output_path, info_path_for
@@ -36,7 +37,7 @@ from errors import ConversionError, listed
 from fileio import outputs_apart_from_inputs, real_path
 from limits import MAX_INPUT_LENGTH
 from models.checkpoint import FORMAT_VERSION
-from models.graph import KerasGraphModule
+from models.graph import KerasGraphModule, tensor_base
 from models.layers import unusable_normalizations
 from safe_pickle import load_pickle
 from version import VERSION
@@ -73,8 +74,10 @@ def convert_model(
     verify: bool = False,
     export: ExportConfig | None = None,
     trust_pickles: bool = False,
+    weights: str | Path | None = None,
 ) -> Conversion:
-    """Convert `source` (with its params pickle) into `output` (default `<stem>_converted.pth`) and its info pickle.
+    """Convert `source` (with its params pickle; a `.json` architecture with its `weights` file) into `output`
+    (default `<stem>_converted.pth`) and its info pickle.
 
     `verify` compares the float32 conversion with Keras on the file already read (a failed comparison refuses;
     no Keras here is recorded as skipped). An `export` other than float32 (half precision, int8, pruning) is
@@ -85,9 +88,9 @@ def convert_model(
     source = Path(source)
     export = export or ExportConfig()
     output = Path(output) if output else default_output_path(source)
-    outputs_apart_from_inputs([output, info_path_for(output)], [source, params_path], ConversionError)
+    outputs_apart_from_inputs([output, info_path_for(output)], [source, params_path, weights], ConversionError)
     params = read_params(params_path, trust_pickles) if params is None else params
-    keras_file = read_model_file(source, params, params_path)
+    keras_file = read_model_file(source, params, params_path, weights)
     conversion = build_conversion(keras_file, params)
     record = conversion.record
     if verify:
@@ -175,13 +178,16 @@ def model_graph(keras_file: KerasModelFile) -> ModelGraph:
 def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) -> Conversion:
     """The module of an already read Keras file, and its record (not yet verified, rounded or written)."""
     graph = model_graph(keras_file)
-    problems: list[str] = list(graph.problems)
+    masks = plan_masks(graph)
+    problems: list[str] = list(graph.problems) + masks.problems
     non_finite: list[str] = []
     layer_specs: list[dict[str, Any]] = []
     state: dict[str, torch.Tensor] = {}
     keys: set[str] = set()
     names_in_graph = {layer.name for layer in graph.layers}
     for layer in graph.layers:
+        if layer.name in masks.dropped:
+            continue
         converter = find_converter(layer.class_name) if isinstance(layer.class_name, str) else None
         if converter is None:
             problems.append(
@@ -239,9 +245,11 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
     for stray in sorted(set(keras_file.weights) - names_in_graph):
         if keras_file.weights[stray]:
             problems.append(f"weights stored for '{stray}', which is not a layer of the model")
-    produced = {output for _, _, output in graph.calls}
+    produced = {tensor_base(output) for _, _, output in masks.calls}
     problems += [
-        f"model output '{output}' is produced by no layer call" for output in graph.outputs if output not in produced
+        f"model output '{output}' is produced by no layer call"
+        for output in graph.outputs
+        if tensor_base(output) not in produced
     ]
     problems += [
         f"input '{name}' has shape {shape}: dimensions must be positive integers or null"
@@ -264,20 +272,37 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
         )
 
     key_of = {spec["name"]: spec["key"] for spec in layer_specs}
+    calls: list[dict[str, Any]] = [
+        {"layer": key_of[name], "inputs": refs, "output": out} for name, refs, out in masks.calls
+    ]
+    for index, token_tensor in masks.masks.items():
+        calls[index]["mask"] = token_tensor
     spec = {
-        "inputs": [{"name": t.split(":")[0], "tensor": t, "shape": shape} for t, shape in graph.inputs],
+        "inputs": [_input_entry(tensor, shape, layer_specs, calls) for tensor, shape in graph.inputs],
         "layers": layer_specs,
-        "calls": [{"layer": key_of[name], "inputs": refs, "output": out} for name, refs, out in graph.calls],
+        "calls": calls,
         "outputs": graph.outputs,
         "output_names": graph.output_names,
     }
     model = _build_module(keras_file, spec, state)
     trace_length = _trace_length(spec, params)
     _check_trace_size(keras_file, model, trace_length)
-    layer_shapes = _trace(keras_file, model, trace_length)
-    record = _record(keras_file, model, layer_specs, state, layer_shapes, trace_length, params)
+    tensor_shapes = _trace(keras_file, model, trace_length)
+    record = _record(keras_file, model, layer_specs, state, tensor_shapes, trace_length, params)
     model.metadata = record.to_dict()
     return Conversion(model=model, record=record)
+
+
+def _input_entry(
+    tensor: str, shape: list[int | None], layer_specs: list[dict[str, Any]], calls: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A spec's input; one that only Embeddings read holds token indices below the smallest table's size."""
+    entry: dict[str, Any] = {"name": tensor.split(":")[0], "tensor": tensor, "shape": shape}
+    by_key = {spec["key"]: spec for spec in layer_specs}
+    readers = [by_key[call["layer"]] for call in calls if tensor in call["inputs"]]
+    if readers and all(reader["type"] == "embedding" for reader in readers):
+        entry["tokens"] = min(int(reader["config"]["input_dim"]) for reader in readers)
+    return entry
 
 
 def _build_module(keras_file: KerasModelFile, spec: dict[str, Any], state: dict[str, torch.Tensor]) -> KerasGraphModule:
@@ -331,11 +356,11 @@ def _check_trace_size(keras_file: KerasModelFile, model: KerasGraphModule, lengt
 
 
 def _trace(keras_file: KerasModelFile, model: KerasGraphModule, length: int) -> dict[str, tuple[int, ...]]:
-    """Run a zero input through the model once, to catch shape mismatches and record output shapes."""
+    """Run a zero input through the model once, to catch shape mismatches and record every tensor's shape."""
     inputs = [torch.zeros(1, *[length if s is None else s for s in shape]) for shape in model.input_shapes]
     try:
         with torch.no_grad():
-            return dict(model.trace(*inputs))
+            return model.trace(*inputs)
     except ValueError as exc:
         raise ConversionError(f"{keras_file.path}: shape mismatch: {exc}. Nothing was written.") from exc
     except Exception as exc:  # e.g. a layer called without inputs in the config
@@ -350,7 +375,7 @@ def _record(
     model: KerasGraphModule,
     layer_specs: list[dict[str, Any]],
     state: dict[str, torch.Tensor],
-    layer_shapes: dict[str, tuple[int, ...]],
+    tensor_shapes: dict[str, tuple[int, ...]],
     trace_length: int,
     params: dict[str, Any] | None,
 ) -> ConversionRecord:
@@ -358,10 +383,10 @@ def _record(
         spec["key"]: sum(v.numel() for k, v in state.items() if k.startswith(f"layers.{spec['key']}."))
         for spec in layer_specs
     }
-    outputs = [
-        layer_shapes[next(c["layer"] for c in model.spec["calls"] if c["output"] == out)]
-        for out in model.spec["outputs"]
-    ]
+    layer_shapes: dict[str, tuple[int, ...]] = {}
+    for call in model.spec["calls"]:  # a layer's first call, its first output
+        layer_shapes.setdefault(call["layer"], tensor_shapes[call["output"]])
+    outputs = [tensor_shapes[out] for out in model.spec["outputs"]]
     architecture = (params or {}).get("architecture_dict")
     return ConversionRecord(
         converter_version=VERSION,
@@ -392,4 +417,6 @@ def _record(
         ],
         resolved_activations=[r.as_record() for r in keras_file.resolved_activations.values()],
         architecture_dict=plain(architecture) if architecture is not None else None,
+        weights_path=str(real_path(keras_file.weights_path)) if keras_file.weights_path is not None else None,
+        weights_sha256=keras_file.weights_sha256,
     )

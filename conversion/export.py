@@ -23,7 +23,7 @@ import torch
 
 from conversion.config import ExportConfig
 from conversion.record import ExportRecord, OutputCost, SpikeCost
-from conversion.verify import ATOL, RTOL, SPIKE_DENSITY, realistic_input
+from conversion.verify import ATOL, RTOL, input_kind, realistic_input
 from models.checkpoint import STORAGE_DTYPES, round_to_storage
 from models.graph import KerasGraphModule
 from models.packed import pack_weight, packable_weights, packed_bytes, unpack_weight
@@ -53,12 +53,12 @@ def export_model(
     reference = _outputs(model, inputs)
     if not all(np.isfinite(out).all() for out in reference):
         raise ExportRefused(
-            f"the float32 conversion's outputs on {describe_input(inputs, length, neuron)} are not "
+            f"the float32 conversion's outputs on {describe_input(model, inputs, length, neuron)} are not "
             "finite, so no export's cost can be measured"
         )
     record = ExportRecord(
         options=options.model_dump(),
-        input=describe_input(inputs, length, neuron),
+        input=describe_input(model, inputs, length, neuron),
         float32_weight_bytes=_state_bytes(model, {}, "float32"),
     )
     exported = _folded(model, options, inputs, reference, record) if compress else copy.deepcopy(model)
@@ -122,11 +122,8 @@ def _folded(
 def tensor_ranks(model: KerasGraphModule, inputs: list[np.ndarray]) -> dict[str, int]:
     """Rank of every named tensor of the graph, from one traced pass over the first sample."""
     first = [torch.from_numpy(a[:1]) for a in inputs]
-    ranks = {inp["tensor"]: a.ndim for inp, a in zip(model.spec["inputs"], first)}
     with torch.no_grad():
-        shapes = model.trace(*first)
-    ranks.update({call["output"]: len(shape) for call, (_, shape) in zip(model.spec["calls"], shapes)})
-    return ranks
+        return {name: len(shape) for name, shape in model.trace(*first).items()}
 
 
 def _state_bytes(model: KerasGraphModule, packed: dict[str, Any], dtype: str) -> int:
@@ -329,7 +326,7 @@ def cost_input(model: KerasGraphModule, length: int, neuron: bool) -> list[np.nd
     """The fixed input set of the cost: COST_SAMPLES samples, fewer when one sample is large (at least one)."""
     per_sample = sum(math.prod(length if s is None else s for s in shape) for shape in model.input_shapes)
     samples = max(1, min(COST_SAMPLES, int(COST_BUDGET // max(per_sample, 1))))
-    return realistic_input(model.input_shapes, length, neuron, seed=COST_SEED, batch=samples)
+    return realistic_input(model.input_shapes, length, neuron, seed=COST_SEED, batch=samples, tokens=model.input_tokens)
 
 
 def _outputs(model: torch.nn.Module, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -338,9 +335,9 @@ def _outputs(model: torch.nn.Module, inputs: list[np.ndarray]) -> list[np.ndarra
     return [t.cpu().numpy().astype(np.float64) for t in (got if isinstance(got, tuple) else (got,))]
 
 
-def describe_input(inputs: list[np.ndarray], length: int, neuron: bool) -> str:
+def describe_input(model: KerasGraphModule, inputs: list[np.ndarray], length: int, neuron: bool) -> str:
     """'16 samples × 200 steps of binary spikes at 3% density (seed …)', as the record states the input set."""
-    kind = f"binary spikes at {SPIKE_DENSITY:.0%} density" if neuron else "standard normal noise"
+    kind = input_kind(model, neuron)
     samples = inputs[0].shape[0]
     extent = f"{samples} samples × {length} steps" if inputs[0].ndim > 2 else f"{samples} samples"
     return f"{extent} of {kind} (seed {COST_SEED})"

@@ -2,7 +2,8 @@
 
 Keras 2 writes inbound nodes as nested lists `[[["layer_1", 0, 0, {}]]]`; Keras 3 as dicts whose `args` hold
 `__keras_tensor__` entries with a `keras_history` of (layer, node, tensor). Tensors are named
-`"<layer>:<node>:<tensor>"`, where node is the index of the producing layer's call.
+`"<layer>:<node>:<tensor>"`, where node is the index of the producing layer's call and tensor the index of its
+outputs (a recurrent layer's states follow its output).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from errors import ConversionError, listed
 from limits import MAX_LAYERS
+from models.graph import tensor_base
 
 INPUT_LAYER = "InputLayer"
 SEQUENTIAL = "Sequential"
@@ -25,6 +27,7 @@ class LayerRecord:
     class_name: Any  # as the config gives it: a str in a well-formed file (build_conversion checks)
     config: dict[str, Any]
     calls: list[list[str]] = field(default_factory=list)  # input tensor names of each call
+    call_args: list[list[Any]] = field(default_factory=list)  # Keras 3: each call's positional arguments as stored
 
 
 @dataclass
@@ -35,6 +38,8 @@ class ModelGraph:
     output_names: list[str]
     calls: list[tuple[str, list[str], str]]  # (layer name, input tensors, output tensor), topological order
     problems: list[str] = field(default_factory=list)  # reported with the layers' problems
+    # Keras 3: output tensor of a call -> the tensor it was given as `mask=` (see conversion.masks)
+    mask_arguments: dict[str, str] = field(default_factory=dict)
 
 
 def tensor_name(layer: str, node: int = 0, index: int = 0) -> str:
@@ -64,13 +69,22 @@ def _history_refs(value: Any) -> list[str]:
 
 def _node_inputs(node: Any, layer_name: str) -> list[str]:
     if isinstance(node, dict):  # Keras 3
-        if _history_refs(node.get("kwargs", {})):
+        keywords = {key: value for key, value in (node.get("kwargs") or {}).items() if key != "mask"}
+        if _history_refs(keywords):
             raise ConversionError(
                 f"layer {layer_name!r} receives a tensor as a keyword argument; "
-                "only positional tensor inputs are supported."
+                "only positional tensor inputs (and a mask) are supported."
             )
         return _history_refs(node.get("args", []))
     return [tensor_name(entry[0], entry[1], entry[2]) for entry in node]  # Keras 2
+
+
+def _node_mask(node: Any) -> str | None:
+    """The tensor a Keras 3 call was given as `mask=`, if any."""
+    refs = _history_refs((node.get("kwargs") or {}).get("mask")) if isinstance(node, dict) else []
+    if len(refs) > 1:
+        raise ConversionError(f"a layer call is given {len(refs)} masks; one per call is supported.")
+    return refs[0] if refs else None
 
 
 def _refs(value: Any) -> list[str]:
@@ -147,6 +161,7 @@ def _parse_functional(config: dict[str, Any]) -> ModelGraph:
     inputs: list[tuple[str, list[int | None]]] = []
     layers: list[LayerRecord] = []
     pending: list[tuple[str, list[str], str]] = []
+    mask_arguments: dict[str, str] = {}
     for record in records:
         if record.class_name == INPUT_LAYER:
             shape = _batch_shape(record.config)
@@ -154,7 +169,12 @@ def _parse_functional(config: dict[str, Any]) -> ModelGraph:
                 raise ConversionError(f"input layer {record.name!r} records no shape.")
             inputs.append((tensor_name(record.name), list(shape[1:])))
             continue
-        record.calls = [_node_inputs(node, record.name) for node in raw[record.name].get("inbound_nodes", [])]
+        nodes = raw[record.name].get("inbound_nodes", [])
+        record.calls = [_node_inputs(node, record.name) for node in nodes]
+        record.call_args = [list(node.get("args", [])) if isinstance(node, dict) else [] for node in nodes]
+        for index, node in enumerate(nodes):
+            if (mask := _node_mask(node)) is not None:
+                mask_arguments[tensor_name(record.name, index)] = mask
         layers.append(record)
         pending.extend((record.name, refs, tensor_name(record.name, i)) for i, refs in enumerate(record.calls))
     input_order = _refs(config.get("input_layers", []))
@@ -168,6 +188,7 @@ def _parse_functional(config: dict[str, Any]) -> ModelGraph:
         output_names=[name.split(":")[0] for name in outputs],
         calls=calls,
         problems=problems,
+        mask_arguments=mask_arguments,
     )
 
 
@@ -179,7 +200,7 @@ def _topological(
     consumers: dict[str, list[int]] = {}
     waiting = []
     for index, (_, refs, _) in enumerate(pending):
-        missing = {ref for ref in refs if ref not in available}
+        missing = {tensor_base(ref) for ref in refs if ref not in available}
         waiting.append(len(missing))
         for ref in missing:
             consumers.setdefault(ref, []).append(index)
@@ -188,15 +209,17 @@ def _topological(
     while ready:
         index = ready.popleft()
         ordered.append(pending[index])
-        for consumer in consumers.pop(pending[index][2], []):
+        for consumer in consumers.pop(tensor_base(pending[index][2]), []):
             waiting[consumer] -= 1
             if waiting[consumer] == 0:
                 ready.append(consumer)
     if len(ordered) == len(pending):
         return ordered, []
-    produced = {output for _, _, output in pending}
+    produced = {tensor_base(output) for _, _, output in pending}
     stuck = [call for index, call in enumerate(pending) if waiting[index] > 0]
-    unproduced = sorted({ref for _, refs, _ in stuck for ref in refs if ref not in available and ref not in produced})
+    unproduced = sorted(
+        {ref for _, refs, _ in stuck for ref in refs if ref not in available and tensor_base(ref) not in produced}
+    )
     if unproduced:
         return ordered, [f"the model graph references tensors that no layer produces: {listed(map(repr, unproduced))}"]
     return ordered, [

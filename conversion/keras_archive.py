@@ -57,6 +57,10 @@ def _layer_norm(config: dict[str, Any]) -> list[str]:
     )
 
 
+def _recurrent_cell(config: dict[str, Any]) -> list[str]:
+    return ["kernel", "recurrent_kernel"] + (["bias"] if config.get("use_bias", True) else [])
+
+
 # Keras 3 variable order of the layer classes that have variables; other known classes have none.
 VARIABLE_ORDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "Conv1D": _conv_or_dense,
@@ -65,7 +69,34 @@ VARIABLE_ORDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "BatchNormalization": _batch_norm,
     "LayerNormalization": _layer_norm,
     "PReLU": lambda config: ["alpha"],
+    "Embedding": lambda config: ["embeddings"],
+    "LSTMCell": _recurrent_cell,
+    "GRUCell": _recurrent_cell,
+    "SimpleRNNCell": _recurrent_cell,
 }
+Sublayer = tuple[str, dict[str, Any]]  # (class name, config)
+
+
+def _wrapped(config: dict[str, Any], key: str) -> Sublayer | None:
+    entry = config.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("class_name"), str) and isinstance(entry.get("config"), dict):
+        return entry["class_name"], entry["config"]
+    return None
+
+
+def known_sublayers(class_name: str, config: dict[str, Any]) -> dict[str, Sublayer]:
+    """The sublayers whose class the config tells, by the group Keras 3 stores them in: a recurrent layer's
+    `cell`, TimeDistributed's `layer`, Bidirectional's `forward_layer` and `backward_layer`."""
+    bare = bare_class_name(class_name)
+    if bare in ("LSTM", "GRU", "SimpleRNN"):
+        return {"cell": (f"{bare}Cell", config)}
+    found = {}
+    if bare == "TimeDistributed":
+        found["layer"] = _wrapped(config, "layer")
+    elif bare == "Bidirectional":
+        found["forward_layer"] = _wrapped(config, "layer")
+        found["backward_layer"] = _wrapped(config, "backward_layer") or found["forward_layer"]
+    return {key: sublayer for key, sublayer in found.items() if sublayer is not None}
 
 
 def group_base_name(class_name: str) -> str:
@@ -108,29 +139,38 @@ def _sublayer_variable_names(key: str, values: list[np.ndarray]) -> list[str]:
     return [str(i) for i in range(len(values))]
 
 
-def _nested_weights(group: h5py.Group, reader: WeightReader) -> dict[str, np.ndarray]:
-    """Variables of sublayers (e.g. keras-tcn's residual blocks), named as the `.h5` format names them: the
-    path of the sublayers' names (`residual_block_1/batch_normalization_3/gamma`); list containers add
-    nothing to the path. A sublayer without a stored name is named by its group."""
+def _nested_weights(
+    group: h5py.Group, reader: WeightReader, class_name: str, config: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Variables of sublayers (keras-tcn's residual blocks, a recurrent layer's cell, a wrapped layer), named as
+    the `.h5` format names them: the path of the sublayers' names (`residual_block_1/batch_normalization_3/gamma`,
+    `forward_lstm/lstm_cell/kernel`); list containers add nothing to the path. A sublayer without a stored name
+    is named by its group. Where the config tells a sublayer's class, its variables are named by it."""
     found: dict[str, np.ndarray] = {}
 
-    def walk(parent: h5py.Group, path: list[str]) -> None:
+    def walk(parent: h5py.Group, path: list[str], sublayers: dict[str, Sublayer]) -> None:
         for key in parent:
             child = parent[key]
             if key == "vars" or not isinstance(child, h5py.Group):
                 continue
             is_layer = "vars" in child
             child_path = path + [stored_layer_name(child) or key] if is_layer else path
+            known = sublayers.get(key)
             if is_layer:
                 values = _numbered(child["vars"], reader)
-                for var, value in zip(_sublayer_variable_names(key, values), values):
+                names = _sublayer_variable_names(key, values)
+                if known is not None and bare_class_name(known[0]) in VARIABLE_ORDER:
+                    names = variable_names(known[0], known[1], len(values))
+                if len(names) != len(values):
+                    raise ValueError(f"{key} holds {len(values)} variable(s), its config implies {len(names)}")
+                for var, value in zip(names, values):
                     name = "/".join(child_path + [var])
                     if name in found:
                         raise ValueError(f"two sublayers store a variable named {name}")
                     found[name] = value
-            walk(child, child_path)
+            walk(child, child_path, known_sublayers(*known) if known is not None else {})
 
-    walk(group, [])
+    walk(group, [], known_sublayers(class_name, config))
     return found
 
 
@@ -193,7 +233,7 @@ def read_numbered_weights(
         group = layers_root[mapping[name]]
         try:
             values = _numbered(group["vars"], reader) if "vars" in group else []
-            nested = _nested_weights(group, reader)
+            nested = _nested_weights(group, reader, class_name, config)
         except ValueError as exc:
             problems.append(f"layer '{name}' ({class_name}): layers/{mapping[name]}: {exc}")
             continue

@@ -290,6 +290,9 @@ class KerasModelFile:
     weights_only: bool = False
     # layer name -> how its activation, stored as a Python function, was resolved (conversion.lambdas)
     resolved_activations: dict[str, Any] = field(default_factory=dict)
+    # a model given as to_json() text (`path`) and a save_weights file: the latter (conversion.json_model)
+    weights_path: Path | None = None
+    weights_sha256: str | None = None
 
     @property
     def keras_major(self) -> int:

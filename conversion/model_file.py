@@ -5,6 +5,7 @@ always goes to the archive reader, so that a damaged archive is reported as one.
     HDF5 with a `model_config`           → full-model `.h5`, Keras 2 or 3 (conversion.keras_file)
     HDF5 with weights but no config      → `save_weights` file + the params' architecture_dict
                                            (conversion.architecture_dict)
+    `.json` (model.to_json()) + weights   → conversion.json_model
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import h5py
 
 from conversion.architecture_dict import read_weights_only
+from conversion.json_model import JSON_SUFFIX, read_json_and_weights
 from conversion.keras_archive import read_keras_archive
 from conversion.keras_file import KerasModelFile, read_attr, read_keras_h5
 from conversion.lambdas import resolve_stored_functions
@@ -34,14 +36,24 @@ def _is_weights_only(path: Path) -> bool:
 
 
 def read_model_file(
-    path: str | Path, params: dict[str, Any] | None = None, params_path: str | Path | None = None
+    path: str | Path,
+    params: dict[str, Any] | None = None,
+    params_path: str | Path | None = None,
+    weights_path: str | Path | None = None,
 ) -> KerasModelFile:
     """The Keras model in `path` (with `params`' architecture_dict for weights-only files, and for activations
-    stored as Python functions) as a KerasModelFile; every failure is a ConversionError naming the file and
-    the problem."""
+    stored as Python functions; with `weights_path` for a `.json` architecture) as a KerasModelFile; every
+    failure is a ConversionError naming the file and the problem."""
     path = Path(path)
     regular_file_size(path, ConversionError, "Keras model file")
-    if zipfile.is_zipfile(path) or path.suffix == ARCHIVE_SUFFIX:
+    if weights_path is not None and path.suffix != JSON_SUFFIX:
+        raise ConversionError(
+            f"{path}: a separate weights file ({weights_path}) goes with a model description from "
+            "model.to_json() (a .json file), not with a model file. Nothing was written."
+        )
+    if path.suffix == JSON_SUFFIX:
+        keras_file = read_json_and_weights(path, weights_path)
+    elif zipfile.is_zipfile(path) or path.suffix == ARCHIVE_SUFFIX:
         keras_file = read_keras_archive(path)
     elif h5py.is_hdf5(path) and _is_weights_only(path):
         return read_weights_only(path, params)

@@ -201,6 +201,8 @@ class ConversionRecord:
     export: ExportRecord | None = None  # None: the float32 conversion itself
     params_pickle: str | None = None
     params_sha256: str | None = None
+    weights_path: str | None = None  # a model given as to_json() text (source_path) + this save_weights file
+    weights_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -30,8 +30,12 @@ class WeightBag:
     def __init__(self, layer_name: str, weights: dict[str, np.ndarray]):
         self.layer_name = layer_name
         self._weights = dict(weights)
-        self._taken: set[str] = set()
+        self._taken: set[str] = set()  # names as stored (a view's own names map to them by _stored)
+        self._stored: dict[str, str] = {}  # a view's name -> the name as stored, where they differ
         self.non_finite: dict[str, int] = {}  # weight name -> count of NaN/Inf values taken
+
+    def _is_taken(self, name: str) -> bool:
+        return self._stored.get(name, name) in self._taken
 
     def _match(self, suffix: str) -> list[str]:
         return [n for n in self._weights if n == suffix or n.endswith("/" + suffix)]
@@ -41,7 +45,7 @@ class WeightBag:
 
     def take(self, suffix: str, shape: tuple[int | None, ...] | None = None) -> np.ndarray:
         """The one weight whose name ends with `/suffix`; checks the shape where given (None = any size)."""
-        matches = [n for n in self._match(suffix) if n not in self._taken]
+        matches = [n for n in self._match(suffix) if not self._is_taken(n)]
         if len(matches) != 1:
             found = ", ".join(self._weights) or "none"
             what = "is missing" if not matches else f"is ambiguous ({', '.join(matches)})"
@@ -64,11 +68,33 @@ class WeightBag:
                     f"weight '{name}' holds {stored[overflowed].flat[0]:.3g}, beyond the range of float32"
                 )
             self.non_finite[name] = int(bad.sum())
-        self._taken.add(name)
+        self._taken.add(self._stored.get(name, name))
         return value
 
     def leftovers(self) -> list[str]:
-        return [n for n in self._weights if n not in self._taken]
+        return [n for n in self._weights if not self._is_taken(n)]
+
+    def shape_of(self, suffix: str) -> tuple[int, ...] | None:
+        """The shape of the one weight `take(suffix)` would take; None where there is not exactly one."""
+        matches = [n for n in self._match(suffix) if not self._is_taken(n)]
+        return tuple(np.shape(self._weights[matches[0]])) if len(matches) == 1 else None
+
+    def _view(self, names: dict[str, str]) -> WeightBag:
+        """A bag of some of these weights ({view name: name here}); what it takes counts as taken here too."""
+        view = WeightBag(self.layer_name, {})
+        view._weights = {new: self._weights[old] for new, old in names.items()}
+        view._stored = {new: self._stored.get(old, old) for new, old in names.items()}
+        view._taken, view.non_finite = self._taken, self.non_finite
+        return view
+
+    def part(self, segment: str) -> WeightBag:
+        """The weights below the sublayer `segment` (a path component of their names), for a wrapper's inner
+        layer."""
+        return self._view({n: n for n in self._weights if n.startswith(segment + "/") or f"/{segment}/" in n})
+
+    def renamed(self, rename: Callable[[str], str]) -> WeightBag:
+        """The same weights under the names `rename` gives (a layout that names sublayers otherwise)."""
+        return self._view({rename(n): n for n in self._weights})
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import logging
 import os
 import sys
@@ -47,6 +48,7 @@ class KerasRebuild:
     config: dict[str, Any]
     how: str  # said with the figures: the comparison is against this rebuild, not the file loaded by Keras
     leaky_relu: dict[str, float] = field(default_factory=dict)
+    from_json: bool = False  # `config` is a whole to_json() description (any model class), else a Functional one
 
 
 def keras_rebuild(keras_file: KerasModelFile) -> KerasRebuild | None:
@@ -57,6 +59,12 @@ def keras_rebuild(keras_file: KerasModelFile) -> KerasRebuild | None:
         return KerasRebuild(
             keras_file.model_config,
             "a Keras model built from the architecture_dict, with the weights file loaded into it",
+        )
+    if keras_file.weights_path is not None and not keras_file.resolved_activations:
+        return KerasRebuild(
+            keras_file.model_config,
+            f"the Keras model of {keras_file.path.name}, with {keras_file.weights_path.name} loaded into it",
+            from_json=True,
         )
     if not keras_file.resolved_activations:
         return None
@@ -137,18 +145,35 @@ def _leaky_relu(keras: ModuleType, slope: float) -> Callable[[Any], Any]:
 
 
 def realistic_input(
-    shapes: Sequence[tuple], length: int, neuron: bool, seed: int = 0, batch: int = VERIFY_BATCH
+    shapes: Sequence[tuple],
+    length: int,
+    neuron: bool,
+    seed: int = 0,
+    batch: int = VERIFY_BATCH,
+    tokens: Sequence[int | None] = (),
 ) -> list[np.ndarray]:
+    """Test inputs: binary spikes (neuron models) or standard normal noise; token indices drawn uniformly from
+    [0, n) (as float32, which Keras and the module both take) for the inputs with `tokens[i] = n`."""
     rng = np.random.default_rng(seed)
     arrays = []
-    for shape in shapes:
+    for index, shape in enumerate(shapes):
         full = (batch, *[length if s is None else s for s in shape])
-        arrays.append(
-            (rng.random(full) < SPIKE_DENSITY).astype(np.float32)
-            if neuron
-            else rng.standard_normal(full).astype(np.float32)
-        )
+        count = tokens[index] if index < len(tokens) else None
+        if count is not None:
+            arrays.append(rng.integers(0, count, full).astype(np.float32))
+        elif neuron:
+            arrays.append((rng.random(full) < SPIKE_DENSITY).astype(np.float32))
+        else:
+            arrays.append(rng.standard_normal(full).astype(np.float32))
     return arrays
+
+
+def input_kind(model: KerasGraphModule, neuron: bool) -> str:
+    """How realistic_input fills the model's inputs, in words."""
+    kind = f"binary spikes at {SPIKE_DENSITY:.0%} density" if neuron else "standard normal noise"
+    if model.input_tokens and all(model.input_tokens):
+        return "token indices drawn uniformly below each Embedding's input_dim"
+    return kind + (" (token indices for the inputs of Embeddings)" if any(model.input_tokens) else "")
 
 
 def _keras_tcn_classes() -> dict[str, Any]:
@@ -166,8 +191,14 @@ def load_keras_model(keras: ModuleType, path: str | Path, rebuild: KerasRebuild 
         if rebuild is None:
             return keras.models.load_model(str(path), compile=False, custom_objects=_keras_tcn_classes())
         custom = {name: _leaky_relu(keras, slope) for name, slope in rebuild.leaky_relu.items()}
+        if rebuild.from_json:
+            custom.update(_keras_tcn_classes())
         with keras.utils.custom_object_scope(custom):  # also for layers deserialized in Keras 3's native format
-            keras_model = keras.Model.from_config(rebuild.config["config"], custom_objects=custom)
+            keras_model = (
+                keras.models.model_from_json(json.dumps(rebuild.config), custom_objects=custom)
+                if rebuild.from_json
+                else keras.Model.from_config(rebuild.config["config"], custom_objects=custom)
+            )
         keras_model.load_weights(str(path))
         return keras_model
     except Exception as exc:  # Keras raises many types for files it cannot rebuild
@@ -196,7 +227,7 @@ def verify_model(
     binary spikes, others standard normal noise. Without a usable Keras the result records why (`skipped`)."""
     try:
         return compare_with_keras(
-            keras_file.path,
+            keras_file.weights_path or keras_file.path,
             model,
             keras_file.keras_major,
             length,
@@ -221,8 +252,8 @@ def compare_with_keras(
     """`path`: a model file Keras loads (.h5, .keras), or one whose weights go into the `rebuild` model."""
     keras = _keras_module(keras_major)
     if test_input is None:
-        inputs = realistic_input(model.input_shapes, length, neuron)
-        described = f"binary spikes at {SPIKE_DENSITY:.0%} density" if neuron else "standard normal noise"
+        inputs = realistic_input(model.input_shapes, length, neuron, tokens=model.input_tokens)
+        described = input_kind(model, neuron)
     else:
         inputs = [
             np.asarray(a, dtype=np.float32)

@@ -3,6 +3,11 @@
 The spec (stored in every `.pth`) lists the inputs, the layers (module key, type, config) and the calls in
 topological order; tensors are named by strings. Inputs and outputs keep the Keras layout (batch, time,
 channels) and the Keras order: one output is returned as a tensor, several as a tuple.
+
+A layer that returns several tensors (a recurrent layer with its states, Bidirectional with merge_mode None)
+names them `<layer>:<node>:0`, `:1`, ... as Keras does. A call may carry `"mask": <tensor>`: the layer then
+also gets `mask=` the positions where that tensor (the token input of an Embedding with `mask_zero`) is not 0.
+An input with `"tokens": n` feeds Embeddings: it holds indices in [0, n), as integers or whole floats.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any
 from torch import Tensor, nn
 
 import models.keras_tcn  # noqa: F401  (registers the keras-tcn module type)
+import models.sequence  # noqa: F401  (registers the sequence module types)
 from models.layers import MODULE_TYPES
 
 
@@ -23,6 +29,11 @@ def build_layer(layer_spec: dict[str, Any]) -> nn.Module:
     return module_type(**layer_spec["config"])
 
 
+def tensor_base(name: str) -> str:
+    """`layer:node:k` → `layer:node`: the call that produced the tensor."""
+    return name.rsplit(":", 1)[0]
+
+
 class KerasGraphModule(nn.Module):
     def __init__(self, spec: dict[str, Any]):
         super().__init__()
@@ -31,41 +42,52 @@ class KerasGraphModule(nn.Module):
         self.input_names = [inp["name"] for inp in spec["inputs"]]
         self._input_tensors = [inp["tensor"] for inp in spec["inputs"]]
         self.input_shapes = [tuple(inp["shape"]) for inp in spec["inputs"]]
+        # per input: the number of tokens of the Embeddings it feeds (integer indices), None for real values
+        self.input_tokens: list[int | None] = [inp.get("tokens") for inp in spec["inputs"]]
         self.output_names = list(spec["output_names"])
         self.metadata: dict = {}  # the conversion record (see conversion.converter), set by the converter or loader
-        self._calls = [(call["layer"], list(call["inputs"]), call["output"]) for call in spec["calls"]]
+        self._calls = [
+            (call["layer"], list(call["inputs"]), call["output"], call.get("mask")) for call in spec["calls"]
+        ]
 
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         if len(inputs) != len(self.input_names):
             raise ValueError(f"model expects {len(self.input_names)} input(s) {self.input_names}, got {len(inputs)}")
         tensors: dict[str, Tensor] = {}
         for name, tensor, shape, x in zip(self.input_names, self._input_tensors, self.input_shapes, inputs):
-            if x.shape[-1] != shape[-1]:
+            if x.ndim != len(shape) + 1 or (shape and shape[-1] is not None and x.shape[-1] != shape[-1]):
                 raise ValueError(
-                    f"input {name!r} expects {shape[-1]} channels on its last axis "
+                    f"input {name!r} expects shape (batch, {', '.join('?' if s is None else str(s) for s in shape)}) "
                     f"(Keras layout: batch, time, channels), got shape {tuple(x.shape)}"
                 )
             tensors[tensor] = x
         return self.run_calls(tensors)
 
+    def _call(self, index: int, tensors: dict[str, Tensor]) -> None:
+        layer_key, input_names, output_name, mask = self._calls[index]
+        extra = {"mask": tensors[mask] != 0} if mask is not None else {}
+        result = self.layers[layer_key](*(tensors[n] for n in input_names), **extra)
+        if isinstance(result, tuple):
+            base = tensor_base(output_name)
+            tensors.update({f"{base}:{k}": t for k, t in enumerate(result)})
+        else:
+            tensors[output_name] = result
+
     def run_calls(self, tensors: dict[str, Tensor], skip: int | None = None) -> Tensor | tuple[Tensor, ...]:
         """Run the calls (all but call number `skip`, whose output is then given) on the named tensors."""
-        for index, (layer_key, input_names, output_name) in enumerate(self._calls):
+        for index in range(len(self._calls)):
             if index != skip:
-                tensors[output_name] = self.layers[layer_key](*(tensors[n] for n in input_names))
+                self._call(index, tensors)
         outputs = tuple(tensors[name] for name in self.spec["outputs"])
         return outputs[0] if len(outputs) == 1 else outputs
 
-    def trace(self, *inputs: Tensor) -> list[tuple[str, tuple[int, ...]]]:
-        """Run once and return (layer key, output shape) per call; a failure names the layer that raised."""
+    def trace(self, *inputs: Tensor) -> dict[str, tuple[int, ...]]:
+        """Run once and return the shape of every named tensor; a failure names the layer that raised."""
         tensors = dict(zip(self._input_tensors, inputs))
-        shapes = []
-        for layer_key, input_names, output_name in self._calls:
-            args = [tensors[n] for n in input_names]
+        for index, (layer_key, input_names, _, _) in enumerate(self._calls):
             try:
-                tensors[output_name] = self.layers[layer_key](*args)
-            except RuntimeError as exc:
-                arg_shapes = ", ".join(str(tuple(a.shape)) for a in args)
+                self._call(index, tensors)
+            except (RuntimeError, ValueError, IndexError) as exc:
+                arg_shapes = ", ".join(str(tuple(tensors[n].shape)) for n in input_names if n in tensors)
                 raise ValueError(f"layer {layer_key!r} fails on input shape(s) {arg_shapes}: {exc}") from exc
-            shapes.append((layer_key, tuple(tensors[output_name].shape)))
-        return shapes
+        return {name: tuple(t.shape) for name, t in tensors.items()}

@@ -11,6 +11,10 @@ builds them, and every weight is found by name inside `residual_block_<b>/`:
   copy `conv1D_k/data_dep_init/{kernel,bias}`. It is folded into a plain kernel g · v / ||v|| (norm over the
   kernel's positions and input channels, per output channel, as tf.nn.l2_normalize computes it).
 
+- tf_keras's `.weights.h5` layout stores no sublayer names: blocks are `residual_block`, `residual_block_1`, ...
+  and their convs `conv1d`, `conv1d_1`, `shape_match_conv` (named by class and attribute); they are read as the
+  names above.
+
 Anything else — a missing, ambiguous or unexpected weight, a wrong shape, an option keras-tcn does not have —
 is a LayerProblem, so the conversion stops instead of guessing.
 """
@@ -49,6 +53,9 @@ TCN_CONFIG_KEYS = {
 KERAS_LAYER_KEYS = {"name", "trainable", "dtype", "batch_input_shape", "batch_shape"}
 STAGE_SCOPE = re.compile(r"norm_(\d+)")  # Keras 2: keras-tcn's name scope
 NORM_LAYER_NAME = re.compile(r"(?:batch|layer)_normalization(?:_(\d+))?")  # Keras 3: Keras's own layer names
+# tf_keras's .weights.h5 layout: sublayers named by class (per-list counters) and attribute
+OBJECT_LAYOUT_BLOCK = re.compile(r"(^|/)residual_block(?:_(\d+))?/")
+OBJECT_LAYOUT_CONV = re.compile(r"/conv1d(?:_(\d+))?/")
 
 
 @register_layer_converter("TCN")
@@ -76,10 +83,13 @@ def convert_keras_tcn(layer: KerasLayer) -> ConvertedLayer:
 
     params: dict[str, np.ndarray] = {}
     channels = None
+    bag = layer.weights
+    if any(OBJECT_LAYOUT_BLOCK.search(name) and "/residual_block/" in f"/{name}" for name in bag.leftovers()):
+        bag = bag.renamed(_block_layout_name)
     for block in range(nb_stacks * len(dilations)):
         filters = nb_filters[block % len(dilations)]
         channels = _take_block(
-            layer.weights, block, channels, filters, kernel_size, norm, bool(c.get("use_weight_norm", False)), params
+            bag, block, channels, filters, kernel_size, norm, bool(c.get("use_weight_norm", False)), params
         )
     in_channels = int(params["blocks.0.convs.0.weight"].shape[1])
     return ConvertedLayer(
@@ -99,6 +109,13 @@ def convert_keras_tcn(layer: KerasLayer) -> ConvertedLayer:
         },
         params,
     )
+
+
+def _block_layout_name(name: str) -> str:
+    """A weight name of tf_keras's `.weights.h5` layout as the `.h5` layouts name it."""
+    name = OBJECT_LAYOUT_BLOCK.sub(lambda m: f"{m.group(1)}residual_block_{m.group(2) or 0}/", name)
+    name = OBJECT_LAYOUT_CONV.sub(lambda m: f"/conv1D_{m.group(1) or 0}/", name)
+    return name.replace("/shape_match_conv/", "/matching_conv1D/")
 
 
 def _filters_per_dilation(value: Any, n_dilations: int) -> list[int]:

@@ -36,6 +36,7 @@ TOLERANCE = 1e-5  # max abs diff against Keras, float32 on CPU: the converter's 
 BUILD_TIMEOUT_S = 600
 BLOCKED_MODULES = ("tensorflow", "keras", "tf_keras", "tcn")
 PARITY_RESULTS: dict[str, str] = {}  # "flavour/model" -> outcome, printed at the end of the run
+WORST_DIFFS: dict[str, float] = {}  # label -> worst max abs diff recorded by Parity.record_figure
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,6 +327,12 @@ class Parity:
     @staticmethod
     def record(artifact: ZooArtifact, outcome: str) -> None:
         PARITY_RESULTS[artifact.label] = outcome
+
+    @staticmethod
+    def record_figure(label: str, diff: float) -> None:
+        """One output's max abs diff; the table shows the worst of each label."""
+        WORST_DIFFS[label] = max(WORST_DIFFS.get(label, 0.0), diff)
+        PARITY_RESULTS[label] = f"{'ok   ' if WORST_DIFFS[label] <= TOLERANCE else 'FAIL '} {WORST_DIFFS[label]:.2e}"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,308 @@
+#!/usr/bin/env python
+"""Build models with sequence layers (Embedding, RepeatVector, TimeDistributed, Bidirectional, LSTM, GRU,
+SimpleRNN) and keras-tcn's example models, with real Keras, and save them in every container.
+
+    sequence_models.py --flavour keras3|keras2 --out-dir DIR [--seed N]
+
+For each model NAME of the flavour this writes
+    NAME.h5                          model.save, legacy HDF5 (both flavours);
+    NAME.keras                       model.save, Keras 3 archive (keras3 only);
+    NAME.json + NAME.weights.h5      model.to_json() and model.save_weights (both flavours; tf_keras writes
+                                     its object layout, as Keras 3 does, for this suffix);
+    NAME_weights.h5                  model.save_weights in the legacy HDF5 layout (keras2 only), as
+                                     keras-tcn's save/reload example writes it;
+    NAME.npz                         the test inputs `in_<i>` and Keras's predictions `out_<i>` of the built model;
+or NAME.error.txt with the traceback (exit status 1). Weights are random and away from Keras's initial values
+(recurrent kernels included), token inputs are integers in [0, vocabulary), with runs of 0 (padding) for the
+models whose Embedding masks them. keras2 builds keras-tcn with tf_keras (TF_USE_LEGACY_KERAS=1).
+
+Importing this module imports neither TensorFlow nor keras-tcn: the tests read MODELS to parametrize.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FLAVOURS = ("keras3", "keras2")
+BATCH = 4
+
+
+@dataclass(frozen=True)
+class SequenceModel:
+    name: str
+    build: Callable[[Any, Any, Any], Any]  # (keras, layers, TCN) -> model
+    inputs: tuple[tuple[str, tuple[int, ...], int], ...]  # (kind: tokens|padded|normal, shape w/o batch, vocabulary)
+    refused: str = ""  # a fragment of the refusal every container must get; "" = converts exactly
+    flavours: tuple[str, ...] = FLAVOURS
+
+
+MODELS: dict[str, SequenceModel] = {}
+
+
+def _model(name: str, inputs, **options):
+    def register(build):
+        MODELS[name] = SequenceModel(name, build, tuple(inputs), **options)
+        return build
+
+    return register
+
+
+def model_names(flavour: str) -> list[str]:
+    return [m.name for m in MODELS.values() if flavour in m.flavours]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Recurrent layers and wrappers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@_model("lstm_stack", [("normal", (10, 5), 0)])
+def _lstm_stack(keras, L, TCN):
+    x = keras.Input((10, 5), name="series")
+    y = L.LSTM(6, return_sequences=True, activation="relu")(x)
+    y = L.LSTM(4, go_backwards=True)(y)
+    return keras.Model(x, L.Dense(2)(y))
+
+
+@_model("gru_simple_rnn_variants", [("normal", (10, 5), 0)])
+def _gru_variants(keras, L, TCN):
+    x = keras.Input((None, 5), name="series")
+    a = L.GRU(4, return_sequences=True)(x)
+    b = L.GRU(3, reset_after=False, return_sequences=True, go_backwards=True)(x)
+    c = L.SimpleRNN(3, activation="relu", return_sequences=True, use_bias=False)(x)
+    y = L.Concatenate()([a, b, c])
+    y = L.GRU(2, recurrent_activation="hard_sigmoid", use_bias=False)(y)
+    return keras.Model(x, y)
+
+
+@_model("recurrent_states", [("normal", (9, 4), 0)])
+def _recurrent_states(keras, L, TCN):
+    x = keras.Input((9, 4), name="series")
+    sequence, h, c = L.LSTM(5, return_sequences=True, return_state=True)(x)
+    g, gh = L.GRU(3, return_state=True)(sequence)
+    s, sh = L.SimpleRNN(2, return_state=True, go_backwards=True)(sequence)
+    return keras.Model(x, [L.Dense(2)(sequence), h, c, g, gh, L.Add()([s, sh])])
+
+
+@_model("bidirectional_merge_modes", [("normal", (8, 5), 0)])
+def _bidirectional_modes(keras, L, TCN):
+    x = keras.Input((8, 5), name="series")
+    y = L.Bidirectional(L.LSTM(3, return_sequences=True), merge_mode="sum")(x)
+    y = L.Bidirectional(L.GRU(3, return_sequences=True), merge_mode="mul")(y)
+    y = L.Bidirectional(L.SimpleRNN(2, return_sequences=True), merge_mode="ave")(y)
+    back = L.LSTM(2, return_sequences=True, go_backwards=True, name="custom_backward")
+    y = L.Bidirectional(L.LSTM(2, return_sequences=True), backward_layer=back)(y)
+    first, second = L.Bidirectional(L.GRU(2), merge_mode=None)(y)
+    return keras.Model(x, [L.Dense(1)(L.Concatenate()([first, second])), second])
+
+
+@_model("bidirectional_states", [("normal", (7, 3), 0)])
+def _bidirectional_states(keras, L, TCN):
+    x = keras.Input((7, 3), name="series")
+    y, forward_h, forward_c, backward_h, backward_c = L.Bidirectional(L.LSTM(3, return_state=True))(x)
+    return keras.Model(x, [y, forward_h, backward_c])
+
+
+@_model("time_distributed", [("normal", (6, 8, 3), 0)])
+def _time_distributed(keras, L, TCN):
+    x = keras.Input((6, 8, 3), name="frames")
+    y = L.TimeDistributed(L.Conv1D(4, 3, activation="relu"))(x)
+    y = L.TimeDistributed(L.Flatten())(y)
+    y = L.TimeDistributed(L.Dense(5, activation="tanh"))(y)
+    y = L.TimeDistributed(L.BatchNormalization())(y)
+    return keras.Model(x, L.LSTM(3)(y))
+
+
+@_model("repeat_vector_seq2seq", [("normal", (10, 4), 0)])
+def _repeat_vector(keras, L, TCN):
+    x = keras.Input((10, 4), name="series")
+    y = L.RepeatVector(6)(L.LSTM(5)(x))
+    y = L.LSTM(4, return_sequences=True)(y)
+    return keras.Model(x, L.TimeDistributed(L.Dense(2))(y))
+
+
+@_model("embedding_rnn", [("tokens", (12,), 40)])
+def _embedding_rnn(keras, L, TCN):
+    x = keras.Input((12,), dtype="int32", name="tokens")
+    y = L.Embedding(40, 6)(x)
+    y = L.Bidirectional(L.LSTM(4, return_sequences=True))(y)
+    return keras.Model(x, L.Dense(1, activation="sigmoid")(L.GRU(3)(y)))
+
+
+@_model("embedding_mask", [("padded", (12,), 40)])
+def _embedding_mask(keras, L, TCN):
+    x = keras.Input((12,), dtype="int32", name="tokens")
+    y = L.Embedding(40, 6, mask_zero=True)(x)
+    y = L.Dense(5, activation="relu")(L.Dropout(0.3)(y))
+    y = L.LSTM(4, return_sequences=True)(y)
+    y = L.Bidirectional(L.GRU(3))(y)
+    return keras.Model(x, L.Dense(1)(y))
+
+
+@_model("embedding_mask_sequences", [("padded", (11,), 30)])
+def _embedding_mask_sequences(keras, L, TCN):
+    x = keras.Input((None,), dtype="int32", name="tokens")
+    y = L.Embedding(30, 5, mask_zero=True)(x)
+    y = L.SimpleRNN(3, return_sequences=True, go_backwards=True)(y)
+    y = L.Bidirectional(L.LSTM(2, return_sequences=True), merge_mode="sum")(y)
+    return keras.Model(x, L.GRU(2, return_sequences=True)(y))
+
+
+@_model("embedding_mask_into_pooling", [("padded", (10,), 30)], refused="receives the mask of Embedding")
+def _embedding_mask_pooling(keras, L, TCN):
+    x = keras.Input((10,), dtype="int32", name="tokens")
+    y = L.GlobalAveragePooling1D()(L.Embedding(30, 4, mask_zero=True)(x))
+    return keras.Model(x, L.Dense(1)(y))
+
+
+@_model("stateful_lstm", [("normal", (5, 3), 0)], refused="stateful=True is not supported")
+def _stateful(keras, L, TCN):
+    x = keras.Input(batch_shape=(BATCH, 5, 3), name="series")
+    return keras.Model(x, L.LSTM(2, stateful=True)(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# keras-tcn's example models (tasks/ of keras-tcn), as they build them, sizes shrunk
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@_model("tcn_imdb", [("tokens", (20,), 50)])
+def _tcn_imdb(keras, L, TCN):
+    """imdb_tcn.py / sequential.py: Sequential Embedding → TCN → Dropout → Dense(sigmoid)."""
+    return keras.Sequential(
+        [
+            keras.Input((20,)),
+            L.Embedding(50, 8),
+            TCN(nb_filters=6, kernel_size=3, dilations=(1, 2, 4)),
+            L.Dropout(0.5),
+            L.Dense(1, activation="sigmoid"),
+        ]
+    )
+
+
+@_model("tcn_save_reload", [("tokens", (20,), 50)])
+def _tcn_save_reload(keras, L, TCN):
+    """save_reload_model.py: the Functional form, dropout inside and after the TCN."""
+    i = keras.Input((20,))
+    x = L.Embedding(50, 8)(i)
+    x = TCN(nb_filters=5, dropout_rate=0.5, kernel_size=3, dilations=(1, 2, 4))(x)
+    x = L.Dropout(0.5)(x)
+    return keras.Model(inputs=[i], outputs=[L.Dense(1, activation="sigmoid")(x)])
+
+
+@_model("tcn_word_ptb", [("tokens", (16,), 60)])
+def _tcn_word_ptb(keras, L, TCN):
+    """word_ptb/train.py (its TCN branch): layer-normalized TCN and a softmax over the vocabulary."""
+    tcn = TCN(nb_filters=7, kernel_size=3, dilations=(1, 2, 4), use_skip_connections=True, use_layer_norm=True)
+    return keras.Sequential(
+        [keras.Input((16,)), L.Embedding(60, 10), L.Dropout(0.2), tcn, L.Dense(60, activation="softmax")]
+    )
+
+
+@_model("tcn_bidirectional", [("tokens", (15,), 50)])
+def _tcn_bidirectional(keras, L, TCN):
+    """bidirect_tcn.py: Bidirectional(TCN) after an Embedding on inputs of any length."""
+    inputs = keras.Input(shape=(None,), dtype="int32")
+    x = L.Embedding(50, 8)(inputs)
+    x = L.Bidirectional(TCN(6, kernel_size=3, dilations=(1, 2)))(x)
+    return keras.Model(inputs, L.Dense(1, activation="sigmoid")(x))
+
+
+@_model("tcn_many_to_many", [("normal", (24, 8), 0)])
+def _tcn_many_to_many(keras, L, TCN):
+    """many_to_many.py: TCN → RepeatVector → Dense on each repeated step."""
+    return keras.Sequential(
+        [keras.Input((24, 8)), TCN(nb_filters=6, kernel_size=3, dilations=(1, 2, 4)), L.RepeatVector(6), L.Dense(2)]
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def random_weights(model, rng) -> None:
+    """Every variable away from its initial value: kernels ~ N(0, 1/fan_in), biases and embeddings non-zero,
+    normalization statistics and scales positive."""
+    for variable in model.weights:
+        name = getattr(variable, "path", None) or variable.name
+        shape = tuple(int(d) for d in variable.shape)
+        if "moving_variance" in name or "gamma" in name:
+            value = rng.uniform(0.5, 1.5, shape)
+        elif "kernel" in name and len(shape) > 1:
+            value = rng.normal(0.0, 1.2 / np.sqrt(np.prod(shape[:-1])), shape)
+        else:
+            value = rng.normal(0.0, 0.4, shape)
+        variable.assign(value.astype("float32"))
+
+
+def make_inputs(spec: SequenceModel, rng) -> list[np.ndarray]:
+    arrays = []
+    for kind, shape, vocabulary in spec.inputs:
+        if kind == "normal":
+            arrays.append(rng.normal(0.0, 1.0, (BATCH, *shape)).astype("float32"))
+            continue
+        tokens = rng.integers(1, vocabulary, (BATCH, *shape))
+        if kind == "padded":  # pad_sequences' leading zeros, of another length per sample, and some zeros inside
+            for row, pad in enumerate(rng.integers(0, shape[0] // 2, BATCH)):
+                tokens[row, :pad] = 0
+            tokens[rng.random(tokens.shape) < 0.1] = 0
+        arrays.append(tokens.astype("int32"))
+    return arrays
+
+
+def save_all(flavour: str, model, stem: Path) -> None:
+    model.save(f"{stem}.h5")
+    if flavour == "keras3":
+        model.save(f"{stem}.keras")
+    Path(f"{stem}.json").write_text(model.to_json())
+    model.save_weights(f"{stem}.weights.h5")
+    if flavour == "keras2":
+        model.save_weights(f"{stem}_weights.h5")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--flavour", choices=FLAVOURS, required=True)
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.flavour == "keras2":
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"  # keras-tcn then builds with tf_keras
+        import tf_keras as keras
+    else:
+        import keras
+    from tcn import TCN
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    status = 0
+    for index, name in enumerate(model_names(args.flavour)):
+        spec, stem = MODELS[name], args.out_dir / name
+        try:
+            rng = np.random.default_rng(args.seed * 1000 + index)
+            model = spec.build(keras, keras.layers, TCN)
+            random_weights(model, rng)
+            inputs = make_inputs(spec, rng)
+            outputs = model(inputs if len(inputs) > 1 else inputs[0], training=False)
+            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+            save_all(args.flavour, model, stem)
+            arrays = {f"in_{i}": a for i, a in enumerate(inputs)}
+            arrays.update({f"out_{i}": np.asarray(o, dtype="float32") for i, o in enumerate(outputs)})
+            np.savez(f"{stem}.npz", **arrays)
+            Path(f"{stem}.meta.json").write_text(json.dumps({"keras": keras.__version__, "outputs": len(outputs)}))
+        except Exception:
+            Path(f"{stem}.error.txt").write_text(traceback.format_exc())
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Sequence layers (Embedding, RepeatVector, TimeDistributed, Bidirectional, LSTM, GRU, SimpleRNN) and
+keras-tcn's example models convert exactly from every container: Keras 2 and Keras 3 `.h5`, Keras 3 `.keras`,
+and `model.to_json()` + `save_weights` of both; models outside what is reproduced are refused, naming why.
+
+The models (sequence_models.py) are built with random weights by one subprocess per flavour; here they are
+converted with TensorFlow, Keras and keras-tcn unimportable and compared with Keras's predictions of the
+built model: max abs diff <= 1e-5 on every output.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from sequence_models import FLAVOURS, MODELS, model_names
+
+from errors import ConversionError
+from tests.subprocesses import run_cli
+
+BUILDER = Path(__file__).resolve().parent / "sequence_models.py"
+BUILD_TIMEOUT_S = 900
+CONTAINERS = {"keras3": ("h5", "keras", "json"), "keras2": ("h5", "json", "json_legacy_weights")}
+CASES = [
+    pytest.param(flavour, name, container, id=f"{flavour}-{name}-{container}")
+    for flavour in FLAVOURS
+    for name in model_names(flavour)
+    for container in CONTAINERS[flavour]
+]
+
+
+@pytest.fixture(scope="module")
+def sequence_files(tmp_path_factory) -> dict[str, Path]:
+    """Folder of each flavour's models, both flavours built at the same time."""
+    root = tmp_path_factory.mktemp("sequence_models")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    running = {}
+    for flavour in FLAVOURS:
+        log = open(root / f"{flavour}.log", "w")
+        cmd = [sys.executable, str(BUILDER), "--flavour", flavour, "--out-dir", str(root / flavour)]
+        running[flavour] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+    deadline = time.monotonic() + BUILD_TIMEOUT_S
+    for proc, log in running.values():
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            proc.kill()
+            log.close()
+    return {flavour: root / flavour for flavour in FLAVOURS}
+
+
+def saved(folder: Path, name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Keras's inputs and outputs of a built model."""
+    error = folder / f"{name}.error.txt"
+    if error.exists():
+        pytest.fail(
+            f"Keras could not build/save {name!r} (a test-fixture problem):\n{error.read_text()}", pytrace=False
+        )
+    arrays = folder / f"{name}.npz"
+    assert arrays.exists(), f"the builder wrote nothing for {name}; see {folder.parent}/*.log"
+    with np.load(arrays) as data:
+        count = lambda prefix: sum(key.startswith(prefix) for key in data.files)  # noqa: E731
+        return [data[f"in_{i}"] for i in range(count("in_"))], [data[f"out_{i}"] for i in range(count("out_"))]
+
+
+def sources(folder: Path, name: str, container: str) -> tuple[Path, Path | None]:
+    """(model file, weights file or None) of a container."""
+    if container == "json":
+        return folder / f"{name}.json", folder / f"{name}.weights.h5"
+    if container == "json_legacy_weights":
+        return folder / f"{name}.json", folder / f"{name}_weights.h5"
+    return folder / f"{name}.{container}", None
+
+
+def convert(parity, source: Path, weights: Path | None, output: Path):
+    with parity.tensorflow_blocked():
+        from conversion.converter import convert_model
+
+        return convert_model(source, output=output, weights=weights)
+
+
+@pytest.mark.parametrize("flavour, name, container", CASES)
+def test_sequence_model_matches_keras_or_is_refused(parity, sequence_files, tmp_path, flavour, name, container):
+    spec = MODELS[name]
+    inputs, expected = saved(sequence_files[flavour], name)
+    source, weights = sources(sequence_files[flavour], name, container)
+    output = tmp_path / "out.pth"
+    if spec.refused:
+        with pytest.raises(ConversionError) as refusal:
+            convert(parity, source, weights, output)
+        message = " ".join(str(refusal.value).split())
+        assert spec.refused in message and source.name in message, message
+        assert not list(tmp_path.iterdir()), "a refused conversion wrote files"
+        return
+    conversion = convert(parity, source, weights, output)
+    actual = parity.run_torch(conversion.model, inputs)
+    assert len(actual) == len(expected), f"{len(actual)} outputs, Keras has {len(expected)}"
+    for index, (have, want) in enumerate(zip(actual, expected)):
+        assert have.shape == want.shape, f"output {index}: shape {have.shape}, Keras {want.shape}"
+        diff = float(np.max(np.abs(have - want), initial=0.0))
+        parity.record_figure(f"{flavour}/{name}.{container}", diff)
+        assert diff <= parity.tolerance, f"output {index}: max abs diff {diff:.3g} against Keras"
+    with parity.tensorflow_blocked():
+        from model_converter import load_converted_model
+
+        reloaded = load_converted_model(output, device="cpu")
+    again = parity.run_torch(reloaded, inputs)
+    assert all(np.array_equal(a, b) for a, b in zip(actual, again)), "the reloaded .pth computes otherwise"
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_token_inputs_are_taken_as_integers_or_whole_floats(parity, sequence_files, tmp_path, flavour):
+    """An Embedding's input may be int32/int64 or float holding whole numbers (Keras casts); the module records
+    the vocabulary of its token input, and an index outside it is an error, not a silent row."""
+    folder = sequence_files[flavour]
+    inputs, expected = saved(folder, "embedding_rnn")
+    model = convert(parity, folder / "embedding_rnn.h5", None, tmp_path / "m.pth").model
+    assert model.input_tokens == [40]
+    with torch.no_grad():
+        as_int = model(torch.from_numpy(inputs[0]).long())
+        as_float = model(torch.from_numpy(inputs[0].astype(np.float32)))
+    assert torch.equal(as_int, as_float)
+    assert float(np.max(np.abs(as_int.numpy() - expected[0]))) <= parity.tolerance
+    for bad in (-1, 40):
+        tokens = torch.from_numpy(inputs[0]).long()
+        tokens[0, 3] = bad
+        with pytest.raises(ValueError, match=r"token indices must lie in \[0, 40\)"):
+            model(tokens)
+
+
+def test_masked_steps_change_the_result_as_in_keras(parity, sequence_files, tmp_path):
+    """The mask is reproduced, not ignored: dropping it changes the outputs by far more than the tolerance."""
+    folder = sequence_files["keras3"]
+    inputs, expected = saved(folder, "embedding_mask_sequences")
+    model = convert(parity, folder / "embedding_mask_sequences.h5", None, tmp_path / "m.pth").model
+    assert [call.get("mask") for call in model.spec["calls"]].count("tokens:0:0") == 3
+    for call in model.spec["calls"]:
+        call.pop("mask", None)
+    unmasked = type(model)(model.spec)
+    unmasked.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        got = unmasked(torch.from_numpy(inputs[0])).numpy()
+    assert float(np.max(np.abs(got - expected[0]))) > 100 * parity.tolerance
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_json_and_weights_route_caches_on_both_files(parity, sequence_files, tmp_path, flavour):
+    """`model_converter.py model.json weights.h5` converts exactly, records both sha256, reuses its result, and
+    converts again when the weights file changes."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for suffix in (".json", ".weights.h5"):
+        shutil.copy(sequence_files[flavour] / f"tcn_save_reload{suffix}", folder / f"model{suffix}")
+    inputs, expected = saved(sequence_files[flavour], "tcn_save_reload")
+    model_json, weights = folder / "model.json", folder / "model.weights.h5"
+    first = run_cli(["model_converter.py", str(model_json), str(weights), "--verify"])
+    assert first.returncode == 0, first.stderr
+    assert "converted" in first.stdout and "verified against" in first.stdout, first.stdout
+    output = folder / "model_converted.pth"
+    with open(folder / "model_converted_info.pickle", "rb") as f:
+        info = pickle.load(f)
+    from conversion.keras_file import file_sha256
+
+    assert info["source_sha256"] == file_sha256(model_json) and info["weights_sha256"] == file_sha256(weights)
+    again = run_cli(["model_converter.py", str(model_json), str(weights)])
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr
+
+    with h5py.File(weights, "r+") as f:  # a changed weights file: the dense head's kernel doubled
+        kernels = []
+        f.visititems(lambda n, o: kernels.append(n) if isinstance(o, h5py.Dataset) and o.ndim == 2 else None)
+        f[kernels[-1]][...] = 2 * f[kernels[-1]][()]
+    changed = run_cli(["model_converter.py", str(model_json), str(weights)])
+    assert changed.returncode == 0 and "converted" in changed.stdout and "up to date" not in changed.stdout, (
+        changed.stdout + changed.stderr
+    )
+    with parity.tensorflow_blocked():
+        from model_converter import load_converted_model
+
+        reloaded = load_converted_model(output, device="cpu")
+    assert reloaded.metadata["weights_sha256"] == file_sha256(weights)
+    assert float(np.max(np.abs(parity.run_torch(reloaded, inputs)[0] - expected[0]))) > parity.tolerance
+
+
+def test_json_route_refusals_name_the_file(sequence_files, tmp_path):
+    folder = sequence_files["keras3"]
+    no_weights = run_cli(["model_converter.py", str(folder / "lstm_stack.json")])
+    assert no_weights.returncode == 2 and "give its weights file" in no_weights.stderr, no_weights.stderr
+    foreign = run_cli(
+        [
+            "model_converter.py",
+            str(folder / "lstm_stack.json"),
+            str(folder / "gru_simple_rnn_variants.weights.h5"),
+            str(tmp_path / "x.pth"),
+        ]
+    )
+    assert foreign.returncode == ConversionError.exit_code, foreign.stderr
+    assert "lstm_stack.json" in foreign.stderr or "weights.h5" in foreign.stderr, foreign.stderr
+    assert not list(tmp_path.iterdir())
+    not_json = tmp_path / "broken.json"
+    not_json.write_text("[1, 2")
+    broken = run_cli(["model_converter.py", str(not_json), str(folder / "lstm_stack.weights.h5")])
+    assert broken.returncode == ConversionError.exit_code and "broken.json" in broken.stderr, broken.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.json"]
