@@ -26,7 +26,7 @@ from conversion.config import ExportConfig
 from conversion.export import ExportRefused, export_model
 from conversion.graph import ModelGraph, parse_model_config
 from conversion.keras_file import KerasModelFile, file_sha256
-from conversion.masks import plan_masks
+from conversion.masks import MaskPlan, plan_masks
 from conversion.model_file import read_model_file
 from conversion.output import write_conversion
 from conversion.pairing import default_output_path, info_path_for
@@ -161,9 +161,11 @@ def module_key(name: str, taken: set[str]) -> str:
     return key
 
 
-def model_graph(keras_file: KerasModelFile) -> ModelGraph:
+def model_graph(keras_file: KerasModelFile) -> tuple[ModelGraph, MaskPlan]:
+    """The layer graph of the file's config and where its masks go; any failure to read them is a refusal."""
     try:
-        return parse_model_config(keras_file.model_config)
+        graph = parse_model_config(keras_file.model_config)
+        return graph, plan_masks(graph)
     except ConversionError as exc:
         raise ConversionError(f"{keras_file.path}: {exc}") from exc
     except MemoryError:  # not a property of the config: the entry point reports it as such
@@ -177,8 +179,7 @@ def model_graph(keras_file: KerasModelFile) -> ModelGraph:
 
 def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) -> Conversion:
     """The module of an already read Keras file, and its record (not yet verified, rounded or written)."""
-    graph = model_graph(keras_file)
-    masks = plan_masks(graph)
+    graph, masks = model_graph(keras_file)
     problems: list[str] = list(graph.problems) + masks.problems
     non_finite: list[str] = []
     layer_specs: list[dict[str, Any]] = []

@@ -67,15 +67,22 @@ def _history_refs(value: Any) -> list[str]:
     return []
 
 
-def _node_inputs(node: Any, layer_name: str) -> list[str]:
+RECURRENT = {"LSTM", "GRU", "SimpleRNN"}
+
+
+def _node_inputs(node: Any, layer_name: str, class_name: Any) -> list[str]:
+    """The tensors of one call, positional first. Keras 3 passes a recurrent layer's `initial_state=` as a
+    keyword; it follows the input, as Keras 2 stores it. `mask=` is read by _node_mask."""
     if isinstance(node, dict):  # Keras 3
-        keywords = {key: value for key, value in (node.get("kwargs") or {}).items() if key != "mask"}
+        keywords = dict(node.get("kwargs") or {})
+        keywords.pop("mask", None)
+        states = keywords.pop("initial_state", None) if str(class_name).rsplit(">", 1)[-1] in RECURRENT else None
         if _history_refs(keywords):
             raise ConversionError(
                 f"layer {layer_name!r} receives a tensor as a keyword argument; "
-                "only positional tensor inputs (and a mask) are supported."
+                "only positional tensor inputs, a mask and a recurrent layer's initial_state are supported."
             )
-        return _history_refs(node.get("args", []))
+        return _history_refs(node.get("args", [])) + _history_refs(states)
     return [tensor_name(entry[0], entry[1], entry[2]) for entry in node]  # Keras 2
 
 
@@ -170,7 +177,7 @@ def _parse_functional(config: dict[str, Any]) -> ModelGraph:
             inputs.append((tensor_name(record.name), list(shape[1:])))
             continue
         nodes = raw[record.name].get("inbound_nodes", [])
-        record.calls = [_node_inputs(node, record.name) for node in nodes]
+        record.calls = [_node_inputs(node, record.name, record.class_name) for node in nodes]
         record.call_args = [list(node.get("args", [])) if isinstance(node, dict) else [] for node in nodes]
         for index, node in enumerate(nodes):
             if (mask := _node_mask(node)) is not None:
@@ -185,11 +192,21 @@ def _parse_functional(config: dict[str, Any]) -> ModelGraph:
         layers=layers,
         inputs=inputs,
         outputs=outputs,
-        output_names=[name.split(":")[0] for name in outputs],
+        output_names=output_names(outputs),
         calls=calls,
         problems=problems,
         mask_arguments=mask_arguments,
     )
+
+
+def output_names(outputs: list[str]) -> list[str]:
+    """Keras names an output by its layer; an output whose layer name is taken already (a layer's states, a
+    shared layer's second call) is named by its tensor, `layer:node:index`, so that every figure has its name."""
+    names: list[str] = []
+    for tensor in outputs:
+        layer = tensor.split(":")[0]
+        names.append(tensor if layer in names else layer)
+    return names
 
 
 def _topological(

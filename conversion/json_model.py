@@ -90,7 +90,7 @@ def read_json_and_weights(path: str | Path, weights_path: str | Path | None) -> 
         raise
     except ItemProblem as exc:
         raise ConversionError(f"{weights_path}: {exc}. Nothing was written.") from None
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
         raise ConversionError(
             f"{weights_path}: cannot be read as the weights of {path.name} ({type(exc).__name__}: {exc}). "
             "Nothing was written."

@@ -88,6 +88,8 @@ def known_sublayers(class_name: str, config: dict[str, Any]) -> dict[str, Sublay
     """The sublayers whose class the config tells, by the group Keras 3 stores them in: a recurrent layer's
     `cell`, TimeDistributed's `layer`, Bidirectional's `forward_layer` and `backward_layer`."""
     bare = bare_class_name(class_name)
+    if not isinstance(config, dict):
+        return {}
     if bare in ("LSTM", "GRU", "SimpleRNN"):
         return {"cell": (f"{bare}Cell", config)}
     found = {}
@@ -324,7 +326,7 @@ def read_keras_archive(path: str | Path) -> KerasModelFile:
             weights = read_numbered_weights(path, weights_file, layers, WeightReader(path, len(weights_bytes)))
     except ItemProblem as exc:
         raise ConversionError(f"{path}: {ARCHIVE_WEIGHTS} in the archive: {exc}. Nothing was written.") from None
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
         raise ConversionError(
             f"{path}: {ARCHIVE_WEIGHTS} in the archive cannot be read as HDF5 weights ({type(exc).__name__}: {exc})."
         ) from exc

@@ -113,6 +113,18 @@ def _bidirectional_states(keras, L, TCN):
     return keras.Model(x, [y, forward_h, backward_c])
 
 
+def _seq2seq_initial_state(keras, L, TCN):
+    encoder_input = keras.Input((8, 4), name="source")
+    decoder_input = keras.Input((5, 3), name="target")
+    _, h, c = L.LSTM(4, return_state=True)(encoder_input)
+    decoded = L.LSTM(4, return_sequences=True)(decoder_input, initial_state=[h, c])
+    return keras.Model([encoder_input, decoder_input], L.Dense(2)(decoded))
+
+
+# Keras 2 stores the states as extra inputs of the call, Keras 3 as the keyword argument initial_state
+_model("seq2seq_initial_state", [("normal", (8, 4), 0), ("normal", (5, 3), 0)])(_seq2seq_initial_state)
+
+
 @_model("time_distributed", [("normal", (6, 8, 3), 0)])
 def _time_distributed(keras, L, TCN):
     x = keras.Input((6, 8, 3), name="frames")

@@ -9,6 +9,7 @@ built model: max abs diff <= 1e-5 on every output.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -21,6 +22,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sequence_models import FLAVOURS, MODELS, model_names
 
 from errors import ConversionError
@@ -103,6 +106,8 @@ def test_sequence_model_matches_keras_or_is_refused(parity, sequence_files, tmp_
     conversion = convert(parity, source, weights, output)
     actual = parity.run_torch(conversion.model, inputs)
     assert len(actual) == len(expected), f"{len(actual)} outputs, Keras has {len(expected)}"
+    names = conversion.model.output_names
+    assert len(set(names)) == len(names) == len(expected), f"output names {names} must name each output once"
     for index, (have, want) in enumerate(zip(actual, expected)):
         assert have.shape == want.shape, f"output {index}: shape {have.shape}, Keras {want.shape}"
         diff = float(np.max(np.abs(have - want), initial=0.0))
@@ -209,3 +214,148 @@ def test_json_route_refusals_name_the_file(sequence_files, tmp_path):
     broken = run_cli(["model_converter.py", str(not_json), str(folder / "lstm_stack.weights.h5")])
     assert broken.returncode == ConversionError.exit_code and "broken.json" in broken.stderr, broken.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.json"]
+
+
+FUZZED = ("embedding_mask", "bidirectional_merge_modes", "recurrent_states", "time_distributed", "tcn_bidirectional")
+SMALL_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 64) | st.floats(allow_nan=True) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _locations(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _locations(value, (*prefix, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _locations(value, (*prefix, index))
+
+
+def _mutated(config, data):
+    """The config with 1-3 values replaced or keys removed, anywhere (layer configs, wrapped layers, nodes)."""
+    for _ in range(data.draw(st.integers(1, 3), label="mutations")):
+        location = data.draw(st.sampled_from(list(_locations(config))[1:]), label="location")
+        parent = config
+        for step in location[:-1]:
+            parent = parent[step]
+        if isinstance(parent, dict) and data.draw(st.booleans(), label="delete"):
+            del parent[location[-1]]
+        else:
+            parent[location[-1]] = data.draw(SMALL_VALUES, label="value")
+    return config
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_mutated_sequence_configs_are_converted_or_refused(sequence_files, tmp_path_factory, data):
+    """Any value of a sequence model's config changed (in a Keras 3 `.h5` and in a Keras 2 `.json` + weights):
+    the conversion succeeds or raises a ToolError, never another exception."""
+    from errors import ToolError
+
+    flavour = data.draw(st.sampled_from(FLAVOURS), label="flavour")
+    name = data.draw(st.sampled_from(FUZZED), label="model")
+    folder, work = sequence_files[flavour], tmp_path_factory.mktemp("fuzz")
+    if flavour == "keras3":
+        source, weights = work / "m.h5", None
+        shutil.copy(folder / f"{name}.h5", source)
+        with h5py.File(source, "r+") as f:
+            f.attrs["model_config"] = json.dumps(_mutated(json.loads(f.attrs["model_config"]), data))
+    else:
+        source, weights = work / "m.json", folder / f"{name}.weights.h5"
+        source.write_text(json.dumps(_mutated(json.loads((folder / f"{name}.json").read_text()), data)))
+    try:
+        from conversion.converter import build_conversion
+        from conversion.model_file import read_model_file
+
+        build_conversion(read_model_file(source, weights_path=weights), None)
+    except ToolError:
+        pass
+
+
+def _fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _external_link(path: Path) -> None:
+    with h5py.File(path, "r+") as f:
+        f["layers/elsewhere"] = h5py.ExternalLink("/etc/hostname", "/")
+
+
+def _deep_json(path: Path) -> None:
+    path.write_text("[" * 5000 + "]" * 5000)
+
+
+# (which file is damaged, how, a fragment of the refusal, extra environment)
+HOSTILE = {
+    "json_fifo": ("json", _fifo, "not a regular", {}),
+    "weights_fifo": ("weights", _fifo, "not a regular", {}),
+    "json_missing": ("json", Path.unlink, "no such file", {}),
+    "weights_missing": ("weights", Path.unlink, "no such file", {}),
+    "json_array": ("json", lambda p: p.write_text("[1, 2]"), "not a Keras model description", {}),
+    "json_nested_deep": ("json", _deep_json, "nested too deeply", {}),
+    "json_over_size_limit": ("json", lambda p: None, "more than the limit", {"NEURON_TCN_MAX_JSON_BYTES": "100"}),
+    "weights_not_hdf5": ("weights", lambda p: p.write_bytes(os.urandom(4096)), "not an HDF5 file", {}),
+    "weights_external_link": ("weights", _external_link, "not stored in the file itself", {}),
+    "weights_is_a_full_model": ("weights", None, "holds no Keras weights", {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_json_route_refuses_hostile_files(sequence_files, tmp_path, case):
+    """Each damaged or hostile file of the pair: exit 8, one message naming that file, nothing written."""
+    which, damage, fragment, env = HOSTILE[case]
+    folder = sequence_files["keras3"]
+    model_json, weights = tmp_path / "model.json", tmp_path / "model.weights.h5"
+    shutil.copy(folder / "lstm_stack.json", model_json)
+    shutil.copy(folder / ("lstm_stack.h5" if damage is None else "lstm_stack.weights.h5"), weights)
+    target = model_json if which == "json" else weights
+    if damage is not None:
+        damage(target)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_cli(["model_converter.py", str(model_json), str(weights), str(out / "m.pth")], env_extra=env)
+    message = " ".join(result.stderr.split())
+    assert result.returncode == ConversionError.exit_code, message
+    assert fragment in message and target.name in message, message
+    assert not list(out.iterdir())
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "name", ["embedding_mask", "bidirectional_states", "tcn_bidirectional", "seq2seq_initial_state"]
+)
+def test_sequence_models_run_on_each_device(parity, sequence_files, tmp_path, device, name):
+    """The loaded module on every device this machine has (CUDA where present) computes Keras's outputs."""
+    folder = sequence_files["keras3"]
+    inputs, expected = saved(folder, name)
+    convert(parity, folder / f"{name}.keras", None, tmp_path / "m.pth")
+    from model_converter import load_converted_model
+
+    model = load_converted_model(tmp_path / "m.pth", device=device)
+    with torch.no_grad():
+        got = model(*[torch.from_numpy(a).to(device) for a in inputs])
+    for have, want in zip(got if isinstance(got, tuple) else (got,), expected):
+        assert float(np.max(np.abs(have.cpu().numpy() - want))) <= parity.tolerance
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_json_route_through_the_api(parity, sequence_files, tmp_path, flavour):
+    folder = sequence_files[flavour]
+    inputs, expected = saved(folder, "bidirectional_merge_modes")
+    with parity.tensorflow_blocked():
+        from model_converter import TCNModelConverter
+
+        converter = TCNModelConverter(
+            folder / "bidirectional_merge_modes.json", weights_path=folder / "bidirectional_merge_modes.weights.h5"
+        )
+        model = converter.convert(tmp_path / "m.pth")
+    for have, want in zip(parity.run_torch(model, inputs), expected):
+        assert float(np.max(np.abs(have - want))) <= parity.tolerance
+    assert model.metadata["weights_path"].endswith("bidirectional_merge_modes.weights.h5")
