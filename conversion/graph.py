@@ -40,6 +40,7 @@ class ModelGraph:
     problems: list[str] = field(default_factory=list)  # reported with the layers' problems
     # Keras 3: output tensor of a call -> the tensor it was given as `mask=` (see conversion.masks)
     mask_arguments: dict[str, str] = field(default_factory=dict)
+    masks_recorded: bool = False  # a Keras 3 Functional config: every call's `mask=` is in it
 
 
 def tensor_name(layer: str, node: int = 0, index: int = 0) -> str:
@@ -196,6 +197,7 @@ def _parse_functional(config: dict[str, Any]) -> ModelGraph:
         calls=calls,
         problems=problems,
         mask_arguments=mask_arguments,
+        masks_recorded=any(isinstance(node, dict) for entry in raw.values() for node in entry.get("inbound_nodes", [])),
     )
 
 

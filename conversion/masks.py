@@ -7,8 +7,9 @@ its sequence (return_sequences). Those uses are reproduced: the call carries `ma
 models.graph). Any other layer that receives a mask may use it in a way not reproduced here: the model is
 refused, naming it.
 
-Keras 3 files also store each mask a call was given (`mask=` the output of a `NotEqual(tokens, 0)` op layer);
-it must be the one derived here, and the op layer, used for nothing else, is left out of the conversion.
+A Keras 3 Functional config records instead each mask a call was given (`mask=` the output of a
+`NotEqual(tokens, 0)` op layer; a recurrent layer given an `initial_state` gets none): those are the masks, the
+same rules apply to the layers that get one, and the op layers, used for nothing else, are left out.
 """
 
 from __future__ import annotations
@@ -97,15 +98,19 @@ def plan_masks(graph: ModelGraph) -> MaskPlan:
             mask_of[output] = refs[0]
             embeddings.setdefault(refs[0], name)
             continue
-        sources = [mask_of.get(ref) for ref in refs]
-        source = next((s for s in sources if s is not None), None)
-        given = graph.mask_arguments.get(output)
-        if given is not None and (source is None or _mask_op_input(graph, given.split(":")[0]) != source):
-            plan.problems.append(
-                f"layer '{name}' ({record.class_name}) is given a mask ('{given.split(':')[0]}') that is not "
-                "the mask_zero mask of the Embedding before it; such masks are not reproduced"
-            )
-            continue
+        if graph.masks_recorded:
+            given = graph.mask_arguments.get(output)
+            source = _mask_op_input(graph, given.split(":")[0]) if given is not None else None
+            if given is not None and source not in embeddings:
+                plan.problems.append(
+                    f"layer '{name}' ({record.class_name}) is given a mask ('{given.split(':')[0]}') that is not "
+                    "an Embedding's mask_zero mask; such masks are not reproduced"
+                )
+                continue
+            sources = [source] + [None] * (len(refs) - 1)
+        else:
+            sources = [mask_of.get(ref) for ref in refs]
+            source = next((s for s in sources if s is not None), None)
         if source is None:
             continue
         if class_name in MASK_PASSING and len(refs) == 1:

@@ -170,6 +170,15 @@ def _embedding_mask_sequences(keras, L, TCN):
     return keras.Model(x, L.GRU(2, return_sequences=True)(y))
 
 
+@_model("embedding_mask_initial_state", [("padded", (10,), 20), ("padded", (8,), 20)])
+def _embedding_mask_initial_state(keras, L, TCN):
+    """Keras 2 masks the decoder's steps; Keras 3 passes no mask to a layer given an initial_state."""
+    source, target = keras.Input((10,), dtype="int32"), keras.Input((8,), dtype="int32")
+    _, h, c = L.LSTM(4, return_state=True)(L.Embedding(20, 6, mask_zero=True)(source))
+    decoded = L.LSTM(4, return_sequences=True)(L.Embedding(20, 6, mask_zero=True)(target), initial_state=[h, c])
+    return keras.Model([source, target], [decoded, h, c])
+
+
 @_model("embedding_mask_into_pooling", [("padded", (10,), 30)], refused="receives the mask of Embedding")
 def _embedding_mask_pooling(keras, L, TCN):
     x = keras.Input((10,), dtype="int32", name="tokens")
