@@ -188,12 +188,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         )
     extra = list(args.extra)
     if Path(args.model).suffix == JSON_SUFFIX:
-        if not extra or Path(extra[0]).suffix != ".h5":
+        if not extra or Path(extra[0]).suffix in (".pickle", ".pkl", ".pth", ".pt"):
             parser.error(
                 f"{args.model} is a model description (model.to_json()): give its weights file next "
-                "(model_converter.py model.json weights.h5 [PARAMS.pickle] [OUT.pth])"
+                f"(model_converter.py model.json weights.h5 [PARAMS.pickle] [OUT.pth])"
+                + (f", before {extra[0]}" if extra else "")
             )
-        args.weights = extra.pop(0)
+        args.weights = extra.pop(0)  # any name: the file's content decides how it is read
     for item in extra:
         if Path(item).suffix in (".pth", ".pt") and args.output is None:
             args.output = item

@@ -180,7 +180,7 @@ def model_graph(keras_file: KerasModelFile) -> tuple[ModelGraph, MaskPlan]:
 def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) -> Conversion:
     """The module of an already read Keras file, and its record (not yet verified, rounded or written)."""
     graph, masks = model_graph(keras_file)
-    problems: list[str] = list(graph.problems) + masks.problems
+    problems: list[str] = list(graph.problems)
     non_finite: list[str] = []
     layer_specs: list[dict[str, Any]] = []
     state: dict[str, torch.Tensor] = {}
@@ -243,6 +243,7 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
                 for p, v in converted.params.items()
             }
         )
+    problems += masks.problems  # after the layers' own: a layer that cannot be converted is the first reason
     for stray in sorted(set(keras_file.weights) - names_in_graph):
         if keras_file.weights[stray]:
             problems.append(f"weights stored for '{stray}', which is not a layer of the model")
@@ -300,10 +301,17 @@ def _input_entry(
     """A spec's input; one that only Embeddings read holds token indices below the smallest table's size."""
     entry: dict[str, Any] = {"name": tensor.split(":")[0], "tensor": tensor, "shape": shape}
     by_key = {spec["key"]: spec for spec in layer_specs}
-    readers = [by_key[call["layer"]] for call in calls if tensor in call["inputs"]]
-    if readers and all(reader["type"] == "embedding" for reader in readers):
-        entry["tokens"] = min(int(reader["config"]["input_dim"]) for reader in readers)
+    counts = [_token_count(by_key[call["layer"]]) for call in calls if tensor in call["inputs"]]
+    if counts and None not in counts:
+        entry["tokens"] = min(count for count in counts if count is not None)
     return entry
+
+
+def _token_count(layer_spec: dict[str, Any]) -> int | None:
+    """The vocabulary of an Embedding (also inside TimeDistributed), None for layers that take real values."""
+    if layer_spec["type"] == "time_distributed":
+        return _token_count(layer_spec["config"]["layer"])
+    return int(layer_spec["config"]["input_dim"]) if layer_spec["type"] == "embedding" else None
 
 
 def _build_module(keras_file: KerasModelFile, spec: dict[str, Any], state: dict[str, torch.Tensor]) -> KerasGraphModule:
@@ -361,7 +369,14 @@ def _trace(keras_file: KerasModelFile, model: KerasGraphModule, length: int) -> 
     inputs = [torch.zeros(1, *[length if s is None else s for s in shape]) for shape in model.input_shapes]
     try:
         with torch.no_grad():
-            return model.trace(*inputs)
+            shapes = model.trace(*inputs)
+        missing = [name for name in model.spec["outputs"] if name not in shapes]
+        if missing:
+            raise ValueError(
+                f"model output(s) {listed(missing)} are not among the tensors the layers return (a layer "
+                "returns fewer outputs than the config declares)"
+            )
+        return shapes
     except ValueError as exc:
         raise ConversionError(f"{keras_file.path}: shape mismatch: {exc}. Nothing was written.") from exc
     except Exception as exc:  # e.g. a layer called without inputs in the config

@@ -70,6 +70,10 @@ class TimeDistributed(nn.Module):
         self.layer = build_sublayer(layer)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.ndim < 3:
+            raise ValueError(
+                f"TimeDistributed takes (batch, time, ...) with at least 3 axes, got shape {tuple(x.shape)}"
+            )
         batch, steps = x.shape[:2]
         y = self.layer(x.reshape(batch * steps, *x.shape[2:]))
         return y.reshape(batch, steps, *y.shape[1:])

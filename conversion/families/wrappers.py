@@ -48,6 +48,11 @@ def convert_inner(outer: KerasLayer, entry: dict[str, Any], bag: WeightBag) -> C
     if converter is None:
         raise LayerProblem(f"the wrapped layer is a {class_name}, for which no converter is registered")
     name = str(entry["config"].get("name", class_name))
+    if entry["config"].get("mask_zero"):
+        raise LayerProblem(
+            f"wrapped layer '{name}' ({class_name}) has mask_zero=True: a mask made inside a wrapper is not "
+            "reproduced (Keras 2 passes it on, Keras 3 drops it)"
+        )
     try:
         return converter(KerasLayer(name, class_name, entry["config"], bag, outer.keras_major))
     except LayerProblem as exc:
@@ -100,6 +105,7 @@ def convert_bidirectional(layer: KerasLayer) -> ConvertedLayer:
     for key in ("return_sequences", "return_state"):
         if bool(converted["forward"].config.get(key)) != bool(converted["backward"].config.get(key)):
             raise LayerProblem(f"the forward and backward layers differ in {key}")
+
     return ConvertedLayer(
         "bidirectional",
         {

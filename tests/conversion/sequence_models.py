@@ -179,6 +179,32 @@ def _embedding_mask_initial_state(keras, L, TCN):
     return keras.Model([source, target], [decoded, h, c])
 
 
+@_model("time_distributed_embedding", [("tokens", (3, 5), 10)])
+def _time_distributed_embedding(keras, L, TCN):
+    x = keras.Input((3, 5), dtype="int32", name="sentences")
+    y = L.TimeDistributed(L.Embedding(10, 3))(x)
+    return keras.Model(x, L.TimeDistributed(L.LSTM(2))(y))
+
+
+@_model("time_distributed_embedding_mask", [("padded", (3, 5), 10)], refused="has mask_zero=True")
+def _time_distributed_embedding_mask(keras, L, TCN):
+    x = keras.Input((3, 5), dtype="int32", name="sentences")
+    y = L.TimeDistributed(L.Embedding(10, 3, mask_zero=True))(x)
+    return keras.Model(x, L.TimeDistributed(L.LSTM(2))(y))
+
+
+def _bidirectional_mixed_states(keras, L, TCN):
+    x = keras.Input((6, 3), name="series")
+    backward = L.GRU(3, return_sequences=True, return_state=True, go_backwards=True)
+    outputs = L.Bidirectional(L.LSTM(3, return_sequences=True, return_state=True), backward_layer=backward)(x)
+    return keras.Model(x, list(outputs))
+
+
+# an LSTM forward and a GRU backward with return_state: Keras 2 returns [y, h, c, h']; Keras 3 declares five
+# outputs, computes four and cannot run the model (test_an_output_no_layer_returns_is_refused: such a file)
+_model("bidirectional_mixed_states", [("normal", (6, 3), 0)], flavours=("keras2",))(_bidirectional_mixed_states)
+
+
 @_model("embedding_mask_into_pooling", [("padded", (10,), 30)], refused="receives the mask of Embedding")
 def _embedding_mask_pooling(keras, L, TCN):
     x = keras.Input((10,), dtype="int32", name="tokens")

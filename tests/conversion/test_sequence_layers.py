@@ -108,6 +108,8 @@ def test_sequence_model_matches_keras_or_is_refused(parity, sequence_files, tmp_
     assert len(actual) == len(expected), f"{len(actual)} outputs, Keras has {len(expected)}"
     names = conversion.model.output_names
     assert len(set(names)) == len(names) == len(expected), f"output names {names} must name each output once"
+    vocabularies = [vocabulary if kind != "normal" else None for kind, _, vocabulary in spec.inputs]
+    assert conversion.model.input_tokens == vocabularies, "token inputs are recorded with their vocabulary"
     for index, (have, want) in enumerate(zip(actual, expected)):
         assert have.shape == want.shape, f"output {index}: shape {have.shape}, Keras {want.shape}"
         diff = float(np.max(np.abs(have - want), initial=0.0))
@@ -359,3 +361,32 @@ def test_json_route_through_the_api(parity, sequence_files, tmp_path, flavour):
     for have, want in zip(parity.run_torch(model, inputs), expected):
         assert float(np.max(np.abs(have - want))) <= parity.tolerance
     assert model.metadata["weights_path"].endswith("bidirectional_merge_modes.weights.h5")
+
+
+def test_an_output_no_layer_returns_is_refused(parity, sequence_files, tmp_path):
+    """A config naming a state the layer does not return (a forged or inconsistent file) is a refusal."""
+    folder = sequence_files["keras3"]
+    config = json.loads((folder / "recurrent_states.json").read_text())
+    config["config"]["output_layers"][1][2] = 7  # the LSTM's tensor 7: it returns 3
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(config))
+    with pytest.raises(ConversionError, match="not among the tensors the layers return"):
+        convert(parity, forged, folder / "recurrent_states.weights.h5", tmp_path / "out.pth")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forged.json"]
+
+
+def test_json_route_reads_the_weights_file_by_content(parity, sequence_files, tmp_path):
+    """The weights file may have any name: `.bin`, `.hdf5` or none are read by what they hold."""
+    folder = sequence_files["keras2"]
+    inputs, expected = saved(folder, "embedding_rnn")
+    for name in ("weights.bin", "weights.hdf5", "weights"):
+        shutil.copy(folder / "embedding_rnn_weights.h5", tmp_path / name)
+        result = run_cli(
+            ["model_converter.py", str(folder / "embedding_rnn.json"), str(tmp_path / name), str(tmp_path / "m.pth")]
+        )
+        assert result.returncode == 0, result.stderr
+        with parity.tensorflow_blocked():
+            from model_converter import load_converted_model
+
+            got = parity.run_torch(load_converted_model(tmp_path / "m.pth", device="cpu"), inputs)
+        assert float(np.max(np.abs(got[0] - expected[0]))) <= parity.tolerance
