@@ -225,14 +225,38 @@ def _stateful(keras, L, TCN):
 
 @_model("tcn_imdb", [("tokens", (20,), 50)])
 def _tcn_imdb(keras, L, TCN):
-    """imdb_tcn.py / sequential.py: Sequential Embedding → TCN → Dropout → Dense(sigmoid)."""
+    """imdb_tcn.py: Sequential Embedding (input_shape given to it) → TCN → Dense(sigmoid)."""
+    return keras.Sequential(
+        [
+            L.Embedding(50, 8, input_shape=(20,)),
+            TCN(nb_filters=6, kernel_size=6, dilations=(1, 2, 4)),
+            L.Dense(1, activation="sigmoid"),
+        ]
+    )
+
+
+@_model("tcn_sequential", [("tokens", (20,), 50)])
+def _tcn_sequential(keras, L, TCN):
+    """sequential.py: Sequential Embedding → TCN → Dropout → Dense(sigmoid)."""
     return keras.Sequential(
         [
             keras.Input((20,)),
             L.Embedding(50, 8),
-            TCN(nb_filters=6, kernel_size=3, dilations=(1, 2, 4)),
+            TCN(nb_filters=6, kernel_size=6, dilations=(1, 2, 4)),
             L.Dropout(0.5),
             L.Dense(1, activation="sigmoid"),
+        ]
+    )
+
+
+@_model("tcn_save_reload_sequential", [("tokens", (20,), 50)])
+def _tcn_save_reload_sequential(keras, L, TCN):
+    """save_reload_sequential_model.py (written as to_json() + save_weights, as every model here)."""
+    return keras.Sequential(
+        [
+            L.Embedding(50, 8, input_shape=(20,)),
+            TCN(nb_filters=5, dropout_rate=0.5, kernel_size=6, dilations=(1, 2, 4)),
+            L.Dense(units=1, activation="sigmoid"),
         ]
     )
 
