@@ -43,7 +43,7 @@ with quiet_interrupts_while_importing(__name__ == "__main__"):
     from conversion.cache import ConversionOutcome, convert_or_reuse
     from conversion.config import ExportConfig
     from conversion.converter import DEFAULT_TRACE_LENGTH, convert_model, read_params
-    from conversion.json_model import JSON_SUFFIX
+    from conversion.json_model import is_model_description
     from conversion.messages import outcome_lines
     from conversion.model_file import read_model_file
     from conversion.pairing import default_output_path, params_pickle_for
@@ -187,7 +187,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             "<stem>.pickle is used, and --output-dir chooses where the outputs go"
         )
     extra = list(args.extra)
-    if Path(args.model).suffix == JSON_SUFFIX:
+    if is_model_description(Path(args.model)):
         if not extra or Path(extra[0]).suffix in (".pickle", ".pkl", ".pth", ".pt"):
             parser.error(
                 f"{args.model} is a model description (model.to_json()): give its weights file next "
@@ -203,7 +203,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         else:
             parser.error(
                 f"unexpected argument {item!r}: give PARAMS.pickle then OUT.pth"
-                + (" (a weights file goes only with a .json model)" if Path(item).suffix == ".h5" else "")
+                + (
+                    " (a weights file goes only with a model.to_json() architecture)"
+                    if Path(item).suffix == ".h5"
+                    else ""
+                )
             )
     if args.output and args.output_dir:
         parser.error("give either OUT.pth or --output-dir, not both")

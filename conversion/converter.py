@@ -31,13 +31,21 @@ from conversion.model_file import read_model_file
 from conversion.output import write_conversion
 from conversion.pairing import default_output_path, info_path_for
 from conversion.record import ConversionRecord, ExportRecord, plain
-from conversion.registry import KerasLayer, LayerProblem, WeightBag, find_converter
+from conversion.registry import (
+    EXACT_COMPUTE_DTYPES,
+    KerasLayer,
+    LayerProblem,
+    WeightBag,
+    dtype_policy,
+    find_converter,
+    inexact_dtype_problem,
+)
 from conversion.verify import is_neuron_model, verify_model
 from errors import ConversionError, listed
 from fileio import outputs_apart_from_inputs, real_path
 from limits import MAX_INPUT_LENGTH
 from models.checkpoint import FORMAT_VERSION
-from models.graph import KerasGraphModule, tensor_base
+from models.graph import CAST_DTYPES, KerasGraphModule, tensor_base
 from models.layers import unusable_normalizations
 from safe_pickle import load_pickle
 from version import VERSION
@@ -186,6 +194,8 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
     state: dict[str, torch.Tensor] = {}
     keys: set[str] = set()
     names_in_graph = {layer.name for layer in graph.layers}
+    inexact_policies: dict[str, list[str]] = {}  # dtype policy -> the layers computing under it
+    unknown: set[str] = set()  # layers of classes without a converter (a nested model numbers its calls otherwise)
     for layer in graph.layers:
         if layer.name in masks.dropped:
             continue
@@ -194,6 +204,10 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
             problems.append(
                 f"layer '{layer.name}' ({layer.class_name}): unknown layer class, no converter is registered for it"
             )
+            unknown.add(layer.name)
+            continue
+        if (policy := dtype_policy(layer.config)) not in EXACT_COMPUTE_DTYPES:
+            inexact_policies.setdefault(policy, []).append(layer.name)
             continue
         bag = WeightBag(layer.name, keras_file.weights.get(layer.name, {}))
         resolved = keras_file.resolved_activations.get(layer.name)
@@ -243,6 +257,7 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
                 for p, v in converted.params.items()
             }
         )
+    problems += [inexact_dtype_problem(policy, names) for policy, names in inexact_policies.items()]
     problems += masks.problems  # after the layers' own: a layer that cannot be converted is the first reason
     for stray in sorted(set(keras_file.weights) - names_in_graph):
         if keras_file.weights[stray]:
@@ -251,12 +266,18 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
     problems += [
         f"model output '{output}' is produced by no layer call"
         for output in graph.outputs
-        if tensor_base(output) not in produced
+        if tensor_base(output) not in produced and output.split(":")[0] not in unknown
     ]
     problems += [
         f"input '{name}' has shape {shape}: dimensions must be positive integers or null"
         for name, shape in graph.inputs
         if not all(size is None or (type(size) is int and size > 0) for size in shape)
+    ]
+    problems += [
+        f"input '{tensor.split(':')[0]}' is declared as {dtype[:40]!r}: only integer and floating-point inputs "
+        "are supported"
+        for tensor, dtype in graph.input_dtypes.items()
+        if dtype not in CAST_DTYPES | set(EXACT_COMPUTE_DTYPES)
     ]
     if non_finite:
         raise ConversionError(
@@ -280,7 +301,10 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
     for index, token_tensor in masks.masks.items():
         calls[index]["mask"] = token_tensor
     spec = {
-        "inputs": [_input_entry(tensor, shape, layer_specs, calls) for tensor, shape in graph.inputs],
+        "inputs": [
+            _input_entry(tensor, shape, graph.input_dtypes.get(tensor, "float32"), layer_specs, calls)
+            for tensor, shape in graph.inputs
+        ],
         "layers": layer_specs,
         "calls": calls,
         "outputs": graph.outputs,
@@ -296,10 +320,17 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
 
 
 def _input_entry(
-    tensor: str, shape: list[int | None], layer_specs: list[dict[str, Any]], calls: list[dict[str, Any]]
+    tensor: str,
+    shape: list[int | None],
+    dtype: str,
+    layer_specs: list[dict[str, Any]],
+    calls: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """A spec's input; one that only Embeddings read holds token indices below the smallest table's size."""
+    """A spec's input, with its declared dtype where Keras's cast to it changes values; one that only
+    Embeddings read holds token indices below the smallest table's size."""
     entry: dict[str, Any] = {"name": tensor.split(":")[0], "tensor": tensor, "shape": shape}
+    if dtype in CAST_DTYPES:
+        entry["dtype"] = dtype
     by_key = {spec["key"]: spec for spec in layer_specs}
     counts = [_token_count(by_key[call["layer"]]) for call in calls if tensor in call["inputs"]]
     if counts and None not in counts:

@@ -41,6 +41,7 @@ class ModelGraph:
     # Keras 3: output tensor of a call -> the tensor it was given as `mask=` (see conversion.masks)
     mask_arguments: dict[str, str] = field(default_factory=dict)
     masks_recorded: bool = False  # a Keras 3 Functional config: every call's `mask=` is in it
+    input_dtypes: dict[str, str] = field(default_factory=dict)  # input tensor -> the dtype its InputLayer declares
 
 
 def tensor_name(layer: str, node: int = 0, index: int = 0) -> str:
@@ -54,6 +55,12 @@ def _class_name(entry: dict[str, Any]) -> Any:
 def _batch_shape(config: dict[str, Any]) -> list[int | None] | None:
     shape = config.get("batch_shape") or config.get("batch_input_shape")
     return list(shape) if shape is not None else None
+
+
+def _declared_dtype(config: dict[str, Any]) -> str:
+    """The dtype an input layer declares (Keras casts what it is given to it); float32 where none is named."""
+    dtype = config.get("dtype")
+    return dtype if isinstance(dtype, str) else "float32"
 
 
 def _history_refs(value: Any) -> list[str]:
@@ -143,9 +150,11 @@ def _parse_sequential(config: dict[str, Any]) -> ModelGraph:
         input_layer, layers = layers[0], layers[1:]
         shape = _batch_shape(input_layer.config)
         input_name = input_layer.name
-    else:
+        dtype = _declared_dtype(input_layer.config)
+    else:  # Keras 2 made the input with the first layer's dtype
         shape = _batch_shape(layers[0].config) or config.get("build_input_shape")
         input_name = "input"
+        dtype = _declared_dtype(layers[0].config)
     if shape is None:
         raise ConversionError("the Sequential model records no input shape (it was saved before being built).")
     current = tensor_name(input_name)
@@ -160,6 +169,7 @@ def _parse_sequential(config: dict[str, Any]) -> ModelGraph:
         outputs=[current],
         output_names=[layers[-1].name] if layers else [input_name],
         calls=calls,
+        input_dtypes={tensor_name(input_name): dtype},
     )
 
 
@@ -170,12 +180,14 @@ def _parse_functional(config: dict[str, Any]) -> ModelGraph:
     layers: list[LayerRecord] = []
     pending: list[tuple[str, list[str], str]] = []
     mask_arguments: dict[str, str] = {}
+    input_dtypes: dict[str, str] = {}
     for record in records:
         if record.class_name == INPUT_LAYER:
             shape = _batch_shape(record.config)
             if shape is None:
                 raise ConversionError(f"input layer {record.name!r} records no shape.")
             inputs.append((tensor_name(record.name), list(shape[1:])))
+            input_dtypes[tensor_name(record.name)] = _declared_dtype(record.config)
             continue
         nodes = raw[record.name].get("inbound_nodes", [])
         record.calls = [_node_inputs(node, record.name, record.class_name) for node in nodes]
@@ -197,6 +209,7 @@ def _parse_functional(config: dict[str, Any]) -> ModelGraph:
         calls=calls,
         problems=problems,
         mask_arguments=mask_arguments,
+        input_dtypes=input_dtypes,
         masks_recorded=any(isinstance(node, dict) for entry in raw.values() for node in entry.get("inbound_nodes", [])),
     )
 

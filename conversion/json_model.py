@@ -10,6 +10,9 @@ and `weights_sha256` set: a conversion is current only for the same pair of file
 
 from __future__ import annotations
 
+import os
+import stat
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,22 @@ from limits import MAX_JSON_BYTES
 
 JSON_SUFFIX = ".json"
 KERAS3_VERSION = "3.x"  # Keras 3 writes no version into to_json() or .weights.h5 files
+
+
+def is_model_description(path: Path) -> bool:
+    """Whether `path` is to be read as model.to_json() text: named `.json` (in any case, so that a damaged one
+    is reported as JSON), or a regular file that is neither HDF5 nor zip and starts with `{`. A FIFO or a
+    folder is never opened here; the readers report it."""
+    if path.suffix.lower() == JSON_SUFFIX:
+        return True
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode) or h5py.is_hdf5(path) or zipfile.is_zipfile(path):
+            return False
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{")
 
 
 def read_model_json(path: Path) -> dict[str, Any]:

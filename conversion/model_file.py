@@ -1,11 +1,12 @@
 """One entry point for every Keras input: the file's content picks the reader, except that a `.keras` name
-always goes to the archive reader, so that a damaged archive is reported as one.
+always goes to the archive reader and a `.json` name (any case) to the JSON reader, so that a damaged file is
+reported as what it is named.
 
     zip archive, or named `.keras`       → Keras 3 `.keras` archive (conversion.keras_archive)
     HDF5 with a `model_config`           → full-model `.h5`, Keras 2 or 3 (conversion.keras_file)
     HDF5 with weights but no config      → `save_weights` file + the params' architecture_dict
                                            (conversion.architecture_dict)
-    `.json` (model.to_json()) + weights   → conversion.json_model
+    text starting `{` (model.to_json())  → conversion.json_model, with its weights file
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import h5py
 
 from conversion.architecture_dict import read_weights_only
-from conversion.json_model import JSON_SUFFIX, read_json_and_weights
+from conversion.json_model import is_model_description, read_json_and_weights
 from conversion.keras_archive import read_keras_archive
 from conversion.keras_file import KerasModelFile, read_attr, read_keras_h5
 from conversion.lambdas import resolve_stored_functions
@@ -46,12 +47,13 @@ def read_model_file(
     failure is a ConversionError naming the file and the problem."""
     path = Path(path)
     regular_file_size(path, ConversionError, "Keras model file")
-    if weights_path is not None and path.suffix != JSON_SUFFIX:
+    description = is_model_description(path)
+    if weights_path is not None and not description:
         raise ConversionError(
             f"{path}: a separate weights file ({weights_path}) goes with a model description from "
             "model.to_json() (a .json file), not with a model file. Nothing was written."
         )
-    if path.suffix == JSON_SUFFIX:
+    if description:
         keras_file = read_json_and_weights(path, weights_path)
     elif zipfile.is_zipfile(path) or path.suffix == ARCHIVE_SUFFIX:
         keras_file = read_keras_archive(path)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar, overload
 
 import numpy as np
 
+from errors import listed
 from models.activations import ActivationSpec
 from named_parts import Registry
 
@@ -116,6 +117,8 @@ class ConvertedLayer:
 
 
 LayerConverter = Callable[[KerasLayer], ConvertedLayer]
+# Layers that compute in these convert exactly (float64 differs from the float32 module by float32 rounding)
+EXACT_COMPUTE_DTYPES = ("float32", "float64")
 LAYER_CONVERTERS: Registry[LayerConverter] = Registry("layer converter for Keras class")
 _Converter = TypeVar("_Converter", bound=LayerConverter)
 
@@ -138,6 +141,27 @@ def register_layer_converter(
         return fn
 
     return add(converter) if converter is not None else add
+
+
+def dtype_policy(config: Any) -> str:
+    """The name of a layer's dtype policy: a dtype name, or the name inside a Keras 2 `Policy` / Keras 3
+    `DTypePolicy` entry; float32 where the config names none (as Keras assumes; a config that is not a dict is
+    the converter's to refuse)."""
+    value = config.get("dtype") if isinstance(config, dict) else None
+    if isinstance(value, dict) and isinstance(value.get("config"), dict):
+        value = value["config"].get("name", value)
+    return "float32" if value is None else str(value)
+
+
+def inexact_dtype_problem(policy: str, layer_names: list[str]) -> str:
+    """Why layers under a 16-bit policy (mixed_float16, bfloat16) are refused: Keras rounds their inputs and
+    results to 16 bits, which a float32 module does not reproduce."""
+    return (
+        f"{'layer' if len(layer_names) == 1 else 'layers'} {listed([repr(n) for n in layer_names])} "
+        f"{'computes' if len(layer_names) == 1 else 'compute'} under the dtype policy {policy[:60]!r}, "
+        "in Keras not in float32: a float32 module differs by more than float32 rounding. Rebuild the model "
+        "under the float32 policy, load these weights into it and save that copy"
+    )
 
 
 def bare_class_name(class_name: str) -> str:

@@ -8,12 +8,15 @@ A layer that returns several tensors (a recurrent layer with its states, Bidirec
 names them `<layer>:<node>:0`, `:1`, ... as Keras does. A call may carry `"mask": <tensor>`: the layer then
 also gets `mask=` the positions where that tensor (the token input of an Embedding with `mask_zero`) is not 0.
 An input with `"tokens": n` feeds Embeddings: it holds indices in [0, n), as integers or whole floats.
+An input with `"dtype"` is cast as Keras's InputLayer casts what it is given to its declared dtype: float
+values to an integer dtype truncate toward zero (before any mask is taken), to float16/bfloat16 they round.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 import models.keras_tcn  # noqa: F401  (registers the keras-tcn module type)
@@ -27,6 +30,20 @@ def build_layer(layer_spec: dict[str, Any]) -> nn.Module:
     if module_type is None:
         raise KeyError(f"layer {layer_spec.get('name')!r} has unknown module type {layer_spec['type']!r}")
     return module_type(**layer_spec["config"])
+
+
+INTEGER_DTYPES = frozenset(f"{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64))
+ROUNDED_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+CAST_DTYPES = INTEGER_DTYPES | set(ROUNDED_DTYPES)  # declared input dtypes that change the values given
+
+
+def as_declared(x: Tensor, dtype: str | None) -> Tensor:
+    """`x` with the values Keras's cast to the declared `dtype` leaves, in x's own dtype."""
+    if dtype is None or not x.is_floating_point():
+        return x
+    if dtype in INTEGER_DTYPES:
+        return x.trunc()
+    return x.to(ROUNDED_DTYPES[dtype]).to(x.dtype) if dtype in ROUNDED_DTYPES else x
 
 
 def tensor_base(name: str) -> str:
@@ -44,6 +61,7 @@ class KerasGraphModule(nn.Module):
         self.input_shapes = [tuple(inp["shape"]) for inp in spec["inputs"]]
         # per input: the number of tokens of the Embeddings it feeds (integer indices), None for real values
         self.input_tokens: list[int | None] = [inp.get("tokens") for inp in spec["inputs"]]
+        self._input_dtypes: list[str | None] = [inp.get("dtype") for inp in spec["inputs"]]
         self.output_names = list(spec["output_names"])
         self.metadata: dict = {}  # the conversion record (see conversion.converter), set by the converter or loader
         self._calls = [
@@ -54,13 +72,15 @@ class KerasGraphModule(nn.Module):
         if len(inputs) != len(self.input_names):
             raise ValueError(f"model expects {len(self.input_names)} input(s) {self.input_names}, got {len(inputs)}")
         tensors: dict[str, Tensor] = {}
-        for name, tensor, shape, x in zip(self.input_names, self._input_tensors, self.input_shapes, inputs):
+        for name, tensor, shape, dtype, x in zip(
+            self.input_names, self._input_tensors, self.input_shapes, self._input_dtypes, inputs
+        ):
             if x.ndim != len(shape) + 1 or (shape and shape[-1] is not None and x.shape[-1] != shape[-1]):
                 raise ValueError(
                     f"input {name!r} expects shape (batch, {', '.join('?' if s is None else str(s) for s in shape)}) "
                     f"(Keras layout: batch, time, channels), got shape {tuple(x.shape)}"
                 )
-            tensors[tensor] = x
+            tensors[tensor] = as_declared(x, dtype)
         return self.run_calls(tensors)
 
     def _call(self, index: int, tensors: dict[str, Tensor]) -> None:

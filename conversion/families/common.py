@@ -7,6 +7,20 @@ from typing import Any
 
 from conversion.registry import LayerProblem
 
+# Keys every Keras layer config may hold (Keras 2 and 3), besides its class's own options
+KERAS_LAYER_KEYS = frozenset({"name", "trainable", "dtype", "batch_input_shape", "batch_shape"})
+
+
+def refuse_unknown_options(config: dict[str, Any], known: set[str] | frozenset[str], writer: str) -> None:
+    """A config key outside `known` is an option this converter does not reproduce: whether it changes the
+    output cannot be told, so the layer is refused rather than converted without it."""
+    unknown = sorted(str(key)[:40] for key in set(config) - known - KERAS_LAYER_KEYS)
+    if unknown:
+        raise LayerProblem(
+            f"config option(s) {', '.join(unknown[:8])} unknown to this converter (written by a newer "
+            f"{writer}?): whether they change the output cannot be told"
+        )
+
 
 def single(value: Any, what: str) -> int:
     """Keras stores 1-D sizes as an int or a one-element list."""

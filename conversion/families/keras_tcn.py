@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from conversion.families.activations import layer_activation
-from conversion.families.common import single
+from conversion.families.common import refuse_unknown_options, single
 from conversion.registry import ConvertedLayer, KerasLayer, LayerProblem, WeightBag, register_layer_converter
 
 # tf.nn.l2_normalize's floor on the squared norm, used by WeightNormalization.
@@ -50,7 +50,6 @@ TCN_CONFIG_KEYS = {
     "go_backwards",
     "return_state",
 }
-KERAS_LAYER_KEYS = {"name", "trainable", "dtype", "batch_input_shape", "batch_shape"}
 STAGE_SCOPE = re.compile(r"norm_(\d+)")  # Keras 2: keras-tcn's name scope
 NORM_LAYER_NAME = re.compile(r"(?:batch|layer)_normalization(?:_(\d+))?")  # Keras 3: Keras's own layer names
 # tf_keras's .weights.h5 layout: sublayers named by class (per-list counters) and attribute
@@ -61,12 +60,7 @@ OBJECT_LAYOUT_CONV = re.compile(r"/conv1d(?:_(\d+))?/")
 @register_layer_converter("TCN")
 def convert_keras_tcn(layer: KerasLayer) -> ConvertedLayer:
     c = layer.config
-    unknown = sorted(set(c) - TCN_CONFIG_KEYS - KERAS_LAYER_KEYS)
-    if unknown:
-        raise LayerProblem(
-            f"config option(s) {', '.join(unknown)} unknown to this converter (written by a newer "
-            "keras-tcn?): whether they change the output cannot be told"
-        )
+    refuse_unknown_options(c, TCN_CONFIG_KEYS, "keras-tcn")
     padding = str(c.get("padding", "causal"))
     if padding not in ("causal", "same"):
         raise LayerProblem(f"padding {padding!r} is not one keras-tcn supports ('causal', 'same')")

@@ -8,17 +8,49 @@ next, which a file does not hold: refused. `time_major` (Keras 2) takes another 
 from __future__ import annotations
 
 from conversion.families.activations import activation_name, layer_activation
+from conversion.families.common import refuse_unknown_options
 from conversion.families.sequence import positive
 from conversion.registry import ConvertedLayer, KerasLayer, LayerProblem, bare_class_name, register_layer_converter
 
 RECURRENT_KINDS = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "simple_rnn"}
 GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+# The options Keras 2 and 3 write for these layers; initializers, regularizers, constraints, dropout, unroll
+# and the implementation choices do not change what a trained layer computes at inference
+RECURRENT_OPTIONS = {
+    "units",
+    "activation",
+    "use_bias",
+    "return_sequences",
+    "return_state",
+    "go_backwards",
+    "stateful",
+    "time_major",
+    "unroll",
+    "zero_output_for_mask",
+    "implementation",
+    "use_cudnn",
+    "seed",
+    "dropout",
+    "recurrent_dropout",
+    *(
+        f"{weight}_{role}"
+        for weight in ("kernel", "recurrent", "bias")
+        for role in ("initializer", "regularizer", "constraint")
+    ),
+    "activity_regularizer",
+}
+KIND_OPTIONS = {
+    "lstm": RECURRENT_OPTIONS | {"recurrent_activation", "unit_forget_bias"},
+    "gru": RECURRENT_OPTIONS | {"recurrent_activation", "reset_after"},
+    "simple_rnn": RECURRENT_OPTIONS,
+}
 
 
 @register_layer_converter(*RECURRENT_KINDS)
 def convert_recurrent(layer: KerasLayer) -> ConvertedLayer:
     c = layer.config
     kind = RECURRENT_KINDS[bare_class_name(layer.class_name)]
+    refuse_unknown_options(c, KIND_OPTIONS[kind], "Keras")
     for option, why in (
         ("stateful", "its states carry over from one batch to the next, and the file does not hold them"),
         ("time_major", "it takes (time, batch, features) inputs"),

@@ -12,14 +12,18 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from conversion.families.common import refuse_unknown_options
 from conversion.families.recurrent import RECURRENT_KINDS
 from conversion.registry import (
+    EXACT_COMPUTE_DTYPES,
     ConvertedLayer,
     KerasLayer,
     LayerProblem,
     WeightBag,
     bare_class_name,
+    dtype_policy,
     find_converter,
+    inexact_dtype_problem,
     register_layer_converter,
 )
 from models.sequence import MERGE_MODES
@@ -48,6 +52,8 @@ def convert_inner(outer: KerasLayer, entry: dict[str, Any], bag: WeightBag) -> C
     if converter is None:
         raise LayerProblem(f"the wrapped layer is a {class_name}, for which no converter is registered")
     name = str(entry["config"].get("name", class_name))
+    if (policy := dtype_policy(entry["config"])) not in EXACT_COMPUTE_DTYPES:
+        raise LayerProblem(inexact_dtype_problem(policy, [name]))
     if entry["config"].get("mask_zero"):
         raise LayerProblem(
             f"wrapped layer '{name}' ({class_name}) has mask_zero=True: a mask made inside a wrapper is not "
@@ -69,6 +75,7 @@ def prefixed(params: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 @register_layer_converter("TimeDistributed")
 def convert_time_distributed(layer: KerasLayer) -> ConvertedLayer:
+    refuse_unknown_options(layer.config, {"layer"}, "Keras")
     inner = convert_inner(layer, inner_entry(layer.config, "layer"), layer.weights)
     return ConvertedLayer("time_distributed", {"layer": as_spec(inner)}, prefixed(inner.params, "layer"))
 
@@ -76,6 +83,7 @@ def convert_time_distributed(layer: KerasLayer) -> ConvertedLayer:
 @register_layer_converter("Bidirectional")
 def convert_bidirectional(layer: KerasLayer) -> ConvertedLayer:
     c = layer.config
+    refuse_unknown_options(c, {"layer", "backward_layer", "merge_mode"}, "Keras")
     merge_mode = c.get("merge_mode", "concat")
     if merge_mode not in MERGE_MODES:
         raise LayerProblem(f"merge_mode {merge_mode!r} is not one Keras has ({', '.join(map(str, MERGE_MODES))})")

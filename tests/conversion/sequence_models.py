@@ -41,7 +41,8 @@ BATCH = 4
 class SequenceModel:
     name: str
     build: Callable[[Any, Any, Any], Any]  # (keras, layers, TCN) -> model
-    inputs: tuple[tuple[str, tuple[int, ...], int], ...]  # (kind: tokens|padded|normal, shape w/o batch, vocabulary)
+    # (kind: tokens|padded|fractional|normal, shape w/o batch, vocabulary)
+    inputs: tuple[tuple[str, tuple[int, ...], int], ...]
     refused: str = ""  # a fragment of the refusal every container must get; "" = converts exactly
     flavours: tuple[str, ...] = FLAVOURS
 
@@ -179,6 +180,29 @@ def _embedding_mask_initial_state(keras, L, TCN):
     return keras.Model([source, target], [decoded, h, c])
 
 
+def _fractional_tokens(dtype: str):
+    """Token ids given as floats with fractions: the declared input dtype decides whether the mask sees them
+    truncated (an int32 Input casts them) or as given (a float32 Input; the Embedding still truncates)."""
+
+    def build(keras, L, TCN):
+        x = keras.Input((9,), dtype=dtype, name="tokens")
+        y = L.LSTM(3, return_sequences=True)(L.Embedding(12, 4, mask_zero=True)(x))
+        return keras.Model(x, L.GRU(2)(y))
+
+    return build
+
+
+_model("fractional_tokens_int32_input", [("fractional", (9,), 12)])(_fractional_tokens("int32"))
+_model("fractional_tokens_float32_input", [("fractional", (9,), 12)])(_fractional_tokens("float32"))
+
+
+@_model("float16_input", [("normal", (7, 3), 0)])
+def _float16_input(keras, L, TCN):
+    """A float16 Input rounds what it is given to 16 bits; the float32 layers after it compute on that."""
+    x = keras.Input((7, 3), dtype="float16", name="series")
+    return keras.Model(x, L.Dense(2)(L.Conv1D(4, 3, padding="causal")(x)))
+
+
 @_model("time_distributed_embedding", [("tokens", (3, 5), 10)])
 def _time_distributed_embedding(keras, L, TCN):
     x = keras.Input((3, 5), dtype="int32", name="sentences")
@@ -210,6 +234,15 @@ def _embedding_mask_pooling(keras, L, TCN):
     x = keras.Input((10,), dtype="int32", name="tokens")
     y = L.GlobalAveragePooling1D()(L.Embedding(30, 4, mask_zero=True)(x))
     return keras.Model(x, L.Dense(1)(y))
+
+
+@_model("nested_model_output", [("normal", (6, 3), 0)], refused="'inner' (Functional): unknown layer class")
+def _nested_model_output(keras, L, TCN):
+    """A model used as a layer, its output the model's: Keras numbers that call after the inner model's own."""
+    x = keras.Input((6, 3))
+    inner = keras.Model(x, L.GRU(2)(x), name="inner")
+    outer_input = keras.Input((6, 3), name="series")
+    return keras.Model(outer_input, inner(outer_input))
 
 
 @_model("stateful_lstm", [("normal", (5, 3), 0)], refused="stateful=True is not supported")
@@ -326,6 +359,10 @@ def make_inputs(spec: SequenceModel, rng) -> list[np.ndarray]:
             for row, pad in enumerate(rng.integers(0, shape[0] // 2, BATCH)):
                 tokens[row, :pad] = 0
             tokens[rng.random(tokens.shape) < 0.1] = 0
+        if kind == "fractional":  # every id plus a fraction, so that padding holds values in (0, 1)
+            tokens[:, :3] = 0
+            arrays.append((tokens + rng.uniform(0.05, 0.95, tokens.shape)).astype("float32"))
+            continue
         arrays.append(tokens.astype("int32"))
     return arrays
 

@@ -390,3 +390,174 @@ def test_json_route_reads_the_weights_file_by_content(parity, sequence_files, tm
 
             got = parity.run_torch(load_converted_model(tmp_path / "m.pth", device="cpu"), inputs)
         assert float(np.max(np.abs(got[0] - expected[0]))) <= parity.tolerance
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_nested_model_is_refused_for_its_class_alone(parity, sequence_files, tmp_path, flavour):
+    """The refusal names the unknown class, not also the model output that the nested model's call numbering
+    leaves unmatched."""
+    with pytest.raises(ConversionError) as refusal:
+        convert(parity, sequence_files[flavour] / "nested_model_output.h5", None, tmp_path / "m.pth")
+    assert "unknown layer class" in str(refusal.value) and "produced by no layer" not in str(refusal.value)
+
+
+def _converted_models(flavour: str) -> list[str]:
+    return [name for name in model_names(flavour) if not MODELS[name].refused]
+
+
+def _layer_entries(config: dict):
+    """(top-level layer name, entry) of every layer of a to_json() config, the layers wrapped in
+    TimeDistributed and Bidirectional included."""
+    for entry in config["config"]["layers"]:
+        outer = entry.get("name") or entry["config"]["name"]
+        yield outer, entry
+        for key in ("layer", "backward_layer"):
+            if isinstance(entry["config"].get(key), dict):
+                yield outer, entry["config"][key]
+
+
+def _convert_mutated(folder: Path, name: str, tmp_path: Path, mutate) -> None:
+    """Build the conversion of `name`'s to_json() config after `mutate(config)`, with its weights file."""
+    from conversion.converter import build_conversion
+    from conversion.model_file import read_model_file
+
+    config = json.loads((folder / f"{name}.json").read_text())
+    mutate(config)
+    source = tmp_path / f"{name}.json"
+    source.write_text(json.dumps(config))
+    build_conversion(read_model_file(source, weights_path=folder / f"{name}.weights.h5"), None)
+
+
+POLICY_FORMS = {  # a dtype policy as Keras 3 and Keras 2 write it, and as a bare name
+    "DTypePolicy": lambda policy: {"module": "keras", "class_name": "DTypePolicy", "config": {"name": policy}},
+    "Policy": lambda policy: {"class_name": "Policy", "config": {"name": policy}},
+    "name": lambda policy: policy,
+}
+SIXTEEN_BIT_POLICIES = ("mixed_float16", "mixed_bfloat16", "float16", "bfloat16")
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_every_layer_under_a_16_bit_policy_is_refused(sequence_files, tmp_path, flavour):
+    """Each layer of each model (wrapped layers too) in turn under a 16-bit policy, in each way Keras writes one:
+    refused, naming the layer and the policy. Under float32 and float64 policies every layer converts."""
+    folder, cases = sequence_files[flavour], 0
+    for name in _converted_models(flavour):
+        config = json.loads((folder / f"{name}.json").read_text())
+        for position, (outer, entry) in enumerate(list(_layer_entries(config))):
+            if entry["class_name"] in ("InputLayer", "NotEqual"):  # NotEqual: Keras 3's mask op, left out
+                continue
+            form = list(POLICY_FORMS)[cases % len(POLICY_FORMS)]
+            policy = SIXTEEN_BIT_POLICIES[cases % len(SIXTEEN_BIT_POLICIES)]
+            cases += 1
+
+            def sixteen_bit(config, position=position, form=form, policy=policy):
+                list(_layer_entries(config))[position][1]["config"]["dtype"] = POLICY_FORMS[form](policy)
+
+            with pytest.raises(ConversionError) as refusal:
+                _convert_mutated(folder, name, tmp_path, sixteen_bit)
+            message = " ".join(str(refusal.value).split())
+            assert f"under the dtype policy '{policy}'" in message and f"'{outer}'" in message, (name, message)
+
+        def exact(config):
+            for index, (_, entry) in enumerate(_layer_entries(config)):
+                if entry["class_name"] != "InputLayer":
+                    form = list(POLICY_FORMS)[index % len(POLICY_FORMS)]
+                    entry["config"]["dtype"] = POLICY_FORMS[form](("float32", "float64")[index % 2])
+
+        _convert_mutated(folder, name, tmp_path, exact)
+    assert cases > 100, f"only {cases} layers tried"
+
+
+CHECKED_OPTIONS = {"Embedding", "RepeatVector", "TimeDistributed", "Bidirectional", "LSTM", "GRU", "SimpleRNN"}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_an_option_the_converter_does_not_know_is_refused(sequence_files, tmp_path, flavour):
+    """An option added to any sequence layer's config (wrapped layers and keras-tcn's TCN too) is refused,
+    naming the option and the layer: whether it changes the output cannot be told."""
+    folder, cases = sequence_files[flavour], 0
+    for name in _converted_models(flavour):
+        config = json.loads((folder / f"{name}.json").read_text())
+        for position, (outer, entry) in enumerate(list(_layer_entries(config))):
+            if entry["class_name"].rsplit(">", 1)[-1] not in CHECKED_OPTIONS | {"TCN"}:
+                continue
+            cases += 1
+
+            def add_option(config, position=position):
+                list(_layer_entries(config))[position][1]["config"]["new_option"] = True
+
+            with pytest.raises(ConversionError) as refusal:
+                _convert_mutated(folder, name, tmp_path, add_option)
+            message = " ".join(str(refusal.value).split())
+            assert "new_option unknown to this converter" in message and f"'{outer}'" in message, (name, message)
+    assert cases > 30, f"only {cases} layers tried"
+
+
+@pytest.mark.parametrize("dtype", ["bool", "string", "complex64"])
+def test_an_input_declared_neither_integer_nor_float_is_refused(sequence_files, tmp_path, dtype):
+    def declare(config):
+        for _, entry in _layer_entries(config):
+            if entry["class_name"] == "InputLayer":
+                entry["config"]["dtype"] = dtype
+
+    for name in ("embedding_rnn", "lstm_stack"):
+        with pytest.raises(ConversionError, match=f"is declared as '{dtype}': only integer and floating-point"):
+            _convert_mutated(sequence_files["keras3"], name, tmp_path, declare)
+
+
+def test_fractional_tokens_are_masked_by_the_declared_input_dtype(parity, sequence_files, tmp_path):
+    """Fractional ids given to an int32 Input are truncated before the mask is taken, as Keras casts them:
+    the module records the dtype; given to a float32 Input they are masked as given, and no cast is recorded.
+    Either model with the other's cast computes otherwise than Keras."""
+    folder = sequence_files["keras3"]
+    for dtype in ("int32", "float32"):
+        name = f"fractional_tokens_{dtype}_input"
+        inputs, expected = saved(folder, name)
+        assert 0 < float(inputs[0][:, 0].min()) and float(inputs[0][:, 0].max()) < 1, "padding is fractional"
+        model = convert(parity, folder / f"{name}.keras", None, tmp_path / f"{dtype}.pth").model
+        assert model.spec["inputs"][0].get("dtype") == (dtype if dtype == "int32" else None)
+        assert float(np.max(np.abs(parity.run_torch(model, inputs)[0] - expected[0]))) <= parity.tolerance
+        flipped = json.loads(json.dumps(model.spec))  # the other cast: the outputs are not Keras's
+        if dtype == "int32":
+            del flipped["inputs"][0]["dtype"]
+        else:
+            flipped["inputs"][0]["dtype"] = "int32"
+        other = type(model)(flipped)
+        other.load_state_dict(model.state_dict())
+        assert float(np.max(np.abs(parity.run_torch(other, inputs)[0] - expected[0]))) > 100 * parity.tolerance
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_float16_input_rounds_what_it_is_given(parity, sequence_files, tmp_path, flavour):
+    """A float16 Input rounds float32 values to 16 bits in Keras; the module does, and without that rounding
+    it would differ from Keras beyond the tolerance."""
+    inputs, expected = saved(sequence_files[flavour], "float16_input")
+    model = convert(parity, sequence_files[flavour] / "float16_input.h5", None, tmp_path / "m.pth").model
+    assert model.spec["inputs"][0]["dtype"] == "float16"
+    assert float(np.max(np.abs(parity.run_torch(model, inputs)[0] - expected[0]))) <= parity.tolerance
+    unrounded = json.loads(json.dumps(model.spec))
+    del unrounded["inputs"][0]["dtype"]
+    other = type(model)(unrounded)
+    other.load_state_dict(model.state_dict())
+    assert float(np.max(np.abs(parity.run_torch(other, inputs)[0] - expected[0]))) > 10 * parity.tolerance
+
+
+@pytest.mark.parametrize("name", ["Model.JSON", "model_arch.txt", "architecture", "bom.cfg"])
+def test_an_architecture_is_recognized_by_its_content(parity, sequence_files, tmp_path, name):
+    """to_json() text under any name (a byte-order mark and blank lines before it included) converts; a text
+    file that is not JSON, with a weights file after it, is a usage error naming the weights file."""
+    folder = sequence_files["keras3"]
+    inputs, expected = saved(folder, "embedding_mask")
+    text = (folder / "embedding_mask.json").read_bytes()
+    (tmp_path / name).write_bytes((b"\xef\xbb\xbf\n\n" if name == "bom.cfg" else b"") + text)
+    weights = str(folder / "embedding_mask.weights.h5")
+    result = run_cli(["model_converter.py", str(tmp_path / name), weights, str(tmp_path / "m.pth")])
+    assert result.returncode == 0, result.stderr
+    with parity.tensorflow_blocked():
+        from model_converter import load_converted_model
+
+        got = parity.run_torch(load_converted_model(tmp_path / "m.pth", device="cpu"), inputs)
+    assert float(np.max(np.abs(got[0] - expected[0]))) <= parity.tolerance
+    (tmp_path / "notes.txt").write_text("lr 0.001, 40 epochs\n")
+    usage = run_cli(["model_converter.py", str(tmp_path / "notes.txt"), weights])
+    assert usage.returncode == 2 and "goes only with a model.to_json() architecture" in usage.stderr, usage.stderr
