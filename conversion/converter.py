@@ -240,7 +240,16 @@ def build_conversion(keras_file: KerasModelFile, params: dict[str, Any] | None) 
             )
         extra = bag.leftovers() + keras_file.unlisted.get(layer.name, [])
         if extra:
-            problems.append(f"layer '{layer.name}' ({layer.class_name}): unexpected extra weight(s) {listed(extra)}")
+            lora = any("lora_" in name.rsplit("/", 1)[-1] for name in extra)
+            problems.append(
+                f"layer '{layer.name}' ({layer.class_name}): unexpected extra weight(s) {listed(extra)}"
+                + (
+                    " (LoRA factors kept apart, as Keras 3 saves a LoRA-enabled layer in .h5: save the model as "
+                    ".keras, which merges them into the layer's weights)"
+                    if lora
+                    else ""
+                )
+            )
         key = module_key(layer.name, keys)
         layer_specs.append(
             {

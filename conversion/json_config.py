@@ -36,8 +36,8 @@ def parse_config_json(text: str | bytes, subject: str) -> Any:
             f"{subject}: the JSON is nested too deeply to be a Keras config (more than "
             f"{MAX_JSON_DEPTH.value:.0f} levels)."
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConversionError(f"{subject}: is not valid JSON ({exc}).") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4,300 digits
+        raise ConversionError(f"{subject}: is not valid JSON ({str(exc)[:200]}).") from exc
     if nesting_depth(value) > MAX_JSON_DEPTH.value:
         raise ConversionError(
             f"{subject}: the JSON is nested too deeply to be a Keras config (more than "

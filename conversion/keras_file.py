@@ -215,6 +215,12 @@ class WeightReader:
                 f"{subject} holds no data (an HDF5 null dataspace, h5py.Empty), not an array of "
                 "numbers. Nothing was written."
             )
+        if dataset.dtype.kind == "V" and dataset.dtype.itemsize == 2:  # how Keras stores bfloat16 variables
+            raise ConversionError(
+                f"{subject} is stored as bfloat16 (a 2-byte opaque HDF5 type): its layer computes in bfloat16 "
+                "in Keras, which a float32 module does not reproduce. Rebuild the model under the float32 policy, "
+                "load these weights into it and save that copy. Nothing was written."
+            )
         if dataset.dtype.kind not in "fiub":
             raise ConversionError(f"{subject} is stored as {dataset.dtype}, not as real numbers. Nothing was written.")
         self.count += 1

@@ -143,24 +143,32 @@ def register_layer_converter(
     return add(converter) if converter is not None else add
 
 
+DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16"}  # names TensorFlow also takes
+
+
 def dtype_policy(config: Any) -> str:
     """The name of a layer's dtype policy: a dtype name, or the name inside a Keras 2 `Policy` / Keras 3
-    `DTypePolicy` entry; float32 where the config names none (as Keras assumes; a config that is not a dict is
-    the converter's to refuse)."""
+    `DTypePolicy` entry; float32 where the config names none (Keras then takes its default policy; a config
+    that is not a dict is the converter's to refuse)."""
     value = config.get("dtype") if isinstance(config, dict) else None
-    if isinstance(value, dict) and isinstance(value.get("config"), dict):
-        value = value["config"].get("name", value)
-    return "float32" if value is None else str(value)
+    if isinstance(value, dict) and value.get("class_name") in ("Policy", "DTypePolicy", "FloatDTypePolicy"):
+        value = value["config"].get("name") if isinstance(value.get("config"), dict) else None
+    name = "float32" if value is None else str(value)
+    return DTYPE_ALIASES.get(name, name)
 
 
 def inexact_dtype_problem(policy: str, layer_names: list[str]) -> str:
-    """Why layers under a 16-bit policy (mixed_float16, bfloat16) are refused: Keras rounds their inputs and
-    results to 16 bits, which a float32 module does not reproduce."""
-    return (
+    """Why layers under a policy other than float32/float64 are refused: under a 16-bit one (mixed_float16,
+    bfloat16) Keras rounds their inputs and results to 16 bits, which a float32 module does not reproduce."""
+    subject = (
         f"{'layer' if len(layer_names) == 1 else 'layers'} {listed([repr(n) for n in layer_names])} "
-        f"{'computes' if len(layer_names) == 1 else 'compute'} under the dtype policy {policy[:60]!r}, "
-        "in Keras not in float32: a float32 module differs by more than float32 rounding. Rebuild the model "
-        "under the float32 policy, load these weights into it and save that copy"
+        f"{'computes' if len(layer_names) == 1 else 'compute'} under the dtype policy {policy[:60]!r}"
+    )
+    if "float16" not in policy:
+        return f"{subject}, which this converter does not reproduce (it takes float32 and float64 layers)"
+    return (
+        f"{subject}, in Keras not in float32: a float32 module differs by more than float32 rounding. Rebuild "
+        "the model under the float32 policy, load these weights into it and save that copy"
     )
 
 

@@ -10,6 +10,7 @@ also gets `mask=` the positions where that tensor (the token input of an Embeddi
 An input with `"tokens": n` feeds Embeddings: it holds indices in [0, n), as integers or whole floats.
 An input with `"dtype"` is cast as Keras's InputLayer casts what it is given to its declared dtype: float
 values to an integer dtype truncate toward zero (before any mask is taken), to float16/bfloat16 they round.
+Inputs other than token inputs are then cast to the parameters' dtype, as Keras layers cast their inputs.
 """
 
 from __future__ import annotations
@@ -37,13 +38,29 @@ ROUNDED_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 CAST_DTYPES = INTEGER_DTYPES | set(ROUNDED_DTYPES)  # declared input dtypes that change the values given
 
 
-def as_declared(x: Tensor, dtype: str | None) -> Tensor:
-    """`x` with the values Keras's cast to the declared `dtype` leaves, in x's own dtype."""
-    if dtype is None or not x.is_floating_point():
-        return x
+def integer_range(dtype: str) -> tuple[int, int]:
+    """The values an integer dtype (`int8` … `uint64`) holds."""
+    bits = int(dtype.removeprefix("u").removeprefix("int"))
+    return (0, 2**bits - 1) if dtype.startswith("u") else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
+
+def as_declared(x: Tensor, dtype: str | None, name: str) -> Tensor:
+    """`x` as Keras's cast to the declared `dtype` leaves it: to an integer dtype truncated toward zero, to a
+    16-bit float rounded. A value an integer dtype cannot hold (NaN, or beyond its range, which Keras's cast
+    wraps or saturates depending on the platform) is an error, as is an index outside an Embedding's table."""
     if dtype in INTEGER_DTYPES:
-        return x.trunc()
-    return x.to(ROUNDED_DTYPES[dtype]).to(x.dtype) if dtype in ROUNDED_DTYPES else x
+        values = x.trunc() if x.is_floating_point() else x
+        if values.numel():
+            low, high = integer_range(dtype)
+            smallest, largest = values.min().item(), values.max().item()
+            if not (low <= smallest and largest <= high):  # NaN fails both
+                raise ValueError(
+                    f"input {name!r} is declared {dtype} in Keras, which holds whole numbers in [{low}, {high}]; "
+                    f"got values from {smallest:.6g} to {largest:.6g}"
+                    + (" (NaN among them)" if x.is_floating_point() and bool(values.isnan().any()) else "")
+                )
+        return values
+    return x.to(ROUNDED_DTYPES[dtype]) if dtype in ROUNDED_DTYPES else x
 
 
 def tensor_base(name: str) -> str:
@@ -72,15 +89,19 @@ class KerasGraphModule(nn.Module):
         if len(inputs) != len(self.input_names):
             raise ValueError(f"model expects {len(self.input_names)} input(s) {self.input_names}, got {len(inputs)}")
         tensors: dict[str, Tensor] = {}
-        for name, tensor, shape, dtype, x in zip(
-            self.input_names, self._input_tensors, self.input_shapes, self._input_dtypes, inputs
+        compute_dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
+        for name, tensor, shape, dtype, tokens, x in zip(
+            self.input_names, self._input_tensors, self.input_shapes, self._input_dtypes, self.input_tokens, inputs
         ):
             if x.ndim != len(shape) + 1 or (shape and shape[-1] is not None and x.shape[-1] != shape[-1]):
                 raise ValueError(
                     f"input {name!r} expects shape (batch, {', '.join('?' if s is None else str(s) for s in shape)}) "
                     f"(Keras layout: batch, time, channels), got shape {tuple(x.shape)}"
                 )
-            tensors[tensor] = as_declared(x, dtype)
+            x = as_declared(x, dtype, name)
+            if tokens is None and x.dtype != compute_dtype:  # layers compute in their own dtype, as Keras casts
+                x = x.to(compute_dtype)
+            tensors[tensor] = x
         return self.run_calls(tensors)
 
     def _call(self, index: int, tensors: dict[str, Tensor]) -> None:

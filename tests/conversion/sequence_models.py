@@ -41,7 +41,7 @@ BATCH = 4
 class SequenceModel:
     name: str
     build: Callable[[Any, Any, Any], Any]  # (keras, layers, TCN) -> model
-    # (kind: tokens|padded|fractional|normal, shape w/o batch, vocabulary)
+    # (kind: tokens|padded|fractional|signed_fractions|unsigned_fractions|normal, shape w/o batch, vocabulary)
     inputs: tuple[tuple[str, tuple[int, ...], int], ...]
     refused: str = ""  # a fragment of the refusal every container must get; "" = converts exactly
     flavours: tuple[str, ...] = FLAVOURS
@@ -203,6 +203,32 @@ def _float16_input(keras, L, TCN):
     return keras.Model(x, L.Dense(2)(L.Conv1D(4, 3, padding="causal")(x)))
 
 
+@_model(
+    "integer_inputs",
+    [("signed_fractions", (4, 3), 0), ("unsigned_fractions", (4, 3), 0), ("signed_fractions", (4, 3), 0)],
+)
+def _integer_inputs(keras, L, TCN):
+    """Real values given to int8, uint8 and int64 Inputs feeding Dense layers: Keras truncates them."""
+    inputs = [keras.Input((4, 3), dtype=dtype, name=dtype) for dtype in ("int8", "uint8", "int64")]
+    return keras.Model(inputs, L.Add()([L.Dense(2)(x) for x in inputs]))
+
+
+@_model("mixed_precision", [("normal", (8, 3), 0)], refused="under the dtype policy 'mixed_float16', in Keras not")
+def _mixed_precision(keras, L, TCN):
+    """A model trained under mixed precision: layers compute in float16, the head in float32."""
+    x = keras.Input((8, 3), name="series")
+    y = L.Conv1D(4, 3, padding="causal", dtype="mixed_float16")(x)
+    y = L.LSTM(3, dtype="mixed_float16")(y)
+    return keras.Model(x, L.Dense(1, dtype="float32")(y))
+
+
+@_model("bfloat16_layer", [("normal", (5, 3), 0)], refused="is stored as bfloat16")
+def _bfloat16_layer(keras, L, TCN):
+    """A layer under the bfloat16 policy stores its variables in bfloat16."""
+    x = keras.Input((5, 3), name="series")
+    return keras.Model(x, L.Dense(2)(L.Dense(4, dtype="bfloat16")(x)))
+
+
 @_model("time_distributed_embedding", [("tokens", (3, 5), 10)])
 def _time_distributed_embedding(keras, L, TCN):
     x = keras.Input((3, 5), dtype="int32", name="sentences")
@@ -353,6 +379,11 @@ def make_inputs(spec: SequenceModel, rng) -> list[np.ndarray]:
     for kind, shape, vocabulary in spec.inputs:
         if kind == "normal":
             arrays.append(rng.normal(0.0, 1.0, (BATCH, *shape)).astype("float32"))
+            continue
+        if kind.endswith("_fractions"):  # reals whose truncation an integer Input can hold
+            arrays.append(
+                rng.uniform(-9.9 if kind == "signed_fractions" else 0.0, 9.9, (BATCH, *shape)).astype("float32")
+            )
             continue
         tokens = rng.integers(1, vocabulary, (BATCH, *shape))
         if kind == "padded":  # pad_sequences' leading zeros, of another length per sample, and some zeros inside

@@ -100,7 +100,7 @@ def test_sequence_model_matches_keras_or_is_refused(parity, sequence_files, tmp_
         with pytest.raises(ConversionError) as refusal:
             convert(parity, source, weights, output)
         message = " ".join(str(refusal.value).split())
-        assert spec.refused in message and source.name in message, message
+        assert spec.refused in message and any(f.name in message for f in (source, weights) if f), message
         assert not list(tmp_path.iterdir()), "a refused conversion wrote files"
         return
     conversion = convert(parity, source, weights, output)
@@ -108,7 +108,7 @@ def test_sequence_model_matches_keras_or_is_refused(parity, sequence_files, tmp_
     assert len(actual) == len(expected), f"{len(actual)} outputs, Keras has {len(expected)}"
     names = conversion.model.output_names
     assert len(set(names)) == len(names) == len(expected), f"output names {names} must name each output once"
-    vocabularies = [vocabulary if kind != "normal" else None for kind, _, vocabulary in spec.inputs]
+    vocabularies = [vocabulary or None for _, _, vocabulary in spec.inputs]  # 0: real values
     assert conversion.model.input_tokens == vocabularies, "token inputs are recorded with their vocabulary"
     for index, (have, want) in enumerate(zip(actual, expected)):
         assert have.shape == want.shape, f"output {index}: shape {have.shape}, Keras {want.shape}"
@@ -303,6 +303,12 @@ HOSTILE = {
     "weights_not_hdf5": ("weights", lambda p: p.write_bytes(os.urandom(4096)), "not an HDF5 file", {}),
     "weights_external_link": ("weights", _external_link, "not stored in the file itself", {}),
     "weights_is_a_full_model": ("weights", None, "holds no Keras weights", {}),
+    "json_integer_of_5000_digits": (
+        "json",
+        lambda p: p.write_text('{"config": ' + "7" * 5000 + "}"),
+        "not valid JSON",
+        {},
+    ),
 }
 
 
@@ -462,10 +468,21 @@ def test_every_layer_under_a_16_bit_policy_is_refused(sequence_files, tmp_path, 
             for index, (_, entry) in enumerate(_layer_entries(config)):
                 if entry["class_name"] != "InputLayer":
                     form = list(POLICY_FORMS)[index % len(POLICY_FORMS)]
-                    entry["config"]["dtype"] = POLICY_FORMS[form](("float32", "float64")[index % 2])
+                    entry["config"]["dtype"] = POLICY_FORMS[form](("float32", "float64", "float", "double")[index % 4])
 
         _convert_mutated(folder, name, tmp_path, exact)
     assert cases > 100, f"only {cases} layers tried"
+
+
+@pytest.mark.parametrize("policy", ["_infer", "int8_from_float32", "int32"])
+def test_a_policy_neither_float32_nor_16_bit_is_refused_as_such(sequence_files, tmp_path, policy):
+    def declare(config):
+        for _, entry in _layer_entries(config):
+            if entry["class_name"] == "LSTM":
+                entry["config"]["dtype"] = POLICY_FORMS["Policy"](policy)
+
+    with pytest.raises(ConversionError, match=f"policy '{policy}', which this converter does not reproduce"):
+        _convert_mutated(sequence_files["keras2"], "lstm_stack", tmp_path, declare)
 
 
 CHECKED_OPTIONS = {"Embedding", "RepeatVector", "TimeDistributed", "Bidirectional", "LSTM", "GRU", "SimpleRNN"}
@@ -540,6 +557,44 @@ def test_a_float16_input_rounds_what_it_is_given(parity, sequence_files, tmp_pat
     other = type(model)(unrounded)
     other.load_state_dict(model.state_dict())
     assert float(np.max(np.abs(parity.run_torch(other, inputs)[0] - expected[0]))) > 10 * parity.tolerance
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_integer_inputs_take_what_their_dtype_holds(parity, sequence_files, tmp_path, flavour):
+    """int8, uint8 and int64 Inputs: reals are truncated as Keras casts them, tensors of any dtype are taken
+    (cast to the layers' float32); a value the declared dtype cannot hold (Keras's cast would wrap it) or NaN
+    is an error naming the input."""
+    inputs, expected = saved(sequence_files[flavour], "integer_inputs")
+    model = convert(parity, sequence_files[flavour] / "integer_inputs.h5", None, tmp_path / "m.pth").model
+    assert [entry["dtype"] for entry in model.spec["inputs"]] == ["int8", "uint8", "int64"]
+    for tensors in (
+        [torch.from_numpy(a) for a in inputs],
+        [torch.from_numpy(a).double() for a in inputs],
+        [torch.from_numpy(a).trunc().long() for a in inputs],
+    ):
+        with torch.no_grad():
+            got = model(*tensors).numpy()
+        assert float(np.max(np.abs(got - expected[0]))) <= parity.tolerance, tensors[0].dtype
+    for index, (low, high) in enumerate([(-128, 127), (0, 255), (-(2**63), 2**63 - 1)]):
+        for bad in (2.0 * low - 1.5, 2.0 * high + 1.5, float("nan")):
+            tensors = [torch.from_numpy(a).double() for a in inputs]
+            tensors[index][0, 1, 2] = bad
+            with pytest.raises(ValueError, match=f"input '{model.input_names[index]}' is declared"):
+                model(*tensors)
+
+
+def test_a_module_takes_inputs_of_any_dtype(parity, sequence_files, tmp_path):
+    """float64, float16 and integer tensors given to a float32 Input are cast to the layers' dtype, as Keras
+    layers cast their inputs."""
+    inputs, expected = saved(sequence_files["keras3"], "lstm_stack")
+    model = convert(parity, sequence_files["keras3"] / "lstm_stack.keras", None, tmp_path / "m.pth").model
+    with torch.no_grad():
+        for dtype, bound in ((torch.float64, parity.tolerance), (torch.float16, 0.05)):
+            got = model(torch.from_numpy(inputs[0]).to(dtype))
+            assert got.dtype == torch.float32
+            assert float(np.max(np.abs(got.numpy() - expected[0]))) <= bound, dtype
+        whole = torch.from_numpy(inputs[0]).round()
+        assert torch.equal(model(whole.long()), model(whole))
 
 
 @pytest.mark.parametrize("name", ["Model.JSON", "model_arch.txt", "architecture", "bom.cfg"])
