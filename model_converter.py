@@ -51,6 +51,8 @@ with quiet_interrupts_while_importing(__name__ == "__main__"):
     from models.checkpoint import STORAGE_DTYPES, load_converted_model
     from progress import ProgressStyle
 
+OUTPUT_OR_PARAMS = (".pickle", ".pkl", ".pth", ".pt")  # the suffixes of the optional arguments
+
 __all__ = [
     "TCNModelConverter",
     "convert_or_reuse",
@@ -188,13 +190,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         )
     extra = list(args.extra)
     if is_model_description(Path(args.model)):
-        if not extra or Path(extra[0]).suffix in (".pickle", ".pkl", ".pth", ".pt"):
+        if not extra or Path(extra[0]).suffix in OUTPUT_OR_PARAMS:
             parser.error(
                 f"{args.model} is a model description (model.to_json()): give its weights file next "
                 f"(model_converter.py model.json weights.h5 [PARAMS.pickle] [OUT.pth])"
                 + (f", before {extra[0]}" if extra else "")
             )
         args.weights = extra.pop(0)  # any name: the file's content decides how it is read
+    elif extra and Path(extra[0]).suffix not in OUTPUT_OR_PARAMS and not Path(args.model).is_file():
+        args.weights = extra.pop(0)  # a FIFO, a missing file, a link loop: reading it reports which
     for item in extra:
         if Path(item).suffix in (".pth", ".pt") and args.output is None:
             args.output = item

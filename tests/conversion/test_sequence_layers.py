@@ -616,3 +616,21 @@ def test_an_architecture_is_recognized_by_its_content(parity, sequence_files, tm
     (tmp_path / "notes.txt").write_text("lr 0.001, 40 epochs\n")
     usage = run_cli(["model_converter.py", str(tmp_path / "notes.txt"), weights])
     assert usage.returncode == 2 and "goes only with a model.to_json() architecture" in usage.stderr, usage.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "missing", "link_loop"])
+def test_an_unreadable_architecture_with_weights_is_reported_as_unreadable(sequence_files, tmp_path, kind):
+    """Named neither .json nor anything else, a FIFO, a missing file or a symlink loop given with a weights
+    file: exit 8 naming the file and what it is, not a usage error about the weights argument."""
+    source = tmp_path / "architecture"
+    if kind == "fifo":
+        os.mkfifo(source)
+    elif kind == "link_loop":
+        source.symlink_to(source)
+    weights = sequence_files["keras3"] / "lstm_stack.weights.h5"
+    result = run_cli(["model_converter.py", str(source), str(weights), str(tmp_path / "m.pth")])
+    message = " ".join(result.stderr.split())
+    assert result.returncode == ConversionError.exit_code and str(source) in message, message
+    fragment = {"fifo": "not a regular", "missing": "no such file", "link_loop": "symbolic links"}[kind]
+    assert fragment in message, message
+    assert not (tmp_path / "m.pth").exists()
