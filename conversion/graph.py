@@ -12,6 +12,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from conversion.registry import DTYPE_ALIASES
 from errors import ConversionError, listed
 from limits import MAX_LAYERS
 from models.graph import tensor_base
@@ -60,7 +61,7 @@ def _batch_shape(config: dict[str, Any]) -> list[int | None] | None:
 def _declared_dtype(config: dict[str, Any]) -> str:
     """The dtype an input layer declares (Keras casts what it is given to it); float32 where none is named."""
     dtype = config.get("dtype")
-    return dtype if isinstance(dtype, str) else "float32"
+    return DTYPE_ALIASES.get(dtype, dtype) if isinstance(dtype, str) else "float32"
 
 
 def _history_refs(value: Any) -> list[str]:

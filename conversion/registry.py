@@ -143,7 +143,8 @@ def register_layer_converter(
     return add(converter) if converter is not None else add
 
 
-DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16"}  # names TensorFlow also takes
+# other names Keras and TensorFlow take for dtypes
+DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "int": "int64"}
 
 
 def dtype_policy(config: Any) -> str:

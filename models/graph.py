@@ -52,7 +52,7 @@ def as_declared(x: Tensor, dtype: str | None, name: str) -> Tensor:
         values = x.trunc() if x.is_floating_point() else x
         if values.numel():
             low, high = integer_range(dtype)
-            smallest, largest = values.min().item(), values.max().item()
+            smallest, largest = torch.stack(torch.aminmax(values)).tolist()  # one device sync
             if not (low <= smallest and largest <= high):  # NaN fails both
                 raise ValueError(
                     f"input {name!r} is declared {dtype} in Keras, which holds whole numbers in [{low}, {high}]; "

@@ -9,6 +9,7 @@ built model: max abs diff <= 1e-5 on every output.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -143,16 +144,23 @@ def test_token_inputs_are_taken_as_integers_or_whole_floats(parity, sequence_fil
             model(tokens)
 
 
+def with_spec(model, spec):
+    """`model`'s weights in a module of another spec (a cast or a mask left out), to show that it matters."""
+    other = type(model)(spec)
+    other.load_state_dict(model.state_dict())
+    return other
+
+
 def test_masked_steps_change_the_result_as_in_keras(parity, sequence_files, tmp_path):
     """The mask is reproduced, not ignored: dropping it changes the outputs by far more than the tolerance."""
     folder = sequence_files["keras3"]
     inputs, expected = saved(folder, "embedding_mask_sequences")
     model = convert(parity, folder / "embedding_mask_sequences.h5", None, tmp_path / "m.pth").model
     assert [call.get("mask") for call in model.spec["calls"]].count("tokens:0:0") == 3
-    for call in model.spec["calls"]:
+    spec = copy.deepcopy(model.spec)
+    for call in spec["calls"]:
         call.pop("mask", None)
-    unmasked = type(model)(model.spec)
-    unmasked.load_state_dict(model.state_dict())
+    unmasked = with_spec(model, spec)
     with torch.no_grad():
         got = unmasked(torch.from_numpy(inputs[0])).numpy()
     assert float(np.max(np.abs(got - expected[0]))) > 100 * parity.tolerance
@@ -422,7 +430,7 @@ def _layer_entries(config: dict):
                 yield outer, entry["config"][key]
 
 
-def _convert_mutated(folder: Path, name: str, tmp_path: Path, mutate) -> None:
+def _convert_mutated(folder: Path, name: str, tmp_path: Path, mutate):
     """Build the conversion of `name`'s to_json() config after `mutate(config)`, with its weights file."""
     from conversion.converter import build_conversion
     from conversion.model_file import read_model_file
@@ -431,7 +439,7 @@ def _convert_mutated(folder: Path, name: str, tmp_path: Path, mutate) -> None:
     mutate(config)
     source = tmp_path / f"{name}.json"
     source.write_text(json.dumps(config))
-    build_conversion(read_model_file(source, weights_path=folder / f"{name}.weights.h5"), None)
+    return build_conversion(read_model_file(source, weights_path=folder / f"{name}.weights.h5"), None)
 
 
 POLICY_FORMS = {  # a dtype policy as Keras 3 and Keras 2 write it, and as a bare name
@@ -474,15 +482,23 @@ def test_every_layer_under_a_16_bit_policy_is_refused(sequence_files, tmp_path, 
     assert cases > 100, f"only {cases} layers tried"
 
 
+def _dtype_of(class_name: str, dtype):
+    """A mutation: every layer of `class_name` (wrapped ones too) with `dtype` in its config."""
+
+    def mutate(config):
+        for _, entry in _layer_entries(config):
+            if entry["class_name"] == class_name:
+                entry["config"]["dtype"] = dtype
+
+    return mutate
+
+
 @pytest.mark.parametrize("policy", ["_infer", "int8_from_float32", "int32"])
 def test_a_policy_neither_float32_nor_16_bit_is_refused_as_such(sequence_files, tmp_path, policy):
-    def declare(config):
-        for _, entry in _layer_entries(config):
-            if entry["class_name"] == "LSTM":
-                entry["config"]["dtype"] = POLICY_FORMS["Policy"](policy)
-
     with pytest.raises(ConversionError, match=f"policy '{policy}', which this converter does not reproduce"):
-        _convert_mutated(sequence_files["keras2"], "lstm_stack", tmp_path, declare)
+        _convert_mutated(
+            sequence_files["keras2"], "lstm_stack", tmp_path, _dtype_of("LSTM", POLICY_FORMS["Policy"](policy))
+        )
 
 
 CHECKED_OPTIONS = {"Embedding", "RepeatVector", "TimeDistributed", "Bidirectional", "LSTM", "GRU", "SimpleRNN"}
@@ -512,14 +528,16 @@ def test_an_option_the_converter_does_not_know_is_refused(sequence_files, tmp_pa
 
 @pytest.mark.parametrize("dtype", ["bool", "string", "complex64"])
 def test_an_input_declared_neither_integer_nor_float_is_refused(sequence_files, tmp_path, dtype):
-    def declare(config):
-        for _, entry in _layer_entries(config):
-            if entry["class_name"] == "InputLayer":
-                entry["config"]["dtype"] = dtype
-
     for name in ("embedding_rnn", "lstm_stack"):
         with pytest.raises(ConversionError, match=f"is declared as '{dtype}': only integer and floating-point"):
-            _convert_mutated(sequence_files["keras3"], name, tmp_path, declare)
+            _convert_mutated(sequence_files["keras3"], name, tmp_path, _dtype_of("InputLayer", dtype))
+
+
+@pytest.mark.parametrize("alias, dtype", [("float", None), ("double", None), ("half", "float16"), ("int", "int64")])
+def test_an_input_dtype_alias_is_read_as_keras_reads_it(sequence_files, tmp_path, alias, dtype):
+    """`float`, `double`, `half`, `int`: the names Keras also takes for float32, float64, float16 and int64."""
+    conversion = _convert_mutated(sequence_files["keras3"], "lstm_stack", tmp_path, _dtype_of("InputLayer", alias))
+    assert conversion.model.spec["inputs"][0].get("dtype") == dtype
 
 
 def test_fractional_tokens_are_masked_by_the_declared_input_dtype(parity, sequence_files, tmp_path):
@@ -534,13 +552,12 @@ def test_fractional_tokens_are_masked_by_the_declared_input_dtype(parity, sequen
         model = convert(parity, folder / f"{name}.keras", None, tmp_path / f"{dtype}.pth").model
         assert model.spec["inputs"][0].get("dtype") == (dtype if dtype == "int32" else None)
         assert float(np.max(np.abs(parity.run_torch(model, inputs)[0] - expected[0]))) <= parity.tolerance
-        flipped = json.loads(json.dumps(model.spec))  # the other cast: the outputs are not Keras's
+        flipped = copy.deepcopy(model.spec)  # the other cast: the outputs are not Keras's
         if dtype == "int32":
             del flipped["inputs"][0]["dtype"]
         else:
             flipped["inputs"][0]["dtype"] = "int32"
-        other = type(model)(flipped)
-        other.load_state_dict(model.state_dict())
+        other = with_spec(model, flipped)
         assert float(np.max(np.abs(parity.run_torch(other, inputs)[0] - expected[0]))) > 100 * parity.tolerance
 
 
@@ -552,10 +569,9 @@ def test_a_float16_input_rounds_what_it_is_given(parity, sequence_files, tmp_pat
     model = convert(parity, sequence_files[flavour] / "float16_input.h5", None, tmp_path / "m.pth").model
     assert model.spec["inputs"][0]["dtype"] == "float16"
     assert float(np.max(np.abs(parity.run_torch(model, inputs)[0] - expected[0]))) <= parity.tolerance
-    unrounded = json.loads(json.dumps(model.spec))
+    unrounded = copy.deepcopy(model.spec)
     del unrounded["inputs"][0]["dtype"]
-    other = type(model)(unrounded)
-    other.load_state_dict(model.state_dict())
+    other = with_spec(model, unrounded)
     assert float(np.max(np.abs(parity.run_torch(other, inputs)[0] - expected[0]))) > 10 * parity.tolerance
 
 
